@@ -1,0 +1,324 @@
+"""Extract: apply tar streams to a staging directory, safely.
+
+Invariants:
+
+- Nothing outside the staging directory is ever written. Entries with absolute paths or
+  ``..`` are refused; hard links must point inside the archive; symlinks whose target leaves
+  the destination are refused unless explicitly allowed. Symlinks are created only after
+  every other entry of every archive is in place, so no write can ever pass through one.
+- An existing path is unlinked before it is replaced, never truncated in place: it may be a
+  hard link whose other names must keep their old content.
+- Directory modes and mtimes are applied last, deepest first, so a read-only directory
+  still receives its files and its mtime is not disturbed by them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import ArchiveCorrupt, UnsafeArchiveEntry
+from ..progress import Progress
+from . import tarformat as tf
+
+__all__ = ["Extractor", "normalize_member_name"]
+
+_BUF = 1 << 20
+
+
+def normalize_member_name(name: bytes, archive: str) -> bytes:
+    """Make a member name relative and canonical, refusing unsafe ones.
+
+    Args:
+        name: as in the tar stream (``./a/b``, ``a/b/``).
+        archive: archive name, for errors.
+
+    Returns:
+        The canonical relative path, or ``b""`` for the archive root.
+
+    Raises:
+        UnsafeArchiveEntry: absolute paths and ``..`` components.
+    """
+    if name.startswith(b"/"):
+        raise UnsafeArchiveEntry(archive, os.fsdecode(name), "absolute path")
+    parts = [p for p in name.split(b"/") if p not in (b"", b".")]
+    if b".." in parts:
+        raise UnsafeArchiveEntry(archive, os.fsdecode(name), "'..' in path")
+    return b"/".join(parts)
+
+
+def _escapes(path: bytes, target: bytes) -> bool:
+    """Tell whether a symlink at ``path`` pointing to ``target`` leaves the root."""
+    if target.startswith(b"/"):
+        return True
+    depth = path.count(b"/")  # directories above the link, inside the root
+    for part in target.split(b"/"):
+        if part == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in (b"", b"."):
+            depth += 1
+    return False
+
+
+@dataclass(slots=True)
+class _DirMeta:
+    mode: int
+    mtime_ns: int
+    uid: int
+    gid: int
+
+
+class Extractor:
+    """Applies archives, oldest first, to one staging directory.
+
+    Args:
+        root: the staging directory (exists, empty).
+        allow_external_symlinks: restore symlinks that point outside the destination.
+        include: restore only paths it accepts (and what lies under accepted directories).
+        restore_owner: set uid/gid (default: when running as root, as tar does).
+    """
+
+    def __init__(
+        self,
+        root: bytes,
+        *,
+        allow_external_symlinks: bool = False,
+        include: Callable[[bytes], bool] | None = None,
+        restore_owner: bool | None = None,
+    ) -> None:
+        self.root = root
+        self.allow_external_symlinks = allow_external_symlinks
+        self.include = include
+        self.restore_owner = os.geteuid() == 0 if restore_owner is None else restore_owner
+        self.symlinks: dict[bytes, tuple[bytes, int, int, int]] = {}
+        self.dirs: dict[bytes, _DirMeta] = {}
+        self.files = 0
+        self.bytes = 0
+        self._buf = bytearray(_BUF)
+
+    def _abs(self, rel: bytes) -> bytes:
+        return self.root + b"/" + rel if rel else self.root
+
+    def _wanted(self, rel: bytes) -> bool:
+        return self.include is None or self.include(rel)
+
+    def _clear(self, rel: bytes) -> None:
+        """Remove whatever is at ``rel`` (file, link or whole directory)."""
+        p = self._abs(rel)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+    def _forget_under(self, rel: bytes) -> None:
+        prefix = rel + b"/"
+        for d in (self.symlinks, self.dirs):
+            for k in [k for k in d if k == rel or k.startswith(prefix)]:
+                del d[k]
+
+    def delete(self, rel: bytes) -> None:
+        """Apply an incremental's deletion of ``rel``."""
+        self._forget_under(rel)
+        self._clear(rel)
+
+    def _parent(self, rel: bytes, archive: str) -> None:
+        """Make the parents of ``rel`` real directories, refusing a path through a symlink."""
+        if b"/" not in rel:
+            return
+        parent = rel.rsplit(b"/", 1)[0]
+        probe = parent
+        while True:
+            if probe in self.symlinks:
+                raise UnsafeArchiveEntry(archive, os.fsdecode(rel), f"parent {os.fsdecode(probe)!r} is a symlink")
+            if b"/" not in probe:
+                break
+            probe = probe.rsplit(b"/", 1)[0]
+        ap = self._abs(parent)
+        try:
+            if stat.S_ISDIR(os.lstat(ap).st_mode):
+                return
+            os.unlink(ap)  # a file where the archive now has a directory
+        except FileNotFoundError:
+            pass
+        os.makedirs(ap, exist_ok=True)
+
+    def _meta(self, fd_or_path: int | bytes, m: tf.Member, *, is_link: bool = False) -> None:
+        if self.restore_owner:
+            try:
+                if isinstance(fd_or_path, int):
+                    os.fchown(fd_or_path, m.uid, m.gid)
+                else:
+                    os.lchown(fd_or_path, m.uid, m.gid)
+            except OSError:
+                pass  # as tar does: ownership is best effort
+        if not is_link:
+            if isinstance(fd_or_path, int):
+                os.fchmod(fd_or_path, m.mode & 0o7777)
+            else:
+                os.chmod(fd_or_path, m.mode & 0o7777)
+        if isinstance(fd_or_path, int):
+            os.utime(fd_or_path, ns=(m.mtime_ns, m.mtime_ns))
+        else:
+            os.utime(fd_or_path, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+
+    def extract(
+        self,
+        reader: tf.TarReader,
+        archive: str,
+        *,
+        skip: set[bytes] | None = None,
+        hashes: dict[bytes, str] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Apply every member of one tar stream.
+
+        Args:
+            reader: the archive's tar stream.
+            archive: its name, for errors.
+            skip: paths a later archive replaces or deletes: read past, not written.
+            hashes: expected SHA-256 of file contents by path (from the manifest).
+            progress: told of content bytes as they are read.
+        """
+        skip = skip or set()
+        progress = progress or Progress()
+        mv = memoryview(self._buf)
+        for m in reader:
+            rel = normalize_member_name(m.name, archive)
+            if not rel:
+                if m.type == tf.DIRTYPE:
+                    self.dirs[b""] = _DirMeta(m.mode, m.mtime_ns, m.uid, m.gid)
+                continue
+            if rel in skip or not self._wanted(rel):
+                if m.size:
+                    progress.advance(m.size)
+                continue
+            self._parent(rel, archive)
+            t = m.type
+            if t == tf.REGTYPE:
+                self._forget_under(rel)
+                self._write_file(reader, rel, m, archive, hashes.get(rel) if hashes else None, mv, progress)
+            elif t == tf.DIRTYPE:
+                self.symlinks.pop(rel, None)
+                ap = self._abs(rel)
+                try:
+                    if not stat.S_ISDIR(os.lstat(ap).st_mode):
+                        os.unlink(ap)
+                        os.mkdir(ap, 0o700)
+                except FileNotFoundError:
+                    os.mkdir(ap, 0o700)
+                self.dirs[rel] = _DirMeta(m.mode, m.mtime_ns, m.uid, m.gid)
+            elif t == tf.SYMTYPE:
+                if not self.allow_external_symlinks and _escapes(rel, m.linkname):
+                    raise UnsafeArchiveEntry(
+                        archive,
+                        os.fsdecode(rel),
+                        f"symlink to {os.fsdecode(m.linkname)!r} leaves the destination "
+                        "(--allow-external-symlinks restores it as it is)",
+                    )
+                self._forget_under(rel)
+                self._clear(rel)
+                self.symlinks[rel] = (m.linkname, m.mtime_ns, m.uid, m.gid)
+            elif t == tf.LNKTYPE:
+                target = normalize_member_name(m.linkname, archive)
+                if not target:
+                    raise UnsafeArchiveEntry(archive, os.fsdecode(rel), "hard link to the archive root")
+                self._forget_under(rel)
+                self._clear(rel)
+                if target in self.symlinks:
+                    self.symlinks[rel] = self.symlinks[target]
+                    continue
+                try:
+                    os.link(self._abs(target), self._abs(rel), follow_symlinks=False)
+                except FileNotFoundError:
+                    raise ArchiveCorrupt(archive, f"hard link {os.fsdecode(rel)!r} to missing {os.fsdecode(target)!r}") from None
+                self.files += 1
+            elif t == tf.FIFOTYPE:
+                self._forget_under(rel)
+                self._clear(rel)
+                os.mkfifo(self._abs(rel), 0o600)
+                self._meta(self._abs(rel), m)
+            elif t in (tf.CHRTYPE, tf.BLKTYPE):
+                self._forget_under(rel)
+                self._clear(rel)
+                if os.geteuid() == 0:
+                    kind = stat.S_IFCHR if t == tf.CHRTYPE else stat.S_IFBLK
+                    os.mknod(self._abs(rel), kind | 0o600, os.makedev(m.devmajor, m.devminor))
+                    self._meta(self._abs(rel), m)
+
+    def _write_file(
+        self,
+        reader: tf.TarReader,
+        rel: bytes,
+        m: tf.Member,
+        archive: str,
+        expected: str | None,
+        mv: memoryview,
+        progress: Progress,
+    ) -> None:
+        ap = self._abs(rel)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(ap, flags, 0o600)
+        except FileExistsError:
+            self._clear(rel)
+            fd = os.open(ap, flags, 0o600)
+        try:
+            h = hashlib.sha256() if expected else None
+            while True:
+                n = reader.readinto_data(mv)
+                if not n:
+                    break
+                chunk = mv[:n]
+                if h is not None:
+                    h.update(chunk)
+                view = chunk
+                while view:
+                    w = os.write(fd, view)
+                    view = view[w:]
+                progress.advance(n)
+            if h is not None and h.hexdigest() != expected:
+                raise ArchiveCorrupt(archive, f"content of {os.fsdecode(rel)!r} does not match its manifest hash")
+            self._meta(fd, m)
+        finally:
+            os.close(fd)
+        self.files += 1
+        self.bytes += m.size
+
+    def finish(self) -> None:
+        """Create the symlinks, then set directory metadata deepest first."""
+        for rel, (target, mtime_ns, uid, gid) in sorted(self.symlinks.items()):
+            ap = self._abs(rel)
+            parent = ap.rsplit(b"/", 1)[0]
+            os.makedirs(parent, exist_ok=True)
+            self._clear(rel)
+            os.symlink(target, ap)
+            if self.restore_owner:
+                try:
+                    os.lchown(ap, uid, gid)
+                except OSError:
+                    pass
+            os.utime(ap, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+            self.files += 1
+        for rel in sorted(self.dirs, key=lambda r: r.count(b"/"), reverse=True):
+            meta = self.dirs[rel]
+            ap = self._abs(rel)
+            try:
+                if self.restore_owner:
+                    try:
+                        os.lchown(ap, meta.uid, meta.gid)
+                    except OSError:
+                        pass
+                os.chmod(ap, meta.mode & 0o7777)
+                os.utime(ap, ns=(meta.mtime_ns, meta.mtime_ns))
+            except FileNotFoundError:
+                continue

@@ -1,0 +1,248 @@
+"""Pack: turn scanned entries into one ``tar -> zstd -> age`` stream written to a target.
+
+Invariants:
+
+- Compression before encryption: ciphertext does not compress, and compressing first keeps
+  the archive a standard ``.tar.zst`` inside a standard age file, so
+  ``age -d | zstd -d | tar -x`` restores it without this project.
+- One pass over the data: each file is read once, in 1 MiB pieces into one reused buffer;
+  its SHA-256 (for the manifest) is computed from the same buffer while it streams, so
+  memory stays bounded whatever the file sizes.
+- A file that changes while it is read is still archived consistently with its tar header
+  (truncated or zero-padded to the size the header promised) and flagged in the record;
+  a file that cannot be opened is skipped and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from ..crypto.age import AgeWriter, Recipient
+from ..progress import Progress
+from ..targets.base import ObjectWriter
+from . import tarformat as tf
+from .scan import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, Unreadable
+
+__all__ = ["PackResult", "pack"]
+
+_BUF = 1 << 20
+_TYPES = {FILE: tf.REGTYPE, DIR: tf.DIRTYPE, SYMLINK: tf.SYMTYPE, FIFO: tf.FIFOTYPE, CHR: tf.CHRTYPE, BLK: tf.BLKTYPE}
+
+
+@dataclass(slots=True)
+class PackResult:
+    """What was packed.
+
+    Attributes:
+        entries: manifest entries (dicts, JSON-ready except ``path``/``link`` which are bytes).
+        unreadable: files skipped because they could not be read.
+        changed: paths that changed while they were read.
+        size_in: file content bytes read.
+        size_tar: tar stream bytes.
+        size_stored: bytes written to the target.
+        sha256: SHA-256 of the stored bytes.
+    """
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
+    changed: list[bytes] = field(default_factory=list)
+    size_in: int = 0
+    size_tar: int = 0
+    size_stored: int = 0
+    sha256: str = ""
+
+
+class _Sink:
+    """Hashes and counts the stored bytes on their way to the target."""
+
+    __slots__ = ("h", "n", "out")
+
+    def __init__(self, out: ObjectWriter) -> None:
+        self.out = out
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.h.update(data)
+        self.n += len(data)
+        return self.out.write(data)
+
+
+def _names(uid: int, gid: int, cache: dict[tuple[str, int], str]) -> tuple[str, str]:
+    import grp
+    import pwd
+
+    def look(kind: str, i: int) -> str:
+        key = (kind, i)
+        if key not in cache:
+            try:
+                cache[key] = pwd.getpwuid(i).pw_name if kind == "u" else grp.getgrgid(i).gr_name
+            except KeyError:
+                cache[key] = ""
+        return cache[key]
+
+    return look("u", uid), look("g", gid)
+
+
+def pack(
+    entries: Sequence[Entry],
+    out: ObjectWriter,
+    recipients: Sequence[Recipient],
+    *,
+    level: int = 3,
+    threads: int = -1,
+    progress: Progress | None = None,
+) -> PackResult:
+    """Write entries as one encrypted, compressed tar stream.
+
+    Args:
+        entries: what to pack, parents before children.
+        out: the target's writer; not committed here.
+        recipients: age recipients.
+        level: zstd level.
+        threads: zstd worker threads (-1: one per CPU).
+        progress: told of every byte of file content packed.
+
+    Returns:
+        What was packed, with the stored object's size and SHA-256.
+    """
+    progress = progress or Progress()
+    res = PackResult()
+    sink = _Sink(out)
+    age = AgeWriter(sink, recipients)
+    cctx = zstandard.ZstdCompressor(level=level, threads=threads)
+    z = cctx.stream_writer(age, closefd=False, write_size=_BUF)
+    buf = bytearray(_BUF)
+    mv = memoryview(buf)
+    names: dict[tuple[str, int], str] = {}
+    links: dict[tuple[int, int], bytes] = {}
+    offset = 0
+    # small writes (headers, small files) are batched: each write into zstd has a fixed cost
+    pending = bytearray()
+
+    def emit(data: bytes | bytearray | memoryview) -> None:
+        nonlocal pending
+        pending += data
+        if len(pending) >= _BUF:
+            z.write(pending)
+            pending = bytearray()
+
+    for e in entries:
+        uname, gname = _names(e.uid, e.gid, names)
+        perm = stat.S_IMODE(e.mode)
+        rec: dict[str, Any] = {
+            "path": e.path,
+            "type": e.kind,
+            "size": 0,
+            "mode": perm,
+            "mtime_ns": e.mtime_ns,
+            "ctime_ns": e.ctime_ns,
+            "ino": e.ino,
+            "uid": e.uid,
+            "gid": e.gid,
+            "offset": offset,
+        }
+        common = dict(mode=perm, mtime_ns=e.mtime_ns, uid=e.uid, gid=e.gid, uname=uname, gname=gname)
+        if e.kind == FILE:
+            if e.nlink > 1:
+                first = links.get((e.dev, e.ino))
+                if first is not None:
+                    hdr = tf.encode_header(name=e.path, type=tf.LNKTYPE, linkname=first, **common)  # type: ignore[arg-type]
+                    emit(hdr)
+                    offset += len(hdr)
+                    rec.update(type=HARDLINK, link=first, file_size=e.size)
+                    res.entries.append(rec)
+                    continue
+            try:
+                fd = os.open(e.abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # deleted since the scan: not there to back up
+            except OSError as err:
+                res.unreadable.append(Unreadable(e.path, err.strerror or str(err)))
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    res.changed.append(e.path)
+                    continue
+                size = e.size
+                hdr = tf.encode_header(name=e.path, type=tf.REGTYPE, size=size, **common)  # type: ignore[arg-type]
+                emit(hdr)
+                offset += len(hdr)
+                rec["data_offset"] = offset
+                h = hashlib.sha256()
+                remaining = size
+                while remaining:
+                    n = os.readv(fd, [mv[: min(remaining, _BUF)]])
+                    if n <= 0:
+                        break
+                    chunk = mv[:n]
+                    h.update(chunk)
+                    if n < 65536:
+                        emit(chunk)
+                    else:
+                        if pending:
+                            z.write(pending)
+                            pending = bytearray()
+                        z.write(chunk)
+                    remaining -= n
+                    progress.advance(n)
+                grew = remaining == 0 and os.read(fd, 1) != b""
+                if remaining:
+                    # shrank while read: the header promised `size` bytes, so pad with zeros
+                    zeros = bytes(min(remaining, _BUF))
+                    while remaining:
+                        piece = zeros[: min(remaining, len(zeros))]
+                        h.update(piece)
+                        emit(piece)
+                        remaining -= len(piece)
+                st2 = os.fstat(fd)
+            finally:
+                os.close(fd)
+            emit(tf.padding(size))
+            offset += size + len(tf.padding(size))
+            res.size_in += size
+            if (
+                grew
+                or st2.st_size != size
+                or st2.st_mtime_ns != e.mtime_ns
+                or st2.st_ctime_ns != e.ctime_ns
+            ):
+                res.changed.append(e.path)
+            if e.nlink > 1:
+                links[(e.dev, e.ino)] = e.path
+            rec.update(size=size, sha256=h.hexdigest())
+        else:
+            kw: dict[str, Any] = {}
+            if e.kind == SYMLINK:
+                kw["linkname"] = e.link
+                rec["link"] = e.link
+            elif e.kind in (CHR, BLK):
+                try:
+                    rdev = os.lstat(e.abspath).st_rdev
+                except OSError:
+                    rdev = 0
+                kw.update(devmajor=os.major(rdev), devminor=os.minor(rdev))
+                rec.update(devmajor=kw["devmajor"], devminor=kw["devminor"])
+            hdr = tf.encode_header(name=e.path, type=_TYPES[e.kind], **common, **kw)
+            emit(hdr)
+            offset += len(hdr)
+        res.entries.append(rec)
+
+    emit(tf.END_OF_ARCHIVE)
+    offset += len(tf.END_OF_ARCHIVE)
+    if pending:
+        z.write(pending)
+    z.close()  # flushes the zstd frame into age; closefd=False leaves age open
+    age.close()
+    res.size_tar = offset
+    res.size_stored = sink.n
+    res.sha256 = sink.h.hexdigest()
+    return res

@@ -1,0 +1,437 @@
+"""The ``backup`` command.
+
+Exit codes: 0 success; 1 failure (one message naming what is wrong); 3 the backup finished
+but some files could not be read (listed, and recorded with the archive). Progress bars go
+to stderr on a terminal only; every listing has ``--json``, whose times are ISO 8601 UTC and
+are accepted back by ``--at``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.progress import Progress as RichBar
+from rich.table import Table
+
+from .errors import Error
+from .inventory import Archive, Inventory
+from .policy import Policy, get_policy, load_policies
+from .progress import Progress
+from .settings import Settings
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class _Bar(Progress):
+    """A rich progress bar on stderr."""
+
+    def __init__(self) -> None:
+        self.bar = RichBar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
+        self.task: Any = None
+
+    def start(self, description: str, total_bytes: int | None) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(description, total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        self.bar.advance(self.task, nbytes)
+
+    def finish(self) -> None:
+        self.bar.stop()
+
+
+def _progress(quiet: bool = False) -> Progress:
+    return _Bar() if sys.stderr.isatty() and not quiet else Progress()
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
+
+
+def parse_time(text: str) -> datetime:
+    """Parse ``--at``: ISO 8601; a time without a zone is local time."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time such as 2026-11-21T02:00:00Z") from None
+    return t.astimezone() if t.tzinfo is None else t
+
+
+class Ctx:
+    """Settings, policies and inventory, opened on first use."""
+
+    def __init__(self, config: Path | None) -> None:
+        self.settings = Settings()
+        if config is not None:
+            self.settings.config = config
+        self._inv: Inventory | None = None
+        self._policies: dict[str, Policy] | None = None
+
+    @property
+    def inventory(self) -> Inventory:
+        if self._inv is None:
+            self._inv = Inventory(self.settings.inventory_url)
+        return self._inv
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        if self._policies is None:
+            self._policies = load_policies(self.settings.config)
+        return self._policies
+
+    def policy(self, name: str) -> Policy:
+        return get_policy(self.policies, name, self.settings.config)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except Error as e:
+        err.print(f"[red]error:[/red] {e.get_message()}", markup=True, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+def _handled(f: F) -> F:
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        with _errors():
+            return f(*a, **kw)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group()
+@click.option("--config", type=click.Path(path_type=Path), help="Policy file (default: $BACKUP_CONFIG).")
+@click.version_option(package_name="backup")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """Encrypted, compressed backups that restore with standard tools:
+    age -d -i key.txt ARCHIVE | zstd -d | tar -x"""
+    ctx.obj = Ctx(config)
+
+
+# keys -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """Create and inspect age keys."""
+
+
+@keys.command("generate")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Identity file to write (mode 0600).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@_handled
+def keys_generate(out_path: Path, force: bool) -> None:
+    """Write a new age identity to FILE and print its recipient (age1...)."""
+    from .crypto.age import X25519Identity
+
+    ident = X25519Identity.generate()
+    rcpt = ident.recipient().to_string()
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(out_path, flags, 0o600)
+    except FileExistsError:
+        raise Error(f"{out_path} exists; use --force to overwrite it") from None
+    except OSError as e:
+        raise Error(f"cannot write {out_path}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(f"# created: {_iso(datetime.now(UTC))}\n# public key: {rcpt}\n{ident.to_string()}\n")
+    click.echo(rcpt)
+
+
+@keys.command("recipient")
+@click.argument("identity_file", type=click.Path(path_type=Path))
+@_handled
+def keys_recipient(identity_file: Path) -> None:
+    """Print the recipients (age1...) of an identity file."""
+    from .crypto.age import X25519Identity
+    from .restore import identities_from
+
+    for ident in identities_from(identity_file):
+        if isinstance(ident, X25519Identity):
+            click.echo(ident.recipient().to_string())
+
+
+# run --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("policy")
+@click.option("--full", is_flag=True, help="Start a new chain with a full archive.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+@_handled
+def run(obj: Ctx, policy: str, full: bool, as_json: bool) -> None:
+    """Back up POLICY now, in this process."""
+    from .engine import run_backup
+
+    pol = obj.policy(policy)
+    res = run_backup(pol, obj.inventory, full=full, progress=_progress(as_json))
+    a = res.archive
+    if as_json:
+        d = _archive_json(a)
+        d["deleted_paths"] = res.deleted
+        d["unreadable"] = json.loads(a.unreadable)
+        d["changed_while_reading"] = json.loads(a.changed)
+        _dump(d)
+    else:
+        click.echo(
+            f"{a.kind} archive {a.id}: {a.entries} entries, {_size(a.size_in)} read, "
+            f"{_size(a.size_stored)} stored, {res.deleted} deleted paths"
+        )
+        for p in json.loads(a.changed):
+            click.echo(f"warning: changed while being read: {p}", err=True)
+        for u in json.loads(a.unreadable):
+            click.echo(f"warning: could not read {u['path']}: {u['error']}", err=True)
+    sys.exit(res.exit_code)
+
+
+# list / show ------------------------------------------------------------------------------
+
+
+def _size(n: int) -> str:
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1024
+    return str(n)
+
+
+def _archive_json(a: Archive) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "policy": a.policy,
+        "kind": a.kind,
+        "parent": a.parent_id,
+        "created": _iso(a.created),
+        "state": a.state,
+        "size": a.size_stored,
+        "size_in": a.size_in,
+        "entries": a.entries,
+        "sha256": a.sha256,
+        "target": a.target,
+        "location": a.location,
+        "manifest": a.manifest_location,
+        "unreadable": len(json.loads(a.unreadable or "[]")),
+    }
+
+
+@cli.command("list")
+@click.argument("policy", required=False)
+@click.option("--all", "all_states", is_flag=True, help="Include failed and deleted archives.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_handled
+def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None:
+    """List archives, oldest first."""
+    rows = obj.inventory.archives(policy, states=() if all_states else ("complete",))
+    if as_json:
+        _dump([_archive_json(a) for a in rows])
+        return
+    t = Table("id", "policy", "kind", "parent", "created", "size", "entries", "location", box=None)
+    if all_states:
+        t.add_column("state")
+    for a in rows:
+        cells = [a.id, a.policy, a.kind, a.parent_id or "-", _iso(a.created) or "", _size(a.size_stored), str(a.entries), f"{a.target.rstrip('/')}/{a.location}"]
+        if all_states:
+            cells.append(a.state)
+        t.add_row(*cells)
+    out.print(t)
+
+
+@cli.command()
+@click.argument("archive_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_handled
+def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
+    """List the entries of an archive (from the inventory; no key needed)."""
+    import stat as st
+
+    a = obj.inventory.get(archive_id)
+    recs = obj.inventory.records(a.id)
+    if as_json:
+        d = _archive_json(a)
+        d["entries_list"] = [
+            {
+                "path": os.fsdecode(r.path),
+                "type": r.type,
+                "size": r.size,
+                "mode": f"{r.mode:04o}",
+                "mtime": _iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC)) if r.type != "deleted" else None,
+                "mtime_ns": r.mtime_ns,
+                "sha256": r.sha256,
+                "link": os.fsdecode(r.link) if r.link else None,
+                "offset": r.offset,
+            }
+            for r in recs
+        ]
+        _dump(d)
+        return
+    t = Table("type", "mode", "size", "mtime", "path", box=None)
+    for r in recs:
+        if r.type == "deleted":
+            t.add_row("deleted", "", "", "", os.fsdecode(r.path))
+            continue
+        link = f" -> {os.fsdecode(r.link)}" if r.link else ""
+        t.add_row(r.type, st.filemode(r.mode)[1:], str(r.size), _iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC)) or "", os.fsdecode(r.path) + link)
+    out.print(t)
+
+
+# restore / verify -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("policy", required=False)
+@click.option("--to", "to", required=True, type=click.Path(path_type=Path), help="Destination directory.")
+@click.option("--at", "at", help="Newest archive at or before this ISO 8601 time.")
+@click.option("--archive", "archive_id", help="Restore this archive (id or unique prefix).")
+@click.option("--file", "file", type=click.Path(path_type=Path), help="Restore a .tar.zst.age file not in the inventory.")
+@click.option("--include", multiple=True, help="Restore only paths matching this glob (repeatable).")
+@click.option("--identity", type=click.Path(path_type=Path), help="age identity file (default: $BACKUP_IDENTITY).")
+@click.option("--force", is_flag=True, help="Restore into a non-empty destination.")
+@click.option("--allow-external-symlinks", is_flag=True, help="Restore symlinks pointing outside the destination.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+@_handled
+def restore(
+    obj: Ctx,
+    policy: str | None,
+    to: Path,
+    at: str | None,
+    archive_id: str | None,
+    file: Path | None,
+    include: tuple[str, ...],
+    identity: Path | None,
+    force: bool,
+    allow_external_symlinks: bool,
+    as_json: bool,
+) -> None:
+    """Restore POLICY's tree as it was at --at (default: the newest archive) into --to."""
+    from . import restore as r
+
+    identities = r.identities_from(identity or obj.settings.identity)
+    to = to.absolute()
+    if file is not None:
+        if policy or at or archive_id:
+            raise Error("--file restores one file; it takes no POLICY, --at or --archive")
+        res = r.restore_file(file, to, identities, include=include, force=force, allow_external_symlinks=allow_external_symlinks, progress=_progress(as_json))
+    else:
+        if policy is None:
+            raise Error("name the POLICY to restore (or --file for an archive file)")
+        res = r.restore(
+            policy,
+            obj.inventory,
+            to,
+            identities,
+            at=parse_time(at) if at else None,
+            archive_id=archive_id,
+            include=include,
+            force=force,
+            allow_external_symlinks=allow_external_symlinks,
+            progress=_progress(as_json),
+        )
+    if as_json:
+        _dump({"destination": str(res.destination), "archives": res.archives, "files": res.files, "bytes": res.bytes, "seconds": round(res.seconds, 3)})
+    else:
+        click.echo(f"restored {res.files} files ({_size(res.bytes)}) from {len(res.archives)} archive(s) into {res.destination} in {res.seconds:.1f} s")
+
+
+@cli.command()
+@click.argument("archive_id")
+@click.option("--identity", type=click.Path(path_type=Path), help="age identity file (default: $BACKUP_IDENTITY).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+@_handled
+def verify(obj: Ctx, archive_id: str, identity: Path | None, as_json: bool) -> None:
+    """Read and authenticate a whole archive and check its manifest hashes; writes nothing."""
+    from . import restore as r
+
+    res = r.verify(archive_id, obj.inventory, r.identities_from(identity or obj.settings.identity), progress=_progress(as_json))
+    if as_json:
+        _dump({"archive": res.archive_id, "ok": True, "entries": res.entries, "files_checked": res.files_checked, "bytes": res.bytes})
+    else:
+        click.echo(f"archive {res.archive_id} OK: {res.entries} entries, {res.files_checked} files ({_size(res.bytes)}) match the manifest")
+
+
+# prune ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("policy")
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_handled
+def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
+    """Delete POLICY's archives that its retention does not keep (never one a kept archive needs)."""
+    from .retention import apply_prune, plan_prune
+
+    pol = obj.policy(policy)
+    plan = plan_prune(obj.inventory, policy, pol.retention)
+    deleted = [] if dry_run else apply_prune(obj.inventory, plan)
+    if as_json:
+        _dump({
+            "policy": policy,
+            "dry_run": dry_run,
+            "keep": [{"id": a.id, "created": _iso(a.created), "reason": why} for a, why in plan.keep],
+            "delete": [{"id": a.id, "created": _iso(a.created)} for a in plan.delete],
+            "deleted": deleted,
+        })
+        return
+    for a, why in plan.keep:
+        click.echo(f"keep    {a.id}  {a.kind:<11}  {why}")
+    for a in plan.delete:
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {a.id}  {a.kind}")
+    if pol.retention.is_empty():
+        click.echo(f"policy {policy!r} has no retention rules: keeping everything")
+
+
+def main() -> None:
+    """Entry point of the ``backup`` command."""
+    cli(prog_name="backup")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Backup runs: policy -> scan -> pack -> target -> inventory.
+
+Invariants:
+
+- The inventory row is created (``writing``) before the first byte is stored and becomes
+  ``complete`` only after the archive and its manifest are both committed in the target, so
+  the inventory never points at a half archive, and a crash leaves a ``writing`` row that
+  says exactly which objects to look for.
+- An incremental holds what is new or changed since its parent (size, mtime, mode, inode
+  or ctime differ) plus the paths deleted since; paths under a directory that could not be
+  read are carried over, never recorded as deleted. If one name of a hard-linked file is
+  packed, all its names are, so the link survives ``tar -x`` of any single archive.
+- Backing up needs recipients only, never a secret key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import socket
+import stat
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .archive import FORMAT_VERSION, Entry, encode_manifest, pack, scan
+from .archive.manifest import path_to_json
+from .archive.scan import FILE, HARDLINK, Unreadable
+from .crypto.age import Recipient, encrypt_bytes, parse_recipient
+from .errors import Error
+from .inventory import Archive, FileSig, Inventory
+from .policy import Policy
+from .progress import Progress
+from .targets import open_target
+
+__all__ = ["BackupResult", "archive_keys", "new_archive_id", "run_backup", "select_changed"]
+
+
+@dataclass(slots=True)
+class BackupResult:
+    """The outcome of one backup run."""
+
+    archive: Archive
+    unreadable: list[Unreadable] = field(default_factory=list)
+    changed: list[bytes] = field(default_factory=list)
+    deleted: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 3 when some files could not be read."""
+        return 3 if self.unreadable else 0
+
+
+def new_archive_id(now: datetime) -> str:
+    """Returns: a time-sortable, unique archive id such as ``20261121T020000Z-9f2c41d7``."""
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def archive_keys(policy: str, archive_id: str) -> tuple[str, str]:
+    """Returns: the object keys of an archive and of its manifest."""
+    return (
+        f"{policy}/{archive_id}.tar.zst.age",
+        f"{policy}/{archive_id}.manifest.json.zst.age",
+    )
+
+
+def _sig_differs(e: Entry, sig: FileSig) -> bool:
+    kind = FILE if sig.type == HARDLINK else sig.type
+    return (
+        kind != e.kind
+        or sig.size != e.size
+        or sig.mtime_ns != e.mtime_ns
+        or sig.mode != stat.S_IMODE(e.mode)
+        or sig.ino != e.ino
+        or sig.ctime_ns != e.ctime_ns
+    )
+
+
+def select_changed(
+    entries: Sequence[Entry],
+    state: dict[bytes, FileSig],
+    unreadable: Sequence[Unreadable],
+    unreadable_dirs: Sequence[bytes],
+) -> tuple[list[Entry], list[bytes]]:
+    """Choose what an incremental packs.
+
+    Args:
+        entries: the scan, in order.
+        state: the tree at the parent archive.
+        unreadable: paths the scan could not read (carried over, not deleted).
+        unreadable_dirs: directories the scan could not list (their contents carried over).
+
+    Returns:
+        (entries to pack, in scan order; paths deleted since the parent, sorted).
+    """
+    chosen: set[bytes] = set()
+    groups: dict[tuple[int, int], list[bytes]] = defaultdict(list)
+    for e in entries:
+        sig = state.get(e.path)
+        if sig is None or _sig_differs(e, sig):
+            chosen.add(e.path)
+        if e.kind == FILE and e.nlink > 1:
+            groups[(e.dev, e.ino)].append(e.path)
+    for members in groups.values():
+        if len(members) > 1 and any(m in chosen for m in members):
+            chosen.update(members)
+    present = {e.path for e in entries}
+    keep = {u.path for u in unreadable}
+    prefixes = tuple(d + b"/" for d in unreadable_dirs if d) if unreadable_dirs else ()
+    whole_tree_unreadable = b"" in unreadable_dirs
+    deleted = sorted(
+        p
+        for p in state
+        if p not in present
+        and p not in keep
+        and not whole_tree_unreadable
+        and not (prefixes and p.startswith(prefixes))
+    )
+    return [e for e in entries if e.path in chosen], deleted
+
+
+def run_backup(
+    policy: Policy,
+    inventory: Inventory,
+    *,
+    full: bool = False,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> BackupResult:
+    """Back up one policy now, in this process.
+
+    Args:
+        policy: what to back up.
+        inventory: where the record goes.
+        full: start a new chain even if ``full_every`` has not elapsed.
+        progress: told of bytes packed.
+        now: the run's time (tests); defaults to the clock.
+
+    Returns:
+        The archive recorded, and what could not be read.
+
+    Raises:
+        SourceError: a source is missing (nothing is written).
+        TargetError: the target refused the write (the row is marked failed).
+    """
+    progress = progress or Progress()
+    now = now or datetime.now(UTC)
+    target = open_target(policy.target)
+    recipients: list[Recipient] = [parse_recipient(r) for r in policy.recipients]
+
+    scanned = scan(policy.name, policy.source_names(), policy.exclude)
+
+    parent = None if full else inventory.latest(policy.name, policy.target)
+    if parent is not None:
+        chain_full = inventory.chain(parent.id)[0]
+        if now - chain_full.created >= policy.full_every:
+            parent = None
+    if parent is None:
+        kind, selected, deleted = "full", scanned.entries, []
+    else:
+        state = inventory.tree_state(parent.id)
+        selected, deleted = select_changed(
+            scanned.entries, state, scanned.unreadable, scanned.unreadable_dirs
+        )
+        kind = "incremental"
+
+    archive_id = new_archive_id(now)
+    key, manifest_key = archive_keys(policy.name, archive_id)
+    row = Archive(
+        id=archive_id,
+        policy=policy.name,
+        target=policy.target,
+        location=key,
+        manifest_location=manifest_key,
+        kind=kind,
+        parent_id=parent.id if parent else None,
+        created=now,
+        state="writing",
+        host=socket.gethostname(),
+        format_version=FORMAT_VERSION,
+    )
+    inventory.add_archive(row)
+    committed: list[str] = []
+    try:
+        progress.start(f"{policy.name}: {kind}", sum(e.size for e in selected if e.kind == FILE))
+        with target.open_write(key) as w:
+            res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
+            committed.append(w.commit())
+        progress.finish()
+        unreadable = scanned.unreadable + res.unreadable
+        manifest: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "archive_id": archive_id,
+            "policy": policy.name,
+            "kind": kind,
+            "parent": row.parent_id,
+            "created": now.isoformat(),
+            "host": row.host,
+            "target": policy.target,
+            "sources": [{"name": n, "path": str(p)} for n, p in policy.source_names()],
+            "compression": {"zstd_level": policy.compression_level},
+            "archive": {"key": key, "size": res.size_stored, "sha256": res.sha256},
+            "size_in": res.size_in,
+            "size_tar": res.size_tar,
+            "entries": [_json_entry(r) for r in res.entries],
+            "deleted": [path_to_json(p) for p in deleted],
+            "unreadable": [{"path": path_to_json(u.path), "error": u.error} for u in unreadable],
+            "changed_while_reading": [path_to_json(p) for p in res.changed],
+        }
+        blob = encrypt_bytes(encode_manifest(manifest), recipients)
+        with target.open_write(manifest_key) as w:
+            w.write(blob)
+            committed.append(w.commit())
+        inventory.add_file_records(_index_rows(archive_id, res.entries, deleted))
+        inventory.update_archive(
+            archive_id,
+            state="complete",
+            finished=datetime.now(UTC),
+            size_in=res.size_in,
+            size_tar=res.size_tar,
+            size_stored=res.size_stored,
+            sha256=res.sha256,
+            manifest_sha256=hashlib.sha256(blob).hexdigest(),
+            entries=len(res.entries),
+            deleted_paths=len(deleted),
+            unreadable=json.dumps([{"path": path_to_json(u.path), "error": u.error} for u in unreadable]),
+            changed=json.dumps([path_to_json(p) for p in res.changed]),
+        )
+    except BaseException as e:
+        # an archive without its manifest or its record is not one: remove what was stored
+        for ref in committed:
+            try:
+                target.delete(ref)
+            except Exception:
+                pass
+        msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
+        inventory.update_archive(archive_id, state="failed", error=msg, finished=datetime.now(UTC))
+        inventory.log("backup", f"backup failed: {msg}", level="error", policy=policy.name, archive_id=archive_id)
+        raise
+    inventory.log(
+        "backup",
+        f"{kind} archive {archive_id}: {len(res.entries)} entries, {res.size_stored} bytes stored",
+        level="warning" if unreadable else "info",
+        policy=policy.name,
+        archive_id=archive_id,
+        unreadable=len(unreadable),
+        changed=len(res.changed),
+    )
+    return BackupResult(inventory.get(archive_id), unreadable, res.changed, len(deleted))
+
+
+def _json_entry(r: dict[str, Any]) -> dict[str, Any]:
+    out = dict(r)
+    out["path"] = path_to_json(r["path"])
+    if "link" in r:
+        out["link"] = path_to_json(r["link"])
+    return out
+
+
+def _index_rows(archive_id: str, entries: list[dict[str, Any]], deleted: list[bytes]) -> Any:
+    for r in entries:
+        yield {
+            "archive_id": archive_id,
+            "path": r["path"],
+            "type": r["type"],
+            "size": r.get("file_size", r["size"]),
+            "mode": r["mode"],
+            "mtime_ns": r["mtime_ns"],
+            "ctime_ns": r["ctime_ns"],
+            "ino": r["ino"],
+            "uid": r["uid"],
+            "gid": r["gid"],
+            "sha256": r.get("sha256"),
+            "link": r.get("link"),
+            "offset": r["offset"],
+        }
+    for p in deleted:
+        yield {"archive_id": archive_id, "path": p, "type": "deleted"}
+

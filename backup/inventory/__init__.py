@@ -1,0 +1,270 @@
+"""The local inventory: archives, their file index, retrieval jobs, snapshots and events.
+
+SQLite is the embedded default; the same code runs on PostgreSQL for a cluster. An archive
+row is created in state ``writing`` before the first byte goes to the target and becomes
+``complete`` only after the archive and its manifest are committed there, so the inventory
+never points at an archive that is not whole. Prune marks rows ``deleted``; rows are never
+removed, so the history of what existed stays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import ArchiveNotFound, ConfigError
+from .models import Archive, Base, Event, FileRecord, RetrievalJob, Snapshot
+
+__all__ = [
+    "Archive",
+    "Event",
+    "FileRecord",
+    "FileSig",
+    "Inventory",
+    "RetrievalJob",
+    "Snapshot",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSig:
+    """What a path looked like when an archive recorded it; an incremental compares the
+    tree against these to find what changed."""
+
+    type: str
+    size: int
+    mode: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    archive_id: str
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets a restore read while a backup writes; FKs keep the chain consistent
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Inventory:
+    """Access to one inventory database.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:////var/lib/backup/inventory.db`` or
+            ``postgresql+psycopg://backup@db/backup``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            if url.startswith("sqlite:///"):
+                path = url[len("sqlite:///") :]
+                if path and path != ":memory:":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        except Exception as e:  # bad URL or missing driver
+            raise ConfigError(f"inventory URL {_redact(url)}: {e}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            Base.metadata.create_all(self.engine)
+        except Exception as e:
+            raise ConfigError(f"cannot open inventory {_redact(url)}: {type(e).__name__}: {e}") from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # archives ---------------------------------------------------------------------------
+
+    def add_archive(self, archive: Archive) -> None:
+        """Record an archive about to be written (state ``writing``)."""
+        with self.session() as s:
+            s.add(archive)
+
+    def update_archive(self, archive_id: str, **fields: Any) -> None:
+        """Set fields of an archive row."""
+        with self.session() as s:
+            row = s.get(Archive, archive_id)
+            if row is None:
+                raise ArchiveNotFound(archive_id, "")
+            for k, v in fields.items():
+                setattr(row, k, v)
+
+    def add_file_records(self, rows: Iterable[dict[str, Any]], batch: int = 5000) -> None:
+        """Insert file index rows in batches (dicts with FileRecord's columns)."""
+        buf: list[dict[str, Any]] = []
+        with self.session() as s:
+            for r in rows:
+                buf.append(r)
+                if len(buf) >= batch:
+                    s.execute(insert(FileRecord), buf)
+                    buf = []
+            if buf:
+                s.execute(insert(FileRecord), buf)
+
+    def get(self, archive_id: str) -> Archive:
+        """Find an archive by id or unique id prefix (any state)."""
+        with self.session() as s:
+            row = s.get(Archive, archive_id)
+            if row is not None:
+                return row
+            rows = s.scalars(
+                select(Archive).where(Archive.id.startswith(archive_id, autoescape=True)).limit(2)
+            ).all()
+        if len(rows) == 1:
+            return rows[0]
+        raise ArchiveNotFound(archive_id, " (ambiguous prefix)" if rows else "")
+
+    def archives(
+        self, policy: str | None = None, states: Sequence[str] = ("complete",)
+    ) -> list[Archive]:
+        """Archives, oldest first, optionally of one policy and in given states."""
+        q = select(Archive).order_by(Archive.created, Archive.id)
+        if policy is not None:
+            q = q.where(Archive.policy == policy)
+        if states:
+            q = q.where(Archive.state.in_(states))
+        with self.session() as s:
+            return list(s.scalars(q).all())
+
+    def latest(self, policy: str, target: str, *, kind: str | None = None) -> Archive | None:
+        """The newest complete archive of a policy in a target (of one kind, if given)."""
+        q = (
+            select(Archive)
+            .where(Archive.policy == policy, Archive.target == target, Archive.state == "complete")
+            .order_by(Archive.created.desc(), Archive.id.desc())
+            .limit(1)
+        )
+        if kind:
+            q = q.where(Archive.kind == kind)
+        with self.session() as s:
+            return s.scalars(q).first()
+
+    def at(self, policy: str, when: datetime) -> Archive | None:
+        """The newest complete archive of a policy created at or before ``when``."""
+        q = (
+            select(Archive)
+            .where(Archive.policy == policy, Archive.state == "complete", Archive.created <= when)
+            .order_by(Archive.created.desc(), Archive.id.desc())
+            .limit(1)
+        )
+        with self.session() as s:
+            return s.scalars(q).first()
+
+    def chain(self, archive_id: str) -> list[Archive]:
+        """The archive and its ancestors, full first."""
+        out: list[Archive] = []
+        with self.session() as s:
+            cur: str | None = archive_id
+            seen: set[str] = set()
+            while cur is not None:
+                if cur in seen:
+                    raise ArchiveNotFound(archive_id, " (its parent chain loops)")
+                seen.add(cur)
+                row = s.get(Archive, cur)
+                if row is None:
+                    raise ArchiveNotFound(cur, f" (parent in the chain of {archive_id})")
+                out.append(row)
+                cur = row.parent_id
+        out.reverse()
+        return out
+
+    def children(self, archive_id: str) -> list[Archive]:
+        """Archives whose parent is ``archive_id`` (any state but deleted)."""
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(Archive).where(Archive.parent_id == archive_id, Archive.state != "deleted")
+                ).all()
+            )
+
+    def records(self, archive_id: str) -> list[FileRecord]:
+        """The file index rows of one archive, in path order."""
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(FileRecord).where(FileRecord.archive_id == archive_id).order_by(FileRecord.path)
+                ).all()
+            )
+
+    def tree_state(self, archive_id: str) -> dict[bytes, FileSig]:
+        """Replay a chain's file index: every path that existed at ``archive_id``."""
+        state: dict[bytes, FileSig] = {}
+        cols = (
+            FileRecord.path,
+            FileRecord.type,
+            FileRecord.size,
+            FileRecord.mode,
+            FileRecord.mtime_ns,
+            FileRecord.ctime_ns,
+            FileRecord.ino,
+        )
+        for arch in self.chain(archive_id):
+            with self.session() as s:
+                result = s.execute(select(*cols).where(FileRecord.archive_id == arch.id))
+                for path, typ, size, mode, mtime_ns, ctime_ns, ino in result:
+                    if typ == "deleted":
+                        state.pop(path, None)
+                    else:
+                        state[path] = FileSig(typ, size, mode, mtime_ns, ctime_ns, ino, arch.id)
+        return state
+
+    # events -----------------------------------------------------------------------------
+
+    def log(
+        self,
+        kind: str,
+        message: str,
+        *,
+        level: str = "info",
+        policy: str | None = None,
+        archive_id: str | None = None,
+        **data: Any,
+    ) -> None:
+        """Append an event."""
+        with self.session() as s:
+            s.add(
+                Event(
+                    time=datetime.now(UTC),
+                    level=level,
+                    kind=kind,
+                    policy=policy,
+                    archive_id=archive_id,
+                    message=message,
+                    data=json.dumps(data, default=str),
+                )
+            )
+
+    def events(self, limit: int = 100) -> list[Event]:
+        """The newest events, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Event).order_by(Event.id.desc()).limit(limit)).all())
+
+
+def _redact(url: str) -> str:
+    """An inventory URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"

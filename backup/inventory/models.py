@@ -1,0 +1,160 @@
+"""Inventory tables (SQLAlchemy 2).
+
+The inventory is a cache of what the vault holds plus the state of work in flight. Every
+archive's manifest is stored beside it in the target, encrypted, so the archive rows and the
+file index can be rebuilt from the vault alone; retrieval jobs, snapshots and events are the
+inventory's own.
+
+Paths are stored as raw bytes: file names on POSIX are bytes, and a name that is not UTF-8
+must come back exactly as it was.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Archive", "Base", "Event", "FileRecord", "RetrievalJob", "Snapshot", "UTCDateTime"]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the inventory")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Archive(Base):
+    """One archive in a target, with its manifest beside it."""
+
+    __tablename__ = "archives"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(Text)
+    location: Mapped[str] = mapped_column(Text)
+    manifest_location: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))  # full | incremental
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("archives.id"), index=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # writing | complete | failed | deleted
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    format_version: Mapped[int] = mapped_column(Integer, default=1)
+    size_in: Mapped[int] = mapped_column(BigInteger, default=0)  # file content bytes packed
+    size_tar: Mapped[int] = mapped_column(BigInteger, default=0)  # tar stream bytes
+    size_stored: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes in the target
+    sha256: Mapped[str | None] = mapped_column(String(64))  # of the stored object
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
+    entries: Mapped[int] = mapped_column(Integer, default=0)
+    deleted_paths: Mapped[int] = mapped_column(Integer, default=0)
+    unreadable: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of {path, error}
+    changed: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of paths
+    error: Mapped[str | None] = mapped_column(Text)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class FileRecord(Base):
+    """An entry an archive holds (or a path it records as deleted, ``type == "deleted"``).
+
+    Replaying a chain's records gives the tree at any archive: what an incremental compares
+    against, and where restore finds each path."""
+
+    __tablename__ = "file_index"
+
+    archive_id: Mapped[str] = mapped_column(
+        ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    type: Mapped[str] = mapped_column(String(10))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    mode: Mapped[int] = mapped_column(Integer, default=0)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
+    ctime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
+    ino: Mapped[int] = mapped_column(BigInteger, default=0)
+    uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    gid: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    link: Mapped[bytes | None] = mapped_column(LargeBinary)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RetrievalJob(Base):
+    """A retrieval of an object from a cold target (requested, polled, completed)."""
+
+    __tablename__ = "retrieval_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    archive_id: Mapped[str | None] = mapped_column(ForeignKey("archives.id"), index=True)
+    target: Mapped[str] = mapped_column(Text)
+    ref: Mapped[str] = mapped_column(Text)
+    remote_job_id: Mapped[str | None] = mapped_column(Text)
+    tier: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    requested: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_check: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    completed: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Snapshot(Base):
+    """A bucket snapshot taken or recorded by the product."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bucket: Mapped[str] = mapped_column(Text, index=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(UTCDateTime)
+    policy: Mapped[str | None] = mapped_column(String(64))
+    archive_id: Mapped[str | None] = mapped_column(ForeignKey("archives.id"))
+
+
+class Event(Base):
+    """An append-only log of what happened, for ``backup status`` and post-mortems."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    level: Mapped[str] = mapped_column(String(10))
+    kind: Mapped[str] = mapped_column(String(32))
+    policy: Mapped[str | None] = mapped_column(String(64))
+    archive_id: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[str] = mapped_column(Text, default="{}")
+
+
+Index("ix_archives_policy_created", Archive.policy, Archive.created)

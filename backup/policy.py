@@ -1,0 +1,212 @@
+"""Backup policies: what to back up, where to, for whom, how often and for how long.
+
+A TOML file holds one or more ``[[policy]]`` tables. Policies name age *recipients* only:
+backing up never needs a secret key, so a machine that backs up holds nothing that can
+read its own archives.
+
+Every mistake becomes one :class:`~backup.errors.PolicyError` naming the file, the policy
+and the field, so a broken file is fixed in one look.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import PolicyError
+
+__all__ = ["Policy", "Retention", "load_policies", "parse_duration", "get_policy"]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"7d"``, ``"12h"``, ``"2w"``, ``"30m"`` or ``"90s"``.
+
+    Args:
+        text: a whole number followed by one unit letter.
+
+    Returns:
+        The duration.
+
+    Raises:
+        ValueError: naming the accepted form.
+    """
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like '7d', '12h', '2w', '30m' or '90s'")
+    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+
+
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+class Retention(BaseModel):
+    """How many archives prune keeps: the newest ``keep_last``, and the newest archive of each
+    of the last ``keep_daily`` days, ``keep_weekly`` ISO weeks, and so on. Unset means 0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_last: NonNegative = 0
+    keep_daily: NonNegative = 0
+    keep_weekly: NonNegative = 0
+    keep_monthly: NonNegative = 0
+    keep_yearly: NonNegative = 0
+
+    def is_empty(self) -> bool:
+        """Returns: True when no rule keeps anything (prune then refuses to delete all)."""
+        return not any(
+            (self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
+        )
+
+
+class Policy(BaseModel):
+    """One backup policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    sources: list[Path] = Field(min_length=1)
+    exclude: list[str] = []
+    target: str
+    recipients: list[str] = Field(min_length=1)
+    schedule: str | None = None
+    timezone: str = "UTC"
+    full_every: timedelta = timedelta(days=7)
+    compression_level: int = Field(default=3, ge=1, le=22)
+    retention: Retention = Retention()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("full_every", mode="before")
+    @classmethod
+    def _full_every(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, v: list[str]) -> list[str]:
+        from .crypto.age import parse_recipient
+
+        for r in v:
+            if r.strip().startswith("AGE-SECRET-KEY-"):
+                # never echo it back: this is a secret key pasted where a recipient belongs
+                raise ValueError("holds a secret key; policies take recipients (age1...) only")
+            try:
+                parse_recipient(r.strip())
+            except Exception as e:
+                raise ValueError(str(e)) from None
+        return [r.strip() for r in v]
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[Path]) -> list[Path]:
+        out = [Path(p).expanduser() for p in v]
+        for p in out:
+            if not p.is_absolute():
+                raise ValueError(f"{str(p)!r} is not an absolute path")
+        return out
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from .targets import check_target_url
+
+        try:
+            check_target_url(v)
+        except Exception as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _source_names(self) -> Policy:
+        names = [p.name or "root" for p in self.sources]
+        if len(self.sources) > 1 and len(set(names)) != len(names):
+            raise ValueError(
+                "sources: several sources share a final name "
+                f"({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+                "each source is stored under its own name, so they must differ"
+            )
+        return self
+
+    def source_names(self) -> list[tuple[str, Path]]:
+        """Returns: (name inside the archive, path) per source; ``""`` for a single source,
+        whose contents sit at the archive's root so ``tar -x -C DIR`` fills DIR directly."""
+        if len(self.sources) == 1:
+            return [("", self.sources[0])]
+        return [(p.name or "root", p) for p in self.sources]
+
+
+def _format_error(path: Path, policy: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(policy)"
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        parts.append(f"{loc}: {msg}")
+    return f"policy {policy!r}: " + "; ".join(parts)
+
+
+def load_policies(path: Path) -> dict[str, Policy]:
+    """Read and validate a policy file.
+
+    Args:
+        path: a TOML file with one or more ``[[policy]]`` tables.
+
+    Returns:
+        Policies by name, in file order.
+
+    Raises:
+        PolicyError: naming the file, the policy and the field of the first problem found.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise PolicyError(str(path), "policy file not found (set BACKUP_CONFIG or --config)") from None
+    except OSError as e:
+        raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(str(path), f"not valid TOML: {e}") from None
+    unknown = set(data) - {"policy"}
+    if unknown:
+        raise PolicyError(str(path), f"unknown top-level key(s) {', '.join(sorted(unknown))}; expected [[policy]] tables")
+    tables = data.get("policy", [])
+    if not isinstance(tables, list) or not tables:
+        raise PolicyError(str(path), "no [[policy]] table")
+    out: dict[str, Policy] = {}
+    for i, table in enumerate(tables, 1):
+        label = str(table.get("name", f"#{i}"))
+        try:
+            pol = Policy.model_validate(table)
+        except ValidationError as e:
+            raise PolicyError(str(path), _format_error(path, label, e)) from None
+        except Exception as e:  # errors from recipient or target parsing
+            raise PolicyError(str(path), f"policy {label!r}: {e}") from None
+        if pol.name in out:
+            raise PolicyError(str(path), f"policy {pol.name!r}: name: defined twice")
+        out[pol.name] = pol
+    return out
+
+
+def get_policy(policies: dict[str, Policy], name: str, path: Path) -> Policy:
+    """Returns: the named policy, or raises PolicyError listing the ones that exist."""
+    try:
+        return policies[name]
+    except KeyError:
+        raise PolicyError(
+            str(path), f"no policy named {name!r} (policies: {', '.join(policies) or 'none'})"
+        ) from None

@@ -1,0 +1,165 @@
+"""The local directory target, ``file:///path``.
+
+Objects are files under the root; a write goes to ``.partial/`` in the same filesystem,
+is fsynced, and renamed into place on commit, so a crash leaves only a ``.partial`` file
+that listings ignore and :meth:`FileTarget.sweep_partial` removes. Always ready to read.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlparse
+
+from ..errors import ObjectNotFound, TargetError
+from .base import ObjectInfo, ObjectWriter, Readiness, RetrievalStatus, Target
+
+__all__ = ["FileTarget", "FileWriter"]
+
+PARTIAL = ".partial"
+
+
+def _check_key(url: str, key: str) -> None:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == PARTIAL:
+        raise TargetError(url, f"invalid object key {key!r}")
+
+
+class FileWriter(ObjectWriter):
+    """Writes one object to a temporary file, renamed into place on commit."""
+
+    def __init__(self, target: FileTarget, key: str) -> None:
+        self._target = target
+        self._key = key
+        self._final = target.root / key
+        partial_dir = target.root / PARTIAL
+        partial_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp = partial_dir / f"{uuid.uuid4().hex}.partial"
+        self._f: BinaryIO | None = open(self._tmp, "xb", buffering=0)  # noqa: SIM115
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        assert self._f is not None, "write after commit or abort"
+        view = memoryview(data)
+        total = 0
+        while total < len(view):
+            n = self._f.write(view[total:])
+            total += n or 0
+        return total
+
+    def commit(self) -> str:
+        assert self._f is not None and not self._done, "commit after commit or abort"
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, self._final)
+            # the rename is durable only once the directory entry is
+            dfd = os.open(self._final.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            self.abort()
+            raise TargetError(self._target.url, f"cannot store {self._key!r}: {e.strerror}") from e
+        self._done = True
+        return self._key
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        self._tmp.unlink(missing_ok=True)
+
+
+class FileTarget(Target):
+    """A directory on a local or mounted filesystem."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+            raise TargetError(url, "a file target is written file:///absolute/path")
+        path = unquote(parsed.path)
+        if not path.startswith("/"):
+            raise TargetError(url, "a file target needs an absolute path")
+        self.url = url
+        self.root = Path(path)
+
+    def _path(self, ref: str) -> Path:
+        _check_key(self.url, ref)
+        return self.root / ref
+
+    def open_write(self, key: str) -> FileWriter:
+        _check_key(self.url, key)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return FileWriter(self, key)
+        except OSError as e:
+            raise TargetError(self.url, f"cannot write: {e.strerror}") from e
+
+    def request_retrieval(self, ref: str, *, tier: str | None = None) -> RetrievalStatus:
+        return self.retrieval_status(ref)
+
+    def retrieval_status(self, ref: str) -> RetrievalStatus:
+        if not self._path(ref).is_file():
+            raise ObjectNotFound(self.url, ref)
+        return RetrievalStatus(Readiness.READY)
+
+    def open_read(self, ref: str) -> BinaryIO:
+        try:
+            return open(self._path(ref), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise ObjectNotFound(self.url, ref) from None
+        except OSError as e:
+            raise TargetError(self.url, f"cannot read {ref!r}: {e.strerror}") from e
+
+    def delete(self, ref: str) -> None:
+        self._path(ref).unlink(missing_ok=True)
+
+    def exists(self, ref: str) -> bool:
+        return self._path(ref).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.root.is_dir():
+            return
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d != PARTIAL]
+            for fn in filenames:
+                key = fn if rel_dir == "." else f"{rel_dir}/{fn}"
+                if key.startswith(prefix):
+                    st = os.stat(os.path.join(dirpath, fn))
+                    found.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        yield from sorted(found, key=lambda o: o.key)
+
+    def sweep_partial(self, older_than: timedelta = timedelta(hours=1)) -> int:
+        """Remove writes abandoned by crashed backups.
+
+        Args:
+            older_than: leave younger partial files alone; a backup may be writing them.
+
+        Returns:
+            How many were removed.
+        """
+        d = self.root / PARTIAL
+        if not d.is_dir():
+            return 0
+        cutoff = datetime.now(UTC).timestamp() - older_than.total_seconds()
+        n = 0
+        for p in d.iterdir():
+            if p.stat().st_mtime < cutoff:
+                p.unlink(missing_ok=True)
+                n += 1
+        return n

@@ -1,0 +1,144 @@
+"""Run the C2SP CCTV age test vectors against backup.crypto.
+
+One test per vector file. Armored and post-quantum vectors are skipped (the features are
+not implemented), as is any vector with a header key this runner does not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from backup.crypto import (
+    AgeReader,
+    HeaderError,
+    HMACError,
+    Identity,
+    NoIdentityMatch,
+    PayloadError,
+    ScryptIdentity,
+    X25519Identity,
+)
+
+CCTV_DIR = Path(
+    os.environ.get("BACKUP_AGE_CCTV_DIR")
+    or Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "age-cctv"
+)
+
+_KNOWN_KEYS = {
+    "expect",
+    "payload",
+    "file key",
+    "identity",
+    "passphrase",
+    "armored",
+    "compressed",
+    "comment",
+}
+_EXPECTATIONS = {"success", "no match", "HMAC failure", "header failure", "payload failure"}
+_PQ_IDENTITY_PREFIX = "AGE-SECRET-KEY-PQ-"
+
+
+@dataclass
+class Vector:
+    name: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def get(self, key: str) -> list[str]:
+        return [v for k, v in self.headers if k == key]
+
+    def one(self, key: str) -> str | None:
+        values = self.get(key)
+        return values[0] if values else None
+
+
+def _load(path: Path) -> Vector:
+    raw = path.read_bytes()
+    head, sep, body = raw.partition(b"\n\n")
+    assert sep, f"{path.name}: no blank line after the vector header"
+    vec = Vector(path.name, body=body)
+    for line in head.decode("utf-8").split("\n"):
+        key, colon, value = line.partition(": ")
+        assert colon, f"{path.name}: malformed header line"
+        vec.headers.append((key, value))
+    if vec.one("compressed") == "zlib":
+        vec.body = zlib.decompress(vec.body)
+    return vec
+
+
+def _vector_files() -> list[Path]:
+    if not CCTV_DIR.is_dir():
+        return []
+    return sorted(p for p in CCTV_DIR.iterdir() if p.is_file() and p.name != "README.md")
+
+
+def _skip_reason(vec: Vector) -> str | None:
+    unknown = sorted({k for k, _ in vec.headers} - _KNOWN_KEYS)
+    if unknown:
+        return f"unknown vector header key(s): {', '.join(unknown)}"
+    if vec.one("armored") == "yes":
+        return "ASCII armor is not implemented"
+    if any(i.startswith(_PQ_IDENTITY_PREFIX) for i in vec.get("identity")):
+        return "post-quantum mlkem768x25519 identities are not implemented"
+    compressed = vec.one("compressed")
+    if compressed not in (None, "zlib"):
+        return f"unknown compression {compressed!r}"
+    if vec.one("expect") not in _EXPECTATIONS:
+        return f"unknown expectation {vec.one('expect')!r}"
+    return None
+
+
+def _identities(vec: Vector) -> list[Identity]:
+    ids: list[Identity] = [X25519Identity.from_string(s) for s in vec.get("identity")]
+    ids += [ScryptIdentity(p) for p in vec.get("passphrase")]
+    return ids
+
+
+def _run(vec: Vector) -> tuple[str, bytes]:
+    """Decrypt the vector; return (outcome, plaintext released before any failure)."""
+    try:
+        reader = AgeReader(io.BytesIO(vec.body), _identities(vec), name=vec.name)
+    except NoIdentityMatch:
+        return "no match", b""
+    except HMACError:
+        return "HMAC failure", b""
+    except HeaderError:
+        return "header failure", b""
+    released = bytearray()
+    try:
+        # Odd read size so chunk boundaries and read boundaries never line up.
+        while chunk := reader.read(12345):
+            released += chunk
+    except PayloadError:
+        return "payload failure", bytes(released)
+    return "success", bytes(released)
+
+
+@pytest.mark.parametrize("path", _vector_files(), ids=lambda p: p.name)
+def test_vector(path: Path) -> None:
+    vec = _load(path)
+    reason = _skip_reason(vec)
+    if reason:
+        pytest.skip(reason)
+    expect = vec.one("expect")
+    outcome, plaintext = _run(vec)
+    assert outcome == expect, f"{vec.name}: expected {expect}, got {outcome}"
+    if expect in ("success", "payload failure"):
+        want = vec.one("payload")
+        assert want is not None, f"{vec.name}: vector has no payload hash"
+        assert hashlib.sha256(plaintext).hexdigest() == want
+
+
+def test_vectors_present() -> None:
+    files = _vector_files()
+    assert files, f"no CCTV vectors found in {CCTV_DIR} (set BACKUP_AGE_CCTV_DIR)"
+    runnable = [p for p in files if _skip_reason(_load(p)) is None]
+    # cctv-age 0.2.0 has 143 vectors; 51 are armored or post-quantum, so 92 run.
+    assert len(runnable) >= 90, f"only {len(runnable)} runnable vectors in {CCTV_DIR}"
