@@ -278,5 +278,12 @@ def _index_rows(archive_id: str, entries: list[dict[str, Any]], deleted: list[by
             "offset": r["offset"],
         }
     for p in deleted:
-        yield {"archive_id": archive_id, "path": p, "type": "deleted"}
+        yield {
+            "archive_id": archive_id,
+            "path": p,
+            "type": "deleted",
+            **dict.fromkeys(("size", "mode", "mtime_ns", "ctime_ns", "ino", "uid", "gid", "offset"), 0),
+            "sha256": None,
+            "link": None,
+        }
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import stat
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +77,52 @@ class _Sink:
         return self.out.write(data)
 
 
+class _Pipe:
+    """Hands compressed bytes to a thread that encrypts, hashes and stores them.
+
+    The packing thread reads, hashes and compresses; this thread encrypts and writes. Both
+    spend most of their time in code that releases the GIL (file I/O, hashlib, zstd,
+    ChaCha20-Poly1305), so on two cores the stages overlap like a shell pipeline. The queue
+    is bounded, so memory stays bounded however fast the source is.
+    """
+
+    def __init__(self, age: AgeWriter, depth: int = 8) -> None:
+        self.age = age
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, name="pack-writer", daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        try:
+            while (data := self.q.get()) is not None:
+                self.age.write(data)
+            self.age.close()
+        except BaseException as e:
+            self.error = e
+            # drain so the producer never blocks on a dead consumer
+            while self.q.get() is not None:
+                pass
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.error is not None:
+            raise self.error
+        self.q.put(bytes(data) if not isinstance(data, bytes) else data)
+        return len(data)
+
+    def close(self) -> None:
+        """Flush, finish the age stream, and re-raise any error of the writer thread."""
+        self.q.put(None)
+        self.t.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        if self.t.is_alive():
+            self.q.put(None)
+            self.t.join()
+
+
 def _names(uid: int, gid: int, cache: dict[tuple[str, int], str]) -> tuple[str, str]:
     import grp
     import pwd
@@ -116,9 +164,28 @@ def pack(
     progress = progress or Progress()
     res = PackResult()
     sink = _Sink(out)
-    age = AgeWriter(sink, recipients)
+    pipe = _Pipe(AgeWriter(sink, recipients))
+    try:
+        _pack_into(entries, pipe, res, level, threads, progress)
+    except BaseException:
+        pipe.abort()
+        raise
+    pipe.close()
+    res.size_stored = sink.n
+    res.sha256 = sink.h.hexdigest()
+    return res
+
+
+def _pack_into(
+    entries: Sequence[Entry],
+    pipe: _Pipe,
+    res: PackResult,
+    level: int,
+    threads: int,
+    progress: Progress,
+) -> None:
     cctx = zstandard.ZstdCompressor(level=level, threads=threads)
-    z = cctx.stream_writer(age, closefd=False, write_size=_BUF)
+    z = cctx.stream_writer(pipe, closefd=False, write_size=_BUF)
     buf = bytearray(_BUF)
     mv = memoryview(buf)
     names: dict[tuple[str, int], str] = {}
@@ -240,9 +307,5 @@ def pack(
     offset += len(tf.END_OF_ARCHIVE)
     if pending:
         z.write(pending)
-    z.close()  # flushes the zstd frame into age; closefd=False leaves age open
-    age.close()
+    z.close()  # flushes the zstd frame into the pipe; closefd=False leaves it open
     res.size_tar = offset
-    res.size_stored = sink.n
-    res.sha256 = sink.h.hexdigest()
-    return res

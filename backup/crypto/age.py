@@ -267,8 +267,10 @@ class X25519Recipient(Recipient):
         return cls(data)
 
     def to_string(self) -> str:
-        """Returns:
-        The ``age1...`` encoding of this recipient.
+        """Encode the recipient.
+
+        Returns:
+            The ``age1...`` string.
         """
         return bech32.encode("age", self._raw)
 
@@ -323,8 +325,10 @@ class X25519Identity(Identity):
 
     @classmethod
     def generate(cls) -> X25519Identity:
-        """Returns:
-        A new random identity.
+        """Create a new random identity.
+
+        Returns:
+            The identity.
         """
         return cls(X25519PrivateKey.generate())
 
@@ -356,15 +360,18 @@ class X25519Identity(Identity):
         return cls(X25519PrivateKey.from_private_bytes(data))
 
     def to_string(self) -> str:
-        """Returns:
-        The ``AGE-SECRET-KEY-1...`` encoding of this identity. It is the secret: keep it
-        out of logs and messages.
+        """Encode the identity. The result is the secret key: keep it out of logs.
+
+        Returns:
+            The ``AGE-SECRET-KEY-1...`` string.
         """
         return bech32.encode("AGE-SECRET-KEY-", self._key.private_bytes_raw())
 
     def recipient(self) -> X25519Recipient:
-        """Returns:
-        The recipient that encrypts to this identity.
+        """Derive the public half.
+
+        Returns:
+            The recipient that encrypts to this identity.
         """
         return X25519Recipient(self._public)
 
@@ -429,9 +436,15 @@ class ScryptRecipient(Recipient):
     __slots__ = ("_log_n", "_passphrase")
 
     def __init__(self, passphrase: str | bytes, log_n: int = 18) -> None:
-        """Args:
-        passphrase: the passphrase; a str is encoded as UTF-8. Must not be empty.
-        log_n: scrypt work factor, N = 2**log_n (age's default is 18, ~256 MiB).
+        """Encrypt to a passphrase.
+
+        Args:
+            passphrase: the passphrase; a str is encoded as UTF-8. Must not be empty.
+            log_n: scrypt work factor, N = 2**log_n (age's default is 18, ~256 MiB and
+                about a second of CPU).
+
+        Raises:
+            AgeError: empty passphrase or work factor outside 1..30.
         """
         if not 1 <= log_n <= 30:
             raise AgeError(f"scrypt work factor must be between 1 and 30, not {log_n}")
@@ -464,10 +477,12 @@ class ScryptIdentity(Identity):
     __slots__ = ("_max_log_n", "_passphrase")
 
     def __init__(self, passphrase: str | bytes, max_log_n: int = 22) -> None:
-        """Args:
-        passphrase: the passphrase; a str is encoded as UTF-8.
-        max_log_n: refuse files whose scrypt work factor exceeds this (22 is ~4 GiB
-            of memory); the check happens before any scrypt work.
+        """Decrypt with a passphrase.
+
+        Args:
+            passphrase: the passphrase; a str is encoded as UTF-8.
+            max_log_n: refuse files whose scrypt work factor exceeds this (22 is ~4 GiB
+                of memory); the check happens before any scrypt work.
         """
         self._passphrase = _passphrase_bytes(passphrase)
         self._max_log_n = max_log_n
@@ -694,20 +709,23 @@ class AgeWriter:
             raise ValueError("write to a closed AgeWriter")
         if self._broken:
             raise AgeError("a previous write to this AgeWriter failed")
-        mv = memoryview(data).cast("B")
-        n = len(mv)
-        if not n:
-            return 0
+        if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
+            data = data.cast("B")
+        n = len(data)
+        fill = self._fill
+        if fill + n <= CHUNK_SIZE:
+            # Small writes (compressor output is often a few KiB) only fill the buffer:
+            # keep this path free of per-call allocations.
+            self._view[fill : fill + n] = data
+            self._fill = fill + n
+            return n
+        mv = memoryview(data)
         try:
             pos = 0
-            if self._fill:
-                take = min(CHUNK_SIZE - self._fill, n)
-                self._view[self._fill : self._fill + take] = mv[:take]
-                self._fill += take
-                pos = take
-                if pos == n:
-                    return n
-                # A full chunk may only be sealed as non-final once more data exists.
+            if fill:
+                # Complete the buffered chunk; it is not the final one since data remains.
+                pos = CHUNK_SIZE - fill
+                self._view[fill:] = mv[:pos]
                 self._seal(self._view, last=False)
                 self._fill = 0
             # Seal whole chunks straight from the caller's buffer, keeping at least one
@@ -932,8 +950,10 @@ class AgeReader(io.RawIOBase):
         self._done = False
 
     def readable(self) -> bool:
-        """Returns:
-        True.
+        """Report that the stream supports reading.
+
+        Returns:
+            True.
         """
         return True
 

@@ -110,16 +110,28 @@ class Inventory:
                 setattr(row, k, v)
 
     def add_file_records(self, rows: Iterable[dict[str, Any]], batch: int = 5000) -> None:
-        """Insert file index rows in batches (dicts with FileRecord's columns)."""
-        buf: list[dict[str, Any]] = []
-        with self.session() as s:
-            for r in rows:
-                buf.append(r)
-                if len(buf) >= batch:
-                    s.execute(insert(FileRecord), buf)
-                    buf = []
-            if buf:
-                s.execute(insert(FileRecord), buf)
+        """Insert file index rows in batches (dicts with every one of FileRecord's columns)."""
+        # The DB-API's executemany, not the ORM: a full backup indexes every path in the
+        # tree, and per-row ORM (or even Core) parameter processing costs more than SQLite.
+        cols = [c.name for c in FileRecord.__table__.columns]
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        quote = self.engine.dialect.identifier_preparer.quote
+        sql = f"INSERT INTO file_index ({', '.join(map(quote, cols))}) VALUES ({', '.join([mark] * len(cols))})"
+        buf: list[tuple[Any, ...]] = []
+        with self.engine.begin() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            cur = raw.cursor()
+            try:
+                for r in rows:
+                    buf.append(tuple(r[c] for c in cols))
+                    if len(buf) >= batch:
+                        cur.executemany(sql, buf)
+                        buf = []
+                if buf:
+                    cur.executemany(sql, buf)
+            finally:
+                cur.close()
 
     def get(self, archive_id: str) -> Archive:
         """Find an archive by id or unique id prefix (any state)."""
