@@ -81,7 +81,9 @@ def parse_time(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO 8601 time such as 2026-11-21T02:00:00Z") from None
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 time such as 2026-11-21T02:00:00Z"
+        ) from None
     return t.astimezone() if t.tzinfo is None else t
 
 
@@ -139,7 +141,9 @@ def _dump(obj: Any) -> None:
 
 
 @click.group()
-@click.option("--config", type=click.Path(path_type=Path), help="Policy file (default: $BACKUP_CONFIG).")
+@click.option(
+    "--config", type=click.Path(path_type=Path), help="Policy file (default: $BACKUP_CONFIG)."
+)
 @click.version_option(package_name="backup")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
@@ -157,7 +161,13 @@ def keys() -> None:
 
 
 @keys.command("generate")
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Identity file to write (mode 0600).")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Identity file to write (mode 0600).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @_handled
 def keys_generate(out_path: Path, force: bool) -> None:
@@ -175,7 +185,9 @@ def keys_generate(out_path: Path, force: bool) -> None:
         raise Error(f"cannot write {out_path}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
-        f.write(f"# created: {_iso(datetime.now(UTC))}\n# public key: {rcpt}\n{ident.to_string()}\n")
+        f.write(
+            f"# created: {_iso(datetime.now(UTC))}\n# public key: {rcpt}\n{ident.to_string()}\n"
+        )
     click.echo(rcpt)
 
 
@@ -273,7 +285,16 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
     if all_states:
         t.add_column("state")
     for a in rows:
-        cells = [a.id, a.policy, a.kind, a.parent_id or "-", _iso(a.created) or "", _size(a.size_stored), str(a.entries), f"{a.target.rstrip('/')}/{a.location}"]
+        cells = [
+            a.id,
+            a.policy,
+            a.kind,
+            a.parent_id or "-",
+            _iso(a.created) or "",
+            _size(a.size_stored),
+            str(a.entries),
+            f"{a.target.rstrip('/')}/{a.location}",
+        ]
         if all_states:
             cells.append(a.state)
         t.add_row(*cells)
@@ -299,7 +320,9 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
                 "type": r.type,
                 "size": r.size,
                 "mode": f"{r.mode:04o}",
-                "mtime": _iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC)) if r.type != "deleted" else None,
+                "mtime": _iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC))
+                if r.type != "deleted"
+                else None,
                 "mtime_ns": r.mtime_ns,
                 "sha256": r.sha256,
                 "link": os.fsdecode(r.link) if r.link else None,
@@ -315,7 +338,13 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
             t.add_row("deleted", "", "", "", os.fsdecode(r.path))
             continue
         link = f" -> {os.fsdecode(r.link)}" if r.link else ""
-        t.add_row(r.type, st.filemode(r.mode)[1:], str(r.size), _iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC)) or "", os.fsdecode(r.path) + link)
+        t.add_row(
+            r.type,
+            st.filemode(r.mode)[1:],
+            str(r.size),
+            _iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC)) or "",
+            os.fsdecode(r.path) + link,
+        )
     out.print(t)
 
 
@@ -324,14 +353,31 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("policy", required=False)
-@click.option("--to", "to", required=True, type=click.Path(path_type=Path), help="Destination directory.")
+@click.option(
+    "--to", "to", required=True, type=click.Path(path_type=Path), help="Destination directory."
+)
 @click.option("--at", "at", help="Newest archive at or before this ISO 8601 time.")
 @click.option("--archive", "archive_id", help="Restore this archive (id or unique prefix).")
-@click.option("--file", "file", type=click.Path(path_type=Path), help="Restore a .tar.zst.age file not in the inventory.")
-@click.option("--include", multiple=True, help="Restore only paths matching this glob (repeatable).")
-@click.option("--identity", type=click.Path(path_type=Path), help="age identity file (default: $BACKUP_IDENTITY).")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(path_type=Path),
+    help="Restore a .tar.zst.age file not in the inventory.",
+)
+@click.option(
+    "--include", multiple=True, help="Restore only paths matching this glob (repeatable)."
+)
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path),
+    help="age identity file (default: $BACKUP_IDENTITY).",
+)
 @click.option("--force", is_flag=True, help="Restore into a non-empty destination.")
-@click.option("--allow-external-symlinks", is_flag=True, help="Restore symlinks pointing outside the destination.")
+@click.option(
+    "--allow-external-symlinks",
+    is_flag=True,
+    help="Restore symlinks pointing outside the destination.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @_handled
@@ -356,7 +402,15 @@ def restore(
     if file is not None:
         if policy or at or archive_id:
             raise Error("--file restores one file; it takes no POLICY, --at or --archive")
-        res = r.restore_file(file, to, identities, include=include, force=force, allow_external_symlinks=allow_external_symlinks, progress=_progress(as_json))
+        res = r.restore_file(
+            file,
+            to,
+            identities,
+            include=include,
+            force=force,
+            allow_external_symlinks=allow_external_symlinks,
+            progress=_progress(as_json),
+        )
     else:
         if policy is None:
             raise Error("name the POLICY to restore (or --file for an archive file)")
@@ -373,14 +427,28 @@ def restore(
             progress=_progress(as_json),
         )
     if as_json:
-        _dump({"destination": str(res.destination), "archives": res.archives, "files": res.files, "bytes": res.bytes, "seconds": round(res.seconds, 3)})
+        _dump(
+            {
+                "destination": str(res.destination),
+                "archives": res.archives,
+                "files": res.files,
+                "bytes": res.bytes,
+                "seconds": round(res.seconds, 3),
+            }
+        )
     else:
-        click.echo(f"restored {res.files} files ({_size(res.bytes)}) from {len(res.archives)} archive(s) into {res.destination} in {res.seconds:.1f} s")
+        click.echo(
+            f"restored {res.files} files ({_size(res.bytes)}) from {len(res.archives)} archive(s) into {res.destination} in {res.seconds:.1f} s"
+        )
 
 
 @cli.command()
 @click.argument("archive_id")
-@click.option("--identity", type=click.Path(path_type=Path), help="age identity file (default: $BACKUP_IDENTITY).")
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path),
+    help="age identity file (default: $BACKUP_IDENTITY).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @_handled
@@ -388,11 +456,26 @@ def verify(obj: Ctx, archive_id: str, identity: Path | None, as_json: bool) -> N
     """Read and authenticate a whole archive and check its manifest hashes; writes nothing."""
     from . import restore as r
 
-    res = r.verify(archive_id, obj.inventory, r.identities_from(identity or obj.settings.identity), progress=_progress(as_json))
+    res = r.verify(
+        archive_id,
+        obj.inventory,
+        r.identities_from(identity or obj.settings.identity),
+        progress=_progress(as_json),
+    )
     if as_json:
-        _dump({"archive": res.archive_id, "ok": True, "entries": res.entries, "files_checked": res.files_checked, "bytes": res.bytes})
+        _dump(
+            {
+                "archive": res.archive_id,
+                "ok": True,
+                "entries": res.entries,
+                "files_checked": res.files_checked,
+                "bytes": res.bytes,
+            }
+        )
     else:
-        click.echo(f"archive {res.archive_id} OK: {res.entries} entries, {res.files_checked} files ({_size(res.bytes)}) match the manifest")
+        click.echo(
+            f"archive {res.archive_id} OK: {res.entries} entries, {res.files_checked} files ({_size(res.bytes)}) match the manifest"
+        )
 
 
 # prune ------------------------------------------------------------------------------------
@@ -412,13 +495,17 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
     plan = plan_prune(obj.inventory, policy, pol.retention)
     deleted = [] if dry_run else apply_prune(obj.inventory, plan)
     if as_json:
-        _dump({
-            "policy": policy,
-            "dry_run": dry_run,
-            "keep": [{"id": a.id, "created": _iso(a.created), "reason": why} for a, why in plan.keep],
-            "delete": [{"id": a.id, "created": _iso(a.created)} for a in plan.delete],
-            "deleted": deleted,
-        })
+        _dump(
+            {
+                "policy": policy,
+                "dry_run": dry_run,
+                "keep": [
+                    {"id": a.id, "created": _iso(a.created), "reason": why} for a, why in plan.keep
+                ],
+                "delete": [{"id": a.id, "created": _iso(a.created)} for a in plan.delete],
+                "deleted": deleted,
+            }
+        )
         return
     for a, why in plan.keep:
         click.echo(f"keep    {a.id}  {a.kind:<11}  {why}")

@@ -7,21 +7,21 @@ Messages never carry secrets: identities, passphrases and file keys are never ar
 from __future__ import annotations
 
 __all__ = [
-    "Error",
-    "PolicyError",
+    "ArchiveCorrupt",
+    "ArchiveError",
+    "ArchiveNotFound",
     "ConfigError",
+    "Error",
+    "IdentityError",
+    "NoArchiveAt",
+    "ObjectNotFound",
+    "PolicyError",
+    "RestoreDestinationNotEmpty",
+    "RestoreError",
     "SourceError",
     "TargetError",
     "UnknownTargetScheme",
-    "ObjectNotFound",
-    "ArchiveError",
-    "ArchiveNotFound",
-    "ArchiveCorrupt",
     "UnsafeArchiveEntry",
-    "RestoreDestinationNotEmpty",
-    "RestoreError",
-    "IdentityError",
-    "NoArchiveAt",
 ]
 
 

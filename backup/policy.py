@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import PolicyError
 
-__all__ = ["Policy", "Retention", "load_policies", "parse_duration", "get_policy"]
+__all__ = ["Policy", "Retention", "get_policy", "load_policies", "parse_duration"]
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -87,7 +87,9 @@ class Policy(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _NAME.match(v):
-            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            raise ValueError(
+                "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
         return v
 
     @field_validator("full_every", mode="before")
@@ -176,14 +178,19 @@ def load_policies(path: Path) -> dict[str, Policy]:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        raise PolicyError(str(path), "policy file not found (set BACKUP_CONFIG or --config)") from None
+        raise PolicyError(
+            str(path), "policy file not found (set BACKUP_CONFIG or --config)"
+        ) from None
     except OSError as e:
         raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(str(path), f"not valid TOML: {e}") from None
     unknown = set(data) - {"policy"}
     if unknown:
-        raise PolicyError(str(path), f"unknown top-level key(s) {', '.join(sorted(unknown))}; expected [[policy]] tables")
+        raise PolicyError(
+            str(path),
+            f"unknown top-level key(s) {', '.join(sorted(unknown))}; expected [[policy]] tables",
+        )
     tables = data.get("policy", [])
     if not isinstance(tables, list) or not tables:
         raise PolicyError(str(path), "no [[policy]] table")

@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "default_config_path", "default_inventory_url", "get_settings"]
@@ -37,8 +38,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BACKUP_", extra="ignore")
 
-    config: Path = default_config_path()
-    inventory_url: str = default_inventory_url()
+    config: Path = Field(default_factory=default_config_path)
+    inventory_url: str = Field(default_factory=default_inventory_url)
     identity: Path | None = None
 
 

@@ -58,5 +58,7 @@ def decode_manifest(data: bytes, name: str) -> dict[str, Any]:
     except (zstandard.ZstdError, ValueError) as e:
         raise ArchiveCorrupt(name, f"manifest unreadable: {e}") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT_VERSION:
-        raise ArchiveCorrupt(name, f"manifest format {m.get('format') if isinstance(m, dict) else '?'} not supported")
+        raise ArchiveCorrupt(
+            name, f"manifest format {m.get('format') if isinstance(m, dict) else '?'} not supported"
+        )
     return m

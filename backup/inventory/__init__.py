@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -81,7 +81,9 @@ class Inventory:
         try:
             Base.metadata.create_all(self.engine)
         except Exception as e:
-            raise ConfigError(f"cannot open inventory {_redact(url)}: {type(e).__name__}: {e}") from None
+            raise ConfigError(
+                f"cannot open inventory {_redact(url)}: {type(e).__name__}: {e}"
+            ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -205,7 +207,9 @@ class Inventory:
         with self.session() as s:
             return list(
                 s.scalars(
-                    select(Archive).where(Archive.parent_id == archive_id, Archive.state != "deleted")
+                    select(Archive).where(
+                        Archive.parent_id == archive_id, Archive.state != "deleted"
+                    )
                 ).all()
             )
 
@@ -214,7 +218,9 @@ class Inventory:
         with self.session() as s:
             return list(
                 s.scalars(
-                    select(FileRecord).where(FileRecord.archive_id == archive_id).order_by(FileRecord.path)
+                    select(FileRecord)
+                    .where(FileRecord.archive_id == archive_id)
+                    .order_by(FileRecord.path)
                 ).all()
             )
 

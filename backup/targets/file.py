@@ -25,7 +25,12 @@ PARTIAL = ".partial"
 
 def _check_key(url: str, key: str) -> None:
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == PARTIAL:
+    if (
+        not key
+        or key.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or parts[0] == PARTIAL
+    ):
         raise TargetError(url, f"invalid object key {key!r}")
 
 
@@ -117,7 +122,7 @@ class FileTarget(Target):
 
     def open_read(self, ref: str) -> BinaryIO:
         try:
-            return open(self._path(ref), "rb")  # noqa: SIM115
+            return open(self._path(ref), "rb")
         except FileNotFoundError:
             raise ObjectNotFound(self.url, ref) from None
         except OSError as e:
@@ -141,7 +146,9 @@ class FileTarget(Target):
                 key = fn if rel_dir == "." else f"{rel_dir}/{fn}"
                 if key.startswith(prefix):
                     st = os.stat(os.path.join(dirpath, fn))
-                    found.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+                    found.append(
+                        ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+                    )
         yield from sorted(found, key=lambda o: o.key)
 
     def sweep_partial(self, older_than: timedelta = timedelta(hours=1)) -> int:

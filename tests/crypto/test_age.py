@@ -509,3 +509,27 @@ def test_load_identities(tmp_path: Path) -> None:
     enc_path.write_bytes(enc)
     with pytest.raises(AgeError, match="encrypted identity file"):
         load_identities(enc_path)
+
+
+def test_tar_zstd_age_pipeline(identity: X25519Identity) -> None:
+    # The archive format is tar | zstd | age; both directions must stream through.
+    import tarfile
+
+    zstandard = pytest.importorskip("zstandard")
+    payload = os.urandom(300_000) + bytes(1_000_000)
+    out = io.BytesIO()
+    with (
+        AgeWriter(out, [identity.recipient()]) as aw,
+        zstandard.ZstdCompressor(level=3).stream_writer(aw, closefd=False) as zw,
+        tarfile.open(fileobj=zw, mode="w|") as tf,
+    ):
+        info = tarfile.TarInfo("data.bin")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    reader = AgeReader(io.BytesIO(out.getvalue()), [identity], name="pipeline")
+    zr = zstandard.ZstdDecompressor().stream_reader(reader, closefd=False)
+    with tarfile.open(fileobj=zr, mode="r|") as tf:
+        member = tf.next()
+        assert member is not None and member.name == "data.bin"
+        extracted = tf.extractfile(member)
+        assert extracted is not None and extracted.read() == payload
