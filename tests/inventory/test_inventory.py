@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backup.errors import ArchiveNotFound
+from backup.inventory import Archive, Inventory
+
+T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+
+def add(
+    inv: Inventory,
+    aid: str,
+    created: datetime,
+    parent: str | None = None,
+    state: str = "complete",
+    policy: str = "p",
+) -> None:
+    inv.add_archive(
+        Archive(
+            id=aid,
+            policy=policy,
+            target="file:///v",
+            location=f"{policy}/{aid}.tar.zst.age",
+            manifest_location=f"{policy}/{aid}.manifest.json.zst.age",
+            kind="incremental" if parent else "full",
+            parent_id=parent,
+            created=created,
+            state=state,
+        )
+    )
+
+
+def rec(
+    aid: str, path: bytes, typ: str = "file", size: int = 1, mtime_ns: int = 5
+) -> dict[str, object]:
+    return dict(
+        archive_id=aid,
+        path=path,
+        type=typ,
+        size=size,
+        mode=0o644,
+        mtime_ns=mtime_ns,
+        ctime_ns=6,
+        ino=7,
+        uid=0,
+        gid=0,
+        sha256=None,
+        link=None,
+        offset=0,
+    )
+
+
+def test_chain_and_tree_state_replay(inventory: Inventory) -> None:
+    add(inventory, "a1", T0)
+    add(inventory, "a2", T0 + timedelta(days=1), parent="a1")
+    add(inventory, "a3", T0 + timedelta(days=2), parent="a2")
+    bad = b"bad-\xff\xfe"
+    inventory.add_file_records([rec("a1", b"x"), rec("a1", b"y"), rec("a1", bad)])
+    inventory.add_file_records([rec("a2", b"x", size=2), rec("a2", b"y", "deleted")])
+    inventory.add_file_records([rec("a3", b"y", size=9)])
+    assert [a.id for a in inventory.chain("a3")] == ["a1", "a2", "a3"]
+    s1 = inventory.tree_state("a1")
+    assert set(s1) == {b"x", b"y", bad}
+    s2 = inventory.tree_state("a2")
+    assert set(s2) == {b"x", bad} and s2[b"x"].size == 2 and s2[b"x"].archive_id == "a2"
+    s3 = inventory.tree_state("a3")
+    assert s3[b"y"].archive_id == "a3" and s3[bad].archive_id == "a1"
+
+
+def test_get_by_prefix_and_times_are_utc(inventory: Inventory) -> None:
+    add(inventory, "20261101T020000Z-aaaa", T0)
+    add(inventory, "20261102T020000Z-bbbb", T0 + timedelta(days=1))
+    a = inventory.get("20261101")
+    assert a.id == "20261101T020000Z-aaaa"
+    assert a.created == T0 and a.created.tzinfo is not None
+    with pytest.raises(ArchiveNotFound, match="ambiguous"):
+        inventory.get("2026110")
+    with pytest.raises(ArchiveNotFound):
+        inventory.get("nothing")
+
+
+def test_at_latest_and_states(inventory: Inventory) -> None:
+    add(inventory, "a1", T0)
+    add(inventory, "a2", T0 + timedelta(hours=1), parent="a1")
+    add(inventory, "a3", T0 + timedelta(hours=2), state="failed")
+    assert inventory.at("p", T0 + timedelta(minutes=30)).id == "a1"  # type: ignore[union-attr]
+    assert inventory.at("p", T0 + timedelta(hours=5)).id == "a2"  # type: ignore[union-attr]
+    assert inventory.at("p", T0 - timedelta(seconds=1)) is None
+    assert inventory.latest("p", "file:///v").id == "a2"  # type: ignore[union-attr]
+    assert inventory.latest("p", "file:///v", kind="full").id == "a1"  # type: ignore[union-attr]
+    assert [a.id for a in inventory.archives("p")] == ["a1", "a2"]
+    assert [a.id for a in inventory.archives("p", states=())] == ["a1", "a2", "a3"]
+    assert [a.id for a in inventory.children("a1")] == ["a2"]
+
+
+def test_events(inventory: Inventory) -> None:
+    inventory.log("backup", "first", policy="p", n=1)
+    inventory.log("backup", "second", level="error")
+    ev = inventory.events()
+    assert [e.message for e in ev] == ["second", "first"]
+    assert ev[1].data == '{"n": 1}'
+
+
+def test_bad_url_is_a_clear_error() -> None:
+    from backup.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="inventory URL"):
+        Inventory("nosuchdb://x")
+    with pytest.raises(ConfigError) as e:
+        Inventory("postgresql+psycopg://user:hunter2@127.0.0.1:1/x")
+    assert "hunter2" not in str(e.value)
