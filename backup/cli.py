@@ -38,7 +38,8 @@ from .settings import Settings
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False)
+# a table piped to a file or `less` keeps whole ids and paths instead of folding at 80 columns
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
 err = Console(stderr=True, highlight=False)
 
 
@@ -282,6 +283,8 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
         _dump([_archive_json(a) for a in rows])
         return
     t = Table("id", "policy", "kind", "parent", "created", "size", "entries", "location", box=None)
+    for c in t.columns:
+        c.no_wrap = True
     if all_states:
         t.add_column("state")
     for a in rows:
