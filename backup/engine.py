@@ -15,13 +15,15 @@ Invariants:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import secrets
 import socket
 import stat
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +54,19 @@ class BackupResult:
     def exit_code(self) -> int:
         """0, or 3 when some files could not be read."""
         return 3 if self.unreadable else 0
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building per-path tables: they hold no
+    cycles, and collections triggered by their allocation cost a third of a no-change run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def new_archive_id(now: datetime) -> str:
@@ -151,7 +166,8 @@ def run_backup(
     target = open_target(policy.target)
     recipients: list[Recipient] = [parse_recipient(r) for r in policy.recipients]
 
-    scanned = scan(policy.name, policy.source_names(), policy.exclude)
+    with _gc_paused():
+        scanned = scan(policy.name, policy.source_names(), policy.exclude)
 
     parent = None if full else inventory.latest(policy.name, policy.target)
     if parent is not None:
@@ -161,10 +177,11 @@ def run_backup(
     if parent is None:
         kind, selected, deleted = "full", scanned.entries, []
     else:
-        state = inventory.tree_state(parent.id)
-        selected, deleted = select_changed(
-            scanned.entries, state, scanned.unreadable, scanned.unreadable_dirs
-        )
+        with _gc_paused():
+            state = inventory.tree_state(parent.id)
+            selected, deleted = select_changed(
+                scanned.entries, state, scanned.unreadable, scanned.unreadable_dirs
+            )
         kind = "incremental"
 
     archive_id = new_archive_id(now)

@@ -167,6 +167,10 @@ def scan(
     return result
 
 
+def _name(d: os.DirEntry[bytes]) -> bytes:
+    return d.name
+
+
 def _walk(
     top: bytes, top_rel: bytes, excluded: Callable[[bytes, bytes], bool], result: ScanResult
 ) -> None:
@@ -181,7 +185,7 @@ def _walk(
     def push(dirpath: bytes, dirrel: bytes) -> None:
         try:
             with os.scandir(dirpath) as it:
-                children = sorted(it, key=lambda d: d.name)
+                children = sorted(it, key=_name)
         except OSError as e:
             result.unreadable.append(Unreadable(dirrel or b".", e.strerror or str(e)))
             result.unreadable_dirs.append(dirrel)

@@ -227,23 +227,29 @@ class Inventory:
     def tree_state(self, archive_id: str) -> dict[bytes, FileSig]:
         """Replay a chain's file index: every path that existed at ``archive_id``."""
         state: dict[bytes, FileSig] = {}
-        cols = (
-            FileRecord.path,
-            FileRecord.type,
-            FileRecord.size,
-            FileRecord.mode,
-            FileRecord.mtime_ns,
-            FileRecord.ctime_ns,
-            FileRecord.ino,
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        # The DB-API directly: this runs before every incremental over every path in the
+        # tree, and ORM row objects would cost more than the walk itself.
+        sql = (
+            "SELECT path, type, size, mode, mtime_ns, ctime_ns, ino FROM file_index "
+            f"WHERE archive_id = {mark}"
         )
-        for arch in self.chain(archive_id):
-            with self.session() as s:
-                result = s.execute(select(*cols).where(FileRecord.archive_id == arch.id))
-                for path, typ, size, mode, mtime_ns, ctime_ns, ino in result:
-                    if typ == "deleted":
-                        state.pop(path, None)
-                    else:
-                        state[path] = FileSig(typ, size, mode, mtime_ns, ctime_ns, ino, arch.id)
+        chain = self.chain(archive_id)
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            cur = raw.cursor()
+            try:
+                for arch in chain:
+                    cur.execute(sql, (arch.id,))
+                    aid = arch.id
+                    for path, typ, size, mode, mtime_ns, ctime_ns, ino in cur.fetchall():
+                        if typ == "deleted":
+                            state.pop(bytes(path), None)
+                        else:
+                            state[bytes(path)] = FileSig(typ, size, mode, mtime_ns, ctime_ns, ino, aid)
+            finally:
+                cur.close()
         return state
 
     # events -----------------------------------------------------------------------------
