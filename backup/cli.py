@@ -137,6 +137,13 @@ def _handled(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _table(t: Table) -> None:
+    """Print a table at its natural width: ids and paths are copied from it, so folding or
+    dropping columns to fit a narrow terminal would make it useless."""
+    natural = out.measure(t, options=out.options.update(max_width=100_000)).maximum
+    out.print(t, width=max(out.width, natural), crop=False)
+
+
 def _dump(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
@@ -283,8 +290,6 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
         _dump([_archive_json(a) for a in rows])
         return
     t = Table("id", "policy", "kind", "parent", "created", "size", "entries", "location", box=None)
-    for c in t.columns:
-        c.no_wrap = True
     if all_states:
         t.add_column("state")
     for a in rows:
@@ -301,7 +306,7 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
         if all_states:
             cells.append(a.state)
         t.add_row(*cells)
-    out.print(t)
+    _table(t)
 
 
 @cli.command()
@@ -348,7 +353,7 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
             _iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC)) or "",
             os.fsdecode(r.path) + link,
         )
-    out.print(t)
+    _table(t)
 
 
 # restore / verify -------------------------------------------------------------------------
