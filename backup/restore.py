@@ -296,9 +296,16 @@ def restore(
             for p in m["deleted"]:
                 ex.delete(normalize_member_name(path_from_json(p), a.id))
             hashes = {path_from_json(e["path"]): e["sha256"] for e in m["entries"] if e.get("sha256")}
+            links: dict[bytes, list[bytes]] = {}
+            for e in m["entries"]:
+                if e["type"] == "hardlink":
+                    links.setdefault(path_from_json(e["link"]), []).append(path_from_json(e["path"]))
             with target_of(a).open_read(a.location) as f:
                 hr = _stream(
-                    f, identities, a.id, lambda r: ex.extract(r, a.id, skip=skip, hashes=hashes, progress=progress)
+                    f,
+                    identities,
+                    a.id,
+                    lambda r: ex.extract(r, a.id, skip=skip, hashes=hashes, links=links, progress=progress),
                 )
             if a.sha256 and hr.h.hexdigest() != a.sha256:
                 raise ArchiveCorrupt(a.id, "stored object's SHA-256 differs from the inventory's record")

@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ArchiveCorrupt, UnsafeArchiveEntry
+from ..errors import ArchiveCorrupt, ArchiveError, UnsafeArchiveEntry
 from ..progress import Progress
 from . import tarformat as tf
 
@@ -113,7 +113,9 @@ class Extractor:
         p = self._abs(rel)
         try:
             st = os.lstat(p)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # NotADirectoryError: a parent is a file here (an older archive's file that a
+            # hard link needed); nothing can be under it
             return
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(p)
@@ -121,9 +123,15 @@ class Extractor:
             os.unlink(p)
 
     def _forget_under(self, rel: bytes) -> None:
+        """Drop pending symlinks and directory metadata at or below ``rel``."""
+        self.symlinks.pop(rel, None)
+        # Only a directory can have anything recorded below it; checking first keeps this
+        # O(1) per entry instead of a scan of every pending directory for every file.
+        if self.dirs.pop(rel, None) is None and not os.path.isdir(self._abs(rel)):
+            return
         prefix = rel + b"/"
         for d in (self.symlinks, self.dirs):
-            for k in [k for k in d if k == rel or k.startswith(prefix)]:
+            for k in [k for k in d if k.startswith(prefix)]:
                 del d[k]
 
     def delete(self, rel: bytes) -> None:
@@ -178,6 +186,7 @@ class Extractor:
         *,
         skip: set[bytes] | None = None,
         hashes: dict[bytes, str] | None = None,
+        links: dict[bytes, list[bytes]] | None = None,
         progress: Progress | None = None,
     ) -> None:
         """Apply every member of one tar stream.
@@ -187,17 +196,31 @@ class Extractor:
             archive: its name, for errors.
             skip: paths a later archive replaces or deletes: read past, not written.
             hashes: expected SHA-256 of file contents by path (from the manifest).
+            links: hard-link names by the path they link to (from the manifest).
             progress: told of content bytes as they are read.
         """
         skip = skip or set()
         progress = progress or Progress()
         mv = memoryview(self._buf)
+        # members --include leaves out whose content went to an included hard link instead
+        moved: dict[bytes, bytes] = {}
         for m in reader:
             rel = normalize_member_name(m.name, archive)
             if not rel:
                 if m.type == tf.DIRTYPE:
                     self.dirs[b""] = _DirMeta(m.mode, m.mtime_ns, m.uid, m.gid)
                 continue
+            if links and m.type == tf.REGTYPE and rel not in skip and not self._wanted(rel):
+                # tar stores a hard-linked file's data under its first name only: when
+                # --include leaves that name out, an included name must receive the data
+                names = [n for n in links.get(rel, ()) if n not in skip and self._wanted(n)]
+                if names:
+                    self._parent(names[0], archive)
+                    self._forget_under(names[0])
+                    expected = hashes.get(rel) if hashes else None
+                    self._write_file(reader, names[0], m, archive, expected, mv, progress)
+                    moved[rel] = names[0]
+                    continue
             if rel in skip or not self._wanted(rel):
                 if m.size:
                     progress.advance(m.size)
@@ -229,17 +252,41 @@ class Extractor:
                 self._clear(rel)
                 self.symlinks[rel] = (m.linkname, m.mtime_ns, m.uid, m.gid)
             elif t == tf.LNKTYPE:
-                target = normalize_member_name(m.linkname, archive)
+                try:
+                    target = normalize_member_name(m.linkname, archive)
+                except UnsafeArchiveEntry as e:
+                    # name the member being restored, not only its link target
+                    raise UnsafeArchiveEntry(
+                        archive, os.fsdecode(rel), f"hard link to {os.fsdecode(m.linkname)!r}: {e.args[2]}"
+                    ) from None
                 if not target:
                     raise UnsafeArchiveEntry(archive, os.fsdecode(rel), "hard link to the archive root")
+                target = moved.get(target, target)
+                if target == rel:
+                    continue  # the data was written here
                 self._forget_under(rel)
                 self._clear(rel)
                 if target in self.symlinks:
-                    self.symlinks[rel] = self.symlinks[target]
+                    link = self.symlinks[target]
+                    # a relative symlink copied to another depth may point elsewhere: check it here
+                    if not self.allow_external_symlinks and _escapes(rel, link[0]):
+                        raise UnsafeArchiveEntry(
+                            archive,
+                            os.fsdecode(rel),
+                            f"hard link to symlink {os.fsdecode(target)!r} would point to "
+                            f"{os.fsdecode(link[0])!r} outside the destination",
+                        )
+                    self.symlinks[rel] = link
                     continue
                 try:
                     os.link(self._abs(target), self._abs(rel), follow_symlinks=False)
                 except FileNotFoundError:
+                    if not self._wanted(target):
+                        raise ArchiveError(
+                            archive,
+                            f"hard link {os.fsdecode(rel)!r} needs {os.fsdecode(target)!r}, which --include "
+                            "leaves out: include it too",
+                        ) from None
                     raise ArchiveCorrupt(archive, f"hard link {os.fsdecode(rel)!r} to missing {os.fsdecode(target)!r}") from None
                 self.files += 1
             elif t == tf.FIFOTYPE:

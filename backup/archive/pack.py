@@ -228,7 +228,10 @@ def _pack_into(
                     res.entries.append(rec)
                     continue
             try:
-                fd = os.open(e.abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # O_NONBLOCK: a FIFO that replaced the file since the scan would otherwise
+                # block this open until some writer appears; regular files ignore the flag
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                fd = os.open(e.abspath, flags)
             except FileNotFoundError:
                 continue  # deleted since the scan: not there to back up
             except OSError as err:

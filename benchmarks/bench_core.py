@@ -1,0 +1,965 @@
+#!/usr/bin/env python3
+"""Core benchmark: `backup` against `tar | zstd | age` and restic, side by side.
+
+Measures, on one generated tree (../shared/bench/make_dataset.py), alternating the tools
+within every repetition and reporting the median of each metric:
+
+    full backup, no-change incremental, 1%-changed incremental, restore of the latest state
+
+for `backup` (this project), the plain shell pipeline `tar -c | zstd -3 -T0 | age` (backup
+and restore only; its full includes a `sync` of the output, like our fsync, and is also
+reported without it) and restic (if installed). For every measurement: wall time, CPU time
+(user+sys of the child and all its descendants, from wait4), peak RSS (the largest single
+process of the child's tree, from wait4's ru_maxrss) and output size. Then it checks the
+performance targets (PASS/FAIL) and that every restored tree equals the dataset.
+
+    python3 benchmarks/bench_core.py [--size-mb 1024] [--runs 3] [--workdir /tmp/backup-bench]
+                                     [--json out.json] [--keep]
+
+This is a benchmark, not a test: it takes minutes and needs ~5 GB of free disk at 1 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import socket
+import stat
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAKE_DATASET = REPO_ROOT.parent / "shared" / "bench" / "make_dataset.py"
+SEED = 1
+POLICY = "bench"
+RESTIC_PASSWORD = "bench-not-secret"
+
+# operations, in table order
+FULL, NOCHANGE, INCR, RESTORE = "full backup", "no-change incremental", "1% incremental", "restore"
+OPERATIONS = (FULL, NOCHANGE, INCR, RESTORE)
+# the pipeline's full is reported with and without the final `sync OUT`; its restore has none
+OURS, PIPE_SYNC, PIPE_NOSYNC, PIPE, RESTIC = (
+    "backup",
+    "pipeline +sync",
+    "pipeline no sync",
+    "pipeline",
+    "restic",
+)
+TOOLS = (OURS, PIPE_SYNC, PIPE_NOSYNC, PIPE, RESTIC)
+
+# targets (see the brief in docs/performance.md)
+TARGET_FULL_VS_RESTIC = 0.6
+TARGET_FULL_VS_PIPE = 1.3
+TARGET_NOCHANGE_VS_RESTIC = 0.25
+TARGET_RESTORE_VS_RESTIC = 0.9
+TARGET_RSS_MIB = 200
+TARGET_SIZE_VS_TARZSTD = 1.05
+
+
+class BenchError(RuntimeError):
+    """A command failed or a restored tree differs from the dataset."""
+
+
+@dataclass(slots=True)
+class Measurement:
+    """One timed command (or sum of commands) of one tool in one repetition."""
+
+    operation: str
+    tool: str
+    rep: int
+    wall_s: float
+    user_s: float
+    sys_s: float
+    max_rss_kib: int
+    output_bytes: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+    def plus(self, other: Measurement) -> Measurement:
+        """Two commands run one after the other, as one measurement (times add, RSS maxes)."""
+        return Measurement(
+            self.operation,
+            self.tool,
+            self.rep,
+            self.wall_s + other.wall_s,
+            self.user_s + other.user_s,
+            self.sys_s + other.sys_s,
+            max(self.max_rss_kib, other.max_rss_kib),
+            self.output_bytes,
+            {**self.detail, **other.detail},
+        )
+
+
+@dataclass(slots=True)
+class Timed:
+    """The raw result of one command."""
+
+    wall_s: float
+    user_s: float
+    sys_s: float
+    max_rss_kib: int
+    stdout: str
+
+
+# --------------------------------------------------------------------------------------
+# running and measuring commands
+
+
+def run_timed(
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    ok_codes: Iterable[int] = (0,),
+) -> Timed:
+    """Run a command and measure it with wait4.
+
+    wait4's rusage covers the child and every descendant it waited for (a `sh -c` pipeline
+    waits for all its stages): utime/stime are summed, ru_maxrss is the largest single
+    process. stdout is captured to a file (never a terminal, so no progress rendering);
+    stderr likewise, shown if the command fails.
+    """
+    args = [str(a) for a in argv]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd
+        )
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        if p.returncode not in tuple(ok_codes):
+            stderr = err.read().decode(errors="replace")
+            raise BenchError(
+                f"command failed with exit code {p.returncode}: {' '.join(args)}\n"
+                f"--- stdout ---\n{stdout[-3000:]}\n--- stderr ---\n{stderr[-3000:]}"
+            )
+    return Timed(wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss, stdout)
+
+
+def run_quiet(argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None) -> str:
+    """Run an unmeasured helper command; returns its stdout."""
+    r = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise BenchError(f"command failed ({r.returncode}): {' '.join(map(str, argv))}\n{r.stderr}")
+    return r.stdout
+
+
+def measured(
+    op: str, tool: str, rep: int, t: Timed, output: int | None = None, **detail: Any
+) -> Measurement:
+    return Measurement(op, tool, rep, t.wall_s, t.user_s, t.sys_s, t.max_rss_kib, output, detail)
+
+
+def sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+def q(p: str | Path) -> str:
+    """Shell-quote a path."""
+    return shlex.quote(str(p))
+
+
+def tree_bytes(path: Path) -> int:
+    """Sum of file sizes under path (`du -sb` without directory sizes), or one file's size."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+# --------------------------------------------------------------------------------------
+# the dataset
+
+
+@dataclass(slots=True)
+class Dataset:
+    root: Path
+    marker: Path
+    size_mb: float
+    files: list[Path]  # regular files, sorted by relative path (bytes order)
+
+
+def prepare_dataset(workdir: Path, size_mb: float) -> Dataset:
+    """Build the tree, or reuse it when its marker says same size/seed and it is clean.
+
+    The marker lives beside the tree, not in it, so no tool backs it up. It is set to
+    "dirty" while the 1% change is applied, so an interrupted run rebuilds the tree.
+    """
+    root = workdir / "dataset" / "data"
+    marker = workdir / "dataset" / "dataset.json"
+    want = {"size_mb": size_mb, "seed": SEED, "generator": str(MAKE_DATASET), "state": "clean"}
+    try:
+        have = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        have = None
+    if have == want and root.is_dir():
+        print(f"dataset: reusing {root} ({size_mb:g} MiB, seed {SEED})")
+    else:
+        if not MAKE_DATASET.is_file():
+            raise BenchError(f"dataset generator not found: {MAKE_DATASET}")
+        print(f"dataset: building {root} ({size_mb:g} MiB, seed {SEED}) ...", flush=True)
+        shutil.rmtree(root, ignore_errors=True)
+        marker.unlink(missing_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        out = run_quiet(
+            [sys.executable, MAKE_DATASET, root, "--size-mb", str(size_mb), "--seed", str(SEED)]
+        )
+        print(f"dataset: {out.strip()} in {time.perf_counter() - t0:.1f} s")
+        marker.write_text(json.dumps(want))
+    files = sorted(
+        (Path(r) / f for r, _d, fs in os.walk(root) for f in fs),
+        key=lambda p: os.fsencode(p.relative_to(root)),
+    )
+    return Dataset(root, marker, size_mb, files)
+
+
+def set_marker_state(ds: Dataset, state: str) -> None:
+    m = json.loads(ds.marker.read_text())
+    m["state"] = state
+    ds.marker.write_text(json.dumps(m))
+
+
+@dataclass(slots=True)
+class Change:
+    """The 1% change: what was modified and how to undo it exactly."""
+
+    appended: list[tuple[Path, int, int, int]]  # path, old size, atime_ns, mtime_ns
+    touched: list[tuple[Path, int, int]]  # path, atime_ns, mtime_ns
+
+
+def apply_change(ds: Dataset, rep: int) -> Change:
+    """Append a line to every 100th file (sorted order) and touch two of the logs.
+
+    Deterministic: the same files change the same way in every repetition.
+    """
+    set_marker_state(ds, "dirty")
+    appended = []
+    for p in ds.files[::100]:
+        st = p.stat()
+        appended.append((p, st.st_size, st.st_atime_ns, st.st_mtime_ns))
+        with open(p, "ab") as f:
+            f.write(b"# benchmark change: one appended line\n")
+    touched = []
+    now = time.time_ns()
+    for p in sorted((ds.root / "logs").iterdir())[:2]:
+        st = p.stat()
+        touched.append((p, st.st_atime_ns, st.st_mtime_ns))
+        os.utime(p, ns=(now, now))
+    return Change(appended, touched)
+
+
+def revert_change(ds: Dataset, ch: Change) -> None:
+    """Put back the original content and times (ctime moves on; nothing here compares it)."""
+    for p, size, at, mt in ch.appended:
+        os.truncate(p, size)
+        os.utime(p, ns=(at, mt))
+    for p, at, mt in ch.touched:
+        os.utime(p, ns=(at, mt))
+    set_marker_state(ds, "clean")
+
+
+def digest_tree(
+    root: Path, only: Iterable[Path] | None = None, base: Path | None = None
+) -> dict[str, tuple[Any, ...]]:
+    """Hash walk: relative path -> (type, permissions, size, mtime seconds, SHA-1 / link).
+
+    Directory mtimes are left out (a tool sets them while extracting); file mtimes are
+    compared to the second (GNU tar's default format stores seconds).
+    """
+    out: dict[str, tuple[Any, ...]] = {}
+
+    def one(p: Path, rel: str) -> None:
+        st = os.lstat(p)
+        if stat.S_ISREG(st.st_mode):
+            with open(p, "rb") as f:
+                h = hashlib.file_digest(f, "sha1").hexdigest()
+            out[rel] = ("f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns // 10**9, h)
+        elif stat.S_ISLNK(st.st_mode):
+            out[rel] = ("l", os.readlink(p))
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("d", stat.S_IMODE(st.st_mode))
+        else:
+            out[rel] = ("o", stat.S_IFMT(st.st_mode))
+
+    base = base or root
+    if only is not None:
+        for p in only:
+            one(p, str(p.relative_to(base)))
+        return out
+    for r, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(r) / name
+            one(p, str(p.relative_to(root)))
+    return out
+
+
+def check_tree(label: str, restored: Path, want: dict[str, tuple[Any, ...]]) -> None:
+    got = digest_tree(restored)
+    if got == want:
+        return
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    differ = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    lines = [f"RESTORE CHECK FAILED for {label}: {restored} differs from the dataset"]
+    lines += [f"  missing: {k}" for k in missing[:10]]
+    lines += [f"  extra:   {k}" for k in extra[:10]]
+    lines += [f"  differs: {k}: want {want[k]} got {got[k]}" for k in differ[:10]]
+    lines.append(f"  ({len(missing)} missing, {len(extra)} extra, {len(differ)} differ)")
+    raise BenchError("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------
+# the tools
+
+
+@dataclass(slots=True)
+class Env:
+    """Paths and settings shared by the tools in one repetition."""
+
+    ds: Dataset
+    scratch: Path  # emptied between repetitions
+    key: Path
+    recipient: str
+    backup_cmd: list[str]
+    restic: str | None
+
+    @property
+    def vault(self) -> Path:
+        return self.scratch / "vault"
+
+    @property
+    def inventory(self) -> Path:
+        return self.scratch / "inventory.db"
+
+    @property
+    def policy_file(self) -> Path:
+        return self.scratch / "policy.toml"
+
+    @property
+    def pipe_out(self) -> Path:
+        return self.scratch / "pipeline.tar.zst.age"
+
+    @property
+    def restic_repo(self) -> Path:
+        return self.scratch / "restic-repo"
+
+    @property
+    def restic_cache(self) -> Path:
+        return self.scratch / "restic-cache"
+
+    def backup_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "BACKUP_CONFIG": str(self.policy_file),
+            "BACKUP_INVENTORY_URL": f"sqlite:///{self.inventory}",
+            "BACKUP_IDENTITY": str(self.key),
+        }
+
+    def restic_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RESTIC_PASSWORD": RESTIC_PASSWORD,
+            "RESTIC_REPOSITORY": str(self.restic_repo),
+        }
+
+
+class Ours:
+    """`backup run` / `backup restore` with a fresh vault and inventory per repetition."""
+
+    name = OURS
+
+    def __init__(self, env: Env) -> None:
+        self.e = env
+        self.full_id = ""
+
+    def setup(self) -> None:
+        self.e.vault.mkdir(parents=True)
+        self.e.policy_file.write_text(
+            "[[policy]]\n"
+            f'name = "{POLICY}"\n'
+            f"sources = [{json.dumps(str(self.e.ds.root))}]\n"
+            f'target = "file://{self.e.vault}"\n'
+            f'recipients = ["{self.e.recipient}"]\n'
+            'full_every = "7d"\n'
+        )
+
+    def _run(self, op: str, rep: int, *flags: str) -> Measurement:
+        before = tree_bytes(self.e.vault)
+        t = run_timed(
+            [*self.e.backup_cmd, "run", POLICY, "--json", *flags], env=self.e.backup_env()
+        )
+        res = json.loads(t.stdout)
+        if res.get("state") != "complete":
+            raise BenchError(f"backup run did not complete: {res}")
+        archive = self.e.vault / res["location"]
+        return measured(
+            op,
+            OURS,
+            rep,
+            t,
+            tree_bytes(self.e.vault) - before,
+            archive_id=res["id"],
+            kind=res["kind"],
+            archive_bytes=archive.stat().st_size,
+            entries=res["entries"],
+            inventory_bytes=tree_bytes(self.e.inventory),
+        )
+
+    def full(self, rep: int) -> Measurement:
+        m = self._run(FULL, rep, "--full")
+        self.full_id = m.detail["archive_id"]
+        return m
+
+    def incremental(self, op: str, rep: int) -> Measurement:
+        m = self._run(op, rep)
+        if m.detail["kind"] != "incremental":
+            raise BenchError(f"expected an incremental, got {m.detail}")
+        return m
+
+    def restore(self, rep: int, dest: Path) -> Measurement:
+        """Restores the latest state (the chain full + no-change + 1% incremental)."""
+        dest.mkdir()
+        t = run_timed(
+            [
+                *self.e.backup_cmd,
+                "restore",
+                POLICY,
+                "--to",
+                dest,
+                "--identity",
+                self.e.key,
+                "--json",
+            ],
+            env=self.e.backup_env(),
+        )
+        res = json.loads(t.stdout)
+        return measured(RESTORE, OURS, rep, t, tree_bytes(dest), archives=res.get("archives"))
+
+
+class Pipeline:
+    """The shell pipeline the format is built from: tar -c | zstd -3 -T0 | age."""
+
+    name = PIPE
+
+    def __init__(self, env: Env) -> None:
+        self.e = env
+
+    def full(self, rep: int) -> tuple[Measurement, Measurement]:
+        """Returns (with sync, without sync); `sync FILE` fsyncs the output like ours does."""
+        e = self.e
+        t = run_timed(
+            sh(
+                f"tar -c -C {q(e.ds.root)} . | zstd -3 -T0 -q | age -r {q(e.recipient)} > {q(e.pipe_out)}"
+            )
+        )
+        size = e.pipe_out.stat().st_size
+        nosync = measured(FULL, PIPE_NOSYNC, rep, t, size)
+        s = run_timed(["sync", e.pipe_out])
+        with_sync = nosync.plus(measured(FULL, PIPE_SYNC, rep, s, size, sync_s=s.wall_s))
+        with_sync.tool = PIPE_SYNC
+        return with_sync, nosync
+
+    def restore(self, rep: int, dest: Path) -> Measurement:
+        dest.mkdir()
+        t = run_timed(
+            sh(f"age -d -i {q(self.e.key)} {q(self.e.pipe_out)} | zstd -d -q | tar -x -C {q(dest)}")
+        )
+        return measured(RESTORE, PIPE, rep, t, tree_bytes(dest))
+
+
+class Restic:
+    """restic with a fresh local repository (format v2, default compression) per repetition."""
+
+    name = RESTIC
+
+    def __init__(self, env: Env, exe: str) -> None:
+        self.e = env
+        self.exe = exe
+
+    def _cmd(self, *args: str | Path) -> list[str | Path]:
+        return [self.exe, "--cache-dir", self.e.restic_cache, *args]
+
+    def setup(self) -> None:
+        run_quiet(self._cmd("init", "--repository-version", "2"), env=self.e.restic_env())
+
+    def backup(self, op: str, rep: int) -> Measurement:
+        before = tree_bytes(self.e.restic_repo)
+        t = run_timed(
+            self._cmd("backup", "--quiet", "--json", self.e.ds.root), env=self.e.restic_env()
+        )
+        summary = next(
+            (json.loads(line) for line in t.stdout.splitlines() if '"summary"' in line), {}
+        )
+        return measured(
+            op,
+            RESTIC,
+            rep,
+            t,
+            tree_bytes(self.e.restic_repo) - before,
+            snapshot=summary.get("snapshot_id"),
+            files_new=summary.get("files_new"),
+            files_changed=summary.get("files_changed"),
+            data_added=summary.get("data_added"),
+        )
+
+    def restore(self, rep: int, dest: Path) -> Measurement:
+        """Restores `latest`; restic recreates the absolute source path under the target."""
+        dest.mkdir()
+        t = run_timed(
+            self._cmd("restore", "latest", "--target", dest, "--quiet"), env=self.e.restic_env()
+        )
+        return measured(RESTORE, RESTIC, rep, t, tree_bytes(dest))
+
+    def restored_root(self, dest: Path) -> Path:
+        return dest / self.e.ds.root.relative_to("/")
+
+
+# --------------------------------------------------------------------------------------
+# one repetition
+
+
+def rotate(seq: Sequence[Any], k: int) -> list[Any]:
+    k %= len(seq)
+    return list(seq[k:]) + list(seq[:k])
+
+
+def one_rep(
+    rep: int,
+    env: Env,
+    want_orig: dict[str, tuple[Any, ...]],
+    log: Callable[[Measurement], None],
+) -> None:
+    """full -> no-change -> 1% change -> incremental -> (revert) -> restore, per tool.
+
+    Within each operation the tools run one after the other, in an order rotated every
+    repetition, so drift and noise hit all of them alike.
+    """
+    shutil.rmtree(env.scratch, ignore_errors=True)
+    env.scratch.mkdir(parents=True)
+    ours, pipe = Ours(env), Pipeline(env)
+    restic = Restic(env, env.restic) if env.restic else None
+    ours.setup()
+    if restic:
+        restic.setup()
+
+    def full_ours() -> None:
+        log(ours.full(rep))
+
+    def full_pipe() -> None:
+        with_sync, nosync = pipe.full(rep)
+        log(with_sync)
+        log(nosync)
+
+    def full_restic() -> None:
+        assert restic
+        log(restic.backup(FULL, rep))
+
+    order = [full_ours, full_pipe] + ([full_restic] if restic else [])
+    for f in rotate(order, rep):
+        f()
+
+    order2: list[Callable[[], None]] = [lambda: log(ours.incremental(NOCHANGE, rep))]
+    if restic:
+        order2.append(lambda: log(restic.backup(NOCHANGE, rep)))
+    for f in rotate(order2, rep):
+        f()
+
+    change = apply_change(env.ds, rep)
+    try:
+        changed_files = [p for p, *_ in change.appended] + [p for p, *_ in change.touched]
+        want_changed = {**want_orig, **digest_tree(env.ds.root, only=changed_files)}
+        order3: list[Callable[[], None]] = [lambda: log(ours.incremental(INCR, rep))]
+        if restic:
+            order3.append(lambda: log(restic.backup(INCR, rep)))
+        for f in rotate(order3, rep):
+            f()
+    finally:
+        revert_change(env.ds, change)
+
+    def restore_ours() -> None:
+        dest = env.scratch / "restore-backup"
+        log(ours.restore(rep, dest))
+        check_tree(OURS, dest, want_changed)
+        shutil.rmtree(dest)
+
+    def restore_pipe() -> None:
+        dest = env.scratch / "restore-pipeline"
+        log(pipe.restore(rep, dest))
+        check_tree(PIPE, dest, want_orig)
+        shutil.rmtree(dest)
+
+    def restore_restic() -> None:
+        assert restic
+        dest = env.scratch / "restore-restic"
+        log(restic.restore(rep, dest))
+        check_tree(RESTIC, restic.restored_root(dest), want_changed)
+        shutil.rmtree(dest)
+
+    order4 = [restore_ours, restore_pipe] + ([restore_restic] if restic else [])
+    for f in rotate(order4, rep):
+        f()
+    shutil.rmtree(env.scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# machine, report
+
+
+def version_of(argv: Sequence[str]) -> str:
+    try:
+        r = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unavailable ({e})"
+    text = (r.stdout or r.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def machine_info(backup_cmd: Sequence[str], restic: str | None) -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    try:
+        import zstandard
+
+        pyzstd = f"{zstandard.__version__} (libzstd {'.'.join(map(str, zstandard.ZSTD_VERSION))})"
+    except ImportError:
+        pyzstd = "not installed"
+    return {
+        "host": socket.gethostname(),
+        "nproc": version_of(["nproc"]),
+        "cpu_model": model,
+        "mem_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": {
+            "backup": version_of([*backup_cmd, "--version"]),
+            "python-zstandard": pyzstd,
+            "restic": version_of([restic, "version"]) if restic else "not installed",
+            "zstd": version_of(["zstd", "--version"]),
+            "age": version_of(["age", "--version"]),
+            "tar": version_of(["tar", "--version"]),
+        },
+    }
+
+
+@dataclass(slots=True)
+class Row:
+    operation: str
+    tool: str
+    runs: int
+    wall_s: float
+    cpu_s: float
+    max_rss_mib: float
+    max_rss_mib_worst: float
+    output_bytes: int | None
+
+
+def medians(ms: Sequence[Measurement]) -> list[Row]:
+    rows = []
+    for op in OPERATIONS:
+        for tool in TOOLS:
+            sel = [m for m in ms if m.operation == op and m.tool == tool]
+            if not sel:
+                continue
+            outs = [m.output_bytes for m in sel if m.output_bytes is not None]
+            rows.append(
+                Row(
+                    op,
+                    tool,
+                    len(sel),
+                    statistics.median(m.wall_s for m in sel),
+                    statistics.median(m.cpu_s for m in sel),
+                    statistics.median(m.max_rss_kib for m in sel) / 1024,
+                    max(m.max_rss_kib for m in sel) / 1024,
+                    int(statistics.median(outs)) if outs else None,
+                )
+            )
+    return rows
+
+
+@dataclass(slots=True)
+class Check:
+    name: str
+    value: float | None
+    limit: float
+    ok: bool | None  # None: could not be evaluated (tool missing)
+    note: str = ""
+
+
+def checks(rows: Sequence[Row], ms: Sequence[Measurement], tarzstd_bytes: int) -> list[Check]:
+    def get(op: str, tool: str) -> Row | None:
+        return next((r for r in rows if r.operation == op and r.tool == tool), None)
+
+    def ratio(name: str, op: str, other: str, limit: float) -> Check:
+        a, b = get(op, OURS), get(op, other)
+        if a is None or b is None:
+            return Check(name, None, limit, None, f"{other} not measured")
+        v = a.wall_s / b.wall_s
+        return Check(name, v, limit, v <= limit, f"{a.wall_s:.2f} s / {b.wall_s:.2f} s")
+
+    out = [
+        ratio("full backup wall: backup / restic", FULL, RESTIC, TARGET_FULL_VS_RESTIC),
+        ratio("full backup wall: backup / pipeline +sync", FULL, PIPE_SYNC, TARGET_FULL_VS_PIPE),
+        ratio(
+            "no-change incremental wall: backup / restic",
+            NOCHANGE,
+            RESTIC,
+            TARGET_NOCHANGE_VS_RESTIC,
+        ),
+        ratio("restore wall: backup / restic", RESTORE, RESTIC, TARGET_RESTORE_VS_RESTIC),
+    ]
+    for op in OPERATIONS:
+        r = get(op, OURS)
+        if r is not None:
+            out.append(
+                Check(
+                    f"peak RSS of backup, {op} (MiB)",
+                    r.max_rss_mib,
+                    TARGET_RSS_MIB,
+                    r.max_rss_mib <= TARGET_RSS_MIB,
+                    f"median; worst run {r.max_rss_mib_worst:.1f} MiB",
+                )
+            )
+    fulls = [m.detail["archive_bytes"] for m in ms if m.operation == FULL and m.tool == OURS]
+    archive = statistics.median(fulls)
+    v = archive / tarzstd_bytes
+    out.append(
+        Check(
+            "full archive size: backup / plain tar-zstd -3",
+            v,
+            TARGET_SIZE_VS_TARZSTD,
+            v <= TARGET_SIZE_VS_TARZSTD,
+            f"{int(archive):,} B / {tarzstd_bytes:,} B",
+        )
+    )
+    return out
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n < 2**20:
+        return f"{n / 2**10:.1f} KiB"
+    return f"{n / 2**20:.1f} MiB"
+
+
+def render(rows: Sequence[Row], cks: Sequence[Check], tarzstd_bytes: int) -> str:
+    head = ("operation", "tool", "wall s", "CPU s", "peak RSS MiB", "output")
+    body = [
+        (
+            r.operation,
+            r.tool,
+            f"{r.wall_s:.2f}",
+            f"{r.cpu_s:.2f}",
+            f"{r.max_rss_mib:.1f}",
+            fmt_bytes(r.output_bytes),
+        )
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) + " |" for b in body
+    ]
+    lines.append("")
+    lines.append(
+        f"reference: tar -c | zstd -3 -T0 (no encryption) = {tarzstd_bytes:,} B ({fmt_bytes(tarzstd_bytes)})"
+    )
+    lines.append("")
+    lines.append("| target | value | limit | result | |")
+    lines.append("|---|---|---|---|---|")
+    for c in cks:
+        val = "-" if c.value is None else f"{c.value:.3f}" if c.limit < 10 else f"{c.value:.1f}"
+        res = "n/a" if c.ok is None else "PASS" if c.ok else "FAIL"
+        lim = f"≤ {c.limit:g}" + ("×" if c.limit < 10 else "")
+        lines.append(f"| {c.name} | {val} | {lim} | {res} | {c.note} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+
+
+def find_backup_cmd() -> list[str]:
+    """The installed console script of this interpreter (skips pyenv's shim), else PATH."""
+    script = Path(sysconfig.get_path("scripts")) / "backup"
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("backup")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "backup"]
+
+
+def warm_cache(root: Path) -> float:
+    """Read every file once so all tools start from a warm page cache.
+
+    (`tar -c DATA > /dev/null` would not do: GNU tar skips reading file data when the
+    archive is /dev/null.)
+    """
+    t0 = time.perf_counter()
+    run_quiet(sh(f"tar -c -C {q(root)} . | cat > /dev/null"))
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--size-mb", type=float, default=1024, help="dataset size (MiB), default 1024")
+    ap.add_argument(
+        "--runs", type=int, default=3, help="repetitions; medians are reported (default 3)"
+    )
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/backup-bench"))
+    ap.add_argument(
+        "--json", type=Path, help="write every measurement, the medians and the checks here"
+    )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the scratch files (the dataset is always kept)"
+    )
+    a = ap.parse_args()
+    if a.runs < 1:
+        ap.error("--runs must be at least 1")
+
+    for tool in ("tar", "zstd", "age", "sync"):
+        if shutil.which(tool) is None:
+            print(f"error: {tool} is not on PATH", file=sys.stderr)
+            return 2
+    workdir: Path = a.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    backup_cmd = find_backup_cmd()
+    restic = shutil.which("restic")
+    info = machine_info(backup_cmd, restic)
+    print(
+        f"machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['mem_gib']} GiB RAM, Linux {info['kernel']}"
+    )
+    for k, v in info["versions"].items():
+        print(f"  {k}: {v}")
+    print(f"  backup command: {' '.join(backup_cmd)}")
+    if restic is None:
+        print("restic: not on PATH, skipping its measurements")
+
+    ds = prepare_dataset(workdir, a.size_mb)
+    data_bytes = tree_bytes(ds.root)
+    print(f"dataset: {len(ds.files)} files, {data_bytes:,} B")
+    t0 = time.perf_counter()
+    want_orig = digest_tree(ds.root)
+    print(f"dataset digest: {len(want_orig)} entries in {time.perf_counter() - t0:.1f} s")
+
+    scratch = workdir / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    keydir = workdir / "keys"
+    shutil.rmtree(keydir, ignore_errors=True)
+    keydir.mkdir()
+    key = keydir / "key.txt"
+    printed = run_quiet([*backup_cmd, "keys", "generate", "--out", key]).split()
+    recipient = next((w for w in printed if w.startswith("age1")), "")
+    if not recipient.startswith("age1"):
+        raise BenchError(f"unexpected output of backup keys generate: {recipient!r}")
+    env = Env(ds, scratch, key, recipient, backup_cmd, restic)
+
+    print(
+        f"warm-up: read the whole dataset once in {warm_cache(ds.root):.1f} s (all tools see a warm page cache)"
+    )
+    t0 = time.perf_counter()
+    tz = run_timed(sh(f"tar -c -C {q(ds.root)} . | zstd -3 -T0 -q | wc -c"))
+    tarzstd_bytes = int(tz.stdout.strip())
+    print(f"reference: tar | zstd -3 -T0 = {tarzstd_bytes:,} B in {tz.wall_s:.2f} s")
+
+    ms: list[Measurement] = []
+
+    def log(m: Measurement) -> None:
+        ms.append(m)
+        print(
+            f"  rep {m.rep + 1} {m.operation:<22} {m.tool:<21} wall {m.wall_s:7.2f} s  "
+            f"cpu {m.cpu_s:7.2f} s  rss {m.max_rss_kib / 1024:7.1f} MiB  out {fmt_bytes(m.output_bytes)}",
+            flush=True,
+        )
+
+    started = datetime.now(UTC)
+    try:
+        for rep in range(a.runs):
+            print(f"repetition {rep + 1}/{a.runs}", flush=True)
+            one_rep(rep, env, want_orig, log)
+    finally:
+        if not a.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(keydir, ignore_errors=True)
+
+    rows = medians(ms)
+    cks = checks(rows, ms, tarzstd_bytes)
+    print()
+    print(
+        f"medians of {a.runs} runs, {a.size_mb:g} MiB dataset ({len(ds.files)} files), warm page cache; "
+        f"pipeline = `tar -c | zstd -3 -T0 | age` (restore: `age -d | zstd -d | tar -x`); "
+        f"'pipeline +sync' includes `sync OUT` (backup fsyncs its archive), "
+        f"'pipeline no sync' is the same without it; restore = latest state "
+        f"(backup: chain full + no-change + 1% incremental; restic: latest snapshot; pipeline: its one archive)"
+    )
+    print(render(rows, cks, tarzstd_bytes))
+    print(
+        "restored trees of backup, pipeline and restic: equal to the dataset (hash walk) in every run"
+    )
+
+    if a.json:
+        doc = {
+            "date": started.isoformat(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "config": {"size_mb": a.size_mb, "seed": SEED, "runs": a.runs, "workdir": str(workdir)},
+            "machine": info,
+            "dataset": {"files": len(ds.files), "bytes": data_bytes, "path": str(ds.root)},
+            "tar_zstd3_bytes": tarzstd_bytes,
+            "measurements": [{**asdict(m), "cpu_s": m.cpu_s} for m in ms],
+            "medians": [asdict(r) for r in rows],
+            "checks": [asdict(c) for c in cks],
+        }
+        a.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        print(f"wrote {a.json}")
+    return 0 if all(c.ok is not False for c in cks) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"\nBENCHMARK ERROR: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,228 @@
+"""Backup runs end to end: archive layout, the manifest beside it, and what incrementals
+hold (new or changed files, deleted paths, whole hard-link groups, new chains)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup.engine import run_backup
+from backup.inventory import Inventory
+from tests.conftest import Env, Key, require_tools
+from tests.test_interop import (
+    cli,
+    decrypt_with_tools,
+    extract_with_tools,
+    link_groups,
+    make_tree,
+    q,
+    sh,
+)
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require_tools("age", "zstd", "tar")
+
+
+def manifest_with_tools(key: Key, path: Path) -> dict[str, Any]:
+    """``age -d -i KEY MANIFEST | zstd -d``, parsed as JSON."""
+    out = sh(f"age -d -i {q(key.path)} {q(path)} | zstd -d -q -c").stdout
+    m = json.loads(out)
+    assert isinstance(m, dict)
+    return m
+
+
+def archive_files(env: Env, archive_id: str) -> tuple[Path, Path]:
+    d = env.vault / "p"
+    return d / f"{archive_id}.tar.zst.age", d / f"{archive_id}.manifest.json.zst.age"
+
+
+def manifest_of(env: Env, archive_id: str) -> dict[str, Any]:
+    return manifest_with_tools(env.key, archive_files(env, archive_id)[1])
+
+
+def entry_paths(m: dict[str, Any]) -> set[bytes]:
+    return {os.fsencode(e["path"]) for e in m["entries"]}
+
+
+def source_paths(root: Path) -> set[bytes]:
+    rootb = os.fsencode(root)
+    out = set()
+    for dirpath, dirs, files in os.walk(rootb):
+        for n in dirs + files:
+            out.add(os.path.relpath(os.path.join(dirpath, n), rootb))
+    return out
+
+
+def test_run_writes_archive_and_encrypted_manifest(env: Env) -> None:
+    make_tree(env.source)
+    environ = env.environ()
+    del environ["BACKUP_IDENTITY"]  # backing up needs recipients only
+    hidden = env.key.path.with_name("elsewhere.txt")
+    env.key.path.rename(hidden)
+    try:
+        proc = cli(None, "run", "p", "--json", extra_env=environ)
+    finally:
+        hidden.rename(env.key.path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    aid = out["id"]
+    assert out["kind"] == "full" and out["parent"] is None and out["state"] == "complete"
+    archive, manifest_file = archive_files(env, aid)
+    assert archive.is_file() and manifest_file.is_file()
+    assert sorted(p.name for p in (env.vault / "p").iterdir()) == sorted(
+        [archive.name, manifest_file.name]
+    )
+    # both are age files, not plaintext
+    assert archive.read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert manifest_file.read_bytes().startswith(b"age-encryption.org/v1\n")
+
+    m = manifest_with_tools(env.key, manifest_file)
+    assert m["format"] == 1
+    assert m["policy"] == "p"
+    assert m["kind"] == "full"
+    assert m["parent"] is None
+    assert abs(datetime.fromisoformat(m["created"]) - datetime.now(UTC)) < timedelta(minutes=5)
+    assert m["deleted"] == []
+    assert out["entries"] == len(m["entries"])
+    assert entry_paths(m) == source_paths(env.source)
+
+    src = os.fsencode(env.source)
+    kinds = {"file", "dir", "symlink", "hardlink"}
+    for e in m["entries"]:
+        assert {"path", "type", "size", "mode", "mtime_ns", "offset"} <= set(e), e
+        assert e["type"] in kinds
+        st = os.lstat(os.path.join(src, os.fsencode(e["path"])))
+        assert e["mode"] == stat.S_IMODE(st.st_mode)
+        assert e["mtime_ns"] == st.st_mtime_ns
+        if e["type"] == "file":
+            with open(os.path.join(src, os.fsencode(e["path"])), "rb") as f:
+                data = f.read()
+            assert e["size"] == len(data)
+            assert e["sha256"] == hashlib.sha256(data).hexdigest()
+    types = {os.fsencode(e["path"]): e["type"] for e in m["entries"]}
+    assert types[b"plain.txt"] == "file"
+    assert types[b"empty"] == "dir"
+    assert types[b"link-rel"] == "symlink"
+    # one name of the hard-link group carries the data, the others link to it
+    assert sorted(types[p] for p in (b"hl/a", b"hl/b", b"hl-c")) == ["file", "hardlink", "hardlink"]
+
+    # offsets point at the tar headers of the entries
+    plain = env.tmp / "plain.tar"
+    decrypt_with_tools(env.key, archive, plain)
+    with tarfile.open(plain, encoding="utf-8", errors="surrogateescape") as t:
+        tar_offsets = {os.fsencode(mem.name): mem.offset for mem in t}
+    data = plain.read_bytes()
+    for e in m["entries"]:
+        path = os.fsencode(e["path"])
+        assert e["offset"] == tar_offsets[path], path
+        block = data[e["offset"] : e["offset"] + 512]
+        assert block[257:262] == b"ustar", path
+        chk = int(block[148:156].split(b"\0")[0].strip() or b"0", 8)
+        assert chk == sum(block[:148]) + 8 * 32 + sum(block[156:]), path
+        assert block[156:157] in (b"x", b"0", b"1", b"2", b"5"), path
+
+
+def _run(env: Env, inv: Inventory, **kw: Any) -> tuple[Any, dict[str, Any]]:
+    res = run_backup(env.policy(), inv, **kw)
+    return res, manifest_of(env, res.archive.id)
+
+
+def test_incrementals_hold_changes_and_deletions(env: Env, inventory: Inventory) -> None:
+    src = env.source
+    make_tree(src, big=False)
+    full, mfull = _run(env, inventory)
+    assert full.archive.kind == "full"
+
+    # nothing changed: an empty incremental
+    nochange, m0 = _run(env, inventory)
+    assert nochange.archive.kind == "incremental"
+    assert nochange.archive.parent_id == full.archive.id
+    assert m0["kind"] == "incremental" and m0["parent"] == full.archive.id
+    assert m0["entries"] == [] and m0["deleted"] == []
+    assert nochange.archive.entries == 0
+
+    # content changed, size and mtime kept: found by ctime
+    st = os.stat(src / "plain.txt")
+    (src / "plain.txt").write_bytes(b"HELLO\n")
+    os.utime(src / "plain.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    # mode only
+    os.chmod(src / "exec.sh", 0o700)
+    # same name, size, mode and mtime, another inode
+    st = os.stat(src / "ro.txt")
+    tmp = src / ".tmp-ro"
+    tmp.write_bytes((src / "ro.txt").read_bytes())
+    os.chmod(tmp, 0o400)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.rename(tmp, src / "ro.txt")
+    # mtime only
+    os.utime(src / "zero", ns=(10**18, 10**18))
+    # a hard-linked file changed through one of its names
+    with open(src / "hl" / "b", "r+b") as f:
+        f.write(b"LINKED")
+    # new and deleted
+    (src / "new.txt").write_text("new")
+    os.unlink(src / "old")
+    os.unlink(src / "dir with space" / "file name with spaces.txt")
+    os.rmdir(src / "dir with space")
+
+    inc, m1 = _run(env, inventory)
+    assert inc.archive.parent_id == nochange.archive.id
+    assert entry_paths(m1) == {
+        b"plain.txt",
+        b"exec.sh",
+        b"ro.txt",
+        b"zero",
+        b"hl/a",
+        b"hl/b",
+        b"hl-c",
+        b"new.txt",
+    }
+    assert sorted(m1["deleted"]) == sorted(
+        ["old", "dir with space", "dir with space/file name with spaces.txt"]
+    )
+    assert inc.deleted == 3
+    # the incremental alone, through tar, keeps the hard-link group whole
+    alone = env.tmp / "alone"
+    extract_with_tools(env.key, archive_files(env, inc.archive.id)[0], alone)
+    assert link_groups(alone) == {frozenset({b"hl/a", b"hl/b", b"hl-c"})}
+    assert (alone / "hl-c").read_bytes() == b"LINKED content"
+
+    # a new name for an unchanged hard-linked file brings the whole group
+    os.link(src / "hl" / "a", src / "hl" / "d")
+    inc2, m2 = _run(env, inventory)
+    assert entry_paths(m2) == {b"hl/a", b"hl/b", b"hl-c", b"hl/d", b"hl"}
+    alone2 = env.tmp / "alone2"
+    extract_with_tools(env.key, archive_files(env, inc2.archive.id)[0], alone2)
+    assert link_groups(alone2) == {frozenset({b"hl/a", b"hl/b", b"hl-c", b"hl/d"})}
+
+    # the file index records the deletions too
+    recs = {r.path: r.type for r in inventory.records(inc.archive.id)}
+    assert recs[b"old"] == "deleted" and recs[b"plain.txt"] == "file"
+    assert mfull["kind"] == "full"
+
+
+def test_full_every_starts_a_new_chain(env: Env, inventory: Inventory) -> None:
+    (env.source / "f").write_text("x")
+    t0 = datetime.now(UTC)
+    full = run_backup(env.policy(), inventory, now=t0)
+    inc = run_backup(env.policy(), inventory, now=t0 + timedelta(days=6, hours=23))
+    assert (inc.archive.kind, inc.archive.parent_id) == ("incremental", full.archive.id)
+    # the policy says full_every = "7d", counted from the chain's full
+    new_full = run_backup(env.policy(), inventory, now=t0 + timedelta(days=7))
+    assert (new_full.archive.kind, new_full.archive.parent_id) == ("full", None)
+    assert new_full.archive.entries == 1
+    after = run_backup(env.policy(), inventory, now=t0 + timedelta(days=7, hours=1))
+    assert (after.archive.kind, after.archive.parent_id) == ("incremental", new_full.archive.id)
+    forced = run_backup(env.policy(), inventory, full=True, now=t0 + timedelta(days=7, hours=2))
+    assert (forced.archive.kind, forced.archive.parent_id) == ("full", None)
+    assert manifest_of(env, forced.archive.id)["kind"] == "full"

@@ -1,0 +1,547 @@
+"""Restore end to end: every point in time of a chain, --at/--archive/--include, and
+safety: unsafe entries, corrupted or truncated archives, wrong keys, full disks. A failed
+restore leaves the destination as it was and no staging directory behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup.cli import parse_time
+from backup.crypto.age import PayloadError, load_identities
+from backup.engine import run_backup
+from backup.errors import (
+    ArchiveCorrupt,
+    Error,
+    RestoreDestinationNotEmpty,
+    RestoreError,
+    UnsafeArchiveEntry,
+)
+from backup.inventory import Inventory
+from backup.restore import restore, restore_file, verify
+from tests.conftest import Env, Key, require_tools, snapshot_tree
+from tests.test_interop import (
+    cli,
+    decrypt_with_tools,
+    encrypt_with_tools,
+    link_groups,
+    make_tree,
+    set_times,
+    sh,
+    small_tmpfs,
+    staging_left,
+)
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require_tools("age", "zstd", "tar")
+
+
+Snapshot = tuple[dict[bytes, tuple[Any, ...]], set[frozenset[bytes]]]
+
+
+def take(root: Path) -> Snapshot:
+    return snapshot_tree(root), link_groups(root)
+
+
+def assert_restored(expected: Snapshot, out: Path) -> None:
+    tree, groups = expected
+    got = snapshot_tree(out)
+    assert sorted(got) == sorted(tree), "different names"
+    for p in tree:
+        assert got[p] == tree[p], f"{p!r} differs"
+    assert link_groups(out) == groups
+
+
+# a chain of four archives ---------------------------------------------------------------
+
+
+def _chain_step_1(src: Path) -> None:
+    (src / "plain.txt").write_text("changed in 1\n")
+    (src / "added.txt").write_text("added in 1")
+    os.unlink(src / "exec.sh")
+    # file replaced by a directory
+    os.unlink(src / "zero")
+    (src / "zero").mkdir()
+    (src / "zero" / "inside").write_text("inside")
+    # directory replaced by a file
+    shutil.rmtree(src / "deep" / "a" / "b")
+    (src / "deep" / "a" / "b").write_text("b is a file now")
+    os.chmod(src / "ro.txt", 0o444)
+    os.unlink(src / "link-rel")
+    os.symlink("added.txt", src / "link-rel")
+    (src / os.fsdecode(b"-odd\n\xff name")).write_text("odd")
+    # a hard-linked file replaced by a directory
+    os.unlink(src / "hp")
+    (src / "hp").mkdir()
+    (src / "hp" / "c").write_text("c")
+
+
+def _chain_step_2(src: Path) -> None:
+    os.unlink(src / "added.txt")  # link-rel now dangles
+    shutil.rmtree(src / "zero")
+    (src / "zero").write_bytes(b"")
+    os.unlink(src / "deep" / "a" / "b")
+    (src / "deep" / "a" / "b").mkdir()
+    (src / "deep" / "a" / "b" / "new").write_text("new in 2")
+    with open(src / "hl" / "a", "r+b") as f:
+        f.write(b"LINKED")
+    os.unlink(src / "hl-c")
+    # and back to a file: the older archives hold a file, a directory, a file
+    shutil.rmtree(src / "hp")
+    (src / "hp").write_text("hp is a file again")
+
+
+def _chain_step_3(src: Path) -> None:
+    (src / "exec.sh").write_text("#!/bin/sh\necho back\n")
+    os.chmod(src / "exec.sh", 0o750)
+    (src / "empty" / "now-not").mkdir()
+    os.chmod(src / "dir with space", 0o700)
+    os.rename(src / os.fsdecode(b"bad\xff\xfename"), src / os.fsdecode(b"renamed\xfe"))
+    (src / os.fsdecode(b"dir\xfe") / os.fsdecode(b"inner\xff")).write_text("inner 3")
+    # symlink -> directory, file -> symlink, directory -> symlink
+    os.unlink(src / "dirlink")
+    (src / "dirlink").mkdir()
+    (src / "dirlink" / "real").write_text("real")
+    os.unlink(src / "-leading-dash")
+    os.symlink("plain.txt", src / "-leading-dash")
+    os.rmdir(src / "empty-ro")
+    os.symlink("deep", src / "empty-ro")
+
+
+def test_restore_every_point_of_a_chain(env: Env, inventory: Inventory) -> None:
+    src = env.source
+    make_tree(src, big=False)
+    (src / "hp").write_text("hp")
+    os.link(src / "hp", src / "hq")
+    set_times(src)
+    snaps: list[Snapshot] = []
+    ids: list[str] = []
+    for step in (None, _chain_step_1, _chain_step_2, _chain_step_3):
+        if step is not None:
+            step(src)
+        res = run_backup(env.policy(), inventory)
+        assert res.exit_code == 0
+        ids.append(res.archive.id)
+        snaps.append(take(src))
+    kinds = [inventory.get(i).kind for i in ids]
+    assert kinds == ["full", "incremental", "incremental", "incremental"]
+    assert snaps[0] != snaps[1] != snaps[2] != snaps[3]
+
+    listed = json.loads(cli(env, "list", "p", "--json").stdout)
+    assert [a["id"] for a in listed] == ids
+    ident = load_identities(env.key.path)
+    for i, a in enumerate(listed):
+        out = env.tmp / f"out{i}"
+        # the times `list --json` prints are accepted back by --at (one through the CLI,
+        # the others through the same parser, in this process: each CLI run costs ~1 s)
+        if i == 1:
+            proc = cli(env, "restore", "p", "--to", str(out), "--at", a["created"], "--json")
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout)["archives"] == ids[:2]
+        else:
+            res = restore("p", inventory, out, ident, at=parse_time(a["created"]))
+            assert res.archives == ids[: i + 1]
+        assert_restored(snaps[i], out)
+        assert staging_left(env.tmp, out) == []
+
+    # between two archives: the older one; by id prefix: that one
+    t1 = inventory.get(ids[1]).created
+    out = env.tmp / "between"
+    res = restore("p", inventory, out, ident, at=t1 + (inventory.get(ids[2]).created - t1) / 2)
+    assert res.archives == ids[:2]
+    assert_restored(snaps[1], out)
+    out = env.tmp / "by-id"
+    res = restore("p", inventory, out, ident, archive_id=ids[2][:-2])
+    assert res.archives == ids[:3]
+    assert_restored(snaps[2], out)
+
+
+def test_restore_include_and_time_before_first(env: Env, inventory: Inventory) -> None:
+    make_tree(env.source, big=False)
+    a = run_backup(env.policy(), inventory).archive
+    ident = load_identities(env.key.path)
+    out = env.tmp / "out"
+    restore("p", inventory, out, ident, include=["deep", "*.txt"])
+    full = snapshot_tree(env.source)
+    want = {p: v for p, v in full.items() if p.startswith(b"deep") or p.endswith(b".txt")}
+    got = snapshot_tree(out)
+    # the parents of included files come back too, as directories
+    assert {p: v for p, v in got.items() if p in want} == want
+    assert set(got) - set(want) <= {b"dir with space", "ünïcødé".encode()}
+    assert b"exec.sh" not in got and b"hl" not in got
+
+    # tar keeps a hard-linked file's data under its first name (hl/a): included names
+    # that only link to it still come back, with the content, linked to each other
+    out = env.tmp / "links"
+    restore("p", inventory, out, ident, include=["hl/b", "hl-c"])
+    assert link_groups(out) == {frozenset({b"hl/b", b"hl-c"})}
+    assert (out / "hl-c").read_bytes() == b"linked content"
+    assert not (out / "hl" / "a").exists()
+    out = env.tmp / "one-link"
+    restore("p", inventory, out, ident, include=["hl-c"])
+    assert sorted(os.listdir(out)) == ["hl-c"]
+    assert snapshot_tree(out)[b"hl-c"][:4] == full[b"hl-c"][:4]
+
+    early = a.created - timedelta(seconds=1)
+    proc = cli(env, "restore", "p", "--to", str(env.tmp / "o2"), "--at", early.isoformat())
+    assert proc.returncode == 1
+    assert "no complete archive at or before" in proc.stderr
+    assert not (env.tmp / "o2").exists()
+
+
+def test_destination_not_empty_needs_force(env: Env, inventory: Inventory) -> None:
+    (env.source / "f").write_text("from the archive")
+    run_backup(env.policy(), inventory)
+    dest = env.tmp / "dest"
+    dest.mkdir()
+    (dest / "mine").write_text("mine")
+    (dest / "f").write_text("old")
+    proc = cli(env, "restore", "p", "--to", str(dest))
+    assert proc.returncode == 1
+    assert "not empty" in proc.stderr and "--force" in proc.stderr
+    assert (dest / "f").read_text() == "old"
+    ident = load_identities(env.key.path)
+    with pytest.raises(RestoreDestinationNotEmpty):
+        restore("p", inventory, dest, ident)
+    restore("p", inventory, dest, ident, force=True)
+    assert (dest / "f").read_text() == "from the archive"
+    assert (dest / "mine").read_text() == "mine"
+    assert staging_left(dest, env.tmp) == []
+
+
+# unsafe archives --------------------------------------------------------------------------
+
+
+def _member(
+    name: str | bytes, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
+    ti = tarfile.TarInfo(os.fsdecode(name))
+    ti.type = kind
+    ti.size = len(data) if kind == tarfile.REGTYPE else 0
+    ti.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    ti.mtime = 1_700_000_000
+    ti.linkname = link
+    return ti, data
+
+
+def make_archive(
+    tmp: Path, recipient: str, members: list[tuple[tarfile.TarInfo, bytes]], name: str = "evil"
+) -> Path:
+    """A tar built by Python's tarfile, compressed by the real zstd, encrypted by age -r."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for ti, data in members:
+            t.addfile(ti, io.BytesIO(data) if ti.type == tarfile.REGTYPE else None)
+    plain = tmp / f"{name}.tar"
+    plain.write_bytes(buf.getvalue())
+    out = tmp / f"{name}.tar.zst.age"
+    encrypt_with_tools(recipient, plain, out)
+    return out
+
+
+_OK = _member("ok.txt", data=b"fine")
+_UNSAFE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes]], str]] = {
+    "absolute": (
+        [_OK, _member("/tmp/backup-test-victim/abs", data=b"x")],
+        "/tmp/backup-test-victim/abs",
+    ),
+    "dotdot": ([_OK, _member("../escaped", data=b"x")], "../escaped"),
+    "inner-dotdot": ([_OK, _member("a/../../escaped", data=b"x")], "a/../../escaped"),
+    "hardlink-dotdot": ([_OK, _member("h", tarfile.LNKTYPE, link="../victim/file")], "h"),
+    "hardlink-absolute": ([_OK, _member("h", tarfile.LNKTYPE, link="/etc/hostname")], "h"),
+    "symlink-dotdot": ([_OK, _member("s", tarfile.SYMTYPE, link="../victim")], "s"),
+    "symlink-absolute": ([_OK, _member("s", tarfile.SYMTYPE, link="/etc")], "s"),
+    "symlink-deep-dotdot": (
+        [_member("a", tarfile.DIRTYPE), _member("a/s", tarfile.SYMTYPE, link="../../victim")],
+        "a/s",
+    ),
+    "file-under-symlink": (
+        [
+            _member("sub", tarfile.DIRTYPE),
+            _member("d", tarfile.SYMTYPE, link="sub"),
+            _member("d/f", data=b"through the link"),
+        ],
+        "d/f",
+    ),
+    "hardlink-to-symlink-moves-it": (
+        [
+            _member("a", tarfile.DIRTYPE),
+            _member("a/b", tarfile.DIRTYPE),
+            # harmless where it is (a/b/../x is a/x) but not at the top of the tree
+            _member("a/b/s", tarfile.SYMTYPE, link="../x"),
+            _member("t", tarfile.LNKTYPE, link="a/b/s"),
+        ],
+        "t",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_UNSAFE))
+def test_unsafe_entries_are_refused(tmp_path: Path, key: Key, case: str) -> None:
+    members, entry = _UNSAFE[case]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("victim")
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = make_archive(tmp_path, key.recipient, members)
+    dest = work / "dest"
+    with pytest.raises(UnsafeArchiveEntry) as ei:
+        restore_file(archive, dest, load_identities(key.path))
+    msg = ei.value.get_message()
+    assert "refusing unsafe entry" in msg and repr(entry) in msg, msg
+    assert str(archive) in msg
+    assert not dest.exists()
+    assert staging_left(work) == []
+    assert os.listdir(victim) == ["file"] and (victim / "file").read_text() == "victim"
+    assert not Path("/tmp/backup-test-victim").exists()
+
+
+def test_unsafe_entry_refused_by_cli_and_existing_destination_unchanged(
+    tmp_path: Path, key: Key
+) -> None:
+    archive = make_archive(
+        tmp_path,
+        key.recipient,
+        [_OK, _member("big", data=b"y" * 100_000), _member("../escaped", data=b"x")],
+    )
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "ok.txt").write_text("mine")
+    before = snapshot_tree(dest)
+    proc = cli(
+        None,
+        "restore",
+        "--file",
+        str(archive),
+        "--to",
+        str(dest),
+        "--identity",
+        str(key.path),
+        "--force",
+    )
+    assert proc.returncode == 1
+    assert "refusing unsafe entry '../escaped'" in proc.stderr and str(archive) in proc.stderr
+    assert snapshot_tree(dest) == before
+    assert staging_left(dest, tmp_path) == []
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_external_symlink_only_with_flag(tmp_path: Path, key: Key) -> None:
+    archive = make_archive(
+        tmp_path, key.recipient, [_OK, _member("etc", tarfile.SYMTYPE, link="/etc")]
+    )
+    base = ["restore", "--file", str(archive), "--identity", str(key.path)]
+    proc = cli(None, *base, "--to", str(tmp_path / "no"))
+    assert proc.returncode == 1
+    assert "'etc'" in proc.stderr and "--allow-external-symlinks" in proc.stderr
+    assert not (tmp_path / "no").exists() and staging_left(tmp_path) == []
+    restore_file(archive, tmp_path / "yes", load_identities(key.path), allow_external_symlinks=True)
+    assert os.readlink(tmp_path / "yes" / "etc") == "/etc"
+    # still no write through an external symlink
+    bad = make_archive(
+        tmp_path,
+        key.recipient,
+        [_member("d", tarfile.SYMTYPE, link=str(tmp_path / "victim")), _member("d/f", data=b"x")],
+        name="through",
+    )
+    (tmp_path / "victim").mkdir()
+    with pytest.raises(UnsafeArchiveEntry, match="'d/f'"):
+        restore_file(bad, tmp_path / "t", load_identities(key.path), allow_external_symlinks=True)
+    assert os.listdir(tmp_path / "victim") == []
+    assert not (tmp_path / "t").exists()
+
+
+# damaged archives, wrong keys, full disks -------------------------------------------------
+
+
+def _good_archive(tmp: Path, key: Key) -> tuple[Path, Path]:
+    """A tar | zstd | age archive spanning several age chunks, and its source."""
+    src = tmp / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    (src / "random.bin").write_bytes(os.urandom(300_000))
+    (src / "z.txt").write_text("z")
+    plain = tmp / "good.tar"
+    sh(f"tar -c --format=pax -f {plain} -C {src} .")
+    out = tmp / "good.tar.zst.age"
+    encrypt_with_tools(key.recipient, plain, out)
+    return out, src
+
+
+def _flip_middle(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+
+
+def _damage(case: str, archive: Path, tmp: Path, key: Key) -> tuple[Path, list[str]]:
+    """Returns the archive to restore and the identity arguments."""
+    if case == "corrupted":
+        _flip_middle(archive)
+    elif case == "truncated":
+        data = archive.read_bytes()
+        archive.write_bytes(data[: len(data) - 1000])
+    elif case == "not-age":
+        archive.write_bytes(b"PK\x03\x04 this is a zip file, not an age file" * 100)
+    elif case == "age-but-not-zstd":
+        plain = tmp / "text"
+        plain.write_bytes(b"just text\n" * 1000)
+        sh(f"age -r {key.recipient} -o {archive} {plain}")
+    elif case == "wrong-key":
+        other = tmp / "other.txt"
+        sh(f"age-keygen -o {other}")
+        return archive, ["--identity", str(other)]
+    return archive, ["--identity", str(key.path)]
+
+
+_DAMAGE_MESSAGES = {
+    "corrupted": "corrupt",
+    "truncated": "truncated",
+    "not-age": "not an age file",
+    "age-but-not-zstd": "corrupt",
+    "wrong-key": "No identity matches",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_DAMAGE_MESSAGES))
+def test_damaged_archive_file_leaves_destination_untouched(
+    tmp_path: Path, key: Key, case: str
+) -> None:
+    good, _src = _good_archive(tmp_path, key)
+    archive, ident = _damage(case, good, tmp_path, key)
+    dest = tmp_path / "new"
+    proc = cli(None, "restore", "--file", str(archive), "--to", str(dest), *ident)
+    assert proc.returncode == 1, proc.stderr
+    assert str(archive) in proc.stderr
+    assert _DAMAGE_MESSAGES[case] in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not dest.exists()
+    assert staging_left(tmp_path) == []
+    # into an existing destination, with --force: left as it was
+    dest = tmp_path / "existing"
+    dest.mkdir()
+    (dest / "a.txt").write_text("mine")
+    before = snapshot_tree(dest)
+    with pytest.raises(Error, match=re.escape(str(archive))):
+        restore_file(archive, dest, load_identities(ident[1]), force=True)
+    assert snapshot_tree(dest) == before
+    assert staging_left(dest, tmp_path) == []
+
+
+def test_corrupted_archive_in_inventory_fails_restore_and_verify(
+    env: Env, inventory: Inventory
+) -> None:
+    make_tree(env.source)
+    aid = run_backup(env.policy(), inventory).archive.id
+    archive = env.vault / "p" / f"{aid}.tar.zst.age"
+    cwd = env.tmp / "cwd"
+    cwd.mkdir()
+    vault_before = {p: p.read_bytes() for p in env.vault.rglob("*") if p.is_file()}
+
+    proc = cli(env, "verify", aid, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert aid in proc.stdout and "OK" in proc.stdout
+    assert {p: p.read_bytes() for p in env.vault.rglob("*") if p.is_file()} == vault_before
+    assert os.listdir(cwd) == []
+
+    archive_backup = env.tmp / "archive.bak"
+    shutil.copy(archive, archive_backup)
+    _flip_middle(archive)
+    proc = cli(env, "verify", aid, cwd=cwd)
+    assert proc.returncode == 1
+    assert aid in proc.stderr and "corrupt" in proc.stderr
+    assert os.listdir(cwd) == []
+
+    dest = env.tmp / "dest"
+    with pytest.raises(PayloadError, match=aid):
+        restore("p", inventory, dest, load_identities(env.key.path))
+    assert not dest.exists() and staging_left(env.tmp) == []
+
+    # re-encrypted to the right key after a change (age authenticates it): the manifest's
+    # hashes catch it
+    plain = env.tmp / "plain.tar"
+    decrypt_with_tools(env.key, archive_backup, plain)
+    data = plain.read_bytes()
+    at = data.index(b"hello\n")
+    plain.write_bytes(data[:at] + b"HELLO\n" + data[at + 6 :])
+    encrypt_with_tools(env.key.recipient, plain, archive)
+    with pytest.raises(
+        ArchiveCorrupt, match=f"{aid}.*'plain.txt' does not match its manifest hash"
+    ):
+        verify(aid, inventory, load_identities(env.key.path))
+    with pytest.raises(
+        ArchiveCorrupt, match=f"{aid}.*'plain.txt' does not match its manifest hash"
+    ):
+        restore("p", inventory, dest, load_identities(env.key.path))
+    assert not dest.exists() and staging_left(env.tmp) == []
+
+    # a stored object swapped for another good one is caught by the inventory's hash
+    other = run_backup(env.policy(), inventory, full=True).archive.id
+    shutil.copy(env.vault / "p" / f"{other}.tar.zst.age", archive)
+    with pytest.raises(ArchiveCorrupt, match=aid):
+        restore("p", inventory, dest, load_identities(env.key.path), archive_id=aid)
+    assert not dest.exists() and staging_left(env.tmp) == []
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with small_tmpfs(tmp_path / "small") as mnt:
+        yield mnt
+
+
+def test_disk_full_during_restore(tmp_path: Path, key: Key, small_fs: Path) -> None:
+    archive, _src = _good_archive(tmp_path, key)
+    (_src / "big.bin").write_bytes(os.urandom(3 << 20))
+    plain = tmp_path / "big.tar"
+    sh(f"tar -c -f {plain} -C {_src} .")
+    encrypt_with_tools(key.recipient, plain, archive)
+    dest = small_fs / "dest"
+    proc = cli(
+        None, "restore", "--file", str(archive), "--to", str(dest), "--identity", str(key.path)
+    )
+    assert proc.returncode == 1
+    assert "no space left" in proc.stderr and "untouched" in proc.stderr
+    assert not dest.exists()
+    assert os.listdir(small_fs) == []
+    # the same into an existing destination on that disk
+    dest.mkdir()
+    (dest / "keep").write_text("keep")
+    before = snapshot_tree(dest)
+    with pytest.raises(RestoreError, match="no space left"):
+        restore_file(archive, dest, load_identities(key.path), force=True)
+    assert snapshot_tree(dest) == before
+    assert staging_left(dest, small_fs) == []
+
+
+def test_include_leaving_out_a_hard_link_target_of_a_file(tmp_path: Path, key: Key) -> None:
+    """Without a manifest the link cannot be planned for: a clear error, not 'corrupt'."""
+    archive = make_archive(
+        tmp_path,
+        key.recipient,
+        [_member("a", data=b"data"), _member("b", tarfile.LNKTYPE, link="a")],
+    )
+    with pytest.raises(Error, match="'b' needs 'a', which --include leaves out") as ei:
+        restore_file(archive, tmp_path / "out", load_identities(key.path), include=["b"])
+    assert not isinstance(ei.value, ArchiveCorrupt)
+    assert not (tmp_path / "out").exists() and staging_left(tmp_path) == []
+
+
+def test_undamaged_archive_file_restores(tmp_path: Path, key: Key) -> None:
+    """The control for the damage tests above: the same archive, undamaged, restores."""
+    archive, src = _good_archive(tmp_path, key)
+    res = restore_file(archive, tmp_path / "out", load_identities(key.path))
+    assert res.files == 3
+    assert snapshot_tree(tmp_path / "out") == snapshot_tree(src)
