@@ -404,9 +404,7 @@ def test_secret_key_stored_nowhere(env: Env, inventory: Inventory) -> None:
     assert proc.returncode == 0, proc.stderr
     aid = json.loads(proc.stdout)["id"]
     outputs = proc.stdout + proc.stderr
-    proc = cli(env, "restore", "p", "--to", str(env.tmp / "out"), "--json")
-    assert proc.returncode == 0, proc.stderr
-    outputs += proc.stdout + proc.stderr
+    restore("p", inventory, env.tmp / "out", load_identities(env.key.path))
     verify(aid, inventory, load_identities(env.key.path))
     assert secret not in outputs
     # failed attempts with a mistyped copy of the key or another key store nothing either

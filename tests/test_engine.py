@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 
+from backup.crypto.age import load_identities
 from backup.engine import run_backup
 from backup.inventory import Inventory
+from backup.restore import restore
 from tests.conftest import Env, Key, require_tools
 from tests.test_interop import (
+    assert_same_tree,
     cli,
     decrypt_with_tools,
     extract_with_tools,
@@ -209,6 +212,12 @@ def test_incrementals_hold_changes_and_deletions(env: Env, inventory: Inventory)
     recs = {r.path: r.type for r in inventory.records(inc.archive.id)}
     assert recs[b"old"] == "deleted" and recs[b"plain.txt"] == "file"
     assert mfull["kind"] == "full"
+
+    # and the chain, empty incremental included, gives back the tree as it is now
+    out = env.tmp / "restored"
+    res = restore("p", inventory, out, load_identities(env.key.path))
+    assert res.archives == [full.archive.id, nochange.archive.id, inc.archive.id, inc2.archive.id]
+    assert_same_tree(src, out)
 
 
 def test_full_every_starts_a_new_chain(env: Env, inventory: Inventory) -> None:
