@@ -174,8 +174,13 @@ class _Staging:
             self.inside = False
         self.path.mkdir(mode=0o700)
 
-    def commit(self) -> None:
+    def commit(self, root_restored: bool = False) -> None:
         if not self.inside:
+            if not root_restored:
+                # staging was private while filling; the new directory gets the usual mode
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.path, 0o777 & ~umask)
             os.rename(self.path, self.to)
             return
         for child in sorted(os.listdir(self.path)):
@@ -201,11 +206,14 @@ class _Staging:
 def _run_staged(to: Path, force: bool, work: Callable[[Extractor], None], **kw: Any) -> None:
     _check_destination(to, force)
     staging = _Staging(to)
+    ex = Extractor(os.fsencode(staging.path), **kw)
     try:
-        ex = Extractor(os.fsencode(staging.path), **kw)
-        work(ex)
-        ex.finish()
-        staging.commit()
+        try:
+            work(ex)
+            ex.finish()
+        finally:
+            ex.close()  # no worker may still write into staging when it moves or goes
+        staging.commit(root_restored=b"" in ex.dirs)
     except OSError as e:
         staging.remove()
         if e.errno == errno.ENOSPC:

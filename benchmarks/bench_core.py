@@ -87,6 +87,8 @@ class Measurement:
     sys_s: float
     max_rss_kib: int
     output_bytes: int | None = None
+    other_cpu_s: float = 0.0  # CPU used meanwhile by everything else (processes, kernel threads)
+    steal_s: float = 0.0  # CPU time the hypervisor took meanwhile
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -104,6 +106,8 @@ class Measurement:
             self.sys_s + other.sys_s,
             max(self.max_rss_kib, other.max_rss_kib),
             self.output_bytes,
+            self.other_cpu_s + other.other_cpu_s,
+            self.steal_s + other.steal_s,
             {**self.detail, **other.detail},
         )
 
@@ -117,6 +121,43 @@ class Timed:
     sys_s: float
     max_rss_kib: int
     stdout: str
+    other_cpu_s: float
+    steal_s: float
+    waited_s: float  # waited for the machine to be quiet before starting
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """Machine-wide (busy, steal) clock ticks from /proc/stat, (0, 0) if unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal ...; guest time is inside user
+    return v[0] + v[1] + v[2] + v[5] + v[6], v[7] if len(v) > 7 else 0
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+QUIET_BUSY = 0.15  # the machine counts as quiet below this share of all CPUs busy
+QUIET_WAIT = {"max_s": 0.0}  # set from --quiet-wait
+
+
+def wait_quiet() -> float:
+    """Wait (up to --quiet-wait seconds) until the machine is idle over half a second.
+
+    Other jobs on a 2-core box (test suites, builds) would otherwise land inside a
+    measurement. Returns the seconds waited.
+    """
+    t0 = time.perf_counter()
+    while True:
+        b0, _ = cpu_ticks()
+        time.sleep(0.5)
+        b1, _ = cpu_ticks()
+        busy = (b1 - b0) / CLK_TCK / (0.5 * NCPU)
+        waited = time.perf_counter() - t0
+        if busy < QUIET_BUSY or waited >= QUIET_WAIT["max_s"]:
+            return waited
 
 
 # --------------------------------------------------------------------------------------
@@ -129,6 +170,7 @@ def run_timed(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     ok_codes: Iterable[int] = (0,),
+    settle: bool = True,
 ) -> Timed:
     """Run a command and measure it with wait4.
 
@@ -136,15 +178,24 @@ def run_timed(
     waits for all its stages): utime/stime are summed, ru_maxrss is the largest single
     process. stdout is captured to a file (never a terminal, so no progress rendering);
     stderr likewise, shown if the command fails.
+
+    The machine's busy time meanwhile (from /proc/stat) minus the child's own CPU time is
+    recorded as other_cpu_s: other processes (concurrent jobs) and kernel threads (page
+    writeback, also the tool's own) competing for the two cores. /proc/stat counts in
+    1/CLK_TCK ticks, so it is coarse for sub-second commands. Unless settle is False, it
+    first waits for the machine to be quiet (--quiet-wait).
     """
     args = [str(a) for a in argv]
+    waited = wait_quiet() if settle and QUIET_WAIT["max_s"] > 0 else 0.0
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        busy0, steal0 = cpu_ticks()
         t0 = time.perf_counter()
         p = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd
         )
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
+        busy1, steal1 = cpu_ticks()
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -155,7 +206,10 @@ def run_timed(
                 f"command failed with exit code {p.returncode}: {' '.join(args)}\n"
                 f"--- stdout ---\n{stdout[-3000:]}\n--- stderr ---\n{stderr[-3000:]}"
             )
-    return Timed(wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss, stdout)
+    own = ru.ru_utime + ru.ru_stime
+    other = max(0.0, (busy1 - busy0) / CLK_TCK - own)
+    steal = (steal1 - steal0) / CLK_TCK
+    return Timed(wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss, stdout, other, steal, waited)
 
 
 def run_quiet(argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None) -> str:
@@ -169,7 +223,19 @@ def run_quiet(argv: Sequence[str | Path], *, env: Mapping[str, str] | None = Non
 def measured(
     op: str, tool: str, rep: int, t: Timed, output: int | None = None, **detail: Any
 ) -> Measurement:
-    return Measurement(op, tool, rep, t.wall_s, t.user_s, t.sys_s, t.max_rss_kib, output, detail)
+    return Measurement(
+        op,
+        tool,
+        rep,
+        t.wall_s,
+        t.user_s,
+        t.sys_s,
+        t.max_rss_kib,
+        output,
+        t.other_cpu_s,
+        t.steal_s,
+        {"waited_for_quiet_s": round(t.waited_s, 1), **detail},
+    )
 
 
 def sh(script: str) -> list[str]:
@@ -345,6 +411,7 @@ class Env:
 
     ds: Dataset
     scratch: Path  # emptied between repetitions
+    restore_root: Path  # where restores go (default: scratch)
     key: Path
     recipient: str
     backup_cmd: list[str]
@@ -481,7 +548,8 @@ class Pipeline:
         )
         size = e.pipe_out.stat().st_size
         nosync = measured(FULL, PIPE_NOSYNC, rep, t, size)
-        s = run_timed(["sync", e.pipe_out])
+        # right after the pipeline, as backup's fsync is: no waiting in between
+        s = run_timed(["sync", e.pipe_out], settle=False)
         with_sync = nosync.plus(measured(FULL, PIPE_SYNC, rep, s, size, sync_s=s.wall_s))
         with_sync.tool = PIPE_SYNC
         return with_sync, nosync
@@ -563,6 +631,7 @@ def one_rep(
     """
     shutil.rmtree(env.scratch, ignore_errors=True)
     env.scratch.mkdir(parents=True)
+    env.restore_root.mkdir(parents=True, exist_ok=True)
     ours, pipe = Ours(env), Pipeline(env)
     restic = Restic(env, env.restic) if env.restic else None
     ours.setup()
@@ -604,20 +673,20 @@ def one_rep(
         revert_change(env.ds, change)
 
     def restore_ours() -> None:
-        dest = env.scratch / "restore-backup"
+        dest = env.restore_root / "restore-backup"
         log(ours.restore(rep, dest))
         check_tree(OURS, dest, want_changed)
         shutil.rmtree(dest)
 
     def restore_pipe() -> None:
-        dest = env.scratch / "restore-pipeline"
+        dest = env.restore_root / "restore-pipeline"
         log(pipe.restore(rep, dest))
         check_tree(PIPE, dest, want_orig)
         shutil.rmtree(dest)
 
     def restore_restic() -> None:
         assert restic
-        dest = env.scratch / "restore-restic"
+        dest = env.restore_root / "restore-restic"
         log(restic.restore(rep, dest))
         check_tree(RESTIC, restic.restored_root(dest), want_changed)
         shutil.rmtree(dest)
@@ -639,6 +708,36 @@ def version_of(argv: Sequence[str]) -> str:
         return f"unavailable ({e})"
     text = (r.stdout or r.stderr).strip()
     return text.splitlines()[0] if text else "unknown"
+
+
+def source_state() -> dict[str, Any]:
+    """Which code is measured: the commit, uncommitted changes, and a hash of backup/*.py.
+
+    The tree is edited concurrently; comparing the hash at the start and the end of a run
+    tells whether `backup` changed under the benchmark. Read-only git commands only.
+    """
+    h = hashlib.sha256()
+    for p in sorted((REPO_ROOT / "backup").rglob("*.py")):
+        h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes() + b"\0")
+
+    def git(*args: str) -> str:
+        try:
+            r = subprocess.run(
+                ["git", "--no-optional-locks", "-C", str(REPO_ROOT), *args],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted": git("status", "--porcelain", "--", "backup", "pyproject.toml").splitlines(),
+        "backup_sources_sha256": h.hexdigest(),
+    }
 
 
 def machine_info(backup_cmd: Sequence[str], restic: str | None) -> dict[str, Any]:
@@ -691,6 +790,9 @@ class Row:
     max_rss_mib: float
     max_rss_mib_worst: float
     output_bytes: int | None
+    others_pct: float  # median share of the 2 cores used by everything else meanwhile
+    wall_s_min: float
+    wall_s_max: float
 
 
 def medians(ms: Sequence[Measurement]) -> list[Row]:
@@ -711,6 +813,11 @@ def medians(ms: Sequence[Measurement]) -> list[Row]:
                     statistics.median(m.max_rss_kib for m in sel) / 1024,
                     max(m.max_rss_kib for m in sel) / 1024,
                     int(statistics.median(outs)) if outs else None,
+                    statistics.median(
+                        100 * m.other_cpu_s / (m.wall_s * NCPU) if m.wall_s else 0.0 for m in sel
+                    ),
+                    min(m.wall_s for m in sel),
+                    max(m.wall_s for m in sel),
                 )
             )
     return rows
@@ -783,7 +890,16 @@ def fmt_bytes(n: int | None) -> str:
 
 
 def render(rows: Sequence[Row], cks: Sequence[Check], tarzstd_bytes: int) -> str:
-    head = ("operation", "tool", "wall s", "CPU s", "peak RSS MiB", "output")
+    head = (
+        "operation",
+        "tool",
+        "wall s",
+        "CPU s",
+        "peak RSS MiB",
+        "output",
+        "wall min-max",
+        "others %",
+    )
     body = [
         (
             r.operation,
@@ -792,6 +908,8 @@ def render(rows: Sequence[Row], cks: Sequence[Check], tarzstd_bytes: int) -> str
             f"{r.cpu_s:.2f}",
             f"{r.max_rss_mib:.1f}",
             fmt_bytes(r.output_bytes),
+            f"{r.wall_s_min:.2f}-{r.wall_s_max:.2f}",
+            f"{r.others_pct:.0f}",
         )
         for r in rows
     ]
@@ -856,9 +974,23 @@ def main() -> int:
     ap.add_argument(
         "--keep", action="store_true", help="keep the scratch files (the dataset is always kept)"
     )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30,
+        metavar="SECONDS",
+        help="before each measurement wait up to this long for the other CPU load to drop "
+        f"below {QUIET_BUSY * 100:.0f}%% (default 30; 0: do not wait)",
+    )
+    ap.add_argument(
+        "--restore-root",
+        type=Path,
+        help="restore into a directory here (e.g. /dev/shm) instead of the workdir",
+    )
     a = ap.parse_args()
     if a.runs < 1:
         ap.error("--runs must be at least 1")
+    QUIET_WAIT["max_s"] = a.quiet_wait
 
     for tool in ("tar", "zstd", "age", "sync"):
         if shutil.which(tool) is None:
@@ -878,6 +1010,12 @@ def main() -> int:
     if restic is None:
         print("restic: not on PATH, skipping its measurements")
 
+    src_before = source_state()
+    print(
+        f"code: commit {src_before['commit'][:12] or '?'}, "
+        f"uncommitted in backup/: {len(src_before['uncommitted'])} file(s), "
+        f"backup/*.py sha256 {src_before['backup_sources_sha256'][:12]}"
+    )
     ds = prepare_dataset(workdir, a.size_mb)
     data_bytes = tree_bytes(ds.root)
     print(f"dataset: {len(ds.files)} files, {data_bytes:,} B")
@@ -895,7 +1033,8 @@ def main() -> int:
     recipient = next((w for w in printed if w.startswith("age1")), "")
     if not recipient.startswith("age1"):
         raise BenchError(f"unexpected output of backup keys generate: {recipient!r}")
-    env = Env(ds, scratch, key, recipient, backup_cmd, restic)
+    restore_root = a.restore_root.resolve() / "backup-bench-restores" if a.restore_root else scratch
+    env = Env(ds, scratch, restore_root, key, recipient, backup_cmd, restic)
 
     print(
         f"warm-up: read the whole dataset once in {warm_cache(ds.root):.1f} s (all tools see a warm page cache)"
@@ -911,20 +1050,30 @@ def main() -> int:
         ms.append(m)
         print(
             f"  rep {m.rep + 1} {m.operation:<22} {m.tool:<21} wall {m.wall_s:7.2f} s  "
-            f"cpu {m.cpu_s:7.2f} s  rss {m.max_rss_kib / 1024:7.1f} MiB  out {fmt_bytes(m.output_bytes)}",
+            f"cpu {m.cpu_s:7.2f} s  rss {m.max_rss_kib / 1024:7.1f} MiB  "
+            f"out {fmt_bytes(m.output_bytes):>10}  others {m.other_cpu_s:5.2f} s",
             flush=True,
         )
 
     started = datetime.now(UTC)
     try:
         for rep in range(a.runs):
-            print(f"repetition {rep + 1}/{a.runs}", flush=True)
+            print(
+                f"repetition {rep + 1}/{a.runs} (load average {os.getloadavg()[0]:.2f})", flush=True
+            )
             one_rep(rep, env, want_orig, log)
     finally:
         if not a.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(restore_root, ignore_errors=True)
             shutil.rmtree(keydir, ignore_errors=True)
 
+    src_after = source_state()
+    if src_after["backup_sources_sha256"] != src_before["backup_sources_sha256"]:
+        print(
+            "warning: backup/*.py changed while the benchmark ran (concurrent edits); "
+            "the repetitions may have measured different code"
+        )
     rows = medians(ms)
     cks = checks(rows, ms, tarzstd_bytes)
     print()
@@ -936,6 +1085,12 @@ def main() -> int:
         f"(backup: chain full + no-change + 1% incremental; restic: latest snapshot; pipeline: its one archive)"
     )
     print(render(rows, cks, tarzstd_bytes))
+    noisy = [f"{r.operation}/{r.tool} {r.others_pct:.0f}%" for r in rows if r.others_pct > 15]
+    if noisy:
+        print(
+            "warning: other processes or kernel threads used a notable share of the CPUs during: "
+            + ", ".join(noisy)
+        )
     print(
         "restored trees of backup, pipeline and restic: equal to the dataset (hash walk) in every run"
     )
@@ -944,8 +1099,17 @@ def main() -> int:
         doc = {
             "date": started.isoformat(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "config": {"size_mb": a.size_mb, "seed": SEED, "runs": a.runs, "workdir": str(workdir)},
+            "config": {
+                "size_mb": a.size_mb,
+                "seed": SEED,
+                "runs": a.runs,
+                "workdir": str(workdir),
+                "restore_root": str(restore_root),
+                "quiet_wait_s": a.quiet_wait,
+                "backup_command": backup_cmd,
+            },
             "machine": info,
+            "code": {"before": src_before, "after": src_after},
             "dataset": {"files": len(ds.files), "bytes": data_bytes, "path": str(ds.root)},
             "tar_zstd3_bytes": tarzstd_bytes,
             "measurements": [{**asdict(m), "cpu_s": m.cpu_s} for m in ms],

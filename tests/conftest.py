@@ -150,6 +150,7 @@ def snapshot_tree(root: Path) -> dict[bytes, tuple[Any, ...]]:
     inodes: dict[int, bytes] = {}
     rootb = os.fsencode(root)
     for dirpath, dirnames, filenames in os.walk(rootb):
+        dirnames.sort()
         for n in sorted(dirnames + filenames):
             p = os.path.join(dirpath, n)
             rel = os.path.relpath(p, rootb)
@@ -161,11 +162,9 @@ def snapshot_tree(root: Path) -> dict[bytes, tuple[Any, ...]]:
             else:
                 with open(p, "rb") as f:
                     data = f.read()
-                group = None
-                if st.st_nlink > 1:
-                    group = inodes.setdefault(st.st_ino, rel)
-                    group = min(group, rel)
-                out[rel] = ("f", st.st_mode & 0o7777, st.st_mtime_ns, data, st.st_nlink > 1)
+                # os.walk visits names in sorted order: the first name seen names the group
+                group = inodes.setdefault(st.st_ino, rel) if st.st_nlink > 1 else None
+                out[rel] = ("f", st.st_mode & 0o7777, st.st_mtime_ns, data, group)
     return out
 
 

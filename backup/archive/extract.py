@@ -24,10 +24,24 @@ from dataclasses import dataclass
 from ..errors import ArchiveCorrupt, ArchiveError, UnsafeArchiveEntry
 from ..progress import Progress
 from . import tarformat as tf
+from .fsjobs import FSJobs
 
 __all__ = ["Extractor", "normalize_member_name"]
 
 _BUF = 1 << 20
+_SMALL = 4 << 20  # files up to this size are read whole and written by the pool
+
+
+def _read_all(reader: tf.TarReader, size: int, archive: str, rel: bytes) -> bytes:
+    parts = []
+    left = size
+    while left:
+        b = reader.read_data(left)
+        if not b:
+            raise ArchiveCorrupt(archive, f"data of {os.fsdecode(rel)!r} ends early")
+        parts.append(b)
+        left -= len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def normalize_member_name(name: bytes, archive: str) -> bytes:
@@ -101,6 +115,9 @@ class Extractor:
         self.files = 0
         self.bytes = 0
         self._buf = bytearray(_BUF)
+        self.jobs = FSJobs()
+        # directories created or queued for creation: spares an lstat per entry
+        self.known_dirs: set[bytes] = {b""}
 
     def _abs(self, rel: bytes) -> bytes:
         return self.root + b"/" + rel if rel else self.root
@@ -136,6 +153,8 @@ class Extractor:
 
     def delete(self, rel: bytes) -> None:
         """Apply an incremental's deletion of ``rel``."""
+        self.jobs.drain()
+        self.known_dirs.discard(rel)
         self._forget_under(rel)
         self._clear(rel)
 
@@ -151,14 +170,45 @@ class Extractor:
             if b"/" not in probe:
                 break
             probe = probe.rsplit(b"/", 1)[0]
-        ap = self._abs(parent)
+        missing: list[bytes] = []
+        p = parent
+        while p not in self.known_dirs:
+            missing.append(p)
+            if b"/" not in p:
+                break
+            p = p.rsplit(b"/", 1)[0]
+        for d in reversed(missing):  # top down: each waits for its parent's job
+            self._mkdir(d, 0o777)
+
+    def _mkdir(self, rel: bytes, mode: int) -> None:
+        """Queue the creation of directory ``rel`` (replacing a non-directory there)."""
+        self.known_dirs.add(rel)
+        self.jobs.submit(rel, self._dir_job, rel, mode)
+
+    def _dir_job(self, rel: bytes, mode: int) -> None:
+        ap = self._abs(rel)
         try:
-            if stat.S_ISDIR(os.lstat(ap).st_mode):
-                return
-            os.unlink(ap)  # a file where the archive now has a directory
-        except FileNotFoundError:
-            pass
-        os.makedirs(ap, exist_ok=True)
+            os.mkdir(ap, mode)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(ap).st_mode):
+                os.unlink(ap)  # a file where the archive now has a directory
+                os.mkdir(ap, mode)
+        except (FileNotFoundError, NotADirectoryError):
+            # an ancestor was removed or replaced by an earlier archive's entry
+            self._repair_parents(rel)
+            os.mkdir(ap, mode)
+
+    def _repair_parents(self, rel: bytes) -> None:
+        parts = rel.split(b"/")[:-1]
+        for i in range(1, len(parts) + 1):
+            ap = self._abs(b"/".join(parts[:i]))
+            try:
+                if stat.S_ISDIR(os.lstat(ap).st_mode):
+                    continue
+                os.unlink(ap)
+            except FileNotFoundError:
+                pass
+            os.mkdir(ap, 0o777)
 
     def _meta(self, fd_or_path: int | bytes, m: tf.Member, *, is_link: bool = False) -> None:
         if self.restore_owner:
@@ -215,7 +265,9 @@ class Extractor:
                 # --include leaves that name out, an included name must receive the data
                 names = [n for n in links.get(rel, ()) if n not in skip and self._wanted(n)]
                 if names:
+                    self.jobs.drain()
                     self._parent(names[0], archive)
+                    self.jobs.drain()
                     self._forget_under(names[0])
                     expected = hashes.get(rel) if hashes else None
                     self._write_file(reader, names[0], m, archive, expected, mv, progress)
@@ -227,20 +279,33 @@ class Extractor:
                 continue
             self._parent(rel, archive)
             t = m.type
+            if t == tf.DIRTYPE:
+                self.symlinks.pop(rel, None)
+                if rel not in self.known_dirs:
+                    self._mkdir(rel, 0o700)
+                self.dirs[rel] = _DirMeta(m.mode, m.mtime_ns, m.uid, m.gid)
+                continue
+            if rel in self.known_dirs:
+                # a directory becomes something else: nothing queued may still write below it
+                self.jobs.drain()
+                self.known_dirs.discard(rel)
             if t == tf.REGTYPE:
                 self._forget_under(rel)
-                self._write_file(reader, rel, m, archive, hashes.get(rel) if hashes else None, mv, progress)
-            elif t == tf.DIRTYPE:
-                self.symlinks.pop(rel, None)
-                ap = self._abs(rel)
-                try:
-                    if not stat.S_ISDIR(os.lstat(ap).st_mode):
-                        os.unlink(ap)
-                        os.mkdir(ap, 0o700)
-                except FileNotFoundError:
-                    os.mkdir(ap, 0o700)
-                self.dirs[rel] = _DirMeta(m.mode, m.mtime_ns, m.uid, m.gid)
-            elif t == tf.SYMTYPE:
+                expected = hashes.get(rel) if hashes else None
+                if m.size <= _SMALL:
+                    data = _read_all(reader, m.size, archive, rel)
+                    progress.advance(m.size)
+                    self.jobs.submit(rel, self._small_file_job, rel, data, m, archive, expected, nbytes=m.size)
+                    self.files += 1
+                    self.bytes += m.size
+                else:
+                    self.jobs.wait(rel.rsplit(b"/", 1)[0] if b"/" in rel else b"")
+                    self.jobs.wait(rel)
+                    self._write_file(reader, rel, m, archive, expected, mv, progress)
+                continue
+            # links, FIFOs and devices are few: handle them with nothing else in flight
+            self.jobs.drain()
+            if t == tf.SYMTYPE:
                 if not self.allow_external_symlinks and _escapes(rel, m.linkname):
                     raise UnsafeArchiveEntry(
                         archive,
@@ -301,6 +366,31 @@ class Extractor:
                     kind = stat.S_IFCHR if t == tf.CHRTYPE else stat.S_IFBLK
                     os.mknod(self._abs(rel), kind | 0o600, os.makedev(m.devmajor, m.devminor))
                     self._meta(self._abs(rel), m)
+        self.jobs.drain()
+
+    def _open_new(self, rel: bytes) -> int:
+        ap = self._abs(rel)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(ap, flags, 0o600)
+        except FileExistsError:
+            self._clear(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            self._repair_parents(rel)
+        return os.open(ap, flags, 0o600)
+
+    def _small_file_job(self, rel: bytes, data: bytes, m: tf.Member, archive: str, expected: str | None) -> None:
+        # checked before a byte is written: a bad file never lands, even in staging
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise ArchiveCorrupt(archive, f"content of {os.fsdecode(rel)!r} does not match its manifest hash")
+        fd = self._open_new(rel)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._meta(fd, m)
+        finally:
+            os.close(fd)
 
     def _write_file(
         self,
@@ -312,13 +402,7 @@ class Extractor:
         mv: memoryview,
         progress: Progress,
     ) -> None:
-        ap = self._abs(rel)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(ap, flags, 0o600)
-        except FileExistsError:
-            self._clear(rel)
-            fd = os.open(ap, flags, 0o600)
+        fd = self._open_new(rel)
         try:
             h = hashlib.sha256() if expected else None
             while True:
@@ -341,8 +425,17 @@ class Extractor:
         self.files += 1
         self.bytes += m.size
 
+    def drain(self) -> None:
+        """Wait for queued filesystem work; raise the first error it met."""
+        self.jobs.drain()
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self.jobs.close()
+
     def finish(self) -> None:
         """Create the symlinks, then set directory metadata deepest first."""
+        self.jobs.drain()
         for rel, (target, mtime_ns, uid, gid) in sorted(self.symlinks.items()):
             ap = self._abs(rel)
             parent = ap.rsplit(b"/", 1)[0]

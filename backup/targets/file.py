@@ -51,9 +51,13 @@ class FileWriter(ObjectWriter):
         assert self._f is not None, "write after commit or abort"
         view = memoryview(data)
         total = 0
-        while total < len(view):
-            n = self._f.write(view[total:])
-            total += n or 0
+        try:
+            while total < len(view):
+                n = self._f.write(view[total:])
+                total += n or 0
+        except OSError as e:
+            self.abort()
+            raise TargetError(self._target.url, f"cannot store {self._key!r}: {e.strerror}") from e
         return total
 
     def commit(self) -> str:
