@@ -141,7 +141,9 @@ def _table(t: Table) -> None:
     """Print a table at its natural width: ids and paths are copied from it, so folding or
     dropping columns to fit a narrow terminal would make it useless."""
     natural = out.measure(t, options=out.options.update(max_width=100_000)).maximum
-    Console(highlight=False, width=max(out.width, natural), force_terminal=out.is_terminal).print(t, crop=False)
+    Console(highlight=False, width=max(out.width, natural), force_terminal=out.is_terminal).print(
+        t, crop=False
+    )
 
 
 def _dump(obj: Any) -> None:

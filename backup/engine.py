@@ -23,7 +23,7 @@ import socket
 import stat
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -175,7 +175,7 @@ def run_backup(
         if now - chain_full.created >= policy.full_every:
             parent = None
     if parent is None:
-        kind, selected, deleted = "full", scanned.entries, []
+        kind, selected, deleted = "full", scanned.entries, list[bytes]()
     else:
         with _gc_paused():
             state = inventory.tree_state(parent.id)
@@ -243,19 +243,25 @@ def run_backup(
             manifest_sha256=hashlib.sha256(blob).hexdigest(),
             entries=len(res.entries),
             deleted_paths=len(deleted),
-            unreadable=json.dumps([{"path": path_to_json(u.path), "error": u.error} for u in unreadable]),
+            unreadable=json.dumps(
+                [{"path": path_to_json(u.path), "error": u.error} for u in unreadable]
+            ),
             changed=json.dumps([path_to_json(p) for p in res.changed]),
         )
     except BaseException as e:
         # an archive without its manifest or its record is not one: remove what was stored
         for ref in committed:
-            try:
+            with suppress(Exception):
                 target.delete(ref)
-            except Exception:
-                pass
         msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
         inventory.update_archive(archive_id, state="failed", error=msg, finished=datetime.now(UTC))
-        inventory.log("backup", f"backup failed: {msg}", level="error", policy=policy.name, archive_id=archive_id)
+        inventory.log(
+            "backup",
+            f"backup failed: {msg}",
+            level="error",
+            policy=policy.name,
+            archive_id=archive_id,
+        )
         raise
     inventory.log(
         "backup",
@@ -299,8 +305,9 @@ def _index_rows(archive_id: str, entries: list[dict[str, Any]], deleted: list[by
             "archive_id": archive_id,
             "path": p,
             "type": "deleted",
-            **dict.fromkeys(("size", "mode", "mtime_ns", "ctime_ns", "ino", "uid", "gid", "offset"), 0),
+            **dict.fromkeys(
+                ("size", "mode", "mtime_ns", "ctime_ns", "ino", "uid", "gid", "offset"), 0
+            ),
             "sha256": None,
             "link": None,
         }
-

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
 import hashlib
 import os
 import re
@@ -39,7 +40,6 @@ from .errors import (
     ArchiveCorrupt,
     ArchiveError,
     ArchiveNotFound,
-
     IdentityError,
     NoArchiveAt,
     RestoreDestinationNotEmpty,
@@ -71,7 +71,9 @@ def identities_from(path: Path | str | None) -> list[Identity]:
             file, never its content).
     """
     if path is None:
-        raise IdentityError("restore and verify need a secret key: pass --identity FILE or set BACKUP_IDENTITY")
+        raise IdentityError(
+            "restore and verify need a secret key: pass --identity FILE or set BACKUP_IDENTITY"
+        )
     try:
         return load_identities(path)
     except FileNotFoundError:
@@ -114,11 +116,15 @@ class _HashingReader:
         return b
 
 
-def read_manifest(target: Target, archive: Archive, identities: Sequence[Identity]) -> dict[str, Any]:
+def read_manifest(
+    target: Target, archive: Archive, identities: Sequence[Identity]
+) -> dict[str, Any]:
     """Fetch and decrypt an archive's manifest."""
     with target.open_read(archive.manifest_location) as f:
         blob = f.read()
-    return decode_manifest(decrypt_bytes(blob, identities, name=f"manifest of {archive.id}"), archive.id)
+    return decode_manifest(
+        decrypt_bytes(blob, identities, name=f"manifest of {archive.id}"), archive.id
+    )
 
 
 def _stream(
@@ -129,7 +135,12 @@ def _stream(
     hr = _HashingReader(f)
     try:
         age = AgeReader(hr, identities, name=name)
-        zr = zstandard.ZstdDecompressor().stream_reader(age, read_size=_READ, read_across_frames=True)
+        # any object with read() will do; zstandard's stubs ask for IO[bytes]
+        zr = zstandard.ZstdDecompressor().stream_reader(
+            age,  # type: ignore[arg-type]
+            read_size=_READ,
+            read_across_frames=True,
+        )
         body(tf.TarReader(zr, name=name))
         while zr.read(_READ):
             pass  # tar's end may precede the end of the stream: authenticate every chunk
@@ -217,8 +228,12 @@ def _run_staged(to: Path, force: bool, work: Callable[[Extractor], None], **kw: 
     except OSError as e:
         staging.remove()
         if e.errno == errno.ENOSPC:
-            raise RestoreError(f"no space left on the device of {to}; the destination is untouched") from None
-        raise RestoreError(f"writing into {to}: {e.strerror or e}; the destination is untouched") from None
+            raise RestoreError(
+                f"no space left on the device of {to}; the destination is untouched"
+            ) from None
+        raise RestoreError(
+            f"writing into {to}: {e.strerror or e}; the destination is untouched"
+        ) from None
     except BaseException:
         staging.remove()
         raise
@@ -234,10 +249,10 @@ def resolve_archive(
             raise ArchiveNotFound(archive_id, f" in policy {policy!r} (it belongs to {a.policy!r})")
         return a
     when = at or datetime.now(UTC)
-    a = inventory.at(policy, when)
-    if a is None:
+    found = inventory.at(policy, when)
+    if found is None:
         raise NoArchiveAt(policy, when.isoformat())
-    return a
+    return found
 
 
 def restore(
@@ -303,26 +318,43 @@ def restore(
         for a, m, skip in zip(chain, manifests, skips, strict=True):
             for p in m["deleted"]:
                 ex.delete(normalize_member_name(path_from_json(p), a.id))
-            hashes = {path_from_json(e["path"]): e["sha256"] for e in m["entries"] if e.get("sha256")}
+            hashes = {
+                path_from_json(e["path"]): e["sha256"] for e in m["entries"] if e.get("sha256")
+            }
             links: dict[bytes, list[bytes]] = {}
             for e in m["entries"]:
                 if e["type"] == "hardlink":
-                    links.setdefault(path_from_json(e["link"]), []).append(path_from_json(e["path"]))
+                    links.setdefault(path_from_json(e["link"]), []).append(
+                        path_from_json(e["path"])
+                    )
             with target_of(a).open_read(a.location) as f:
                 hr = _stream(
                     f,
                     identities,
                     a.id,
-                    lambda r: ex.extract(r, a.id, skip=skip, hashes=hashes, links=links, progress=progress),
+                    functools.partial(
+                        ex.extract,
+                        archive=a.id,
+                        skip=skip,
+                        hashes=hashes,
+                        links=links,
+                        progress=progress,
+                    ),
                 )
             if a.sha256 and hr.h.hexdigest() != a.sha256:
-                raise ArchiveCorrupt(a.id, "stored object's SHA-256 differs from the inventory's record")
+                raise ArchiveCorrupt(
+                    a.id, "stored object's SHA-256 differs from the inventory's record"
+                )
             result.archives.append(a.id)
         progress.finish()
         result.files, result.bytes = ex.files, ex.bytes
 
     _run_staged(
-        to, force, work, allow_external_symlinks=allow_external_symlinks, include=make_include(include)
+        to,
+        force,
+        work,
+        allow_external_symlinks=allow_external_symlinks,
+        include=make_include(include),
     )
     result.seconds = (datetime.now(UTC) - t0).total_seconds()
     inventory.log(
@@ -362,7 +394,13 @@ def restore_file(
         result.files, result.bytes = ex.files, ex.bytes
 
     with f:
-        _run_staged(to, force, work, allow_external_symlinks=allow_external_symlinks, include=make_include(include))
+        _run_staged(
+            to,
+            force,
+            work,
+            allow_external_symlinks=allow_external_symlinks,
+            include=make_include(include),
+        )
     result.seconds = (datetime.now(UTC) - t0).total_seconds()
     return result
 
@@ -415,7 +453,9 @@ def verify(
                     h.update(buf[:n])
                     progress.advance(n)
                 if h.hexdigest() != e.get("sha256"):
-                    raise ArchiveCorrupt(a.id, f"content of {os.fsdecode(rel)!r} does not match its manifest hash")
+                    raise ArchiveCorrupt(
+                        a.id, f"content of {os.fsdecode(rel)!r} does not match its manifest hash"
+                    )
                 res.files_checked += 1
                 res.bytes += mem.size
 
@@ -425,10 +465,13 @@ def verify(
     progress.finish()
     missing = set(expected) - seen
     if missing:
-        raise ArchiveCorrupt(a.id, f"{len(missing)} manifest entries missing from the archive, e.g. {os.fsdecode(min(missing))!r}")
+        raise ArchiveCorrupt(
+            a.id,
+            f"{len(missing)} manifest entries missing from the archive, e.g. {os.fsdecode(min(missing))!r}",
+        )
     if a.sha256 and hr.h.hexdigest() != a.sha256:
         raise ArchiveCorrupt(a.id, "stored object's SHA-256 differs from the inventory's record")
-    inventory.log("verify", f"verified {a.id}: {res.files_checked} files", policy=a.policy, archive_id=a.id)
+    inventory.log(
+        "verify", f"verified {a.id}: {res.files_checked} files", policy=a.policy, archive_id=a.id
+    )
     return res
-
-

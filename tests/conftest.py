@@ -25,7 +25,11 @@ POSTGRES_URL = os.environ.get("BACKUP_TEST_POSTGRES_URL")
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for k in list(os.environ):
-        if k.startswith("BACKUP_") and k != "BACKUP_TEST_POSTGRES_URL" and not k.startswith("BACKUP_AGE_CCTV"):
+        if (
+            k.startswith("BACKUP_")
+            and k != "BACKUP_TEST_POSTGRES_URL"
+            and not k.startswith("BACKUP_AGE_CCTV")
+        ):
             monkeypatch.delenv(k)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
@@ -63,7 +67,9 @@ def inventory_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
         yield f"sqlite:///{tmp_path / 'inventory.db'}"
         return
     if not POSTGRES_URL:
-        pytest.skip("BACKUP_TEST_POSTGRES_URL not set (./scripts/test sets it when PostgreSQL answers)")
+        pytest.skip(
+            "BACKUP_TEST_POSTGRES_URL not set (./scripts/test sets it when PostgreSQL answers)"
+        )
     import sqlalchemy as sa
 
     schema = f"t_{secrets.token_hex(6)}"

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -29,7 +30,7 @@ from .fsjobs import FSJobs
 __all__ = ["Extractor", "normalize_member_name"]
 
 _BUF = 1 << 20
-_SMALL = 4 << 20  # files up to this size are read whole and written by the pool
+_SMALL = 1 << 20  # files up to this size are read whole and written by the pool
 
 
 def _read_all(reader: tf.TarReader, size: int, archive: str, rel: bytes) -> bytes:
@@ -166,7 +167,9 @@ class Extractor:
         probe = parent
         while True:
             if probe in self.symlinks:
-                raise UnsafeArchiveEntry(archive, os.fsdecode(rel), f"parent {os.fsdecode(probe)!r} is a symlink")
+                raise UnsafeArchiveEntry(
+                    archive, os.fsdecode(rel), f"parent {os.fsdecode(probe)!r} is a symlink"
+                )
             if b"/" not in probe:
                 break
             probe = probe.rsplit(b"/", 1)[0]
@@ -295,7 +298,9 @@ class Extractor:
                 if m.size <= _SMALL:
                     data = _read_all(reader, m.size, archive, rel)
                     progress.advance(m.size)
-                    self.jobs.submit(rel, self._small_file_job, rel, data, m, archive, expected, nbytes=m.size)
+                    self.jobs.submit(
+                        rel, self._small_file_job, rel, data, m, archive, expected, nbytes=m.size
+                    )
                     self.files += 1
                     self.bytes += m.size
                 else:
@@ -322,10 +327,14 @@ class Extractor:
                 except UnsafeArchiveEntry as e:
                     # name the member being restored, not only its link target
                     raise UnsafeArchiveEntry(
-                        archive, os.fsdecode(rel), f"hard link to {os.fsdecode(m.linkname)!r}: {e.args[2]}"
+                        archive,
+                        os.fsdecode(rel),
+                        f"hard link to {os.fsdecode(m.linkname)!r}: {e.args[2]}",
                     ) from None
                 if not target:
-                    raise UnsafeArchiveEntry(archive, os.fsdecode(rel), "hard link to the archive root")
+                    raise UnsafeArchiveEntry(
+                        archive, os.fsdecode(rel), "hard link to the archive root"
+                    )
                 target = moved.get(target, target)
                 if target == rel:
                     continue  # the data was written here
@@ -352,7 +361,10 @@ class Extractor:
                             f"hard link {os.fsdecode(rel)!r} needs {os.fsdecode(target)!r}, which --include "
                             "leaves out: include it too",
                         ) from None
-                    raise ArchiveCorrupt(archive, f"hard link {os.fsdecode(rel)!r} to missing {os.fsdecode(target)!r}") from None
+                    raise ArchiveCorrupt(
+                        archive,
+                        f"hard link {os.fsdecode(rel)!r} to missing {os.fsdecode(target)!r}",
+                    ) from None
                 self.files += 1
             elif t == tf.FIFOTYPE:
                 self._forget_under(rel)
@@ -379,10 +391,14 @@ class Extractor:
             self._repair_parents(rel)
         return os.open(ap, flags, 0o600)
 
-    def _small_file_job(self, rel: bytes, data: bytes, m: tf.Member, archive: str, expected: str | None) -> None:
+    def _small_file_job(
+        self, rel: bytes, data: bytes, m: tf.Member, archive: str, expected: str | None
+    ) -> None:
         # checked before a byte is written: a bad file never lands, even in staging
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-            raise ArchiveCorrupt(archive, f"content of {os.fsdecode(rel)!r} does not match its manifest hash")
+            raise ArchiveCorrupt(
+                archive, f"content of {os.fsdecode(rel)!r} does not match its manifest hash"
+            )
         fd = self._open_new(rel)
         try:
             view = memoryview(data)
@@ -418,7 +434,9 @@ class Extractor:
                     view = view[w:]
                 progress.advance(n)
             if h is not None and h.hexdigest() != expected:
-                raise ArchiveCorrupt(archive, f"content of {os.fsdecode(rel)!r} does not match its manifest hash")
+                raise ArchiveCorrupt(
+                    archive, f"content of {os.fsdecode(rel)!r} does not match its manifest hash"
+                )
             self._meta(fd, m)
         finally:
             os.close(fd)
@@ -443,10 +461,8 @@ class Extractor:
             self._clear(rel)
             os.symlink(target, ap)
             if self.restore_owner:
-                try:
+                with contextlib.suppress(OSError):
                     os.lchown(ap, uid, gid)
-                except OSError:
-                    pass
             os.utime(ap, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
             self.files += 1
         for rel in sorted(self.dirs, key=lambda r: r.count(b"/"), reverse=True):
@@ -454,10 +470,8 @@ class Extractor:
             ap = self._abs(rel)
             try:
                 if self.restore_owner:
-                    try:
+                    with contextlib.suppress(OSError):
                         os.lchown(ap, meta.uid, meta.gid)
-                    except OSError:
-                        pass
                 os.chmod(ap, meta.mode & 0o7777)
                 os.utime(ap, ns=(meta.mtime_ns, meta.mtime_ns))
             except FileNotFoundError:

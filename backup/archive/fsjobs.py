@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +33,7 @@ class FSJobs:
         max_bytes: bound on the file data held by queued jobs.
     """
 
-    def __init__(self, threads: int = 4, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, threads: int = 4, max_bytes: int = 16 << 20) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="restore-fs")
         self._pending: dict[bytes, Future[None]] = {}
         self._max = max_bytes
@@ -63,7 +64,14 @@ class FSJobs:
         if f is not None:
             f.result()
 
-    def submit(self, rel: bytes, fn: Callable[..., Any], *args: Any, nbytes: int = 0, after: bytes | None = None) -> None:
+    def submit(
+        self,
+        rel: bytes,
+        fn: Callable[..., Any],
+        *args: Any,
+        nbytes: int = 0,
+        after: bytes | None = None,
+    ) -> None:
         """Run ``fn(*args)`` once the jobs on ``rel``'s parent, on ``rel`` itself and on
         ``after`` (a hard link's target) are done."""
         self._check()
@@ -98,10 +106,8 @@ class FSJobs:
     def drain(self) -> None:
         """Wait for every job; raise the first error any of them raised."""
         for f in list(self._pending.values()):
-            try:
+            with contextlib.suppress(BaseException):
                 f.result()
-            except BaseException:
-                pass
         self._pending.clear()
         self._check()
 

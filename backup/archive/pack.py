@@ -35,7 +35,14 @@ from .scan import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, Unreadabl
 __all__ = ["PackResult", "pack"]
 
 _BUF = 1 << 20
-_TYPES = {FILE: tf.REGTYPE, DIR: tf.DIRTYPE, SYMLINK: tf.SYMTYPE, FIFO: tf.FIFOTYPE, CHR: tf.CHRTYPE, BLK: tf.BLKTYPE}
+_TYPES = {
+    FILE: tf.REGTYPE,
+    DIR: tf.DIRTYPE,
+    SYMLINK: tf.SYMTYPE,
+    FIFO: tf.FIFOTYPE,
+    CHR: tf.CHRTYPE,
+    BLK: tf.BLKTYPE,
+}
 
 
 @dataclass(slots=True)
@@ -185,7 +192,7 @@ def _pack_into(
     progress: Progress,
 ) -> None:
     cctx = zstandard.ZstdCompressor(level=level, threads=threads)
-    z = cctx.stream_writer(pipe, closefd=False, write_size=_BUF)
+    z = cctx.stream_writer(pipe, closefd=False, write_size=_BUF)  # type: ignore[arg-type]
     buf = bytearray(_BUF)
     mv = memoryview(buf)
     names: dict[tuple[str, int], str] = {}
@@ -216,12 +223,19 @@ def _pack_into(
             "gid": e.gid,
             "offset": offset,
         }
-        common = dict(mode=perm, mtime_ns=e.mtime_ns, uid=e.uid, gid=e.gid, uname=uname, gname=gname)
+        common: dict[str, Any] = {
+            "mode": perm,
+            "mtime_ns": e.mtime_ns,
+            "uid": e.uid,
+            "gid": e.gid,
+            "uname": uname,
+            "gname": gname,
+        }
         if e.kind == FILE:
             if e.nlink > 1:
                 first = links.get((e.dev, e.ino))
                 if first is not None:
-                    hdr = tf.encode_header(name=e.path, type=tf.LNKTYPE, linkname=first, **common)  # type: ignore[arg-type]
+                    hdr = tf.encode_header(name=e.path, type=tf.LNKTYPE, linkname=first, **common)
                     emit(hdr)
                     offset += len(hdr)
                     rec.update(type=HARDLINK, link=first, file_size=e.size)
@@ -243,7 +257,7 @@ def _pack_into(
                     res.changed.append(e.path)
                     continue
                 size = e.size
-                hdr = tf.encode_header(name=e.path, type=tf.REGTYPE, size=size, **common)  # type: ignore[arg-type]
+                hdr = tf.encode_header(name=e.path, type=tf.REGTYPE, size=size, **common)
                 emit(hdr)
                 offset += len(hdr)
                 rec["data_offset"] = offset
@@ -310,5 +324,5 @@ def _pack_into(
     offset += len(tf.END_OF_ARCHIVE)
     if pending:
         z.write(pending)
-    z.close()  # flushes the zstd frame into the pipe; closefd=False leaves it open
+    z.close()  # type: ignore[no-untyped-call]  # flushes the frame; closefd=False leaves the pipe open
     res.size_tar = offset

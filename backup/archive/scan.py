@@ -24,7 +24,15 @@ from ..errors import SourceError
 __all__ = ["Entry", "ScanResult", "Unreadable", "compile_excludes", "scan"]
 
 # tar type letters, used as the entry kinds throughout
-FILE, DIR, SYMLINK, HARDLINK, FIFO, CHR, BLK = "file", "dir", "symlink", "hardlink", "fifo", "chr", "blk"
+FILE, DIR, SYMLINK, HARDLINK, FIFO, CHR, BLK = (
+    "file",
+    "dir",
+    "symlink",
+    "hardlink",
+    "fifo",
+    "chr",
+    "blk",
+)
 
 
 @dataclass(slots=True)
@@ -78,10 +86,14 @@ def compile_excludes(patterns: Sequence[str]) -> Callable[[bytes, bytes], bool]:
     name_pats = [p for p in patterns if "/" not in p.strip("/")]
     path_pats = [p.strip("/") for p in patterns if "/" in p.strip("/")]
     name_re = (
-        re.compile(b"|".join(os.fsencode(fnmatch.translate(p)) for p in name_pats)) if name_pats else None
+        re.compile(b"|".join(os.fsencode(fnmatch.translate(p)) for p in name_pats))
+        if name_pats
+        else None
     )
     path_re = (
-        re.compile(b"|".join(os.fsencode(fnmatch.translate(p)) for p in path_pats)) if path_pats else None
+        re.compile(b"|".join(os.fsencode(fnmatch.translate(p)) for p in path_pats))
+        if path_pats
+        else None
     )
 
     def excluded(rel: bytes, name: bytes) -> bool:
@@ -144,7 +156,7 @@ def scan(
     """
     excluded = compile_excludes(exclude)
     result = ScanResult()
-    roots: list[tuple[bytes, bytes, os.stat_result]] = []
+    roots: list[tuple[bytes, bytes, os.stat_result]] = []  # (name, absolute path, stat)
     for name, path in sources:
         try:
             st = os.lstat(path)
@@ -156,14 +168,14 @@ def scan(
             raise SourceError(str(path), policy_name, "is neither a directory nor a file")
         roots.append((os.fsencode(name), os.fsencode(path), st))
 
-    for name, abspath, st in roots:
-        if stat.S_ISREG(st.st_mode):
-            rel = name or os.path.basename(abspath)
-            result.entries.append(_entry(rel, abspath, st, FILE))
+    for bname, babs, bst in roots:
+        if stat.S_ISREG(bst.st_mode):
+            rel = bname or os.path.basename(babs)
+            result.entries.append(_entry(rel, babs, bst, FILE))
             continue
-        if name:
-            result.entries.append(_entry(name, abspath, st, DIR))
-        _walk(abspath, name, excluded, result)
+        if bname:
+            result.entries.append(_entry(bname, babs, bst, DIR))
+        _walk(babs, bname, excluded, result)
     return result
 
 

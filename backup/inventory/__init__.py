@@ -247,7 +247,9 @@ class Inventory:
                         if typ == "deleted":
                             state.pop(bytes(path), None)
                         else:
-                            state[bytes(path)] = FileSig(typ, size, mode, mtime_ns, ctime_ns, ino, aid)
+                            state[bytes(path)] = FileSig(
+                                typ, size, mode, mtime_ns, ctime_ns, ino, aid
+                            )
             finally:
                 cur.close()
         return state
