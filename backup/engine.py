@@ -222,12 +222,13 @@ def run_backup(
             "archive": {"key": key, "size": res.size_stored, "sha256": res.sha256},
             "size_in": res.size_in,
             "size_tar": res.size_tar,
-            "entries": [_json_entry(r) for r in res.entries],
             "deleted": [path_to_json(p) for p in deleted],
             "unreadable": [{"path": path_to_json(u.path), "error": u.error} for u in unreadable],
             "changed_while_reading": [path_to_json(p) for p in res.changed],
         }
-        blob = encrypt_bytes(encode_manifest(manifest), recipients)
+        blob = encrypt_bytes(
+            encode_manifest(manifest, (_json_entry(r) for r in res.entries)), recipients
+        )
         with target.open_write(manifest_key) as w:
             w.write(blob)
             committed.append(w.commit())

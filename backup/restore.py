@@ -123,7 +123,7 @@ def read_manifest(
     with target.open_read(archive.manifest_location) as f:
         blob = f.read()
     return decode_manifest(
-        decrypt_bytes(blob, identities, name=f"manifest of {archive.id}"), archive.id
+        decrypt_bytes(blob, identities, name=f"manifest of {archive.id}"), archive.id, slim=True
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import zstandard
@@ -36,25 +37,61 @@ def path_from_json(s: str) -> bytes:
     return os.fsencode(s)
 
 
-def encode_manifest(manifest: dict[str, Any]) -> bytes:
-    """Returns: the manifest as compressed JSON (not yet encrypted)."""
-    raw = json.dumps(manifest, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-    return zstandard.ZstdCompressor(level=6).compress(raw)
+def encode_manifest(manifest: dict[str, Any], entries: Iterable[dict[str, Any]] = ()) -> bytes:
+    """Encode a manifest as compressed JSON (not yet encrypted).
+
+    Args:
+        manifest: every field but ``entries``.
+        entries: the entries, encoded one at a time into the compressor, so a tree of
+            millions of paths never exists as one JSON string in memory.
+
+    Returns:
+        zstd-compressed JSON.
+    """
+    c = zstandard.ZstdCompressor(level=6).compressobj()
+    head = json.dumps(manifest, ensure_ascii=True, separators=(",", ":"))
+    out = [c.compress(head[:-1].encode("ascii") + b',"entries":[')]
+    batch: list[str] = []
+    first = True
+    for e in entries:
+        batch.append(json.dumps(e, ensure_ascii=True, separators=(",", ":")))
+        if len(batch) >= 1000:
+            out.append(
+                c.compress(("" if first else ",").encode() + ",".join(batch).encode("ascii"))
+            )
+            first, batch = False, []
+    if batch:
+        out.append(c.compress(("" if first else ",").encode() + ",".join(batch).encode("ascii")))
+    out.append(c.compress(b"]}"))
+    out.append(c.flush())
+    return b"".join(out)
 
 
-def decode_manifest(data: bytes, name: str) -> dict[str, Any]:
+_ENTRY_FIELDS = ("path", "type", "size", "sha256", "link")
+
+
+def _slim(d: dict[str, Any]) -> dict[str, Any]:
+    # entries (the only objects with an "offset") keep what restore and verify read
+    if "offset" in d:
+        return {k: d[k] for k in _ENTRY_FIELDS if k in d}
+    return d
+
+
+def decode_manifest(data: bytes, name: str, *, slim: bool = False) -> dict[str, Any]:
     """Parse a decrypted manifest.
 
     Args:
         data: compressed JSON.
         name: archive id, for errors.
+        slim: keep only each entry's path, type, size, sha256 and link (what restore and
+            verify need), dropping the rest as entries are parsed, to bound memory.
 
     Returns:
         The manifest.
     """
     try:
         raw = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        m = json.loads(raw)
+        m = json.loads(raw, object_hook=_slim if slim else None)
     except (zstandard.ZstdError, ValueError) as e:
         raise ArchiveCorrupt(name, f"manifest unreadable: {e}") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT_VERSION:
