@@ -141,6 +141,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 QUIET_BUSY = 0.15  # the machine counts as quiet below this share of all CPUs busy
 QUIET_WAIT = {"max_s": 0.0}  # set from --quiet-wait
+DISTURBED_PCT = 20.0  # a measurement during which others used more of the CPUs is repeated
 
 
 def wait_quiet() -> float:
@@ -183,10 +184,16 @@ def run_timed(
     recorded as other_cpu_s: other processes (concurrent jobs) and kernel threads (page
     writeback, also the tool's own) competing for the two cores. /proc/stat counts in
     1/CLK_TCK ticks, so it is coarse for sub-second commands. Unless settle is False, it
-    first waits for the machine to be quiet (--quiet-wait).
+    first syncs all filesystems and waits for the machine to be quiet (--quiet-wait).
     """
     args = [str(a) for a in argv]
-    waited = wait_quiet() if settle and QUIET_WAIT["max_s"] > 0 else 0.0
+    waited = 0.0
+    if settle:
+        # no dirty pages of an earlier step (a restored tree, a deleted repository) get
+        # written back inside this measurement
+        os.sync()
+        if QUIET_WAIT["max_s"] > 0:
+            waited = wait_quiet()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         busy0, steal0 = cpu_ticks()
         t0 = time.perf_counter()
@@ -316,29 +323,34 @@ def set_marker_state(ds: Dataset, state: str) -> None:
 class Change:
     """The 1% change: what was modified and how to undo it exactly."""
 
-    appended: list[tuple[Path, int, int, int]]  # path, old size, atime_ns, mtime_ns
-    touched: list[tuple[Path, int, int]]  # path, atime_ns, mtime_ns
+    appended: list[tuple[Path, int, int, int]]  # path, original size, atime_ns, mtime_ns
+    touched: list[tuple[Path, int, int]]  # path, original atime_ns, mtime_ns
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p, *_ in self.appended] + [p for p, *_ in self.touched]
 
 
-def apply_change(ds: Dataset, rep: int) -> Change:
+def apply_change(ds: Dataset, again: Change | None = None) -> Change:
     """Append a line to every 100th file (sorted order) and touch two of the logs.
 
-    Deterministic: the same files change the same way in every repetition.
+    Deterministic: the same files change the same way in every repetition. With `again`
+    (a measurement is being repeated), the same files change once more, so there is again
+    a 1% change since the last backup; the originals recorded the first time are kept.
     """
     set_marker_state(ds, "dirty")
-    appended = []
+    appended, touched = [], []
     for p in ds.files[::100]:
         st = p.stat()
         appended.append((p, st.st_size, st.st_atime_ns, st.st_mtime_ns))
         with open(p, "ab") as f:
             f.write(b"# benchmark change: one appended line\n")
-    touched = []
     now = time.time_ns()
     for p in sorted((ds.root / "logs").iterdir())[:2]:
         st = p.stat()
         touched.append((p, st.st_atime_ns, st.st_mtime_ns))
         os.utime(p, ns=(now, now))
-    return Change(appended, touched)
+    return again or Change(appended, touched)
 
 
 def revert_change(ds: Dataset, ch: Change) -> None:
@@ -458,16 +470,10 @@ class Env:
 
 
 class Ours:
-    """`backup run` / `backup restore` with a fresh vault and inventory per repetition."""
-
-    name = OURS
+    """`backup run` / `backup restore`; every full starts from an empty vault and inventory."""
 
     def __init__(self, env: Env) -> None:
         self.e = env
-        self.full_id = ""
-
-    def setup(self) -> None:
-        self.e.vault.mkdir(parents=True)
         self.e.policy_file.write_text(
             "[[policy]]\n"
             f'name = "{POLICY}"\n'
@@ -479,6 +485,7 @@ class Ours:
 
     def _run(self, op: str, rep: int, *flags: str) -> Measurement:
         before = tree_bytes(self.e.vault)
+        code = code_hash()[:12]
         t = run_timed(
             [*self.e.backup_cmd, "run", POLICY, "--json", *flags], env=self.e.backup_env()
         )
@@ -497,12 +504,15 @@ class Ours:
             archive_bytes=archive.stat().st_size,
             entries=res["entries"],
             inventory_bytes=tree_bytes(self.e.inventory),
+            code=code,
         )
 
     def full(self, rep: int) -> Measurement:
-        m = self._run(FULL, rep, "--full")
-        self.full_id = m.detail["archive_id"]
-        return m
+        shutil.rmtree(self.e.vault, ignore_errors=True)
+        for p in self.e.scratch.glob(self.e.inventory.name + "*"):  # with -wal, -shm
+            p.unlink()
+        self.e.vault.mkdir()
+        return self._run(FULL, rep, "--full")
 
     def incremental(self, op: str, rep: int) -> Measurement:
         m = self._run(op, rep)
@@ -511,8 +521,8 @@ class Ours:
         return m
 
     def restore(self, rep: int, dest: Path) -> Measurement:
-        """Restores the latest state (the chain full + no-change + 1% incremental)."""
-        dest.mkdir()
+        """Restores the latest state: the chain full + no-change + 1% incremental."""
+        code = code_hash()[:12]
         t = run_timed(
             [
                 *self.e.backup_cmd,
@@ -527,23 +537,25 @@ class Ours:
             env=self.e.backup_env(),
         )
         res = json.loads(t.stdout)
-        return measured(RESTORE, OURS, rep, t, tree_bytes(dest), archives=res.get("archives"))
+        return measured(
+            RESTORE, OURS, rep, t, tree_bytes(dest), archives=res.get("archives"), code=code
+        )
 
 
 class Pipeline:
     """The shell pipeline the format is built from: tar -c | zstd -3 -T0 | age."""
 
-    name = PIPE
-
     def __init__(self, env: Env) -> None:
         self.e = env
 
-    def full(self, rep: int) -> tuple[Measurement, Measurement]:
-        """Returns (with sync, without sync); `sync FILE` fsyncs the output like ours does."""
+    def full(self, rep: int) -> list[Measurement]:
+        """Returns [with sync, without sync]; `sync FILE` fsyncs the output like ours does."""
         e = self.e
+        e.pipe_out.unlink(missing_ok=True)
         t = run_timed(
             sh(
-                f"tar -c -C {q(e.ds.root)} . | zstd -3 -T0 -q | age -r {q(e.recipient)} > {q(e.pipe_out)}"
+                f"tar -c -C {q(e.ds.root)} . | zstd -3 -T0 -q "
+                f"| age -r {q(e.recipient)} > {q(e.pipe_out)}"
             )
         )
         size = e.pipe_out.stat().st_size
@@ -552,10 +564,9 @@ class Pipeline:
         s = run_timed(["sync", e.pipe_out], settle=False)
         with_sync = nosync.plus(measured(FULL, PIPE_SYNC, rep, s, size, sync_s=s.wall_s))
         with_sync.tool = PIPE_SYNC
-        return with_sync, nosync
+        return [with_sync, nosync]
 
     def restore(self, rep: int, dest: Path) -> Measurement:
-        dest.mkdir()
         t = run_timed(
             sh(f"age -d -i {q(self.e.key)} {q(self.e.pipe_out)} | zstd -d -q | tar -x -C {q(dest)}")
         )
@@ -563,9 +574,7 @@ class Pipeline:
 
 
 class Restic:
-    """restic with a fresh local repository (format v2, default compression) per repetition."""
-
-    name = RESTIC
+    """restic, local repository format v2 (default compression); every full starts a new one."""
 
     def __init__(self, env: Env, exe: str) -> None:
         self.e = env
@@ -574,8 +583,11 @@ class Restic:
     def _cmd(self, *args: str | Path) -> list[str | Path]:
         return [self.exe, "--cache-dir", self.e.restic_cache, *args]
 
-    def setup(self) -> None:
+    def full(self, rep: int) -> Measurement:
+        shutil.rmtree(self.e.restic_repo, ignore_errors=True)
+        shutil.rmtree(self.e.restic_cache, ignore_errors=True)
         run_quiet(self._cmd("init", "--repository-version", "2"), env=self.e.restic_env())
+        return self.backup(FULL, rep)
 
     def backup(self, op: str, rep: int) -> Measurement:
         before = tree_bytes(self.e.restic_repo)
@@ -599,7 +611,6 @@ class Restic:
 
     def restore(self, rep: int, dest: Path) -> Measurement:
         """Restores `latest`; restic recreates the absolute source path under the target."""
-        dest.mkdir()
         t = run_timed(
             self._cmd("restore", "latest", "--target", dest, "--quiet"), env=self.e.restic_env()
         )
@@ -618,12 +629,45 @@ def rotate(seq: Sequence[Any], k: int) -> list[Any]:
     return list(seq[k:]) + list(seq[:k])
 
 
-def one_rep(
-    rep: int,
-    env: Env,
-    want_orig: dict[str, tuple[Any, ...]],
-    log: Callable[[Measurement], None],
-) -> None:
+def disturbance_pct(m: Measurement) -> float:
+    """Share of all CPUs that other processes and kernel threads used during m."""
+    return 100 * m.other_cpu_s / (m.wall_s * NCPU) if m.wall_s > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Recorder:
+    """Keeps the measurements; repeats one that other load disturbed (--retries)."""
+
+    log: Callable[[Measurement], None]
+    discard: Callable[[Measurement], None]
+    retries: int
+
+    def measure(
+        self,
+        run: Callable[[], Measurement | list[Measurement]],
+        before_retry: Callable[[], None] | None = None,
+    ) -> list[Measurement]:
+        """Run and record; if the first measurement was disturbed (other load above
+        DISTURBED_PCT of the machine), discard it and run again, up to `retries` times.
+        `run` must leave the same state however often it is called (fulls start afresh;
+        `before_retry` re-creates what a repeat needs, e.g. a fresh 1% change)."""
+        for attempt in range(self.retries + 1):
+            got = run()
+            ms = got if isinstance(got, list) else [got]
+            for m in ms:
+                m.detail["attempt"] = attempt + 1
+            if disturbance_pct(ms[0]) <= DISTURBED_PCT or attempt == self.retries:
+                for m in ms:
+                    self.log(m)
+                return ms
+            for m in ms:
+                self.discard(m)
+            if before_retry is not None:
+                before_retry()
+        raise AssertionError("unreachable")
+
+
+def one_rep(rep: int, env: Env, want_orig: dict[str, tuple[Any, ...]], rec: Recorder) -> None:
     """full -> no-change -> 1% change -> incremental -> (revert) -> restore, per tool.
 
     Within each operation the tools run one after the other, in an order rotated every
@@ -634,66 +678,64 @@ def one_rep(
     env.restore_root.mkdir(parents=True, exist_ok=True)
     ours, pipe = Ours(env), Pipeline(env)
     restic = Restic(env, env.restic) if env.restic else None
-    ours.setup()
-    if restic:
-        restic.setup()
 
-    def full_ours() -> None:
-        log(ours.full(rep))
+    def each(*steps: Callable[[], Any] | None) -> None:
+        for step in rotate([s for s in steps if s is not None], rep):
+            step()
 
-    def full_pipe() -> None:
-        with_sync, nosync = pipe.full(rep)
-        log(with_sync)
-        log(nosync)
+    each(
+        lambda: rec.measure(lambda: ours.full(rep)),
+        lambda: rec.measure(lambda: pipe.full(rep)),
+        (lambda: rec.measure(lambda: restic.full(rep))) if restic else None,
+    )
+    each(
+        lambda: rec.measure(lambda: ours.incremental(NOCHANGE, rep)),
+        (lambda: rec.measure(lambda: restic.backup(NOCHANGE, rep))) if restic else None,
+    )
 
-    def full_restic() -> None:
-        assert restic
-        log(restic.backup(FULL, rep))
-
-    order = [full_ours, full_pipe] + ([full_restic] if restic else [])
-    for f in rotate(order, rep):
-        f()
-
-    order2: list[Callable[[], None]] = [lambda: log(ours.incremental(NOCHANGE, rep))]
-    if restic:
-        order2.append(lambda: log(restic.backup(NOCHANGE, rep)))
-    for f in rotate(order2, rep):
-        f()
-
-    change = apply_change(env.ds, rep)
+    # what each tool's latest backup holds, for the restore check
+    want: dict[str, dict[str, tuple[Any, ...]]] = {PIPE: want_orig}
+    change = apply_change(env.ds)
     try:
-        changed_files = [p for p, *_ in change.appended] + [p for p, *_ in change.touched]
-        want_changed = {**want_orig, **digest_tree(env.ds.root, only=changed_files)}
-        order3: list[Callable[[], None]] = [lambda: log(ours.incremental(INCR, rep))]
-        if restic:
-            order3.append(lambda: log(restic.backup(INCR, rep)))
-        for f in rotate(order3, rep):
-            f()
+        now = {**want_orig, **digest_tree(env.ds.root, only=change.paths)}
+
+        def change_again() -> None:
+            nonlocal now
+            apply_change(env.ds, again=change)
+            now = {**want_orig, **digest_tree(env.ds.root, only=change.paths)}
+
+        def incremental(tool: str, run: Callable[[], Measurement]) -> None:
+            rec.measure(run, change_again)
+            want[tool] = now
+
+        each(
+            lambda: incremental(OURS, lambda: ours.incremental(INCR, rep)),
+            (lambda: incremental(RESTIC, lambda: restic.backup(INCR, rep))) if restic else None,
+        )
     finally:
         revert_change(env.ds, change)
 
-    def restore_ours() -> None:
-        dest = env.restore_root / "restore-backup"
-        log(ours.restore(rep, dest))
-        check_tree(OURS, dest, want_changed)
+    def restore(
+        tool: str, run: Callable[[Path], Measurement], root: Callable[[Path], Path]
+    ) -> None:
+        dest = env.restore_root / f"restore-{tool}"
+
+        def once() -> Measurement:
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir()
+            return run(dest)
+
+        rec.measure(once)
+        check_tree(tool, root(dest), want[tool])
         shutil.rmtree(dest)
 
-    def restore_pipe() -> None:
-        dest = env.restore_root / "restore-pipeline"
-        log(pipe.restore(rep, dest))
-        check_tree(PIPE, dest, want_orig)
-        shutil.rmtree(dest)
-
-    def restore_restic() -> None:
-        assert restic
-        dest = env.restore_root / "restore-restic"
-        log(restic.restore(rep, dest))
-        check_tree(RESTIC, restic.restored_root(dest), want_changed)
-        shutil.rmtree(dest)
-
-    order4 = [restore_ours, restore_pipe] + ([restore_restic] if restic else [])
-    for f in rotate(order4, rep):
-        f()
+    each(
+        lambda: restore(OURS, lambda d: ours.restore(rep, d), lambda d: d),
+        lambda: restore(PIPE, lambda d: pipe.restore(rep, d), lambda d: d),
+        (lambda: restore(RESTIC, lambda d: restic.restore(rep, d), restic.restored_root))
+        if restic
+        else None,
+    )
     shutil.rmtree(env.scratch, ignore_errors=True)
 
 
@@ -710,15 +752,20 @@ def version_of(argv: Sequence[str]) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
+def code_hash() -> str:
+    """SHA-256 over backup/**/*.py (names and contents): which code a measurement ran."""
+    h = hashlib.sha256()
+    for p in sorted((REPO_ROOT / "backup").rglob("*.py")):
+        h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def source_state() -> dict[str, Any]:
     """Which code is measured: the commit, uncommitted changes, and a hash of backup/*.py.
 
     The tree is edited concurrently; comparing the hash at the start and the end of a run
     tells whether `backup` changed under the benchmark. Read-only git commands only.
     """
-    h = hashlib.sha256()
-    for p in sorted((REPO_ROOT / "backup").rglob("*.py")):
-        h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes() + b"\0")
 
     def git(*args: str) -> str:
         try:
@@ -736,7 +783,7 @@ def source_state() -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "HEAD"),
         "uncommitted": git("status", "--porcelain", "--", "backup", "pyproject.toml").splitlines(),
-        "backup_sources_sha256": h.hexdigest(),
+        "backup_sources_sha256": code_hash(),
     }
 
 
@@ -813,9 +860,7 @@ def medians(ms: Sequence[Measurement]) -> list[Row]:
                     statistics.median(m.max_rss_kib for m in sel) / 1024,
                     max(m.max_rss_kib for m in sel) / 1024,
                     int(statistics.median(outs)) if outs else None,
-                    statistics.median(
-                        100 * m.other_cpu_s / (m.wall_s * NCPU) if m.wall_s else 0.0 for m in sel
-                    ),
+                    statistics.median(disturbance_pct(m) for m in sel),
                     min(m.wall_s for m in sel),
                     max(m.wall_s for m in sel),
                 )
@@ -983,6 +1028,13 @@ def main() -> int:
         f"below {QUIET_BUSY * 100:.0f}%% (default 30; 0: do not wait)",
     )
     ap.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="repeat a measurement during which other processes used more than "
+        f"{DISTURBED_PCT:.0f}%% of the CPUs, up to this many times (default 2)",
+    )
+    ap.add_argument(
         "--restore-root",
         type=Path,
         help="restore into a directory here (e.g. /dev/shm) instead of the workdir",
@@ -1045,15 +1097,25 @@ def main() -> int:
     print(f"reference: tar | zstd -3 -T0 = {tarzstd_bytes:,} B in {tz.wall_s:.2f} s")
 
     ms: list[Measurement] = []
+    discarded: list[Measurement] = []
+
+    def show(m: Measurement, note: str = "") -> None:
+        print(
+            f"  rep {m.rep + 1} {m.operation:<22} {m.tool:<17} wall {m.wall_s:6.2f} s  "
+            f"cpu {m.cpu_s:6.2f} s  rss {m.max_rss_kib / 1024:6.1f} MiB  "
+            f"out {fmt_bytes(m.output_bytes):>10}  others {disturbance_pct(m):3.0f}%{note}",
+            flush=True,
+        )
 
     def log(m: Measurement) -> None:
         ms.append(m)
-        print(
-            f"  rep {m.rep + 1} {m.operation:<22} {m.tool:<21} wall {m.wall_s:7.2f} s  "
-            f"cpu {m.cpu_s:7.2f} s  rss {m.max_rss_kib / 1024:7.1f} MiB  "
-            f"out {fmt_bytes(m.output_bytes):>10}  others {m.other_cpu_s:5.2f} s",
-            flush=True,
-        )
+        show(m)
+
+    def discard(m: Measurement) -> None:
+        discarded.append(m)
+        show(m, "  -> disturbed, discarded and repeated")
+
+    rec = Recorder(log, discard, a.retries)
 
     started = datetime.now(UTC)
     try:
@@ -1061,7 +1123,7 @@ def main() -> int:
             print(
                 f"repetition {rep + 1}/{a.runs} (load average {os.getloadavg()[0]:.2f})", flush=True
             )
-            one_rep(rep, env, want_orig, log)
+            one_rep(rep, env, want_orig, rec)
     finally:
         if not a.keep:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -1069,10 +1131,11 @@ def main() -> int:
             shutil.rmtree(keydir, ignore_errors=True)
 
     src_after = source_state()
-    if src_after["backup_sources_sha256"] != src_before["backup_sources_sha256"]:
+    seen = sorted({m.detail["code"] for m in ms if "code" in m.detail})
+    if len(seen) > 1 or src_after["backup_sources_sha256"] != src_before["backup_sources_sha256"]:
         print(
             "warning: backup/*.py changed while the benchmark ran (concurrent edits); "
-            "the repetitions may have measured different code"
+            f"measurements of backup ran {len(seen)} versions of it (detail.code in the JSON)"
         )
     rows = medians(ms)
     cks = checks(rows, ms, tarzstd_bytes)
@@ -1085,7 +1148,14 @@ def main() -> int:
         f"(backup: chain full + no-change + 1% incremental; restic: latest snapshot; pipeline: its one archive)"
     )
     print(render(rows, cks, tarzstd_bytes))
-    noisy = [f"{r.operation}/{r.tool} {r.others_pct:.0f}%" for r in rows if r.others_pct > 15]
+    if discarded:
+        print(
+            f"{len(discarded)} measurement(s) disturbed by other load (> {DISTURBED_PCT:.0f}% of "
+            "the CPUs) were discarded and repeated (listed in the JSON)"
+        )
+    noisy = [
+        f"{r.operation}/{r.tool} {r.others_pct:.0f}%" for r in rows if r.others_pct > DISTURBED_PCT
+    ]
     if noisy:
         print(
             "warning: other processes or kernel threads used a notable share of the CPUs during: "
@@ -1106,6 +1176,8 @@ def main() -> int:
                 "workdir": str(workdir),
                 "restore_root": str(restore_root),
                 "quiet_wait_s": a.quiet_wait,
+                "retries": a.retries,
+                "disturbed_pct": DISTURBED_PCT,
                 "backup_command": backup_cmd,
             },
             "machine": info,
@@ -1113,6 +1185,7 @@ def main() -> int:
             "dataset": {"files": len(ds.files), "bytes": data_bytes, "path": str(ds.root)},
             "tar_zstd3_bytes": tarzstd_bytes,
             "measurements": [{**asdict(m), "cpu_s": m.cpu_s} for m in ms],
+            "discarded_as_disturbed": [{**asdict(m), "cpu_s": m.cpu_s} for m in discarded],
             "medians": [asdict(r) for r in rows],
             "checks": [asdict(c) for c in cks],
         }
