@@ -30,6 +30,7 @@ from typing import Any
 
 from .archive import FORMAT_VERSION, Entry, encode_manifest, pack, scan
 from .archive.manifest import path_to_json
+from .archive.pack import Record
 from .archive.scan import FILE, HARDLINK, Unreadable
 from .crypto.age import Recipient, encrypt_bytes, parse_recipient
 from .errors import Error
@@ -276,15 +277,15 @@ def run_backup(
     return BackupResult(inventory.get(archive_id), unreadable, res.changed, len(deleted))
 
 
-def _json_entry(r: dict[str, Any]) -> dict[str, Any]:
-    out = dict(r)
+def _json_entry(r: Record) -> dict[str, Any]:
+    out = r.as_dict()
     out["path"] = path_to_json(r["path"])
     if "link" in r:
         out["link"] = path_to_json(r["link"])
     return out
 
 
-def _index_rows(archive_id: str, entries: list[dict[str, Any]], deleted: list[bytes]) -> Any:
+def _index_rows(archive_id: str, entries: list[Record], deleted: list[bytes]) -> Any:
     for r in entries:
         yield {
             "archive_id": archive_id,

@@ -32,7 +32,7 @@ from ..targets.base import ObjectWriter
 from . import tarformat as tf
 from .scan import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, Unreadable
 
-__all__ = ["PackResult", "pack"]
+__all__ = ["PackResult", "Record", "pack"]
 
 _BUF = 1 << 20
 _TYPES = {
@@ -45,12 +45,89 @@ _TYPES = {
 }
 
 
+class Record:
+    """One packed entry, as the manifest and the file index record it.
+
+    Reads like a dict (``r["path"]``, ``r.get("sha256")``, ``"link" in r``) but is a slotted
+    object: a full backup holds one per path until its manifest is written, and a dict per
+    path cost a third of the peak memory. Optional fields are absent until set.
+    """
+
+    __slots__ = (  # noqa: RUF023  # this order is the order of fields in the manifest
+        "path",
+        "type",
+        "size",
+        "mode",
+        "mtime_ns",
+        "ctime_ns",
+        "ino",
+        "uid",
+        "gid",
+        "offset",
+        "data_offset",
+        "sha256",
+        "link",
+        "file_size",
+        "devmajor",
+        "devminor",
+    )
+
+    def __init__(
+        self,
+        path: bytes,
+        type: str,
+        mode: int,
+        mtime_ns: int,
+        ctime_ns: int,
+        ino: int,
+        uid: int,
+        gid: int,
+        offset: int,
+    ) -> None:
+        self.path = path
+        self.type = type
+        self.size = 0
+        self.mode = mode
+        self.mtime_ns = mtime_ns
+        self.ctime_ns = ctime_ns
+        self.ino = ino
+        self.uid = uid
+        self.gid = gid
+        self.offset = offset
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and hasattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def update(self, **fields: Any) -> None:
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Returns: the fields that are set."""
+        return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        return f"Record({self.as_dict()!r})"
+
+
 @dataclass(slots=True)
 class PackResult:
     """What was packed.
 
     Attributes:
-        entries: manifest entries (dicts, JSON-ready except ``path``/``link`` which are bytes).
+        entries: one record per entry packed (``path`` and ``link`` are bytes).
         unreadable: files skipped because they could not be read.
         changed: paths that changed while they were read.
         size_in: file content bytes read.
@@ -59,7 +136,7 @@ class PackResult:
         sha256: SHA-256 of the stored bytes.
     """
 
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[Record] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
     changed: list[bytes] = field(default_factory=list)
     size_in: int = 0
@@ -191,7 +268,12 @@ def _pack_into(
     threads: int,
     progress: Progress,
 ) -> None:
-    cctx = zstandard.ZstdCompressor(level=level, threads=threads)
+    # 4 MiB jobs: zstd's default (four windows) holds ~50 MiB more in flight on two workers
+    # for the same ratio (measured on the benchmark tree: 724.38 MB against 724.44 MB)
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=threads, job_size=4 << 20
+    )
+    cctx = zstandard.ZstdCompressor(compression_params=params)
     z = cctx.stream_writer(pipe, closefd=False, write_size=_BUF)  # type: ignore[arg-type]
     buf = bytearray(_BUF)
     mv = memoryview(buf)
@@ -211,18 +293,7 @@ def _pack_into(
     for e in entries:
         uname, gname = _names(e.uid, e.gid, names)
         perm = stat.S_IMODE(e.mode)
-        rec: dict[str, Any] = {
-            "path": e.path,
-            "type": e.kind,
-            "size": 0,
-            "mode": perm,
-            "mtime_ns": e.mtime_ns,
-            "ctime_ns": e.ctime_ns,
-            "ino": e.ino,
-            "uid": e.uid,
-            "gid": e.gid,
-            "offset": offset,
-        }
+        rec = Record(e.path, e.kind, perm, e.mtime_ns, e.ctime_ns, e.ino, e.uid, e.gid, offset)
         common: dict[str, Any] = {
             "mode": perm,
             "mtime_ns": e.mtime_ns,
