@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -982,6 +983,27 @@ def render(rows: Sequence[Row], cks: Sequence[Check], tarzstd_bytes: int) -> str
 # --------------------------------------------------------------------------------------
 
 
+LOCK_PATH = Path(tempfile.gettempdir()) / "backup-bench-core.lock"
+
+
+def take_machine_lock() -> Any:
+    """One benchmark at a time on this machine: two would share two cores (and, with the same
+    workdir, delete each other's files). Returns the open lock file; keep it open."""
+    f = open(LOCK_PATH, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        raise BenchError(
+            f"another bench_core.py run holds {LOCK_PATH} ({f.read().strip() or 'pid unknown'})"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n")
+    f.flush()
+    return f
+
+
 def find_backup_cmd() -> list[str]:
     """The installed console script of this interpreter (skips pyenv's shim), else PATH."""
     script = Path(sysconfig.get_path("scripts")) / "backup"
@@ -1043,6 +1065,7 @@ def main() -> int:
     if a.runs < 1:
         ap.error("--runs must be at least 1")
     QUIET_WAIT["max_s"] = a.quiet_wait
+    lock = take_machine_lock()  # noqa: F841 - released when the process exits
 
     for tool in ("tar", "zstd", "age", "sync"):
         if shutil.which(tool) is None:
