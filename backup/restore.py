@@ -214,10 +214,20 @@ class _Staging:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _run_staged(to: Path, force: bool, work: Callable[[Extractor], None], **kw: Any) -> None:
+def _run_staged(
+    to: Path,
+    force: bool,
+    work: Callable[[Extractor], None],
+    include: Sequence[str],
+    allow_external_symlinks: bool,
+) -> None:
     _check_destination(to, force)
     staging = _Staging(to)
-    ex = Extractor(os.fsencode(staging.path), **kw)
+    ex = Extractor(
+        os.fsencode(staging.path),
+        allow_external_symlinks=allow_external_symlinks,
+        include=make_include(include),
+    )
     try:
         try:
             work(ex)
@@ -349,13 +359,7 @@ def restore(
         progress.finish()
         result.files, result.bytes = ex.files, ex.bytes
 
-    _run_staged(
-        to,
-        force,
-        work,
-        allow_external_symlinks=allow_external_symlinks,
-        include=make_include(include),
-    )
+    _run_staged(to, force, work, include, allow_external_symlinks)
     result.seconds = (datetime.now(UTC) - t0).total_seconds()
     inventory.log(
         "restore",
@@ -394,13 +398,7 @@ def restore_file(
         result.files, result.bytes = ex.files, ex.bytes
 
     with f:
-        _run_staged(
-            to,
-            force,
-            work,
-            allow_external_symlinks=allow_external_symlinks,
-            include=make_include(include),
-        )
+        _run_staged(to, force, work, include, allow_external_symlinks)
     result.seconds = (datetime.now(UTC) - t0).total_seconds()
     return result
 

@@ -95,6 +95,25 @@ class Inventory:
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def _mark(self) -> str:
+        """The DB-API parameter placeholder of this database."""
+        return "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+
+    @contextmanager
+    def _cursor(self, *, write: bool = False) -> Iterator[Any]:
+        """A DB-API cursor, for the two bulk paths where per-row SQLAlchemy work would cost
+        more than the database; in a committed transaction when ``write``."""
+        ctx = self.engine.begin() if write else self.engine.connect()
+        with ctx as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            cur = raw.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
     # archives ---------------------------------------------------------------------------
 
     def add_archive(self, archive: Archive) -> None:
@@ -116,24 +135,18 @@ class Inventory:
         # The DB-API's executemany, not the ORM: a full backup indexes every path in the
         # tree, and per-row ORM (or even Core) parameter processing costs more than SQLite.
         cols = [c.name for c in FileRecord.__table__.columns]
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         quote = self.engine.dialect.identifier_preparer.quote
-        sql = f"INSERT INTO file_index ({', '.join(map(quote, cols))}) VALUES ({', '.join([mark] * len(cols))})"
+        marks = ", ".join([self._mark] * len(cols))
+        sql = f"INSERT INTO file_index ({', '.join(map(quote, cols))}) VALUES ({marks})"
         buf: list[tuple[Any, ...]] = []
-        with self.engine.begin() as conn:
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            cur = raw.cursor()
-            try:
-                for r in rows:
-                    buf.append(tuple(r[c] for c in cols))
-                    if len(buf) >= batch:
-                        cur.executemany(sql, buf)
-                        buf = []
-                if buf:
+        with self._cursor(write=True) as cur:
+            for r in rows:
+                buf.append(tuple(r[c] for c in cols))
+                if len(buf) >= batch:
                     cur.executemany(sql, buf)
-            finally:
-                cur.close()
+                    buf = []
+            if buf:
+                cur.executemany(sql, buf)
 
     def get(self, archive_id: str) -> Archive:
         """Find an archive by id or unique id prefix (any state)."""
@@ -227,31 +240,22 @@ class Inventory:
     def tree_state(self, archive_id: str) -> dict[bytes, FileSig]:
         """Replay a chain's file index: every path that existed at ``archive_id``."""
         state: dict[bytes, FileSig] = {}
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         # The DB-API directly: this runs before every incremental over every path in the
         # tree, and ORM row objects would cost more than the walk itself.
         sql = (
             "SELECT path, type, size, mode, mtime_ns, ctime_ns, ino FROM file_index "
-            f"WHERE archive_id = {mark}"
+            f"WHERE archive_id = {self._mark}"
         )
         chain = self.chain(archive_id)
-        with self.engine.connect() as conn:
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            cur = raw.cursor()
-            try:
-                for arch in chain:
-                    cur.execute(sql, (arch.id,))
-                    aid = arch.id
-                    for path, typ, size, mode, mtime_ns, ctime_ns, ino in cur.fetchall():
-                        if typ == "deleted":
-                            state.pop(bytes(path), None)
-                        else:
-                            state[bytes(path)] = FileSig(
-                                typ, size, mode, mtime_ns, ctime_ns, ino, aid
-                            )
-            finally:
-                cur.close()
+        with self._cursor() as cur:
+            for arch in chain:
+                cur.execute(sql, (arch.id,))
+                aid = arch.id
+                for path, typ, size, mode, mtime_ns, ctime_ns, ino in cur.fetchall():
+                    if typ == "deleted":
+                        state.pop(bytes(path), None)
+                    else:
+                        state[bytes(path)] = FileSig(typ, size, mode, mtime_ns, ctime_ns, ino, aid)
         return state
 
     # events -----------------------------------------------------------------------------
