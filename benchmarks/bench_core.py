@@ -200,9 +200,21 @@ def run_timed(
         busy0, steal0 = cpu_ticks()
         t0 = time.perf_counter()
         p = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # its own process group, so a whole pipeline can be killed
         )
-        _, status, ru = os.wait4(p.pid, 0)
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): leave nothing running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            raise
         wall = time.perf_counter() - t0
         busy1, steal1 = cpu_ticks()
         p.returncode = os.waitstatus_to_exitcode(status)
