@@ -14,9 +14,11 @@ process of the child's tree, from wait4's ru_maxrss) and output size. Then it ch
 performance targets (PASS/FAIL) and that every restored tree equals the dataset.
 
     python3 benchmarks/bench_core.py [--size-mb 1024] [--runs 3] [--workdir /tmp/backup-bench]
-                                     [--json out.json] [--keep]
+                                     [--json out.json] [--keep] [--quiet-wait 30]
+                                     [--retries 2] [--restore-root DIR]
 
-This is a benchmark, not a test: it takes minutes and needs ~5 GB of free disk at 1 GiB.
+This is a benchmark, not a test: it takes about 10 minutes at 1 GiB and needs ~6 GB of free
+disk. See benchmarks/README.md.
 """
 
 from __future__ import annotations
