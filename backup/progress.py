@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NullProgress", "Progress"]
+__all__ = ["Progress"]
 
 
 class Progress:
@@ -17,6 +17,3 @@ class Progress:
 
     def finish(self) -> None:
         """The phase ended."""
-
-
-NullProgress = Progress

@@ -213,7 +213,7 @@ class Extractor:
                 pass
             os.mkdir(ap, 0o777)
 
-    def _meta(self, fd_or_path: int | bytes, m: tf.Member, *, is_link: bool = False) -> None:
+    def _meta(self, fd_or_path: int | bytes, m: tf.Member) -> None:
         if self.restore_owner:
             try:
                 if isinstance(fd_or_path, int):
@@ -222,11 +222,10 @@ class Extractor:
                     os.lchown(fd_or_path, m.uid, m.gid)
             except OSError:
                 pass  # as tar does: ownership is best effort
-        if not is_link:
-            if isinstance(fd_or_path, int):
-                os.fchmod(fd_or_path, m.mode & 0o7777)
-            else:
-                os.chmod(fd_or_path, m.mode & 0o7777)
+        if isinstance(fd_or_path, int):
+            os.fchmod(fd_or_path, m.mode & 0o7777)
+        else:
+            os.chmod(fd_or_path, m.mode & 0o7777)
         if isinstance(fd_or_path, int):
             os.utime(fd_or_path, ns=(m.mtime_ns, m.mtime_ns))
         else:

@@ -69,10 +69,6 @@ class ScanResult:
     #: directories that could not be listed; what they held is carried over, not deleted
     unreadable_dirs: list[bytes] = field(default_factory=list)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(e.size for e in self.entries if e.kind == FILE)
-
 
 def compile_excludes(patterns: Sequence[str]) -> Callable[[bytes, bytes], bool]:
     """Build the exclude test.
@@ -230,10 +226,3 @@ def _walk(
             continue
         if kind == DIR:
             push(d.path, rel)
-
-
-def iter_parents(path: bytes) -> Iterator[bytes]:
-    """Yield every proper ancestor of a relative path, nearest first."""
-    while b"/" in path:
-        path = path.rsplit(b"/", 1)[0]
-        yield path
