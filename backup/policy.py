@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import PolicyError
 
-__all__ = ["Policy", "Retention", "get_policy", "load_policies", "parse_duration"]
+__all__ = ["Notify", "Policy", "Retention", "get_policy", "load_policies", "parse_duration"]
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -67,6 +67,24 @@ class Retention(BaseModel):
         )
 
 
+class Notify(BaseModel):
+    """Where a policy's run reports: Apprise URLs (``mailto://``, ``json://``, ``ntfy://``,
+    Slack, Discord, ...) told when a run succeeds, when it fails, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_success: list[str] = []
+    on_failure: list[str] = []
+
+    @field_validator("on_success", "on_failure")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if "://" not in url:
+                raise ValueError(f"{url!r} is not an Apprise URL (scheme://...)")
+        return v
+
+
 class Policy(BaseModel):
     """One backup policy."""
 
@@ -82,6 +100,8 @@ class Policy(BaseModel):
     full_every: timedelta = timedelta(days=7)
     compression_level: int = Field(default=3, ge=1, le=22)
     retention: Retention = Retention()
+    catch_up: bool = False
+    notify: Notify = Notify()
 
     @field_validator("name")
     @classmethod

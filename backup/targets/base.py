@@ -113,3 +113,7 @@ class Target(ABC):
     @abstractmethod
     def exists(self, ref: str) -> bool:
         """Tell whether a committed object ``ref`` exists."""
+
+    @abstractmethod
+    def abandon_partial(self, key: str) -> int:
+        """Remove what interrupted writes of ``key`` left behind; returns how many."""

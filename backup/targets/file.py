@@ -7,6 +7,7 @@ that listings ignore and :meth:`FileTarget.sweep_partial` removes. Always ready 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,10 @@ def _check_key(url: str, key: str) -> None:
         raise TargetError(url, f"invalid object key {key!r}")
 
 
+def _key_tag(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
 class FileWriter(ObjectWriter):
     """Writes one object to a temporary file, renamed into place on commit."""
 
@@ -43,7 +48,8 @@ class FileWriter(ObjectWriter):
         self._final = target.root / key
         partial_dir = target.root / PARTIAL
         partial_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = partial_dir / f"{uuid.uuid4().hex}.partial"
+        # named after the key so a dead writer's leftovers can be found (abandon_partial)
+        self._tmp = partial_dir / f"{_key_tag(key)}.{uuid.uuid4().hex}.partial"
         self._f: BinaryIO | None = open(self._tmp, "xb", buffering=0)  # noqa: SIM115
         self._done = False
 
@@ -154,6 +160,24 @@ class FileTarget(Target):
                         ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
                     )
         yield from sorted(found, key=lambda o: o.key)
+
+    def abandon_partial(self, key: str) -> int:
+        """Remove what interrupted writes of ``key`` left in ``.partial/``.
+
+        Args:
+            key: the object key the dead writer was writing.
+
+        Returns:
+            How many partial files were removed.
+        """
+        d = self.root / PARTIAL
+        if not d.is_dir():
+            return 0
+        n = 0
+        for p in d.glob(f"{_key_tag(key)}.*.partial"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
 
     def sweep_partial(self, older_than: timedelta = timedelta(hours=1)) -> int:
         """Remove writes abandoned by crashed backups.

@@ -76,6 +76,18 @@ def test_retrieval_is_immediate_for_hot_targets(target: Target) -> None:
         target.retrieval_status("p/missing")
 
 
+def test_abandon_partial_removes_a_dead_writers_leftovers(target: Target) -> None:
+    dead = target.open_write("p/dead")
+    dead.write(b"x" * 10_000)  # never committed nor aborted: its writer was killed
+    other = target.open_write("p/other")
+    other.write(b"still being written")
+    assert target.abandon_partial("p/dead") >= 1
+    assert target.abandon_partial("p/dead") == 0
+    assert other.commit()
+    assert target.exists("p/other")
+    assert not target.exists("p/dead")
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a", ".partial/x"])
 def test_invalid_keys_are_refused(target: Target, key: str) -> None:
     with pytest.raises(TargetError, match="invalid object key"):
