@@ -23,11 +23,23 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Archive", "Base", "Event", "FileRecord", "RetrievalJob", "Snapshot", "UTCDateTime"]
+__all__ = [
+    "Archive",
+    "Base",
+    "Event",
+    "FileRecord",
+    "Job",
+    "Lease",
+    "PolicyLock",
+    "RetrievalJob",
+    "Snapshot",
+    "UTCDateTime",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -116,6 +128,7 @@ class RetrievalJob(Base):
     __tablename__ = "retrieval_jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), index=True)  # the restore request
     archive_id: Mapped[str | None] = mapped_column(ForeignKey("archives.id"), index=True)
     target: Mapped[str] = mapped_column(Text)
     ref: Mapped[str] = mapped_column(Text)
@@ -124,6 +137,10 @@ class RetrievalJob(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     requested: Mapped[datetime] = mapped_column(UTCDateTime)
     next_check: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    storage_class: Mapped[str | None] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    checks: Mapped[int] = mapped_column(Integer, default=0)  # status requests sent
+    expires: Mapped[datetime | None] = mapped_column(UTCDateTime)  # of the restored copy
     completed: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
 
@@ -157,4 +174,60 @@ class Event(Base):
     data: Mapped[str] = mapped_column(Text, default="{}")
 
 
+class Job(Base):
+    """One unit of work a worker carries out: a backup run or a restore request.
+
+    The row is the source of truth for the job's state; the broker only carries its id. Every
+    change of ``state`` is a compare-and-set (``backup.jobs``), so a task delivered twice
+    finds the job already claimed and does nothing.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("policy", "scheduled_for", name="uq_jobs_policy_slot"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # backup | restore
+    policy: Mapped[str | None] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    origin: Mapped[str] = mapped_column(String(16), default="cli")  # cli | schedule | catch-up
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    params: Mapped[str] = mapped_column(Text, default="{}")  # JSON; never a secret
+    notify: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of Apprise URLs
+    notify_state: Mapped[str] = mapped_column(String(10), default="none")
+    created: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    updated: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last handed to the broker
+    started: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    archive_id: Mapped[str | None] = mapped_column(String(64))
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger)
+    result: Mapped[str] = mapped_column(Text, default="{}")  # JSON summary for status/notify
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class PolicyLock(Base):
+    """Held by the one running job of a policy, so two runs of a policy never overlap."""
+
+    __tablename__ = "policy_locks"
+
+    policy: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40))
+    acquired: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Lease(Base):
+    """A named lease (the active scheduler), held until ``expires`` unless renewed."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 Index("ix_archives_policy_created", Archive.policy, Archive.created)
+Index("ix_jobs_state_updated", Job.state, Job.updated)
