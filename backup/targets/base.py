@@ -12,14 +12,33 @@ returns, so a crashed backup never leaves a half archive that looks complete.
 from __future__ import annotations
 
 import enum
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import BinaryIO
 
-__all__ = ["ObjectInfo", "ObjectWriter", "Readiness", "RetrievalStatus", "Target"]
+from ..errors import ObjectNotFound, TargetError
+
+__all__ = [
+    "LOCK_MODES",
+    "MAX_TAGS",
+    "ObjectInfo",
+    "ObjectLock",
+    "ObjectWriter",
+    "Readiness",
+    "RetrievalStatus",
+    "Target",
+    "WriteOptions",
+]
+
+#: Object Lock retention modes (S3's names)
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+#: S3 allows at most this many tags on an object
+MAX_TAGS = 10
+_TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$")
 
 
 class Readiness(enum.StrEnum):
@@ -38,11 +57,18 @@ class RetrievalStatus:
         state: ready, pending, or not requested.
         job_id: the target's own id of the retrieval, when it has one.
         ready_by: when the target expects it to be ready, if known.
+        storage_class: the object's storage class, where the target has them.
+        expires: when a restored (temporary) copy of a cold object goes away; a copy that
+            expired before it was read reads as NOT_REQUESTED again.
+        tier: the retrieval tier requested (``Expedited``, ``Standard``, ``Bulk``), if known.
     """
 
     state: Readiness
     job_id: str | None = None
     ready_by: datetime | None = None
+    storage_class: str | None = None
+    expires: datetime | None = None
+    tier: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +78,75 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime
+    storage_class: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOptions:
+    """How a target stores one object. Targets apply what they can and document the rest.
+
+    Attributes:
+        tags: object tags (at most :data:`MAX_TAGS`; keys 1-128 and values 0-256 characters
+            of letters, digits, spaces and ``_ . : / = + - @``).
+        hot: the object is needed to plan a restore (a manifest): a cold target keeps it in
+            an immediately readable class whatever the policy's storage class.
+        lock_mode: Object Lock mode, ``GOVERNANCE`` or ``COMPLIANCE``; with ``retain_until``.
+        retain_until: the object cannot be deleted or overwritten before this (aware) time.
+
+    Raises:
+        ValueError: naming the tag or lock setting that is wrong.
+    """
+
+    tags: Mapping[str, str] = field(default_factory=dict)
+    hot: bool = False
+    lock_mode: str | None = None
+    retain_until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.tags) > MAX_TAGS:
+            raise ValueError(f"{len(self.tags)} object tags; S3 allows at most {MAX_TAGS}")
+        for k, v in self.tags.items():
+            if not 1 <= len(k) <= 128 or not _TAG_CHARS.match(k):
+                raise ValueError(
+                    f"object tag key {k!r}: needs 1-128 letters, digits, spaces or _.:/=+-@"
+                )
+            if len(v) > 256 or not _TAG_CHARS.match(v):
+                raise ValueError(
+                    f"object tag {k!r} value {v!r}: needs at most 256 letters, digits, "
+                    "spaces or _.:/=+-@"
+                )
+        if (self.lock_mode is None) != (self.retain_until is None):
+            raise ValueError("object lock needs both a mode and a retain-until time")
+        if self.lock_mode is not None and self.lock_mode not in LOCK_MODES:
+            raise ValueError(f"object lock mode {self.lock_mode!r}: use {' or '.join(LOCK_MODES)}")
+        if self.retain_until is not None and self.retain_until.tzinfo is None:
+            raise ValueError("object lock retain-until must be an aware datetime")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLock:
+    """An object's Object Lock state.
+
+    Attributes:
+        mode: ``GOVERNANCE``, ``COMPLIANCE`` or None.
+        retain_until: end of the retention period, or None.
+        legal_hold: whether a legal hold is on.
+    """
+
+    mode: str | None = None
+    retain_until: datetime | None = None
+    legal_hold: bool = False
+
+    def blocks_delete(self, now: datetime) -> bool:
+        """Args:
+            now: the time of the deletion (aware).
+
+        Returns:
+            True while a legal hold is on or the retention period runs.
+        """
+        return self.legal_hold or (
+            self.mode is not None and self.retain_until is not None and self.retain_until > now
+        )
 
 
 class ObjectWriter(ABC):
@@ -85,10 +180,12 @@ class Target(ABC):
 
     #: the URL the target was opened from
     url: str
+    #: whether the target implements Object Lock (retention and legal holds)
+    supports_object_lock: bool = False
 
     @abstractmethod
-    def open_write(self, key: str) -> ObjectWriter:
-        """Start an atomic streamed write of object ``key``."""
+    def open_write(self, key: str, options: WriteOptions | None = None) -> ObjectWriter:
+        """Start an atomic streamed write of object ``key``, stored as ``options`` say."""
 
     @abstractmethod
     def request_retrieval(self, ref: str, *, tier: str | None = None) -> RetrievalStatus:
@@ -117,3 +214,50 @@ class Target(ABC):
     @abstractmethod
     def abandon_partial(self, key: str) -> int:
         """Remove what interrupted writes of ``key`` left behind; returns how many."""
+
+    def stat(self, ref: str) -> ObjectInfo:
+        """Describe one committed object (size, and storage class where there are classes).
+
+        Args:
+            ref: the object's reference.
+
+        Returns:
+            Its listing entry.
+
+        Raises:
+            ObjectNotFound: when it is absent.
+        """
+        for info in self.list(ref):
+            if info.key == ref:
+                return info
+        raise ObjectNotFound(self.url, ref)
+
+    def _no_lock(self) -> TargetError:
+        return TargetError(self.url, "this target does not support object lock or legal holds")
+
+    def set_legal_hold(self, ref: str, on: bool) -> None:
+        """Put a legal hold on an object (it cannot be deleted until the hold is off), or
+        take it off.
+
+        Args:
+            ref: the object's reference.
+            on: True to hold, False to release.
+
+        Raises:
+            TargetError: the target has no Object Lock.
+        """
+        raise self._no_lock()
+
+    def object_lock(self, ref: str) -> ObjectLock:
+        """Read an object's retention and legal hold.
+
+        Args:
+            ref: the object's reference.
+
+        Returns:
+            Its lock state.
+
+        Raises:
+            TargetError: the target has no Object Lock.
+        """
+        raise self._no_lock()

@@ -3,6 +3,11 @@
 Objects are files under the root; a write goes to ``.partial/`` in the same filesystem,
 is fsynced, and renamed into place on commit, so a crash leaves only a ``.partial`` file
 that listings ignore and :meth:`FileTarget.sweep_partial` removes. Always ready to read.
+
+Of :class:`~backup.targets.base.WriteOptions` a directory can do nothing: tags and ``hot``
+are ignored (every file is hot), and so are lock settings (a directory has no Object Lock;
+:attr:`FileTarget.supports_object_lock` is False, so policies with ``object_lock`` refuse
+this target, and legal holds raise).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from ..errors import ObjectNotFound, TargetError
-from .base import ObjectInfo, ObjectWriter, Readiness, RetrievalStatus, Target
+from .base import ObjectInfo, ObjectWriter, Readiness, RetrievalStatus, Target, WriteOptions
 
 __all__ = ["FileTarget", "FileWriter"]
 
@@ -114,7 +119,7 @@ class FileTarget(Target):
         _check_key(self.url, ref)
         return self.root / ref
 
-    def open_write(self, key: str) -> FileWriter:
+    def open_write(self, key: str, options: WriteOptions | None = None) -> FileWriter:
         _check_key(self.url, key)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
