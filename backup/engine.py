@@ -22,7 +22,7 @@ import secrets
 import socket
 import stat
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -145,6 +145,8 @@ def run_backup(
     full: bool = False,
     progress: Progress | None = None,
     now: datetime | None = None,
+    archive_id: str | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> BackupResult:
     """Back up one policy now, in this process.
 
@@ -154,6 +156,10 @@ def run_backup(
         full: start a new chain even if ``full_every`` has not elapsed.
         progress: told of bytes packed.
         now: the run's time (tests); defaults to the clock.
+        archive_id: the id to record the archive under (a job records it before the run,
+            so the sweep can clean up after a worker that died); a new one by default.
+        on_phase: told ``uploading`` once the archive stream is stored and ``recorded``
+            once the inventory row is complete.
 
     Returns:
         The archive recorded, and what could not be read.
@@ -185,7 +191,7 @@ def run_backup(
             )
         kind = "incremental"
 
-    archive_id = new_archive_id(now)
+    archive_id = archive_id or new_archive_id(now)
     key, manifest_key = archive_keys(policy.name, archive_id)
     row = Archive(
         id=archive_id,
@@ -208,6 +214,8 @@ def run_backup(
             res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
             committed.append(w.commit())
         progress.finish()
+        if on_phase:
+            on_phase("uploading")
         unreadable = scanned.unreadable + res.unreadable
         manifest: dict[str, Any] = {
             "format": FORMAT_VERSION,
@@ -250,6 +258,8 @@ def run_backup(
             ),
             changed=json.dumps([path_to_json(p) for p in res.changed]),
         )
+        if on_phase:
+            on_phase("recorded")
     except BaseException as e:
         # an archive without its manifest or its record is not one: remove what was stored
         for ref in committed:

@@ -34,6 +34,20 @@ class Settings(BaseSettings):
         config: policy file (``BACKUP_CONFIG``).
         inventory_url: SQLAlchemy URL of the inventory (``BACKUP_INVENTORY_URL``).
         identity: age identity file used by restore and verify (``BACKUP_IDENTITY``).
+        broker_url: Celery broker (``BACKUP_BROKER_URL``, e.g. ``redis://host:6379/0``);
+            unset means commands run in-process and ``backup serve`` uses a local SQLite
+            broker.
+        queue_prefix: prepended to every queue name, so several installations can share one
+            Redis (``BACKUP_QUEUE_PREFIX``).
+        heartbeat_seconds: how often a running job proves its worker is alive.
+        stale_after_seconds: a running job whose heartbeat is older is re-queued (its
+            worker died).
+        resend_after_seconds: a job waiting this long for a worker is handed to the broker
+            again when its queue is empty (the broker lost it, e.g. a Redis restart).
+        lease_seconds: the active scheduler's lease; another scheduler takes over this long
+            after the active one dies.
+        tick_seconds: how often the scheduler looks at schedules, jobs and retrievals.
+        poll_seconds: the least time between two status checks of one pending retrieval.
     """
 
     model_config = SettingsConfigDict(env_prefix="BACKUP_", extra="ignore")
@@ -41,6 +55,15 @@ class Settings(BaseSettings):
     config: Path = Field(default_factory=default_config_path)
     inventory_url: str = Field(default_factory=default_inventory_url)
     identity: Path | None = None
+    # workers (docs/cluster.md): the broker carries job ids only; the inventory holds state
+    broker_url: str | None = None
+    queue_prefix: str = ""
+    heartbeat_seconds: float = 10.0
+    stale_after_seconds: float = 60.0
+    resend_after_seconds: float = 30.0
+    lease_seconds: float = 30.0
+    tick_seconds: float = 2.0
+    poll_seconds: float = 30.0
 
 
 @lru_cache(maxsize=1)
