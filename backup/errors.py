@@ -18,6 +18,7 @@ __all__ = [
     "PolicyError",
     "RestoreDestinationNotEmpty",
     "RestoreError",
+    "SnapshotError",
     "SourceError",
     "TargetError",
     "UnknownTargetScheme",
@@ -53,6 +54,10 @@ class PolicyError(Error):
 
 class SourceError(Error):
     """Source {!r} of policy {!r}: {}"""
+
+
+class SnapshotError(Error):
+    """Bucket {}: {}"""
 
 
 class TargetError(Error):
