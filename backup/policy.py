@@ -117,6 +117,23 @@ class Policy(BaseModel):
     def _full_every(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
 
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        from .cron import parse_cron
+
+        if v is not None:
+            parse_cron(v)  # ValueError names the bad field; the policy keeps the text
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from .cron import get_zone
+
+        get_zone(v)
+        return v
+
     @field_validator("recipients")
     @classmethod
     def _recipients(cls, v: list[str]) -> list[str]:
