@@ -5,6 +5,7 @@ variables are set)."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +15,15 @@ from backup.errors import ObjectNotFound, TargetError, UnknownTargetScheme
 from backup.targets import Readiness, Target, open_target
 
 
-@pytest.fixture(params=["file"])
+@pytest.fixture(params=["file", "s3"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    if request.param == "s3":
+        # moto's server on loopback (tests/conftest.py), a fresh bucket per test
+        aws = request.getfixturevalue("aws_env")
+        bucket = f"contract-{secrets.token_hex(6)}"
+        aws.client().create_bucket(Bucket=bucket)
+        yield open_target(f"s3://{bucket}/vault")
+        return
     yield open_target(f"file://{tmp_path / 'vault'}")
 
 
