@@ -220,32 +220,35 @@ def keys_recipient(identity_file: Path) -> None:
 @cli.command()
 @click.argument("policy")
 @click.option("--full", is_flag=True, help="Start a new chain with a full archive.")
+@click.option("--wait", is_flag=True, help="With a broker: follow the queued run until it ends.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @_handled
-def run(obj: Ctx, policy: str, full: bool, as_json: bool) -> None:
-    """Back up POLICY now, in this process."""
-    from .engine import run_backup
+def run(obj: Ctx, policy: str, full: bool, wait: bool, as_json: bool) -> None:
+    """Back up POLICY now: queued to the workers when BACKUP_BROKER_URL is set, else run in
+    this process."""
+    from . import cli_jobs
+    from .jobs import JobStore
 
     pol = obj.policy(policy)
-    res = run_backup(pol, obj.inventory, full=full, progress=_progress(as_json))
-    a = res.archive
-    if as_json:
-        d = _archive_json(a)
-        d["deleted_paths"] = res.deleted
-        d["unreadable"] = json.loads(a.unreadable)
-        d["changed_while_reading"] = json.loads(a.changed)
-        _dump(d)
+    store = JobStore(obj.inventory)
+    if obj.settings.broker_url:
+        job = cli_jobs.queue_backup(obj, pol.name, full)
+        if not wait:
+            if as_json:
+                _dump({"job": job.id, "state": job.state, "policy": pol.name})
+            else:
+                click.echo(
+                    f"queued job {job.id} ({pol.name}); follow it: backup job {job.id} --wait"
+                )
+            return
+        job = cli_jobs.follow(store, job.id, _progress(as_json))
     else:
-        click.echo(
-            f"{a.kind} archive {a.id}: {a.entries} entries, {_size(a.size_in)} read, "
-            f"{_size(a.size_stored)} stored, {res.deleted} deleted paths"
-        )
-        for p in json.loads(a.changed):
-            click.echo(f"warning: changed while being read: {p}", err=True)
-        for u in json.loads(a.unreadable):
-            click.echo(f"warning: could not read {u['path']}: {u['error']}", err=True)
-    sys.exit(res.exit_code)
+        created = store.create("backup", policy=pol.name, state="queued", params={"full": full})
+        assert created is not None
+        cli_jobs.inline_runner(obj).run_backup(created.id, progress=_progress(as_json))
+        job = store.get(created.id)
+    cli_jobs.finish_run(obj, job, as_json)
 
 
 # list / show ------------------------------------------------------------------------------
@@ -388,6 +391,21 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
     is_flag=True,
     help="Restore symlinks pointing outside the destination.",
 )
+@click.option(
+    "--notify",
+    "notify",
+    multiple=True,
+    metavar="URL",
+    help="Apprise URL told when the restore ends (repeatable).",
+)
+@click.option(
+    "--tier",
+    type=click.Choice(["Expedited", "Standard", "Bulk"]),
+    help="Retrieval tier for archives in cold storage (default: the policy's).",
+)
+@click.option(
+    "--wait", is_flag=True, help="With a broker: follow the queued request until it ends."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @_handled
@@ -402,13 +420,26 @@ def restore(
     identity: Path | None,
     force: bool,
     allow_external_symlinks: bool,
+    notify: tuple[str, ...],
+    tier: str | None,
+    wait: bool,
     as_json: bool,
 ) -> None:
-    """Restore POLICY's tree as it was at --at (default: the newest archive) into --to."""
+    """Restore POLICY's tree as it was at --at (default: the newest archive) into --to.
+
+    With BACKUP_BROKER_URL set, the restore is a request the workers carry out (cold
+    archives are retrieved first, which can take hours): the command prints its id and
+    returns; --notify URLs are told when it ends. --to is then a path on the restore worker.
+    """
     from . import restore as r
 
-    identities = r.identities_from(identity or obj.settings.identity)
     to = to.absolute()
+    if file is None and (obj.settings.broker_url or notify):
+        return _restore_request(
+            obj, policy, to, at, archive_id, include, identity, force,
+            allow_external_symlinks, notify, tier, wait, as_json,
+        )  # fmt: skip
+    identities = r.identities_from(identity or obj.settings.identity)
     if file is not None:
         if policy or at or archive_id:
             raise Error("--file restores one file; it takes no POLICY, --at or --archive")
@@ -449,6 +480,83 @@ def restore(
     else:
         click.echo(
             f"restored {res.files} files ({_size(res.bytes)}) from {len(res.archives)} archive(s) into {res.destination} in {res.seconds:.1f} s"
+        )
+
+
+def _restore_request(
+    obj: Ctx,
+    policy: str | None,
+    to: Path,
+    at: str | None,
+    archive_id: str | None,
+    include: tuple[str, ...],
+    identity: Path | None,
+    force: bool,
+    allow_external_symlinks: bool,
+    notify: tuple[str, ...],
+    tier: str | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """A restore as a job: queued to the workers, or carried out here (no broker) and
+    followed by its notification."""
+    from . import cli_jobs
+    from .jobs import JobStore
+    from .restore import resolve_archive
+
+    if policy is None:
+        raise Error("name the POLICY to restore")
+    archive = resolve_archive(
+        obj.inventory, policy, at=parse_time(at) if at else None, archive_id=archive_id
+    )
+    params: dict[str, Any] = {
+        "archive_id": archive.id,
+        "to": str(to),
+        "include": list(include),
+        "force": force,
+        "allow_external_symlinks": allow_external_symlinks,
+        "tier": tier,
+    }
+    store = JobStore(obj.inventory)
+    if obj.settings.broker_url:
+        job = cli_jobs.queue_restore(obj, params, policy, notify)
+        if not wait:
+            if as_json:
+                _dump({"job": job.id, "state": job.state, "archive_id": archive.id})
+            else:
+                click.echo(
+                    f"restore request {job.id} recorded (archive {archive.id} into {to}); "
+                    f"follow it: backup job {job.id} --wait"
+                )
+            return
+        job = cli_jobs.follow(store, job.id, _progress(as_json))
+    else:
+        if identity is not None:
+            obj.settings.identity = identity
+        created = store.create(
+            "restore", policy=policy, state="requested", params=params, notify=notify
+        )
+        assert created is not None
+        runner = cli_jobs.inline_runner(obj)
+        runner.start_restore(created.id)
+        job = store.get(created.id)
+        if job.state == "retrieving":
+            click.echo(
+                f"restore request {job.id}: archives are being retrieved from cold storage; "
+                "run `backup serve` (or workers and a scheduler) to finish it"
+            )
+            return
+    if job.state != "done":
+        raise Error(f"restore {job.id} {job.state}: {job.error}")
+    res = json.loads(job.result)
+    if as_json:
+        res["job"] = job.id
+        _dump(res)
+    else:
+        click.echo(
+            f"restored {res['files']} files ({_size(res['bytes'])}) from "
+            f"{len(res['archives'])} archive(s) into {res['destination']} in "
+            f"{res['seconds']:.1f} s"
         )
 
 
@@ -523,6 +631,15 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
         click.echo(f"{'would delete' if dry_run else 'deleted'} {a.id}  {a.kind}")
     if pol.retention.is_empty():
         click.echo(f"policy {policy!r} has no retention rules: keeping everything")
+
+
+def _register() -> None:
+    from . import cli_jobs
+
+    cli_jobs.register(cli)
+
+
+_register()
 
 
 def main() -> None:

@@ -250,6 +250,27 @@ class JobStore:
             with self.engine.begin() as c:
                 c.execute(update(Job).where(Job.id.in_(ids)).values(sent_at=_now()))
 
+    def request_notify(self, job_id: str) -> bool:
+        """Mark a finished job's notification as due (once: ``none`` -> ``pending``)."""
+        with self.engine.begin() as c:
+            r = c.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.notify_state == "none", Job.state.in_(TERMINAL))
+                .values(notify_state="pending", sent_at=_now())
+            )
+            return bool(r.rowcount == 1)
+
+    def claim_notify(self, job_id: str) -> bool:
+        """Take a job's pending notification for sending (``pending`` -> ``sending``), so a
+        notify task delivered twice sends once."""
+        with self.engine.begin() as c:
+            r = c.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.notify_state == "pending")
+                .values(notify_state="sending", updated=_now())
+            )
+            return bool(r.rowcount == 1)
+
     # policy locks -----------------------------------------------------------------------
 
     def lock_policy(self, policy: str, job_id: str) -> str | None:

@@ -1,0 +1,498 @@
+"""The ``backup`` commands that run and watch workers: ``worker``, ``scheduler``, ``serve``,
+``status``, ``schedule``, ``job``; and the queueing halves of ``run`` and ``restore``.
+
+Celery is imported only by the commands that need a broker, so the everyday commands stay
+quick to start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .errors import Error
+from .inventory.models import Job
+from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore
+from .progress import Progress
+from .runner import TASK_QUEUES, Dispatch, Runner
+from .settings import Settings
+
+__all__ = ["register"]
+
+
+def _cli() -> Any:
+    from . import cli
+
+    return cli
+
+
+def _export_settings(settings: Settings) -> None:
+    """Worker processes read settings from the environment: pass on a ``--config``."""
+    os.environ["BACKUP_CONFIG"] = str(settings.config)
+    from .settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# dispatching --------------------------------------------------------------------------------
+
+
+def broker_dispatch(settings: Settings, store: JobStore) -> Dispatch:
+    """Returns: a Dispatch sending tasks through the configured broker."""
+    from workers.app import make_app, queue_name
+
+    app = make_app(settings)
+
+    def dispatch(task: str, job_id: str) -> None:
+        app.send_task(task, args=[job_id], queue=queue_name(settings, TASK_QUEUES[task]))
+        store.mark_sent([job_id])
+
+    return dispatch
+
+
+def inline_dispatch(runner_box: list[Runner]) -> Dispatch:
+    """Returns: a Dispatch that carries follow-up tasks out at once, in this process."""
+
+    def dispatch(task: str, job_id: str) -> None:
+        r = runner_box[0]
+        if task == "backup.notify":
+            r.notify(job_id)
+        elif task == "backup.extract":
+            r.extract(job_id)
+        elif task == "backup.start_restore":
+            r.start_restore(job_id)
+        elif task == "backup.run":
+            r.run_backup(job_id)
+
+    return dispatch
+
+
+def inline_runner(obj: Any) -> Runner:
+    box: list[Runner] = []
+    runner = Runner(obj.inventory, obj.settings, inline_dispatch(box))
+    box.append(runner)
+    return runner
+
+
+# following a job ----------------------------------------------------------------------------
+
+
+def follow(store: JobStore, job_id: str, progress: Progress, interval: float = 0.5) -> Job:
+    """Show a queued job's progress until it ends.
+
+    Returns:
+        The job in its final state.
+    """
+    state = None
+    started = False
+    while True:
+        job = store.get(job_id)
+        if job.state != state:
+            state = job.state
+            if started:
+                progress.finish()
+                started = False
+            if job.state in RUNNING:
+                progress.start(f"{job.policy}: {job.state}", job.bytes_total)
+                started = True
+                seen = 0
+        if started:
+            progress.advance(max(0, job.bytes_done - seen))
+            seen = job.bytes_done
+        if job.state in TERMINAL:
+            if started:
+                progress.finish()
+            return job
+        time.sleep(interval)
+
+
+def _job_json(j: Job) -> dict[str, Any]:
+    from .cli import _iso
+
+    return {
+        "id": j.id,
+        "kind": j.kind,
+        "policy": j.policy,
+        "state": j.state,
+        "origin": j.origin,
+        "scheduled_for": _iso(j.scheduled_for),
+        "created": _iso(j.created),
+        "started": _iso(j.started),
+        "finished": _iso(j.finished),
+        "heartbeat": _iso(j.heartbeat),
+        "worker": j.worker,
+        "attempts": j.attempts,
+        "archive_id": j.archive_id,
+        "bytes_done": j.bytes_done,
+        "bytes_total": j.bytes_total,
+        "params": json.loads(j.params or "{}"),
+        "notify": [_redact(u) for u in json.loads(j.notify or "[]")],
+        "notify_state": j.notify_state,
+        "result": json.loads(j.result or "{}"),
+        "error": j.error,
+    }
+
+
+def _redact(url: str) -> str:
+    try:
+        from .notify import redact_url
+
+        return str(redact_url(url))
+    except ImportError:  # pragma: no cover
+        return url.split("://", 1)[0] + "://***"
+
+
+def finish_run(obj: Any, job: Job, as_json: bool) -> None:
+    """Print how a backup job ended and exit with the run's code."""
+    cli = _cli()
+    if job.state != "done":
+        if as_json:
+            cli._dump(_job_json(job))
+        raise Error(f"job {job.id} {job.state}: {job.error}")
+    a = obj.inventory.get(job.archive_id)
+    if as_json:
+        d = cli._archive_json(a)
+        d["job"] = job.id
+        d["deleted_paths"] = a.deleted_paths
+        d["unreadable"] = json.loads(a.unreadable)
+        d["changed_while_reading"] = json.loads(a.changed)
+        cli._dump(d)
+    else:
+        click.echo(
+            f"{a.kind} archive {a.id}: {a.entries} entries, {cli._size(a.size_in)} read, "
+            f"{cli._size(a.size_stored)} stored, {a.deleted_paths} deleted paths"
+        )
+        for p in json.loads(a.changed):
+            click.echo(f"warning: changed while being read: {p}", err=True)
+        for u in json.loads(a.unreadable):
+            click.echo(f"warning: could not read {u['path']}: {u['error']}", err=True)
+    sys.exit(3 if json.loads(a.unreadable) else 0)
+
+
+# commands -----------------------------------------------------------------------------------
+
+
+def _queues(text: str) -> list[str]:
+    from workers.app import QUEUES
+
+    names = [q.strip() for q in text.split(",") if q.strip()]
+    bad = [q for q in names if q not in QUEUES]
+    if bad or not names:
+        raise click.BadParameter(
+            f"unknown queue(s) {', '.join(bad) or '(none)'}; queues are {', '.join(QUEUES)}",
+            param_hint="--queues",
+        )
+    return names
+
+
+def _worker_argv(
+    settings: Settings, queues: list[str], concurrency: int, pool: str, level: str
+) -> list[str]:
+    from workers.app import queue_name
+
+    return [
+        "worker",
+        "-Q",
+        ",".join(queue_name(settings, q) for q in queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-l",
+        level,
+        "-n",
+        f"backup-{os.getpid()}@%h",
+        "-O",
+        "fair",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def register(cli: click.Group) -> None:
+    """Add the worker commands to the ``backup`` group."""
+    from .cli import _dump, _handled, _iso, _size, _table, out
+
+    all_queues = "pack,restore,poll,notify,default"
+
+    @cli.command()
+    @click.option("--queues", default=all_queues, show_default=True, help="Queues to consume.")
+    @click.option(
+        "--concurrency",
+        type=click.IntRange(1),
+        default=os.cpu_count() or 1,
+        show_default="CPU count",
+    )
+    @click.option(
+        "--pool",
+        type=click.Choice(["prefork", "threads", "solo"]),
+        default="prefork",
+        show_default=True,
+    )
+    @click.option("--loglevel", default="info", show_default=True)
+    @click.pass_obj
+    @_handled
+    def worker(obj: Any, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
+        """Run a Celery worker. Restore workers (queue 'restore') need BACKUP_IDENTITY;
+        backup workers need only the policies' recipients."""
+        names = _queues(queues)
+        _export_settings(obj.settings)
+        from workers.app import broker_url, redact
+        from workers.tasks import app
+
+        _logging(loglevel)
+        logging.getLogger("backup").info(
+            "worker on %s, queues %s", redact(broker_url(obj.settings)), ",".join(names)
+        )
+        app.worker_main(_worker_argv(obj.settings, names, concurrency, pool, loglevel))
+
+    @cli.command()
+    @click.option("--loglevel", default="info", show_default=True)
+    @click.pass_obj
+    @_handled
+    def scheduler(obj: Any, loglevel: str) -> None:
+        """Run the scheduler: policies on their schedules, and the sweep that re-queues lost
+        and orphaned jobs. Start several for availability: one is active at a time."""
+        _export_settings(obj.settings)
+        from workers.scheduler import Scheduler
+        from workers.tasks import app
+
+        _logging(loglevel)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        Scheduler(obj.settings, app).run(stop)
+
+    @cli.command()
+    @click.option(
+        "--concurrency",
+        type=click.IntRange(1),
+        default=os.cpu_count() or 1,
+        show_default="CPU count",
+    )
+    @click.option(
+        "--pool",
+        type=click.Choice(["prefork", "threads", "solo"]),
+        default="prefork",
+        show_default=True,
+    )
+    @click.option("--loglevel", default="info", show_default=True)
+    @click.pass_obj
+    @_handled
+    def serve(obj: Any, concurrency: int, pool: str, loglevel: str) -> None:
+        """Worker and scheduler in one process, for a single machine. Without
+        BACKUP_BROKER_URL it needs no server: the queue is a SQLite file."""
+        _export_settings(obj.settings)
+        from workers.app import QUEUES, broker_url, redact
+        from workers.scheduler import Scheduler
+        from workers.tasks import app
+
+        _logging(loglevel)
+        logging.getLogger("backup").info("serving on %s", redact(broker_url(obj.settings)))
+        stop = threading.Event()
+        t = threading.Thread(
+            target=Scheduler(obj.settings, app).run, args=(stop,), name="scheduler", daemon=True
+        )
+        t.start()
+        try:
+            app.worker_main(_worker_argv(obj.settings, list(QUEUES), concurrency, pool, loglevel))
+        finally:
+            stop.set()
+            t.join(timeout=10)
+
+    @cli.command()
+    @click.option("--count", type=click.IntRange(1, 100), default=3, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+    @click.pass_obj
+    @_handled
+    def schedule(obj: Any, count: int, as_json: bool) -> None:
+        """List each policy's next run times."""
+        from workers.scheduler import next_runs
+
+        now = datetime.now(UTC)
+        rows = []
+        for p in obj.policies.values():
+            rows.append(
+                {
+                    "policy": p.name,
+                    "schedule": p.schedule,
+                    "timezone": p.timezone,
+                    "catch_up": p.catch_up,
+                    "next_runs": [_iso(t) for t in next_runs(p, now, count)],
+                }
+            )
+        if as_json:
+            _dump(rows)
+            return
+        t = Table(
+            "policy", "schedule", "timezone", "catch up", "next runs (local time of the policy)"
+        )
+        from zoneinfo import ZoneInfo
+
+        for p in obj.policies.values():
+            times = next_runs(p, now, count)
+            zone = ZoneInfo(p.timezone)
+            t.add_row(
+                p.name,
+                p.schedule or "-",
+                p.timezone,
+                "yes" if p.catch_up else "no",
+                ", ".join(x.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") for x in times) or "-",
+            )
+        _table(t)
+
+    @cli.command()
+    @click.option("--since", default="24h", show_default=True, help="Finished jobs this recent.")
+    @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+    @click.pass_obj
+    @_handled
+    def status(obj: Any, since: str, as_json: bool) -> None:
+        """Running, queued, failed and recent jobs, pending restore requests with their phase,
+        the active scheduler, and the next scheduled runs."""
+        from workers.scheduler import LEASE, next_runs
+
+        from .policy import parse_duration
+
+        try:
+            window = parse_duration(since)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--since") from None
+        store = JobStore(obj.inventory)
+        now = datetime.now(UTC)
+        active = store.jobs(states=ACTIVE, limit=1000)
+        ended = store.jobs(states=TERMINAL, since=now - window, limit=1000)
+        holder = store.lease_holder(LEASE)
+        try:
+            policies = obj.policies
+        except Error:
+            policies = {}
+        upcoming = sorted((t, p.name) for p in policies.values() for t in next_runs(p, now, 1))
+        data = {
+            "scheduler": {"active": holder[0], "lease_expires": _iso(holder[1])}
+            if holder
+            else None,
+            "running": [_job_json(j) for j in active if j.state in RUNNING],
+            "queued": [_job_json(j) for j in active if j.kind == "backup" and j.state == "queued"],
+            "restores": [
+                _job_json(j) for j in active if j.kind == "restore" and j.state not in RUNNING
+            ],
+            "failed": [_job_json(j) for j in ended if j.state == "failed"],
+            "recent": [_job_json(j) for j in ended if j.state != "failed"],
+            "next_runs": [{"policy": n, "at": _iso(t)} for t, n in upcoming],
+        }
+        if as_json:
+            _dump(data)
+            return
+        out.print(
+            f"scheduler: {holder[0]} (lease until {_iso(holder[1])})"
+            if holder
+            else "scheduler: none active"
+        )
+
+        def table(title: str, jobs: list[Job], extra: str) -> None:
+            if not jobs:
+                out.print(f"{title}: none")
+                return
+            t = Table(
+                "job",
+                "kind",
+                "policy",
+                "state",
+                "created",
+                extra,
+                title=title,
+                title_justify="left",
+            )
+            for j in jobs:
+                if extra == "progress":
+                    ex = _size(j.bytes_done) + (
+                        f" / {_size(j.bytes_total)}" if j.bytes_total else ""
+                    )
+                    ex += f" on {j.worker}"
+                elif extra == "error":
+                    ex = j.error or ""
+                else:
+                    r = json.loads(j.result or "{}")
+                    ex = r.get("archive_id") or r.get("destination") or (j.error or "")
+                t.add_row(j.id, j.kind, j.policy or "-", j.state, _iso(j.created) or "", ex)
+            _table(t)
+
+        table("running", [j for j in active if j.state in RUNNING], "progress")
+        table("queued", [j for j in active if j.kind == "backup" and j.state == "queued"], "detail")
+        table(
+            "restore requests",
+            [j for j in active if j.kind == "restore" and j.state not in RUNNING],
+            "detail",
+        )
+        table("failed", [j for j in ended if j.state == "failed"], "error")
+        table(f"finished in the last {since}", [j for j in ended if j.state != "failed"], "detail")
+        if upcoming:
+            out.print("next runs: " + ", ".join(f"{n} at {_iso(t)}" for t, n in upcoming))
+
+    @cli.command("job")
+    @click.argument("job_id")
+    @click.option("--wait", is_flag=True, help="Follow the job until it ends.")
+    @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+    @click.pass_obj
+    @_handled
+    def job_(obj: Any, job_id: str, wait: bool, as_json: bool) -> None:
+        """Show one job (a backup run or a restore request)."""
+        from .cli import _progress
+
+        store = JobStore(obj.inventory)
+        j = store.get(job_id)
+        if wait:
+            j = follow(store, j.id, _progress(as_json))
+        d = _job_json(j)
+        if as_json:
+            _dump(d)
+        else:
+            for k, v in d.items():
+                if v not in (None, {}, []):
+                    out.print(f"{k:>14}: {v if not isinstance(v, dict | list) else json.dumps(v)}")
+        if wait and j.state == "failed":
+            sys.exit(1)
+
+
+def queue_restore(obj: Any, params: dict[str, Any], policy: str, notify: tuple[str, ...]) -> Job:
+    """Record a restore request and hand it to the workers."""
+    store = JobStore(obj.inventory)
+    job = store.create("restore", policy=policy, state="requested", params=params, notify=notify)
+    assert job is not None
+    broker_dispatch(obj.settings, store)("backup.start_restore", job.id)
+    return job
+
+
+def queue_backup(obj: Any, policy: str, full: bool) -> Job:
+    """Record a backup run and hand it to the workers."""
+    store = JobStore(obj.inventory)
+    job = store.create("backup", policy=policy, state="queued", params={"full": full})
+    assert job is not None
+    broker_dispatch(obj.settings, store)("backup.run", job.id)
+    return job
+
+
+def wait_seconds(job: Job) -> float:
+    """Returns: how long a finished job took."""
+    if job.started and job.finished:
+        return (job.finished - job.started).total_seconds()
+    return 0.0

@@ -1,0 +1,579 @@
+"""Carrying out jobs: the library side of every worker task, also used in-process.
+
+A task is a job id; the runner re-reads the job and the policy file, claims the job with a
+compare-and-set, and calls the library (``engine``, ``restore``). What comes next (extract a
+restore whose objects are ready, send a notification) is handed to a :data:`Dispatch`,
+which a worker turns into a Celery task and the in-process mode runs at once.
+
+Invariants:
+
+- A running job beats a heartbeat on its own thread; when the beat finds the job is no
+  longer this worker's (the sweep judged it dead and gave it away), the run is cancelled at
+  the next progress report, and it removes what it wrote.
+- The archive id is recorded on the job before the first byte is written, so the sweep knows
+  what a dead worker left behind (``sweep_dead``).
+- A notification never fails a job: it is sent after the job's final state is recorded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .errors import Error
+from .inventory import Inventory
+from .inventory.models import Archive, Job, RetrievalJob
+from .jobs import RESET_TO, JobStore, worker_name
+from .policy import Policy, load_policies
+from .progress import Progress
+from .settings import Settings
+from .targets import Readiness, RetrievalStatus, open_target
+
+__all__ = [
+    "TASK_QUEUES",
+    "Dispatch",
+    "JobCancelled",
+    "Runner",
+]
+
+log = logging.getLogger("backup.runner")
+
+#: Celery task name -> queue (before the settings' prefix)
+TASK_QUEUES = {
+    "backup.run": "pack",
+    "backup.start_restore": "default",
+    "backup.extract": "restore",
+    "backup.poll": "poll",
+    "backup.notify": "notify",
+}
+
+Dispatch = Callable[[str, str], None]
+"""Hands a follow-up task (name, job id) to whoever runs tasks."""
+
+
+class JobCancelled(Error):
+    """Job {} was given to another worker: this worker stops"""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+class JobProgress(Progress):
+    """Counts bytes for the heartbeat and cancels the run when the job was lost."""
+
+    def __init__(self, inner: Progress | None = None) -> None:
+        self.inner = inner or Progress()
+        self.done = 0
+        self.total: int | None = None
+        self.cancelled: str | None = None
+
+    def start(self, description: str, total_bytes: int | None) -> None:
+        self.done, self.total = 0, total_bytes
+        self.inner.start(description, total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        if self.cancelled:
+            raise JobCancelled(self.cancelled)
+        self.done += nbytes
+        self.inner.advance(nbytes)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+
+@dataclass(slots=True)
+class Runner:
+    """Carries out jobs of one inventory.
+
+    Args:
+        inventory: the inventory holding jobs and archives.
+        settings: this process's settings (policy file, identity, intervals).
+        dispatch: hands follow-up tasks on.
+        worker: the name recorded on claimed jobs.
+    """
+
+    inventory: Inventory
+    settings: Settings
+    dispatch: Dispatch
+    worker: str = ""
+
+    def __post_init__(self) -> None:
+        self.worker = self.worker or worker_name()
+
+    @property
+    def store(self) -> JobStore:
+        return JobStore(self.inventory)
+
+    def policies(self) -> dict[str, Policy]:
+        return load_policies(self.settings.config)
+
+    # heartbeat --------------------------------------------------------------------------
+
+    @contextmanager
+    def _heartbeat(self, job_id: str, progress: JobProgress) -> Iterator[None]:
+        stop = threading.Event()
+        store = JobStore(self.inventory)
+
+        def beat() -> None:
+            while not stop.wait(self.settings.heartbeat_seconds):
+                try:
+                    mine = store.beat(
+                        job_id, self.worker, bytes_done=progress.done, bytes_total=progress.total
+                    )
+                except Exception as e:  # the database is away for a moment: try again
+                    log.warning("heartbeat of job %s failed: %s", job_id, e)
+                    continue
+                if not mine:
+                    progress.cancelled = job_id
+                    return
+
+        t = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+
+    # backup -----------------------------------------------------------------------------
+
+    def run_backup(self, job_id: str, progress: Progress | None = None) -> str:
+        """Carry out a queued backup job.
+
+        Args:
+            job_id: the job.
+            progress: told of bytes packed (the in-process CLI shows it).
+
+        Returns:
+            The job's state afterwards.
+        """
+        from .engine import new_archive_id, run_backup
+
+        store = self.store
+        job = store.get(job_id)
+        if not store.claim(job.id, "queued", "packing", self.worker):
+            log.info("job %s is %s, not queued: nothing to do", job.id, store.get(job.id).state)
+            return store.get(job.id).state
+        assert job.policy is not None
+        try:
+            policy = self.policies()[job.policy]
+        except Exception as e:
+            msg = e.get_message() if isinstance(e, Error) else f"no policy {job.policy!r}: {e}"
+            store.cas(job.id, ["packing"], "failed", error=msg)
+            self._notify_after(job.id)
+            return "failed"
+        holder = store.lock_policy(policy.name, job.id)
+        if holder is not None:
+            store.cas(
+                job.id,
+                ["packing"],
+                "skipped",
+                error=f"job {holder} of policy {policy.name!r} was still running",
+            )
+            self.inventory.log(
+                "skipped",
+                f"run of {policy.name} skipped: job {holder} was still running",
+                level="warning",
+                policy=policy.name,
+            )
+            return "skipped"
+        try:
+            params = json.loads(job.params)
+            archive_id = new_archive_id(_now())
+            store.update(job.id, archive_id=archive_id)
+            jp = JobProgress(progress)
+            t0 = time.monotonic()
+            with self._heartbeat(job.id, jp):
+                res = run_backup(
+                    policy,
+                    self.inventory,
+                    full=bool(params.get("full")),
+                    progress=jp,
+                    archive_id=archive_id,
+                    on_phase=lambda phase: self._phase(job.id, phase),
+                )
+            a = res.archive
+            result = {
+                "archive_id": a.id,
+                "kind": a.kind,
+                "entries": a.entries,
+                "bytes_in": a.size_in,
+                "bytes_stored": a.size_stored,
+                "seconds": round(time.monotonic() - t0, 3),
+                "target": a.target,
+                "unreadable": len(res.unreadable),
+            }
+            store.cas(
+                job.id,
+                ["packing", "uploading", "recorded"],
+                "done",
+                result=json.dumps(result),
+                bytes_done=a.size_in,
+                error=f"{len(res.unreadable)} files could not be read" if res.unreadable else None,
+            )
+        except JobCancelled:
+            log.warning("job %s was taken over by another worker; this attempt stopped", job.id)
+            return store.get(job.id).state
+        except BaseException as e:
+            msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
+            store.cas(job.id, ["packing", "uploading", "recorded"], "failed", error=msg)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            store.unlock_policy(policy.name, job.id)
+        self._notify_after(job.id)
+        return store.get(job.id).state
+
+    def _phase(self, job_id: str, phase: str) -> None:
+        self.store.cas(job_id, ["packing", "uploading"], phase)
+
+    # restore ----------------------------------------------------------------------------
+
+    def start_restore(self, job_id: str) -> str:
+        """Ask the targets for every object a restore request needs (requested ->
+        retrieving), and pass it on to extraction when all are ready at once.
+
+        Returns:
+            The job's state afterwards.
+        """
+        store = self.store
+        job = store.get(job_id)
+        if not store.cas(job.id, ["requested"], "retrieving", worker=self.worker):
+            return store.get(job.id).state
+        params = json.loads(job.params)
+        try:
+            chain = self.inventory.chain(params["archive_id"])
+            tier = params.get("tier")
+            rows: list[RetrievalJob] = []
+            now = _now()
+            for a in chain:
+                target = open_target(a.target)
+                for ref, size in ((a.location, a.size_stored), (a.manifest_location, 0)):
+                    st = target.request_retrieval(ref, tier=tier)
+                    rows.append(self._retrieval_row(job.id, a, ref, size, tier, st, now))
+            with self.inventory.session() as s:
+                s.query(RetrievalJob).filter(RetrievalJob.job_id == job.id).delete()
+                s.add_all(rows)
+        except BaseException as e:
+            msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
+            store.cas(job.id, ["retrieving"], "failed", error=msg)
+            self._notify_after(job.id)
+            if not isinstance(e, Exception):
+                raise
+            return "failed"
+        self._ready_if_all(job.id)
+        return store.get(job.id).state
+
+    def _retrieval_row(
+        self,
+        job_id: str,
+        a: Archive,
+        ref: str,
+        size: int,
+        tier: str | None,
+        st: RetrievalStatus,
+        now: datetime,
+    ) -> RetrievalJob:
+        ready = st.state is Readiness.READY
+        return RetrievalJob(
+            job_id=job_id,
+            archive_id=a.id,
+            target=a.target,
+            ref=ref,
+            remote_job_id=st.job_id,
+            tier=tier,
+            state="ready" if ready else "pending",
+            requested=now,
+            next_check=None if ready else self._next_check(st, now, now),
+            storage_class=getattr(st, "storage_class", None),
+            size=size,
+            checks=0,
+            expires=getattr(st, "expires", None),
+            completed=now if ready else None,
+        )
+
+    def _next_check(self, st: RetrievalStatus, requested: datetime, now: datetime) -> datetime:
+        """When to ask again about a pending retrieval: the cold-storage plan knows the class
+        and tier; otherwise every ``poll_seconds``."""
+        try:
+            fn = getattr(importlib.import_module(".coldplan", __package__), "next_check", None)
+        except ImportError:
+            fn = None
+        floor = now + timedelta(seconds=self.settings.poll_seconds)
+        if fn is not None and getattr(st, "storage_class", None):
+            with suppress(Exception):
+                when: datetime = fn(st.storage_class, st.tier or "Standard", requested, now)
+                return max(when, floor)
+        return floor
+
+    def _ready_if_all(self, job_id: str) -> bool:
+        rows = self.store.retrievals(job_id)
+        if rows and all(r.state == "ready" for r in rows):
+            if self.store.cas(job_id, ["retrieving"], "ready", sent_at=_now()):
+                self.dispatch("backup.extract", job_id)
+            return True
+        return False
+
+    def poll(self) -> int:
+        """Check every pending retrieval that is due, and pass restore requests whose objects
+        are all ready on to extraction.
+
+        Returns:
+            How many status requests were sent.
+        """
+        store = self.store
+        sent = 0
+        now = _now()
+        waiting_jobs: set[str] = set()
+        for r in store.due_retrievals(now):
+            target = open_target(r.target)
+            try:
+                st = target.retrieval_status(r.ref)
+                sent += 1
+                if st.state is Readiness.NOT_REQUESTED:
+                    # the restored copy expired before it was read (or was never requested)
+                    st = target.request_retrieval(r.ref, tier=r.tier)
+                    sent += 1
+            except Exception as e:
+                log.warning("status of %s in %s failed: %s", r.ref, r.target, e)
+                st = RetrievalStatus(Readiness.PENDING)
+            fields: dict[Any, Any] = {"checks": RetrievalJob.checks + 1}
+            if st.state is Readiness.READY:
+                fields.update(state="ready", completed=now, next_check=None)
+                fields["expires"] = getattr(st, "expires", None)
+            else:
+                fields["next_check"] = self._next_check(st, r.requested, now)
+            with self.inventory.session() as s:
+                s.query(RetrievalJob).filter(RetrievalJob.id == r.id).update(fields)
+            if r.job_id:
+                waiting_jobs.add(r.job_id)
+        for job in store.jobs(states=["retrieving"], kind="restore"):
+            waiting_jobs.add(job.id)
+        for jid in sorted(waiting_jobs):
+            self._ready_if_all(jid)
+        return sent
+
+    def extract(self, job_id: str, progress: Progress | None = None) -> str:
+        """Restore a request whose objects are ready (ready -> extracting -> done).
+
+        Returns:
+            The job's state afterwards.
+        """
+        from .restore import identities_from, restore
+
+        store = self.store
+        job = store.get(job_id)
+        if not store.claim(job.id, "ready", "extracting", self.worker):
+            return store.get(job.id).state
+        params = json.loads(job.params)
+        # a restored copy may have expired since the poll saw it ready: ask again
+        expired = []
+        for r in store.retrievals(job.id):
+            with suppress(Exception):
+                if open_target(r.target).retrieval_status(r.ref).state is not Readiness.READY:
+                    expired.append(r)
+        if expired:
+            with self.inventory.session() as s:
+                for r in expired:
+                    st = open_target(r.target).request_retrieval(r.ref, tier=r.tier)
+                    s.query(RetrievalJob).filter(RetrievalJob.id == r.id).update(
+                        {"state": "pending", "next_check": self._next_check(st, _now(), _now())}
+                    )
+            store.cas(job.id, ["extracting"], "retrieving")
+            return "retrieving"
+        jp = JobProgress(progress)
+        try:
+            with self._heartbeat(job.id, jp):
+                res = restore(
+                    job.policy or "",
+                    self.inventory,
+                    Path(params["to"]),
+                    identities_from(self.settings.identity),
+                    archive_id=params["archive_id"],
+                    include=params.get("include", []),
+                    force=bool(params.get("force")),
+                    allow_external_symlinks=bool(params.get("allow_external_symlinks")),
+                    progress=jp,
+                )
+            result = {
+                "archive_id": params["archive_id"],
+                "archives": res.archives,
+                "files": res.files,
+                "bytes": res.bytes,
+                "seconds": round(res.seconds, 3),
+                "destination": str(res.destination),
+            }
+            store.cas(
+                job.id,
+                ["extracting"],
+                "done",
+                result=json.dumps(result),
+                bytes_done=res.bytes,
+            )
+        except JobCancelled:
+            return store.get(job.id).state
+        except BaseException as e:
+            msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
+            store.cas(job.id, ["extracting"], "failed", error=msg)
+            if not isinstance(e, Exception):
+                raise
+        self._notify_after(job.id)
+        return store.get(job.id).state
+
+    # notifications ----------------------------------------------------------------------
+
+    def _urls(self, job: Job) -> list[str]:
+        urls: list[str] = list(json.loads(job.notify or "[]"))
+        if job.kind == "backup" and job.policy:
+            with suppress(Exception):
+                n = self.policies()[job.policy].notify
+                urls = (n.on_success if job.state == "done" else n.on_failure) + urls
+        return list(dict.fromkeys(urls))
+
+    def _notify_after(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job.state not in ("done", "failed") or not self._urls(job):
+            return
+        if self.store.request_notify(job.id):
+            self.dispatch("backup.notify", job.id)
+
+    def notify(self, job_id: str) -> bool:
+        """Send a finished job's notification once (``pending`` -> ``sending`` -> ``sent`` or
+        ``failed``). A failure is retried inside, logged, and never raised.
+
+        Returns:
+            True when every URL took the message.
+        """
+        from .notify import send
+
+        store = self.store
+        if not store.claim_notify(job_id):
+            return False
+        job = store.get(job_id)
+        title, body = message_for(job)
+        res = send(self._urls(job), title, body)
+        ok = bool(getattr(res, "ok", res))
+        store.update(job.id, notify_state="sent" if ok else "failed")
+        self.inventory.log(
+            "notify",
+            f"notification for job {job.id} {'sent' if ok else 'failed'}",
+            level="info" if ok else "warning",
+            policy=job.policy,
+        )
+        return ok
+
+    # the sweep --------------------------------------------------------------------------
+
+    def sweep_dead(self) -> list[str]:
+        """Reset running jobs whose worker stopped beating: remove what the dead attempt
+        wrote, then put the job back where it was claimed from and hand it out again.
+
+        Returns:
+            The ids of the jobs handed out again.
+        """
+        store = self.store
+        again: list[str] = []
+        for job in store.stale(timedelta(seconds=self.settings.stale_after_seconds)):
+            if job.kind == "backup" and job.archive_id:
+                if self._finish_if_recorded(job):
+                    continue
+                self._discard_attempt(job.archive_id)
+            back = RESET_TO[job.state]
+            if store.cas(job.id, [job.state], back, worker=None, heartbeat=None, sent_at=None):
+                if job.policy:
+                    store.unlock_policy(job.policy, job.id)
+                self.inventory.log(
+                    "requeued",
+                    f"job {job.id}: worker {job.worker} stopped beating in {job.state}; "
+                    f"back to {back}",
+                    level="warning",
+                    policy=job.policy,
+                )
+                again.append(job.id)
+        store.release_orphan_locks()
+        store.stuck_notifications(timedelta(seconds=self.settings.stale_after_seconds * 5))
+        return again
+
+    def _finish_if_recorded(self, job: Job) -> bool:
+        """A worker that died after the archive was complete: the job is done, not redone."""
+        try:
+            a = self.inventory.get(job.archive_id or "")
+        except Error:
+            return False
+        if a.state != "complete":
+            return False
+        if self.store.cas(job.id, [job.state], "done", result=json.dumps({"archive_id": a.id})):
+            if job.policy:
+                self.store.unlock_policy(job.policy, job.id)
+            self._notify_after(job.id)
+        return True
+
+    def _discard_attempt(self, archive_id: str) -> None:
+        try:
+            a = self.inventory.get(archive_id)
+        except Error:
+            return
+        if a.state != "writing":
+            return
+        target = open_target(a.target)
+        for key in (a.location, a.manifest_location):
+            with suppress(Exception):
+                target.abandon_partial(key)
+            with suppress(Exception):
+                target.delete(key)
+        self.inventory.update_archive(
+            a.id, state="failed", error="the worker writing it died", finished=_now()
+        )
+
+
+def message_for(job: Job) -> tuple[str, str]:
+    """Returns: the title and body telling how a job ended."""
+    r: dict[str, Any] = json.loads(job.result or "{}")
+    took = ""
+    if job.started and job.finished:
+        took = f" in {(job.finished - job.started).total_seconds():.1f} s"
+    if job.kind == "restore":
+        if job.state == "done":
+            title = f"backup: restore of {job.policy} done"
+            body = (
+                f"Restore {job.id} of policy {job.policy} finished{took}: "
+                f"{r.get('files', 0)} files, {_human(int(r.get('bytes', 0)))} from archive "
+                f"{r.get('archive_id')} (chain of {len(r.get('archives', []))}) "
+                f"restored to {r.get('destination')}."
+            )
+        else:
+            title = f"backup: restore of {job.policy} FAILED"
+            body = f"Restore {job.id} of policy {job.policy} failed{took}: {job.error}"
+    elif job.state == "done":
+        title = f"backup: {job.policy} done"
+        body = (
+            f"Backup {job.id} of policy {job.policy} finished{took}: {r.get('kind')} archive "
+            f"{r.get('archive_id')}, {r.get('entries', 0)} entries, "
+            f"{_human(int(r.get('bytes_in', 0)))} read, "
+            f"{_human(int(r.get('bytes_stored', 0)))} stored in {r.get('target')}."
+        )
+        if job.error:
+            body += f" Warning: {job.error}."
+    else:
+        title = f"backup: {job.policy} FAILED"
+        body = f"Backup {job.id} of policy {job.policy} failed{took}: {job.error}"
+    return title, body

@@ -1,0 +1,241 @@
+"""The scheduler: runs policies on their cron schedules and sweeps the jobs.
+
+Exactly one scheduler is active across a cluster however many are started: each tick, a
+scheduler takes or renews the ``scheduler`` lease in the inventory (a compare-and-set with a
+short expiry, ``BACKUP_LEASE_SECONDS``), and only the holder acts. If it dies, another takes
+over when the lease expires. As a second guard, a job records its schedule slot and the
+inventory allows one job per policy and slot, so even two schedulers that both believed they
+led could not run a slot twice.
+
+Each tick the active scheduler:
+
+1. queues the policies whose latest slot has no job yet: on time if the slot is recent, and
+   after a downtime only when the policy says ``catch_up = true`` (once, for the latest
+   missed slot); a slot whose previous run is still queued or running is recorded
+   ``skipped``;
+2. re-queues jobs whose worker stopped beating (``Runner.sweep_dead``);
+3. sends again jobs that waited too long for a worker while their queue is empty (the broker
+   lost them: a Redis restart keeps nothing);
+4. sends a ``poll`` task when a pending retrieval is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery
+
+from backup.cron import parse_cron
+from backup.errors import Error
+from backup.inventory import Inventory
+from backup.jobs import ACTIVE, JobStore, worker_name
+from backup.policy import Policy, load_policies
+from backup.runner import TASK_QUEUES, Runner
+from backup.settings import Settings
+
+from .app import queue_name
+
+__all__ = ["LEASE", "Scheduler", "next_runs"]
+
+log = logging.getLogger("backup.scheduler")
+
+LEASE = "scheduler"
+
+#: the task that moves a job on from each waiting state
+_TASK_FOR_STATE = {
+    "queued": "backup.run",
+    "requested": "backup.start_restore",
+    "ready": "backup.extract",
+}
+
+
+def next_runs(policy: Policy, after: datetime, n: int = 3) -> list[datetime]:
+    """Returns: the next ``n`` run times of a policy after ``after`` (UTC), or [] when the
+    policy has no schedule."""
+    if not policy.schedule:
+        return []
+    return parse_cron(policy.schedule).next_runs(after, policy.timezone, n)
+
+
+class Scheduler:
+    """One scheduler process (or thread, in ``backup serve``).
+
+    Args:
+        settings: intervals, policy file, inventory.
+        app: the Celery application tasks are sent through.
+        name: this scheduler's name in the lease (``host:pid`` by default).
+    """
+
+    def __init__(self, settings: Settings, app: Celery, name: str | None = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.name = name or f"scheduler@{worker_name()}"
+        self.inventory = Inventory(settings.inventory_url)
+        self.store = JobStore(self.inventory)
+        self.runner = Runner(self.inventory, settings, self.send, self.name)
+        self.leading = False
+        self._last_poll: datetime | None = None
+        self._policy_error: str | None = None
+
+    # sending ----------------------------------------------------------------------------
+
+    def send(self, task: str, job_id: str) -> None:
+        """Hand a task to the broker and record when."""
+        self.app.send_task(task, args=[job_id], queue=queue_name(self.settings, TASK_QUEUES[task]))
+        if job_id:
+            self.store.mark_sent([job_id])
+
+    def _queue_length(self, queue: str) -> int | None:
+        """Messages waiting in a queue, or None when the broker cannot tell."""
+        try:
+            with self.app.connection_for_write() as conn:
+                ch: Any = conn.default_channel
+                return int(ch.queue_declare(queue=queue, passive=True).message_count)
+        except Exception as e:
+            if "NOT_FOUND" in str(e) or "no queue" in str(e).lower():
+                return 0
+            log.debug("cannot read length of queue %s: %s", queue, e)
+            return None
+
+    # the tick ---------------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> bool:
+        """Do one round of work if this scheduler holds the lease.
+
+        Returns:
+            Whether this scheduler is the active one.
+        """
+        now = now or datetime.now(UTC)
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        leading = self.store.acquire_lease(LEASE, self.name, lease)
+        if leading != self.leading:
+            log.info(
+                "%s is %s", self.name, "now the active scheduler" if leading else "standing by"
+            )
+            self.leading = leading
+        if not leading:
+            return False
+        self._schedule(now)
+        for job_id in self.runner.sweep_dead():
+            job = self.store.get(job_id)
+            if job.state in _TASK_FOR_STATE:
+                self.send(_TASK_FOR_STATE[job.state], job.id)
+        self._resend(now)
+        self._poll(now)
+        return True
+
+    def _schedule(self, now: datetime) -> None:
+        try:
+            policies = load_policies(self.settings.config)
+            self._policy_error = None
+        except Error as e:
+            if self._policy_error != e.get_message():  # say it once, not every tick
+                log.error("cannot read policies: %s", e.get_message())
+                self._policy_error = e.get_message()
+            return
+        window = timedelta(
+            seconds=max(120.0, 3 * self.settings.lease_seconds, 3 * self.settings.tick_seconds)
+        )
+        for policy in policies.values():
+            if not policy.schedule:
+                continue
+            slot = parse_cron(policy.schedule).prev_at_or_before(now, policy.timezone)
+            if self.store.has_slot(policy.name, slot):
+                continue
+            late = now - slot > window
+            if late and not policy.catch_up:
+                continue
+            self._fire(policy, slot, "catch-up" if late else "schedule")
+
+    def _fire(self, policy: Policy, slot: datetime, origin: str) -> None:
+        running = self.store.jobs(states=ACTIVE, kind="backup", policy=policy.name, limit=1)
+        if running:
+            job = self.store.create(
+                "backup",
+                policy=policy.name,
+                state="skipped",
+                origin=origin,
+                scheduled_for=slot,
+                error=f"job {running[0].id} of this policy was still {running[0].state}",
+            )
+            if job is not None:
+                log.warning("%s at %s skipped: %s", policy.name, slot.isoformat(), job.error)
+                self.inventory.log(
+                    "skipped",
+                    f"scheduled run of {policy.name} at {slot.isoformat()} skipped: "
+                    f"job {running[0].id} was still {running[0].state}",
+                    level="warning",
+                    policy=policy.name,
+                )
+            return
+        job = self.store.create(
+            "backup", policy=policy.name, state="queued", origin=origin, scheduled_for=slot
+        )
+        if job is None:
+            return  # another scheduler recorded this slot first
+        log.info("queued %s (%s, slot %s): job %s", policy.name, origin, slot.isoformat(), job.id)
+        self.send("backup.run", job.id)
+
+    def _resend(self, now: datetime) -> None:
+        waited = timedelta(seconds=self.settings.resend_after_seconds)
+        lengths: dict[str, int | None] = {}
+        for job in self.store.waiting(waited, now):
+            if job.notify_state == "pending" and job.state not in _TASK_FOR_STATE:
+                task = "backup.notify"
+            elif job.state in _TASK_FOR_STATE:
+                task = _TASK_FOR_STATE[job.state]
+            else:
+                continue
+            queue = queue_name(self.settings, TASK_QUEUES[task])
+            if queue not in lengths:
+                lengths[queue] = self._queue_length(queue)
+            if lengths[queue]:  # its message may still be waiting there
+                continue
+            log.warning("job %s waited %s without a worker: sending it again", job.id, waited)
+            self.send(task, job.id)
+        # a restore request whose worker died between claiming it and recording retrievals
+        stale = now - timedelta(seconds=self.settings.stale_after_seconds)
+        for job in self.store.jobs(states=["retrieving"], kind="restore"):
+            if (
+                job.updated < stale
+                and not self.store.retrievals(job.id)
+                and self.store.cas(job.id, ["retrieving"], "requested")
+            ):
+                self.send("backup.start_restore", job.id)
+
+    def _poll(self, now: datetime) -> None:
+        due = self.store.next_retrieval_check()
+        if due is None or due > now:
+            return
+        if self._last_poll and now - self._last_poll < timedelta(
+            seconds=self.settings.tick_seconds
+        ):
+            return
+        self._last_poll = now
+        self.app.send_task("backup.poll", args=[""], queue=queue_name(self.settings, "poll"))
+
+    # running ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, on_tick: Callable[[bool], None] | None = None) -> None:
+        """Tick until ``stop`` is set; give the lease up on the way out."""
+        log.info("scheduler %s started", self.name)
+        try:
+            while not stop.is_set():
+                try:
+                    leading = self.tick()
+                    if on_tick:
+                        on_tick(leading)
+                except Exception:
+                    # the database or the broker is away for a moment: keep going
+                    log.exception("scheduler tick failed")
+                stop.wait(self.settings.tick_seconds)
+        finally:
+            try:
+                self.store.release_lease(LEASE, self.name)
+            except Exception:
+                log.warning("could not release the scheduler lease; it expires by itself")
+            self.inventory.close()

@@ -1,0 +1,82 @@
+"""Tasks: each takes a job id, and calls :class:`backup.runner.Runner`. Nothing else lives
+here; the state, the checks and the work are the library's."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from backup.inventory import Inventory
+from backup.jobs import JobStore
+from backup.runner import TASK_QUEUES, Runner
+from backup.settings import get_settings
+
+from .app import app, queue_name
+
+__all__ = ["app", "dispatcher", "extract", "notify", "poll", "run", "runner", "start_restore"]
+
+log = logging.getLogger("backup.worker")
+_inventory: Inventory | None = None
+
+
+@worker_process_init.connect
+def _forget_parent_connections(**_: Any) -> None:
+    # a forked pool process must not share the parent's database connections
+    global _inventory
+    if _inventory is not None:
+        _inventory.engine.dispose(close=False)
+    _inventory = None
+
+
+def dispatcher(celery_app: Celery, inventory: Inventory) -> Any:
+    """Returns: a Dispatch that sends a follow-up task through the broker and records that
+    it did (``sent_at``), so the sweep knows when to send it again."""
+    settings = get_settings()
+
+    def dispatch(task: str, job_id: str) -> None:
+        celery_app.send_task(task, args=[job_id], queue=queue_name(settings, TASK_QUEUES[task]))
+        JobStore(inventory).mark_sent([job_id])
+
+    return dispatch
+
+
+def runner() -> Runner:
+    """Returns: this process's runner (one inventory connection pool per process)."""
+    global _inventory
+    settings = get_settings()
+    if _inventory is None:
+        _inventory = Inventory(settings.inventory_url)
+    return Runner(_inventory, settings, dispatcher(app, _inventory))
+
+
+@app.task(name="backup.run")
+def run(job_id: str) -> str:
+    """Carry out a queued backup."""
+    return runner().run_backup(job_id)
+
+
+@app.task(name="backup.start_restore")
+def start_restore(job_id: str) -> str:
+    """Request the objects a restore needs."""
+    return runner().start_restore(job_id)
+
+
+@app.task(name="backup.extract")
+def extract(job_id: str) -> str:
+    """Restore a request whose objects are ready (needs this worker's identity)."""
+    return runner().extract(job_id)
+
+
+@app.task(name="backup.poll")
+def poll(_: str = "") -> int:
+    """Check the pending retrievals that are due."""
+    return runner().poll()
+
+
+@app.task(name="backup.notify")
+def notify(job_id: str) -> bool:
+    """Send a finished job's notification."""
+    return runner().notify(job_id)
