@@ -1,0 +1,581 @@
+"""Notifications through Apprise URLs (``mailto://``, ``json://``, ``ntfy://``, Slack, ...).
+
+Invariants:
+
+- **A notification never fails a backup or a restore.** :func:`send` never raises: every
+  URL is tried on its own, retried with exponential backoff, and whatever happens is
+  returned as a :class:`NotifyResult` and logged.
+- **Secrets in Apprise URLs never reach a log or a result.** Apprise URLs carry passwords
+  and tokens in the user info, the host (``tgram://BOT_TOKEN/...``), the path
+  (``discord://ID/TOKEN``) and the query. Only :func:`redact_url`'s form of a URL is logged
+  or returned, and while a URL is being sent its secret parts are scrubbed from every
+  record of Apprise's ``apprise`` logger and of the HTTP client's loggers, whichever
+  handler the application attached.
+- **Messages take plain values** (strings, numbers, datetimes), never ORM rows, so they can
+  be built anywhere: in a worker, in a test, in the CLI.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import parse_qsl, unquote
+
+__all__ = [
+    "NotifyResult",
+    "UrlOutcome",
+    "format_backup_message",
+    "format_restore_message",
+    "human_bytes",
+    "human_duration",
+    "redact_url",
+    "send",
+]
+
+log = logging.getLogger(__name__)
+
+Level = Literal["info", "success", "warning", "failure"]
+MASK = "***"
+
+# Query parameters whose values say how to deliver, never who may: shown as they are.
+_PLAIN_PARAMS = frozenset(
+    {"mode", "format", "overflow", "verify", "cto", "rto", "method", "priority", "port"}
+)
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
+_MIN_SECRET = 3  # shorter strings are not scrubbed from log text (it would garble it)
+
+
+# -- redaction ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Parts:
+    scheme: str
+    userinfo: str | None
+    host: str
+    port: str | None
+    path: str
+    query: list[tuple[str, str]]
+    fragment: str
+
+
+def _split(url: str) -> _Parts | None:
+    """Split an Apprise URL by hand: tokens make ``urllib`` choke (a bot token's ``:`` is not a
+    port), so the only structure trusted is ``scheme://[userinfo@]host[:port][/path][?q][#f]``."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", url.strip(), re.S)
+    if not m:
+        return None
+    scheme, rest = m.group(1), m.group(2)
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    slash = rest.find("/")
+    netloc, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    userinfo: str | None = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+    host, port = netloc, None
+    if netloc.startswith("[") and "]" in netloc:  # [IPv6]:port
+        end = netloc.index("]") + 1
+        host, tail = netloc[:end], netloc[end:]
+        port = tail[1:] if tail.startswith(":") and tail[1:].isdigit() else None
+        if tail and port is None:
+            host = netloc
+    elif ":" in netloc:
+        h, _, p = netloc.rpartition(":")
+        if p.isdigit() and ":" not in h:
+            host, port = h, p
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return _Parts(scheme, userinfo, host, port, path, pairs, fragment)
+
+
+def _public_host(host: str) -> bool:
+    """Whether a host is a real host name or address (kept) rather than a token (masked)."""
+    if host.lower() == "localhost" or _HOSTNAME.match(host):
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def redact_url(url: str) -> str:
+    """An Apprise URL fit for logs: the scheme, and the host when it is a real host name or
+    address, with every user name, password, path segment, query value (but a few harmless
+    ones such as ``mode``) and fragment masked.
+
+    Args:
+        url: an Apprise URL.
+
+    Returns:
+        e.g. ``mailto://***:***@smtp.example.com:587?to=***&mode=starttls`` for
+        ``mailto://me:pw@smtp.example.com:587?to=a@b.c&mode=starttls``, and ``tgram://***/***``
+        for ``tgram://123456:ABC-token/4242``. Text that is not a URL becomes ``***``.
+    """
+    p = _split(url)
+    if p is None:
+        return MASK
+    out = f"{p.scheme}://"
+    if p.userinfo is not None:
+        out += ":".join(MASK for _ in p.userinfo.split(":", 1)) + "@"
+    out += p.host if _public_host(p.host) else MASK
+    if p.port is not None:
+        out += f":{p.port}"
+    segments = [s for s in p.path.split("/") if s]
+    if segments:
+        out += "/" + "/".join(MASK for _ in segments)
+    if p.query:
+        out += "?" + "&".join(
+            f"{k}={v if k.lower() in _PLAIN_PARAMS else MASK}" for k, v in p.query
+        )
+    if p.fragment:
+        out += "#" + MASK
+    return out
+
+
+def _secrets(url: str) -> set[str]:
+    """The strings of a URL that :func:`redact_url` masks, raw and percent-decoded."""
+    p = _split(url)
+    if p is None:
+        return {url.strip()} if url.strip() else set()
+    found: set[str] = set()
+    if p.userinfo:
+        found.update(p.userinfo.split(":", 1))
+    if not _public_host(p.host):
+        found.add(p.host)
+        found.update(p.host.split(":"))
+    found.update(s for s in p.path.split("/") if s)
+    found.update(v for k, v in p.query if k.lower() not in _PLAIN_PARAMS)
+    if p.fragment:
+        found.add(p.fragment)
+    found |= {unquote(s) for s in found}
+    return {s for s in found if len(s) >= _MIN_SECRET}
+
+
+class _Secrets:
+    """Secrets of the URLs being sent right now, in any thread (reference counted)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    @contextmanager
+    def active(self, secrets: set[str]) -> Iterator[None]:
+        with self._lock:
+            for s in secrets:
+                self._count[s] = self._count.get(s, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for s in secrets:
+                    self._count[s] -= 1
+                    if not self._count[s]:
+                        del self._count[s]
+
+    def scrub(self, text: str) -> str:
+        with self._lock:
+            current = sorted(self._count, key=len, reverse=True)
+        for s in current:
+            text = text.replace(s, MASK)
+        return text
+
+
+_active = _Secrets()
+
+
+class _ScrubFilter(logging.Filter):
+    """Rewrites every record of the loggers it is on with active secrets masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = _active.scrub(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = _active.scrub(text)
+        return True
+
+
+class _Collect(logging.Handler):
+    """Keeps the warnings Apprise logs from one thread: the reason a delivery failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+_filter_lock = threading.Lock()
+_scrub_filter = _ScrubFilter()
+
+
+# Loggers that see a URL's parts while Apprise sends: Apprise's own, and the HTTP client's
+# (urllib3 logs each request's path at DEBUG). A logger's filter does not apply to its
+# children's records, so each is named.
+_SCRUBBED_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.connection", "requests")
+
+
+def _install_filter() -> logging.Logger:
+    with _filter_lock:
+        for name in _SCRUBBED_LOGGERS:
+            logger = logging.getLogger(name)
+            if _scrub_filter not in logger.filters:
+                logger.addFilter(_scrub_filter)
+    return logging.getLogger("apprise")
+
+
+# -- sending -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UrlOutcome:
+    """What became of one URL.
+
+    Attributes:
+        url: the URL, redacted.
+        ok: whether it took the message.
+        attempts: how many times it was tried.
+        error: why the last attempt failed (secrets masked), or None.
+    """
+
+    url: str
+    ok: bool
+    attempts: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NotifyResult:
+    """The outcome of :func:`send`, per URL in the order given.
+
+    Attributes:
+        outcomes: one per URL.
+    """
+
+    outcomes: list[UrlOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Returns: True when every URL took the message (also when there were none)."""
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[UrlOutcome]:
+        """Returns: the URLs that did not take the message."""
+        return [o for o in self.outcomes if not o.ok]
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class _Unusable(Exception):
+    """A URL no retry can help: Apprise does not understand it."""
+
+
+def _attempt(url: str, title: str, body: str, level: Level, timeout: float) -> str | None:
+    """One delivery.
+
+    Returns:
+        None on success, else the reason (secrets not yet masked).
+
+    Raises:
+        _Unusable: the URL is not one Apprise can send to.
+    """
+    import apprise
+
+    asset = apprise.AppriseAsset(storage_mode="memory")
+    plugin = apprise.Apprise.instantiate(url, asset=asset, suppress_exceptions=True)
+    if plugin is None:
+        raise _Unusable("not a URL Apprise understands (unknown scheme or missing parts)")
+    plugin.socket_connect_timeout = timeout
+    plugin.socket_read_timeout = timeout
+    logger = _install_filter()
+    collect = _Collect()
+    logger.addHandler(collect)
+    try:
+        ok = plugin.notify(body=body, title=title, notify_type=level, body_format="text")
+    except Exception as e:  # a plugin bug must not fail the caller
+        return f"{type(e).__name__}: {e}"
+    finally:
+        logger.removeHandler(collect)
+    if ok:
+        return None
+    return collect.messages[-1] if collect.messages else "delivery failed"
+
+
+def send(
+    urls: Sequence[str],
+    title: str,
+    body: str,
+    *,
+    attempts: int = 3,
+    backoff: float = 1.0,
+    timeout: float = 15,
+    level: Level = "info",
+) -> NotifyResult:
+    """Send one message to every URL; never raises.
+
+    Each URL is tried on its own, up to ``attempts`` times, waiting ``backoff``, then twice
+    that, and so on between tries (a URL Apprise cannot parse is not retried). Failed tries are logged at WARNING and a URL given up on at
+    ERROR, always with the URL redacted.
+
+    Args:
+        urls: Apprise URLs (duplicates are sent once).
+        title: the message's title (an email's subject).
+        body: the message's text.
+        attempts: tries per URL, at least 1.
+        backoff: seconds before the first retry; doubled for each further one.
+        timeout: seconds for connecting and for each read, per try.
+        level: Apprise's notification type (``json://`` sends it as ``type``).
+
+    Returns:
+        The outcome per URL; ``.ok`` is True when every URL took the message.
+    """
+    outcomes: list[UrlOutcome] = []
+    tries = max(1, attempts)
+    for url in dict.fromkeys(urls):
+        shown = redact_url(url)
+        secrets = _secrets(url)
+        error: str | None = None
+        n = 0
+        with _active.active(secrets):
+            for n in range(1, tries + 1):
+                try:
+                    error = _attempt(url, title, body, level, timeout)
+                except _Unusable as e:
+                    error = str(e)
+                    break
+                except Exception as e:  # never raise, whatever Apprise does
+                    error = f"{type(e).__name__}: {e}"
+                if error is None:
+                    break
+                error = _active.scrub(error)
+                if n < tries:
+                    wait = backoff * 2 ** (n - 1)
+                    log.warning(
+                        "notification to %s failed (try %d of %d, again in %.3g s): %s",
+                        shown, n, tries, wait, error,
+                    )  # fmt: skip
+                    time.sleep(wait)
+        if error is None:
+            log.info("notification sent to %s", shown)
+        else:
+            log.error("notification to %s failed after %d tries: %s", shown, n, error)
+        outcomes.append(UrlOutcome(shown, error is None, n, error))
+    return NotifyResult(outcomes)
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+def human_bytes(n: int) -> str:
+    """Args: n: a byte count. Returns: e.g. ``"1.5 MiB (1,572,864 bytes)"``, ``"12 bytes"``."""
+    if abs(n) < 1024:
+        return f"{n:,} bytes" if n != 1 else "1 byte"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "PiB":
+            break
+    return f"{value:.1f} {unit} ({n:,} bytes)"
+
+
+def human_duration(seconds: float) -> str:
+    """Args: seconds: a duration. Returns: e.g. ``"0.4 s"``, ``"2 min 5 s"``, ``"1 h 0 min"``,
+    ``"2 d 3 h"``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    s = round(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d} d {h} h"
+    if h:
+        return f"{h} h {m} min"
+    return f"{m} min {s} s"
+
+
+def _when(t: datetime) -> str:
+    t = t if t.tzinfo else t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _timing(started: datetime | None, finished: datetime | None) -> list[str]:
+    lines = []
+    if started:
+        lines.append(f"Started:   {_when(started)}")
+    if finished:
+        lines.append(f"Finished:  {_when(finished)}")
+    if started and finished:
+        a = started if started.tzinfo else started.replace(tzinfo=UTC)
+        b = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
+        lines.append(f"Took:      {human_duration(max(0.0, (b - a).total_seconds()))}")
+    return lines
+
+
+def _where(url: str) -> str:
+    """A target or destination as shown: any password in user info masked."""
+    p = _split(url)
+    if p is None or p.userinfo is None:
+        return url
+    return url.replace(p.userinfo + "@", MASK + "@", 1)
+
+
+def format_backup_message(
+    *,
+    policy: str,
+    ok: bool,
+    target: str | None = None,
+    archive_id: str | None = None,
+    kind: str | None = None,
+    size_bytes: int | None = None,
+    source_bytes: int | None = None,
+    files: int | None = None,
+    unreadable: int = 0,
+    started: datetime | None = None,
+    finished: datetime | None = None,
+    error: str | None = None,
+    host: str | None = None,
+) -> tuple[str, str]:
+    """The title and body telling how a backup run ended.
+
+    Args:
+        policy: the policy's name.
+        ok: whether the run recorded an archive.
+        target: where the archive is stored (a target URL).
+        archive_id: the archive's id.
+        kind: ``"full"`` or ``"incremental"``.
+        size_bytes: the archive's stored (compressed, encrypted) size.
+        source_bytes: the bytes of file data read.
+        files: how many entries the archive holds.
+        unreadable: how many files could not be read (the run still succeeded).
+        started, finished: when the run started and ended (naive means UTC).
+        error: why the run failed.
+        host: the machine that ran it.
+
+    Returns:
+        ``(title, body)``: plain text, one fact per line.
+    """
+    if ok:
+        facts = [x for x in (kind, size_bytes is not None and _short(size_bytes)) if x]
+        files_part = f"{files:,} files" if files is not None else None
+        facts += [files_part] if files_part else []
+        title = f"Backup {policy}: done" + (f" ({', '.join(map(str, facts))})" if facts else "")
+        if unreadable:
+            title += f", {unreadable} unreadable"
+    else:
+        title = f"Backup {policy}: FAILED"
+    lines = [f"Policy:    {policy}"]
+    if host:
+        lines.append(f"Host:      {host}")
+    if ok:
+        result = "succeeded"
+        if unreadable:
+            result += f", but {unreadable:,} file(s) could not be read (listed in the archive)"
+        lines.append(f"Result:    {result}")
+    else:
+        lines.append("Result:    failed")
+        lines.append(f"Error:     {error or 'unknown error'}")
+    if archive_id:
+        lines.append(f"Archive:   {archive_id}" + (f" ({kind})" if kind else ""))
+    if files is not None:
+        lines.append(f"Files:     {files:,}")
+    if source_bytes is not None:
+        lines.append(f"Read:      {human_bytes(source_bytes)}")
+    if size_bytes is not None:
+        lines.append(f"Stored:    {human_bytes(size_bytes)}")
+    lines += _timing(started, finished)
+    if target:
+        lines.append(f"Target:    {_where(target)}")
+    return title, "\n".join(lines) + "\n"
+
+
+def format_restore_message(
+    *,
+    ok: bool,
+    destination: str,
+    policy: str | None = None,
+    request_id: str | None = None,
+    archive_id: str | None = None,
+    point_in_time: datetime | None = None,
+    size_bytes: int | None = None,
+    files: int | None = None,
+    started: datetime | None = None,
+    finished: datetime | None = None,
+    error: str | None = None,
+    source: str | None = None,
+) -> tuple[str, str]:
+    """The title and body telling how a restore request ended.
+
+    Args:
+        ok: whether everything was restored.
+        destination: the directory restored into.
+        policy: the policy restored from, if any.
+        request_id: the restore request's id.
+        archive_id: the (last) archive restored.
+        point_in_time: the ``--at`` time asked for.
+        size_bytes: bytes of file data written.
+        files: entries restored.
+        started, finished: when the restore started and ended (naive means UTC).
+        error: why it failed.
+        source: where the archives came from (a target URL or a file).
+
+    Returns:
+        ``(title, body)``: plain text, one fact per line.
+    """
+    what = policy or archive_id or "archive"
+    if ok:
+        facts = [
+            x
+            for x in (
+                files is not None and f"{files:,} files",
+                size_bytes is not None and _short(size_bytes),
+            )
+            if x
+        ]
+        title = f"Restore of {what}: done" + (f" ({', '.join(map(str, facts))})" if facts else "")
+    else:
+        title = f"Restore of {what}: FAILED"
+    lines = []
+    if request_id:
+        lines.append(f"Request:   {request_id}")
+    if policy:
+        lines.append(f"Policy:    {policy}")
+    lines.append("Result:    " + ("succeeded" if ok else "failed"))
+    if not ok:
+        lines.append(f"Error:     {error or 'unknown error'}")
+    if archive_id:
+        lines.append(f"Archive:   {archive_id}")
+    if point_in_time:
+        lines.append(f"As of:     {_when(point_in_time)}")
+    if files is not None:
+        lines.append(f"Files:     {files:,}")
+    if size_bytes is not None:
+        lines.append(f"Restored:  {human_bytes(size_bytes)}")
+    lines += _timing(started, finished)
+    if source:
+        lines.append(f"From:      {_where(source)}")
+    lines.append(
+        f"Into:      {destination}" if ok else f"Into:      {destination} (left as it was)"
+    )
+    return title, "\n".join(lines) + "\n"
+
+
+def _short(n: int) -> str:
+    text = human_bytes(n)
+    return text.split(" (")[0]

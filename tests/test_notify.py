@@ -1,0 +1,338 @@
+"""Notifications against real local servers: an SMTP server (aiosmtpd) for ``mailto://`` and
+an HTTP receiver (http.server in a thread) for ``json://``; retries, failures that never
+raise, URL redaction, and the backup and restore messages."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from backup.notify import (
+    format_backup_message,
+    format_restore_message,
+    human_bytes,
+    human_duration,
+    redact_url,
+    send,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- a real SMTP server ------------------------------------------------------------------------
+
+
+@dataclass
+class Mailbox:
+    port: int
+    messages: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
+
+    def url(self, to: str = "ops@example.com") -> str:
+        """Plain SMTP, no TLS, no login: ``mode=insecure`` on a ``mailto://`` URL."""
+        return f"mailto://127.0.0.1:{self.port}?from=backup@example.com&to={to}&mode=insecure"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[Mailbox]:
+    box = Mailbox(free_port())
+    controller = Controller(box, hostname="127.0.0.1", port=box.port)
+    controller.start()
+    yield box
+    controller.stop()
+
+
+def text_of(msg: EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("plain",))
+    assert part is not None
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content
+
+
+# -- a real HTTP receiver ----------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    port: int
+    statuses: list[int] = field(default_factory=list)  # answered in turn, then 200
+    requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"json://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver(0)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            payload = json.loads(self.rfile.read(length) or b"null")
+            with lock:
+                rec.requests.append((self.path, dict(self.headers), payload))
+                status = rec.statuses.pop(0) if rec.statuses else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    rec.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield rec
+    server.shutdown()
+    server.server_close()
+
+
+# -- delivery ----------------------------------------------------------------------------------
+
+
+def test_email_reaches_the_smtp_server(smtp: Mailbox) -> None:
+    title, body = format_backup_message(
+        policy="home",
+        ok=True,
+        target="file:///mnt/vault",
+        archive_id="a-123",
+        kind="incremental",
+        size_bytes=3 * 1024 * 1024,
+        files=42,
+        started=datetime(2026, 6, 10, 2, 0, tzinfo=UTC),
+        finished=datetime(2026, 6, 10, 2, 1, 5, tzinfo=UTC),
+    )
+    res = send([smtp.url()], title, body, attempts=1)
+    assert res.ok and bool(res)
+    assert [(o.ok, o.attempts, o.error) for o in res.outcomes] == [(True, 1, None)]
+    assert len(smtp.messages) == 1
+    sender, rcpts, msg = smtp.messages[0]
+    assert sender == "backup@example.com" and rcpts == ["ops@example.com"]
+    assert msg["Subject"] == "Backup home: done (incremental, 3.0 MiB, 42 files)"
+    text = text_of(msg)
+    for needle in ("a-123 (incremental)", "Files:     42", "1 min 5 s", "file:///mnt/vault"):
+        assert needle in text
+
+
+def test_json_reaches_the_http_receiver(receiver: Receiver) -> None:
+    res = send([receiver.url("/hooks/backup")], "T1", "B1", level="success", attempts=1)
+    assert res.ok
+    ((path, headers, payload),) = receiver.requests
+    assert path == "/hooks/backup"
+    assert headers["Content-Type"].startswith("application/json")
+    assert payload["title"] == "T1" and payload["message"] == "B1" and payload["type"] == "success"
+
+
+def test_failing_receiver_is_retried_with_backoff(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.statuses = [500, 500]
+    caplog.set_level(logging.DEBUG)
+    t0 = time.monotonic()
+    res = send([receiver.url()], "T", "B", attempts=3, backoff=0.05)
+    elapsed = time.monotonic() - t0
+    assert res.ok
+    assert [(o.ok, o.attempts) for o in res.outcomes] == [(True, 3)]
+    assert len(receiver.requests) == 3
+    assert elapsed >= 0.05 + 0.1  # waited backoff, then twice backoff
+    retries = [r for r in caplog.records if r.name == "backup.notify" and "try" in r.message]
+    assert [r.levelno for r in retries] == [logging.WARNING, logging.WARNING]
+    assert "try 1 of 3" in retries[0].message and "500" in retries[0].message
+
+
+def test_receiver_failing_every_time_returns_the_failure(receiver: Receiver) -> None:
+    receiver.statuses = [500, 503]
+    res = send([receiver.url()], "T", "B", attempts=2, backoff=0)
+    assert not res.ok and not bool(res)
+    (o,) = res.failed
+    assert o.attempts == 2 and o.error is not None and "503" in o.error
+    assert len(receiver.requests) == 2
+
+
+def test_unreachable_urls_fail_without_raising(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()  # nothing listens here
+    urls = [
+        f"json://127.0.0.1:{port}/x",
+        f"mailto://127.0.0.1:{port}?from=a@example.com&to=b@example.com&mode=insecure",
+        "nosuchscheme://host/path",
+    ]
+    res = send(urls, "T", "B", attempts=2, backoff=0, timeout=2)
+    assert not res.ok
+    assert [(o.ok, o.attempts) for o in res.outcomes] == [(False, 2), (False, 2), (False, 1)]
+    assert all(o.error for o in res.outcomes)
+    assert "not a URL Apprise understands" in (res.outcomes[2].error or "")
+    gave_up = [
+        r for r in caplog.records if r.name == "backup.notify" and r.levelno == logging.ERROR
+    ]
+    assert len(gave_up) == 3
+
+
+def test_each_url_independent_and_duplicates_sent_once(smtp: Mailbox, receiver: Receiver) -> None:
+    dead = f"json://127.0.0.1:{free_port()}/dead"
+    res = send([dead, receiver.url(), smtp.url(), receiver.url()], "T", "B", attempts=1)
+    assert [o.ok for o in res.outcomes] == [False, True, True]
+    assert len(receiver.requests) == 1 and len(smtp.messages) == 1
+    assert [o.url for o in res.failed] == [redact_url(dead)]
+    assert send([], "T", "B").ok  # nothing to tell is not a failure
+
+
+def test_apprise_raising_is_a_failure_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    import apprise
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("plugin bug")
+
+    monkeypatch.setattr(apprise.Apprise, "instantiate", staticmethod(boom))
+    res = send(["json://127.0.0.1:1/x"], "T", "B", attempts=2, backoff=0)
+    assert not res.ok and res.outcomes[0].attempts == 2
+    assert res.outcomes[0].error == "RuntimeError: plugin bug"
+
+
+def test_secrets_never_reach_logs_or_results(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    receiver.statuses = [500]
+    url = f"json://hookuser:Pa55w0rdXYZ@127.0.0.1:{receiver.port}/t0kenSECRET?key=qSecretVal"
+    res = send([url], "T", "B", attempts=2, backoff=0)
+    assert res.ok and len(receiver.requests) == 2
+    # the receiver did get the credentials (so the URL was really used)...
+    path, headers, _ = receiver.requests[0]
+    assert path.startswith("/t0kenSECRET") and headers["Authorization"].startswith("Basic ")
+    # ...but nothing logged or returned shows them, even Apprise's own debug records
+    assert any(r.name == "apprise" for r in caplog.records)
+    for secret in ("Pa55w0rdXYZ", "hookuser", "t0kenSECRET", "qSecretVal"):
+        assert secret not in caplog.text
+        assert secret not in repr(res)
+    assert res.outcomes[0].url == f"json://***:***@127.0.0.1:{receiver.port}/***?key=***"
+
+    # a dead endpoint's connection error (which names the URL's path) is scrubbed too
+    dead = f"json://u:Pa55w0rdXYZ@127.0.0.1:{free_port()}/t0kenSECRET"
+    res = send([dead], "T", "B", attempts=1)
+    assert not res.ok and "t0kenSECRET" not in caplog.text and "Pa55w0rdXYZ" not in caplog.text
+    assert "t0kenSECRET" not in (res.outcomes[0].error or "")
+
+
+# -- redaction ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "mailto://me:hunter22@smtp.example.com:587?to=a@b.c&mode=starttls",
+            "mailto://***:***@smtp.example.com:587?to=***&mode=starttls",
+        ),
+        ("mailtos://user@gmail.com", "mailtos://***@gmail.com"),
+        ("json://127.0.0.1:8080/hooks/abc123", "json://127.0.0.1:8080/***/***"),
+        ("jsons://hooks.example.org", "jsons://hooks.example.org"),
+        ("tgram://123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/987654", "tgram://***/***"),
+        ("discord://112233445566/TokenAbCdEf", "discord://***/***"),
+        ("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ", "slack://***/***/***"),
+        ("ntfy://my-secret-topic", "ntfy://***"),
+        ("ntfy://ntfy.sh/topic?priority=high", "ntfy://ntfy.sh/***?priority=high"),
+        ("json://[::1]:9000/x?token=abc#frag", "json://[::1]:9000/***?token=***#***"),
+        ("json://localhost/?cto=3&rto=9", "json://localhost?cto=3&rto=9"),
+        ("not a url at all", "***"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+def test_backup_failure_message() -> None:
+    title, body = format_backup_message(
+        policy="db",
+        ok=False,
+        target="s3://user:pw@bucket/prefix",
+        error="Target s3://bucket: access denied",
+        started=datetime(2026, 6, 10, 2, 0),  # naive means UTC
+        finished=datetime(2026, 6, 10, 2, 0, 3, 500000),
+        host="web1",
+    )
+    assert title == "Backup db: FAILED"
+    assert "Error:     Target s3://bucket: access denied" in body
+    assert "Started:   2026-06-10 02:00:00 UTC" in body and "Took:      3.5 s" in body
+    assert "Host:      web1" in body and "Result:    failed" in body
+    assert "pw" not in body and "Target:    s3://***@bucket/prefix" in body
+
+
+def test_backup_message_with_unreadable_files() -> None:
+    title, body = format_backup_message(
+        policy="home", ok=True, kind="full", files=1000, size_bytes=512, unreadable=2,
+        source_bytes=5 * 1024**3,
+    )  # fmt: skip
+    assert title == "Backup home: done (full, 512 bytes, 1,000 files), 2 unreadable"
+    assert "2 file(s) could not be read" in body
+    assert "Read:      5.0 GiB (5,368,709,120 bytes)" in body
+
+
+def test_restore_messages() -> None:
+    start = datetime(2026, 6, 10, 9, 0, tzinfo=UTC)
+    title, body = format_restore_message(
+        ok=True,
+        destination="/srv/restore",
+        policy="home",
+        request_id="r-7",
+        archive_id="a-9",
+        point_in_time=datetime(2026, 6, 9, 2, 0, tzinfo=UTC),
+        size_bytes=1536,
+        files=12,
+        started=start,
+        finished=start + timedelta(hours=3, minutes=4),
+        source="file:///mnt/vault",
+    )
+    assert title == "Restore of home: done (12 files, 1.5 KiB)"
+    for needle in (
+        "Request:   r-7",
+        "Archive:   a-9",
+        "As of:     2026-06-09 02:00:00 UTC",
+        "Restored:  1.5 KiB (1,536 bytes)",
+        "Took:      3 h 4 min",
+        "From:      file:///mnt/vault",
+        "Into:      /srv/restore",
+    ):
+        assert needle in body
+    title, body = format_restore_message(ok=False, destination="/srv/r", error="wrong key")
+    assert title == "Restore of archive: FAILED"
+    assert "Error:     wrong key" in body and "/srv/r (left as it was)" in body
+
+
+def test_human_units() -> None:
+    assert human_bytes(0) == "0 bytes" and human_bytes(1) == "1 byte"
+    assert human_bytes(1023) == "1,023 bytes"
+    assert human_bytes(1024) == "1.0 KiB (1,024 bytes)"
+    assert human_duration(0.42) == "0.4 s" and human_duration(59) == "59 s"
+    assert human_duration(125) == "2 min 5 s" and human_duration(3600) == "1 h 0 min"
+    assert human_duration(2 * 86400 + 3 * 3600) == "2 d 3 h"
