@@ -26,12 +26,13 @@ the upload; uploads left by a killed process are aborted by :meth:`S3Target.aban
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import io
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -64,6 +65,7 @@ __all__ = [
     "S3Writer",
     "parse_restore_header",
     "part_size_for",
+    "status_from_head",
 ]
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,33 @@ def parse_restore_header(value: str | None) -> tuple[bool | None, datetime | Non
         except (TypeError, ValueError):
             expires = None
     return ongoing, expires
+
+
+def status_from_head(head: Mapping[str, Any], now: datetime) -> RetrievalStatus:
+    """Tell an object's readiness from its ``head_object`` response.
+
+    Args:
+        head: the response (``StorageClass``, ``ArchiveStatus``, ``Restore``).
+        now: the current time (aware).
+
+    Returns:
+        READY for classes read directly and for a restored copy that has not expired (with
+        ``expires``); PENDING while a restore runs; NOT_REQUESTED for a cold object with no
+        restore, or whose restored copy expired before it was read.
+    """
+    cls = head.get("StorageClass") or "STANDARD"
+    cold = cls in COLD_CLASSES or head.get("ArchiveStatus") in (
+        "ARCHIVE_ACCESS",
+        "DEEP_ARCHIVE_ACCESS",
+    )
+    if not cold:
+        return RetrievalStatus(Readiness.READY, storage_class=cls)
+    ongoing, expires = parse_restore_header(head.get("Restore"))
+    if ongoing:
+        return RetrievalStatus(Readiness.PENDING, storage_class=cls)
+    if ongoing is False and (expires is None or expires > now):
+        return RetrievalStatus(Readiness.READY, storage_class=cls, expires=expires)
+    return RetrievalStatus(Readiness.NOT_REQUESTED, storage_class=cls, expires=expires)
 
 
 def _code(e: ClientError) -> str:
@@ -261,6 +290,8 @@ class S3Writer(ObjectWriter):
         view = memoryview(data).cast("B")
         pos, n = 0, len(view)
         while pos < n:
+            if self.parts >= self._t.max_parts:
+                self._too_large()
             size = self._part_size()
             take = min(size - len(self._buf), n - pos)
             self._buf += view[pos : pos + take]
@@ -278,13 +309,16 @@ class S3Writer(ObjectWriter):
             self.abort()
             raise TargetError(self._t.url, f"cannot store {self._key!r}: {_why(err)}") from err
 
+    def _too_large(self) -> None:
+        self.abort()
+        raise TargetError(
+            self._t.url,
+            f"cannot store {self._key!r}: larger than {self._t.max_parts} parts allow",
+        )
+
     def _send_part(self) -> None:
         if self.parts >= self._t.max_parts:
-            self.abort()
-            raise TargetError(
-                self._t.url,
-                f"cannot store {self._key!r}: larger than {self._t.max_parts} parts allow",
-            )
+            self._too_large()
         self.parts += 1
         number, buf = self.parts, self._buf
         self._buf = bytearray()
@@ -354,7 +388,7 @@ class S3Writer(ObjectWriter):
         self._check()
         parts = [self._done_parts[n] for n in sorted(self._done_parts)]
         try:
-            t.client.complete_multipart_upload(
+            done = t.client.complete_multipart_upload(
                 Bucket=t.bucket,
                 Key=self._okey,
                 UploadId=self._upload_id,
@@ -364,6 +398,24 @@ class S3Writer(ObjectWriter):
             self.abort()
             raise TargetError(t.url, f"cannot store {self._key!r}: {_why(e)}") from e
         self._finished = True
+        o = self._opts
+        if o.lock_mode is not None and o.retain_until is not None:
+            # AWS applies the lock given to CreateMultipartUpload; some S3-compatible stores
+            # (and moto) drop it, so set it again on the version just written (idempotent)
+            lock_args: dict[str, Any] = {
+                "Bucket": t.bucket,
+                "Key": self._okey,
+                "Retention": {"Mode": o.lock_mode, "RetainUntilDate": o.retain_until},
+            }
+            if done.get("VersionId"):
+                lock_args["VersionId"] = done["VersionId"]
+            try:
+                t.client.put_object_retention(**lock_args)
+            except (ClientError, BotoCoreError) as e:
+                # an unlocked archive is not what the policy asked for: remove it
+                with contextlib.suppress(TargetError):
+                    t.delete(self._key)
+                raise TargetError(t.url, f"cannot lock {self._key!r}: {_why(e)}") from e
         self._pool.shutdown(wait=False)
         return self._key
 
@@ -565,20 +617,7 @@ class S3Target(Target):
             (with ``expires``); PENDING while a restore runs; NOT_REQUESTED for a cold object
             with no restore, or whose restored copy expired.
         """
-        head = self._head(ref)
-        cls = head.get("StorageClass") or "STANDARD"
-        cold = cls in COLD_CLASSES or head.get("ArchiveStatus") in (
-            "ARCHIVE_ACCESS",
-            "DEEP_ARCHIVE_ACCESS",
-        )
-        if not cold:
-            return RetrievalStatus(Readiness.READY, storage_class=cls)
-        ongoing, expires = parse_restore_header(head.get("Restore"))
-        if ongoing:
-            return RetrievalStatus(Readiness.PENDING, storage_class=cls)
-        if ongoing is False and (expires is None or expires > datetime.now(UTC)):
-            return RetrievalStatus(Readiness.READY, storage_class=cls, expires=expires)
-        return RetrievalStatus(Readiness.NOT_REQUESTED, storage_class=cls, expires=expires)
+        return status_from_head(self._head(ref), datetime.now(UTC))
 
     def open_read(self, ref: str) -> BinaryIO:
         try:
