@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -37,7 +38,7 @@ from .errors import Error
 from .inventory import Archive, FileSig, Inventory
 from .policy import Policy
 from .progress import Progress
-from .targets import open_target
+from .targets import WriteOptions, open_target
 
 __all__ = ["BackupResult", "archive_keys", "new_archive_id", "run_backup", "select_changed"]
 
@@ -206,11 +207,18 @@ def run_backup(
         host=socket.gethostname(),
         format_version=FORMAT_VERSION,
     )
+    lock = policy.object_lock
+    host_tag = "".join(c if c.isalnum() or c in " .:/=+-@_" else "_" for c in row.host)[:256]
+    stored = WriteOptions(  # tags, and Object Lock on archive and manifest alike
+        tags={**policy.tags, "policy": policy.name, "kind": kind, "host": host_tag},
+        lock_mode=lock.mode if lock else None,
+        retain_until=now + lock.retain if lock else None,
+    )
     inventory.add_archive(row)
     committed: list[str] = []
     try:
         progress.start(f"{policy.name}: {kind}", sum(e.size for e in selected if e.kind == FILE))
-        with target.open_write(key) as w:
+        with target.open_write(key, stored) as w:
             res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
             committed.append(w.commit())
         progress.finish()
@@ -238,7 +246,8 @@ def run_backup(
         blob = encrypt_bytes(
             encode_manifest(manifest, (_json_entry(r) for r in res.entries)), recipients
         )
-        with target.open_write(manifest_key) as w:
+        # the manifest stays hot (STANDARD): restores are planned without a thaw
+        with target.open_write(manifest_key, dataclasses.replace(stored, hot=True)) as w:
             w.write(blob)
             committed.append(w.commit())
         inventory.add_file_records(_index_rows(archive_id, res.entries, deleted))

@@ -20,7 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import PolicyError
 
-__all__ = ["Notify", "Policy", "Retention", "get_policy", "load_policies", "parse_duration"]
+__all__ = [
+    "Notify",
+    "ObjectLockRule",
+    "Policy",
+    "Retention",
+    "get_policy",
+    "load_policies",
+    "parse_duration",
+]
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -85,6 +93,34 @@ class Notify(BaseModel):
         return v
 
 
+class ObjectLockRule(BaseModel):
+    """S3 Object Lock set on every archive and manifest of a policy (``[policy.object_lock]``):
+    ``mode`` ``GOVERNANCE`` (users with a bypass permission may still delete) or
+    ``COMPLIANCE`` (nobody can, not even the account root, until the period ends), and
+    ``retain``, the period from the backup, e.g. ``"30d"``. The bucket must have been
+    created with Object Lock enabled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    retain: timedelta
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v.upper() not in ("GOVERNANCE", "COMPLIANCE"):
+            raise ValueError(f"{v!r} is not an Object Lock mode: use GOVERNANCE or COMPLIANCE")
+        return v.upper()
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _retain(cls, v: Any) -> Any:
+        d = parse_duration(v) if isinstance(v, str) else v
+        if isinstance(d, timedelta) and d < timedelta(days=1):
+            raise ValueError("must be at least one day (S3 retains in whole days)")
+        return d
+
+
 class Policy(BaseModel):
     """One backup policy."""
 
@@ -102,6 +138,12 @@ class Policy(BaseModel):
     retention: Retention = Retention()
     catch_up: bool = False
     notify: Notify = Notify()
+    #: Object Lock on every archive and manifest (s3:// targets with Object Lock enabled)
+    object_lock: ObjectLockRule | None = None
+    #: default tier of cold-storage restores: Expedited, Standard or Bulk
+    restore_tier: str = "Standard"
+    #: extra object tags on every stored object (policy, kind and host are always added)
+    tags: dict[str, str] = {}
 
     @field_validator("name")
     @classmethod
@@ -168,6 +210,37 @@ class Policy(BaseModel):
         except Exception as e:
             raise ValueError(str(e)) from None
         return v
+
+    @field_validator("restore_tier")
+    @classmethod
+    def _restore_tier(cls, v: str) -> str:
+        if v.capitalize() not in ("Expedited", "Standard", "Bulk"):
+            raise ValueError(f"{v!r} is not a retrieval tier: use Expedited, Standard or Bulk")
+        return v.capitalize()
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        from .targets import WriteOptions
+
+        reserved = {"policy", "kind", "host"} & set(v)
+        if reserved:
+            raise ValueError(f"{', '.join(sorted(reserved))}: set by backup itself")
+        if len(v) > 7:
+            raise ValueError(f"{len(v)} tags; at most 7 (S3 allows 10; backup sets 3)")
+        WriteOptions(tags=v)  # raises naming a bad key or value
+        return v
+
+    @model_validator(mode="after")
+    def _object_lock_target(self) -> Policy:
+        from .targets import open_target
+
+        if self.object_lock is not None and not open_target(self.target).supports_object_lock:
+            raise ValueError(
+                f"object_lock: target {self.target} has no Object Lock (use an s3:// bucket "
+                "created with Object Lock enabled)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _source_names(self) -> Policy:

@@ -14,7 +14,32 @@ import platformdirs
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "default_config_path", "default_inventory_url", "get_settings"]
+__all__ = [
+    "DEFAULT_RETRIEVAL_PRICES",
+    "Settings",
+    "default_config_path",
+    "default_inventory_url",
+    "get_settings",
+]
+
+#: AWS us-east-1 list prices of a retrieval, per "CLASS/Tier": (USD per GB, USD per 1,000
+#: requests). Bulk from GLACIER (Flexible Retrieval) is free; GLACIER_IR and the IA classes
+#: charge per GB read with no restore. "VAULT/..." is the legacy Glacier vault API.
+#: Override any entry with BACKUP_RETRIEVAL_PRICES (JSON).
+DEFAULT_RETRIEVAL_PRICES: dict[str, tuple[float, float]] = {
+    "GLACIER/Expedited": (0.03, 10.0),
+    "GLACIER/Standard": (0.01, 0.05),
+    "GLACIER/Bulk": (0.0, 0.0),
+    "DEEP_ARCHIVE/Standard": (0.02, 0.10),
+    "DEEP_ARCHIVE/Bulk": (0.0025, 0.025),
+    "GLACIER_IR/Standard": (0.03, 0.01),
+    "STANDARD_IA/Standard": (0.01, 0.001),
+    "ONEZONE_IA/Standard": (0.01, 0.001),
+    "STANDARD/Standard": (0.0, 0.0004),
+    "VAULT/Expedited": (0.03, 10.0),
+    "VAULT/Standard": (0.01, 0.05),
+    "VAULT/Bulk": (0.0025, 0.025),
+}
 
 
 def default_config_path() -> Path:
@@ -48,6 +73,15 @@ class Settings(BaseSettings):
             after the active one dies.
         tick_seconds: how often the scheduler looks at schedules, jobs and retrievals.
         poll_seconds: the least time between two status checks of one pending retrieval.
+        retrieval_prices: cold-storage retrieval prices used to estimate what a restore
+            costs, per ``"CLASS/Tier"``: ``[USD per GB, USD per 1,000 requests]``
+            (``BACKUP_RETRIEVAL_PRICES``, JSON; merged over the defaults, which are AWS
+            us-east-1 list prices; see docs/cold-storage.md).
+        transfer_out_per_gb: USD per GB downloaded out of the provider's network
+            (``BACKUP_TRANSFER_OUT_PER_GB``; 0 when restoring inside the same region).
+        restore_events_queue: SQS queue (URL or name) that receives the buckets'
+            ``s3:ObjectRestore:Completed`` events, so restores are known ready at once
+            (``BACKUP_RESTORE_EVENTS_QUEUE``; unset: polling only).
     """
 
     model_config = SettingsConfigDict(env_prefix="BACKUP_", extra="ignore")
@@ -64,6 +98,10 @@ class Settings(BaseSettings):
     lease_seconds: float = 30.0
     tick_seconds: float = 2.0
     poll_seconds: float = 30.0
+    # cold storage (docs/cold-storage.md)
+    retrieval_prices: dict[str, tuple[float, float]] = {}
+    transfer_out_per_gb: float = 0.09
+    restore_events_queue: str | None = None
 
 
 @lru_cache(maxsize=1)
