@@ -1,0 +1,179 @@
+"""compose.yaml and the Dockerfile stay valid: the services, health checks, named volumes and
+start-up order are there, every backup service runs a command (with options) that the
+``backup`` CLI really has, settings come from the environment, no secret key is anywhere,
+and the image's entry point is ``backup``. No container engine is needed; when Debian's
+``docker-compose`` is installed, it validates the file too."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+BACKUP_SERVICES = {"worker", "poller", "scheduler"}
+
+
+def load() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def interpolate(value: str) -> str:
+    """Compose's ``${VAR:-default}`` and ``${VAR}`` with an empty environment."""
+    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+
+
+def backup_group() -> click.Group:
+    import backup.cli
+
+    group = backup.cli.main if isinstance(backup.cli.main, click.Group) else backup.cli.cli
+    assert isinstance(group, click.Group)
+    return group
+
+
+def test_services_and_images() -> None:
+    services = load()["services"]
+    assert {"redis", "postgres", "minio", *BACKUP_SERVICES} <= set(services)
+    for name in BACKUP_SERVICES:
+        svc = services[name]
+        assert svc["build"] == "." or svc["build"]["context"] == "."
+        assert "container_name" not in svc  # `--scale worker=N` needs generated names
+    assert "ports" not in services["worker"]  # a published port would clash when scaled
+
+
+def test_backup_commands_exist_in_the_cli() -> None:
+    group = backup_group()
+    services = load()["services"]
+    for name in sorted(BACKUP_SERVICES):
+        command = services[name]["command"]
+        args = command.split() if isinstance(command, str) else [str(a) for a in command]
+        # walk sub-groups, then let click parse the options: unknown ones fail here
+        cmd: click.Command = group
+        path = ["backup"]
+        while isinstance(cmd, click.Group) and args and not args[0].startswith("-"):
+            sub = cmd.commands.get(args[0])
+            assert sub is not None, (
+                f"service {name!r}: {' '.join(path)} has no command {args[0]!r} "
+                f"(it has: {', '.join(sorted(cmd.commands))})"
+            )
+            path.append(args.pop(0))
+            cmd = sub
+        assert cmd is not group, f"service {name!r} names no command"
+        ctx = cmd.make_context(" ".join(path), list(args))
+        ctx.close()
+    worker = services["worker"]["command"]
+    assert worker[:2] == ["worker", "--queues"] and worker[2] == "pack"
+    assert "poll" in services["poller"]["command"][2].split(",")
+    assert "notify" in services["poller"]["command"][2].split(",")
+    assert services["scheduler"]["command"] == ["scheduler"]
+
+
+def test_health_checks_and_start_order() -> None:
+    services = load()["services"]
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert services["minio"]["healthcheck"]["test"]
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}: depends_on needs conditions"
+        for dep, spec in deps.items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            cond = spec["condition"]
+            assert cond in ("service_healthy", "service_completed_successfully")
+            if cond == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits on {dep}'s health check"
+    for name in BACKUP_SERVICES:
+        deps = services[name]["depends_on"]
+        for needed in ("redis", "postgres", "minio"):
+            assert deps[needed]["condition"] == "service_healthy", (name, needed)
+
+
+def test_named_volumes_declared_and_used() -> None:
+    data = load()
+    declared = set(data["volumes"])
+    used = set()
+    for name, svc in data["services"].items():
+        for spec in svc.get("volumes", []):
+            source = spec.split(":")[0] if isinstance(spec, str) else spec["source"]
+            if not source.startswith(("/", ".", "$", "~")):
+                assert source in declared, f"{name}: volume {source!r} is not declared"
+                used.add(source)
+    assert used == declared
+    assert {"redis", "postgres", "minio", "vault"} <= declared
+
+
+def test_settings_from_environment_and_no_secret_key() -> None:
+    services = load()["services"]
+    for name in sorted(BACKUP_SERVICES):
+        svc = services[name]
+        env = {k: interpolate(str(v)) for k, v in svc["environment"].items()}
+        assert env["BACKUP_BROKER_URL"] == "redis://redis:6379/0"
+        assert env["BACKUP_INVENTORY_URL"] == (
+            "postgresql+psycopg://backup:backup@postgres:5432/backup"
+        )
+        assert env["BACKUP_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]
+        assert env["BACKUP_CONFIG"] == "/etc/backup/policies.toml"
+        mounts = [interpolate(v) for v in svc["volumes"]]
+        assert any(m.endswith(":/etc/backup/policies.toml:ro") for m in mounts)
+        # backing up needs recipients only: no identity in any service's environment
+        assert "BACKUP_IDENTITY" not in env
+        assert not any("AGE-SECRET-KEY" in v for v in env.values())
+    # MinIO and the workers agree on the credentials
+    minio = {k: interpolate(str(v)) for k, v in services["minio"]["environment"].items()}
+    worker = {k: interpolate(str(v)) for k, v in services["worker"]["environment"].items()}
+    assert worker["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+    assert worker["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+    for path in (COMPOSE, DOCKERFILE):
+        assert "AGE-SECRET-KEY" not in path.read_text()
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile() -> None:
+    ins = dockerfile_instructions()
+    assert ins[0] == ("FROM", "python:3.11-slim")
+    (entry,) = [rest for word, rest in ins if word == "ENTRYPOINT"]
+    assert json.loads(entry) == ["backup"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["backup"] == "backup.cli:main"  # the entry point the image runs
+    users = [rest for word, rest in ins if word == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    runs = " ".join(rest for word, rest in ins if word == "RUN")
+    assert re.search(r"apt-get install [^&]*\bage\b[^&]*\bzstd\b[^&]*\btar\b", runs)
+    assert not any(word == "ENV" and "IDENTITY" in rest for word, rest in ins)
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore and "!backup/" in ignore  # only the package goes into the image
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_config_accepts_it() -> None:
+    r = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
