@@ -622,21 +622,73 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
                 ],
                 "delete": [{"id": a.id, "created": _iso(a.created)} for a in plan.delete],
                 "deleted": deleted,
+                "locked": [{"id": a.id, "reason": why} for a, why in plan.locked],
+                "skipped": [{"id": a.id, "reason": why} for a, why in plan.skipped],
             }
         )
         return
     for a, why in plan.keep:
         click.echo(f"keep    {a.id}  {a.kind:<11}  {why}")
+    skipped = dict((a.id, why) for a, why in plan.skipped)
     for a in plan.delete:
-        click.echo(f"{'would delete' if dry_run else 'deleted'} {a.id}  {a.kind}")
+        if a.id in skipped:
+            click.echo(f"kept    {a.id}  {a.kind:<11}  {skipped[a.id]}")
+        else:
+            click.echo(f"{'would delete' if dry_run else 'deleted'} {a.id}  {a.kind}")
+    if plan.locked:
+        click.echo(f"{len(plan.locked)} archive(s) kept by Object Lock (retention or legal hold)")
     if pol.retention.is_empty():
         click.echo(f"policy {policy!r} has no retention rules: keeping everything")
 
 
+@cli.command()
+@click.argument("archive_id")
+@click.argument("state", type=click.Choice(["on", "off"]), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_handled
+def hold(obj: Ctx, archive_id: str, state: str | None, as_json: bool) -> None:
+    """Put a legal hold on an archive and its manifest (on), take it off (off), or show its
+    Object Lock state. A held archive cannot be deleted, by prune or anyone, until released."""
+    from .targets import open_target
+
+    a = obj.inventory.get(archive_id)
+    target = open_target(a.target)
+    refs = {"archive": a.location, "manifest": a.manifest_location}
+    if state is not None:
+        for ref in refs.values():
+            target.set_legal_hold(ref, state == "on")
+        obj.inventory.log(
+            "hold", f"legal hold {state} for {a.id}", policy=a.policy, archive_id=a.id
+        )
+    locks = {name: target.object_lock(ref) for name, ref in refs.items()}
+    if as_json:
+        _dump(
+            {
+                "id": a.id,
+                **{
+                    name: {
+                        "legal_hold": lk.legal_hold,
+                        "mode": lk.mode,
+                        "retain_until": _iso(lk.retain_until),
+                    }
+                    for name, lk in locks.items()
+                },
+            }
+        )
+        return
+    for name, lk in locks.items():
+        until = f"{lk.mode} until {_iso(lk.retain_until)}" if lk.mode else "no retention"
+        click.echo(f"{a.id} {name}: legal hold {'on' if lk.legal_hold else 'off'}, {until}")
+
+
 def _register() -> None:
     from . import cli_jobs
+    from .snapshots import cli as snapshots_cli
 
     cli_jobs.register(cli)
+    cli.add_command(snapshots_cli.snapshot)
+    cli.add_command(snapshots_cli.bucket)
 
 
 _register()

@@ -67,7 +67,7 @@ def parse_bucket_url(url: str) -> tuple[str, str, str | None]:
     """
     p = urlparse(url)
     if p.scheme != "s3" or not p.netloc:
-        raise SnapshotError(url, "not a bucket URL; write s3://bucket[/prefix]")
+        raise SnapshotError(url, "not a bucket URL; write s3://BUCKET or s3://BUCKET/PREFIX")
     q = parse_qs(p.query)
     unknown = set(q) - {"snapshots"}
     if unknown:

@@ -1,0 +1,317 @@
+"""``backup snapshot`` and ``backup bucket``: snapshots, forks, time travel and slices of a
+bucket written as ``s3://bucket[/prefix][?snapshots=tigris|versioned]``.
+
+Follows the conventions of :mod:`backup.cli`: one message and exit code 1 on an error, a
+table by default and ``--json`` on every listing (times ISO 8601 UTC). Snapshots taken or
+deleted here are recorded in the inventory's ``snapshots`` table.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .base import ObjectState, SnapshotInfo, SnapshotProvider, from_ns, parse_at
+
+__all__ = ["bucket", "record_snapshot", "resolve_point", "snapshot"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handled(f: F) -> F:
+    @functools.wraps(f)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        from ..cli import _errors
+
+        with _errors():
+            return f(*a, **kw)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _iso(t: Any) -> str | None:
+    from ..cli import _iso as iso
+
+    return iso(t)
+
+
+def _dump(obj: Any) -> None:
+    from ..cli import _dump as dump
+
+    dump(obj)
+
+
+def _table(*columns: str, rows: list[list[str]]) -> None:
+    from rich.table import Table
+
+    from ..cli import _table as show
+
+    t = Table(*columns, box=None)
+    for r in rows:
+        t.add_row(*r)
+    show(t)
+
+
+def _open(url: str) -> SnapshotProvider:
+    from . import open_provider
+
+    return open_provider(url)
+
+
+def _snap_json(s: SnapshotInfo) -> dict[str, Any]:
+    return {"bucket": s.bucket, "version": s.version, "name": s.name, "created": _iso(s.created)}
+
+
+def _obj_json(o: ObjectState) -> dict[str, Any]:
+    return {
+        "key": o.key,
+        "size": o.size,
+        "etag": o.etag,
+        "modified": _iso(o.modified),
+        "version_id": o.version_id,
+    }
+
+
+def resolve_point(p: SnapshotProvider, text: str) -> SnapshotInfo | int:
+    """Turn a command-line point in time into a snapshot or a time.
+
+    Args:
+        p: the bucket.
+        text: a snapshot name, a 19-digit version (a snapshot's when one has it, else a
+            nanosecond time), or an ISO 8601 time.
+
+    Returns:
+        The snapshot, or the time in nanoseconds.
+
+    Raises:
+        click.BadParameter: for text that is none of these.
+    """
+    digits = text.isdigit() and len(text) == 19
+    try:
+        t = parse_at(text)
+    except ValueError:
+        t = None
+    if t is None or digits:
+        for s in p.list():
+            if text in (s.name, s.version):
+                return s
+    if t is None:
+        raise click.BadParameter(
+            f"{text!r} is neither a snapshot of {p.bucket} nor a time "
+            "(ISO 8601 such as 2026-11-21T02:00:00Z, or a 19-digit version)"
+        )
+    return t
+
+
+def record_snapshot(
+    url: str,
+    s: SnapshotInfo,
+    *,
+    policy: str | None = None,
+    archive_id: str | None = None,
+    inventory: Any = None,
+) -> None:
+    """Record a snapshot in the inventory's ``snapshots`` table.
+
+    Args:
+        url: the bucket URL it was taken of.
+        s: the snapshot.
+        policy: the policy that took it.
+        archive_id: the archive it protects (a target bucket's snapshot).
+        inventory: an open :class:`~backup.inventory.Inventory`.
+    """
+    from ..inventory import Snapshot
+
+    with inventory.session() as db:
+        db.add(
+            Snapshot(
+                bucket=url,
+                name=s.name,
+                version=s.version,
+                created=s.created,
+                policy=policy,
+                archive_id=archive_id,
+            )
+        )
+
+
+def _inventory() -> Any:
+    ctx = click.get_current_context()
+    obj = ctx.find_root().obj
+    return getattr(obj, "inventory", None)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group()
+def snapshot() -> None:
+    """Take, list, fork and delete bucket snapshots (s3://bucket[/prefix])."""
+
+
+@snapshot.command("take")
+@click.argument("bucket_url", metavar="BUCKET")
+@click.option("--name", help="Name the snapshot (letters, digits, '.', '_', '-').")
+@json_option
+@_handled
+def take(bucket_url: str, name: str | None, as_json: bool) -> None:
+    """Take a snapshot of BUCKET now."""
+    p = _open(bucket_url)
+    try:
+        s = p.take(name)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--name") from None
+    inv = _inventory()
+    if inv is not None:
+        record_snapshot(bucket_url, s, inventory=inv)
+    if as_json:
+        _dump(_snap_json(s) | {"kind": p.kind})
+    else:
+        click.echo(f"snapshot {s.version}{f' ({s.name})' if s.name else ''} of {p.bucket}")
+
+
+@snapshot.command("list")
+@click.argument("bucket_url", metavar="BUCKET")
+@json_option
+@_handled
+def list_(bucket_url: str, as_json: bool) -> None:
+    """List BUCKET's snapshots, oldest first."""
+    snaps = list(_open(bucket_url).list())
+    if as_json:
+        _dump([_snap_json(s) for s in snaps])
+        return
+    _table(
+        "version",
+        "name",
+        "created",
+        rows=[[s.version, s.name or "-", _iso(s.created) or ""] for s in snaps],
+    )
+
+
+@snapshot.command("fork")
+@click.argument("bucket_url", metavar="BUCKET")
+@click.argument("new_bucket")
+@click.option("--snapshot", "which", help="Snapshot name or version (default: now).")
+@json_option
+@_handled
+def fork(bucket_url: str, new_bucket: str, which: str | None, as_json: bool) -> None:
+    """Fork BUCKET into NEW_BUCKET as of a snapshot (default: as it is now)."""
+    p = _open(bucket_url)
+    snap = p.find(which) if which else None
+    r = p.fork(new_bucket, snap)
+    if as_json:
+        _dump(
+            {
+                "bucket": r.bucket,
+                "source_bucket": r.source_bucket,
+                "source_snapshot": r.source_snapshot,
+                "copied": r.copied,
+                "skipped": r.skipped,
+                "bytes_copied": r.bytes_copied,
+                "kind": p.kind,
+            }
+        )
+    else:
+        how = "copy-on-write" if p.kind == "tigris" else f"{r.copied} objects copied"
+        click.echo(
+            f"forked {r.source_bucket} at {r.source_snapshot or 'now'} into {r.bucket} ({how})"
+        )
+
+
+@snapshot.command("delete")
+@click.argument("bucket_url", metavar="BUCKET")
+@click.argument("name_or_version")
+@json_option
+@_handled
+def delete(bucket_url: str, name_or_version: str, as_json: bool) -> None:
+    """Delete one snapshot of BUCKET (the objects' history stays)."""
+    p = _open(bucket_url)
+    s = p.find(name_or_version)
+    p.delete(s)
+    if as_json:
+        _dump({"deleted": _snap_json(s)})
+    else:
+        click.echo(f"deleted snapshot {s.version}{f' ({s.name})' if s.name else ''}")
+
+
+@click.group()
+def bucket() -> None:
+    """Time travel in a bucket: what it held at T, what changed between T1 and T2."""
+
+
+@bucket.command("at")
+@click.argument("bucket_url", metavar="BUCKET")
+@click.argument("when", metavar="TIME")
+@json_option
+@_handled
+def bucket_at(bucket_url: str, when: str, as_json: bool) -> None:
+    """List what BUCKET held at TIME (ISO 8601, a 19-digit version, or a snapshot name)."""
+    p = _open(bucket_url)
+    point = resolve_point(p, when)
+    objs = list(p.list_objects(point))
+    if as_json:
+        _dump(
+            {
+                "bucket": p.bucket,
+                "prefix": p.prefix,
+                "at": _point_json(point),
+                "objects": [_obj_json(o) for o in objs],
+            }
+        )
+        return
+    _table(
+        "key",
+        "size",
+        "modified",
+        "version",
+        rows=[[o.key, str(o.size), _iso(o.modified) or "", o.version_id or "-"] for o in objs],
+    )
+
+
+def _point_json(point: SnapshotInfo | int) -> Any:
+    if isinstance(point, SnapshotInfo):
+        return {"snapshot": _snap_json(point)}
+    return {"time": _iso(from_ns(point)), "ns": str(point)}
+
+
+@bucket.command("slice")
+@click.argument("bucket_url", metavar="BUCKET")
+@click.argument("t1")
+@click.argument("t2")
+@json_option
+@_handled
+def bucket_slice(bucket_url: str, t1: str, t2: str, as_json: bool) -> None:
+    """List what was created, changed and deleted in BUCKET in (T1, T2]."""
+    p = _open(bucket_url)
+    a, b = resolve_point(p, t1), resolve_point(p, t2)
+    s = p.slice(a, b)
+    if as_json:
+        _dump(
+            {
+                "bucket": p.bucket,
+                "prefix": p.prefix,
+                "from": _point_json(a),
+                "to": _point_json(b),
+                "created": [_obj_json(o) for o in s.created],
+                "changed": [_obj_json(o) for o in s.changed],
+                "deleted": [_obj_json(o) for o in s.deleted],
+                "uncertain": s.uncertain,
+            }
+        )
+        return
+    rows = [
+        [change, o.key, str(o.size), _iso(o.modified) or "", o.version_id or "-"]
+        for change, objs in (("created", s.created), ("changed", s.changed), ("deleted", s.deleted))
+        for o in objs
+    ]
+    _table("change", "key", "size", "modified", "version", rows=sorted(rows, key=lambda r: r[1]))
+    if s.uncertain:
+        click.echo(
+            f"warning: {len(s.uncertain)} key(s) changed within a second of T1 or T2, or by a "
+            f"recent multipart upload, so the listing cannot place them exactly: "
+            f"{', '.join(s.uncertain[:10])}{' ...' if len(s.uncertain) > 10 else ''}",
+            err=True,
+        )
