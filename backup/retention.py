@@ -10,6 +10,10 @@ Invariants:
   never cut.
 - Deletion goes newest first, so a prune interrupted at any point leaves only whole chains.
 - An empty policy (every rule 0) keeps everything: prune never deletes all archives.
+- An archive under Object Lock retention or a legal hold is kept (and said to be), with
+  every archive it depends on. If a deletion is refused anyway (a lock set since the plan,
+  a missing permission), that archive and every ancestor still to be deleted are kept and
+  reported, so no chain is left half-deleted.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from .errors import Error
 from .inventory import Archive, Inventory
 from .policy import Retention
-from .targets import open_target
+from .targets import Target, open_target
 
 __all__ = ["PrunePlan", "apply_prune", "plan_prune", "select_keep"]
 
@@ -68,13 +73,67 @@ class PrunePlan:
     policy: str
     keep: list[tuple[Archive, str]] = field(default_factory=list)
     delete: list[Archive] = field(default_factory=list)
+    #: archives the rules would delete but Object Lock keeps (also in ``keep``), with why
+    locked: list[tuple[Archive, str]] = field(default_factory=list)
+    #: archives apply_prune could not delete, or kept because a descendant could not be
+    #: deleted, with why (filled by :func:`apply_prune`)
+    skipped: list[tuple[Archive, str]] = field(default_factory=list)
 
 
-def plan_prune(inventory: Inventory, policy: str, rules: Retention) -> PrunePlan:
-    """Plan a prune: the rules' choice plus every ancestor of a kept archive."""
+def _lock_reason(target: Target, a: Archive, now: datetime) -> str | None:
+    """Why Object Lock keeps archive ``a`` now, or None."""
+    if not target.supports_object_lock:
+        return None
+    for ref in (a.location, a.manifest_location):
+        try:
+            lock = target.object_lock(ref)
+        except Error:
+            continue  # absent or unreadable: the deletion itself will tell
+        if lock.legal_hold:
+            return "locked: legal hold"
+        if lock.blocks_delete(now) and lock.retain_until is not None:
+            return f"locked: {lock.mode} retention until {lock.retain_until:%Y-%m-%dT%H:%M:%SZ}"
+    return None
+
+
+def plan_prune(
+    inventory: Inventory,
+    policy: str,
+    rules: Retention,
+    *,
+    check_locks: bool = True,
+    now: datetime | None = None,
+) -> PrunePlan:
+    """Plan a prune: the rules' choice, archives under Object Lock retention or a legal
+    hold, and every ancestor of a kept archive.
+
+    Args:
+        inventory: the inventory.
+        policy: the policy's name.
+        rules: its retention.
+        check_locks: ask targets with Object Lock about each archive the rules would delete
+            (two HEAD requests each).
+        now: the time locks are judged at (tests); defaults to the clock.
+
+    Returns:
+        The plan.
+    """
+    now = now or datetime.now(UTC)
     archives = inventory.archives(policy)
     by_id = {a.id: a for a in archives}
     keep = select_keep(archives, rules)
+    locked: dict[str, str] = {}
+    if check_locks:
+        targets: dict[str, Target] = {}
+        for a in archives:
+            if a.id in keep:
+                continue
+            if a.target not in targets:
+                targets[a.target] = open_target(a.target)
+            why = _lock_reason(targets[a.target], a, now)
+            if why is not None:
+                locked[a.id] = why
+                keep[a.id] = why
     for aid in list(keep):
         parent = by_id[aid].parent_id
         while parent is not None and parent in by_id:
@@ -84,6 +143,8 @@ def plan_prune(inventory: Inventory, policy: str, rules: Retention) -> PrunePlan
     for a in sorted(archives, key=lambda a: (a.created, a.id), reverse=True):
         if a.id in keep:
             plan.keep.append((a, keep[a.id]))
+            if a.id in locked:
+                plan.locked.append((a, locked[a.id]))
         else:
             plan.delete.append(a)
     return plan
@@ -92,16 +153,50 @@ def plan_prune(inventory: Inventory, policy: str, rules: Retention) -> PrunePlan
 def apply_prune(inventory: Inventory, plan: PrunePlan) -> list[str]:
     """Delete the planned archives, newest first; rows stay, marked ``deleted``.
 
+    An archive whose deletion the target refuses (Object Lock, permissions) stays
+    ``complete``, and so does every ancestor of it in the plan: both are added to
+    ``plan.skipped`` with the reason, and the prune goes on with the other chains.
+
     Returns:
         Ids deleted.
     """
     done: list[str] = []
+    must_keep: dict[str, str] = {}  # ancestors of an archive that could not be deleted
     for a in plan.delete:  # newest first: children go before their parents
+        if a.id in must_keep:
+            plan.skipped.append((a, must_keep[a.id]))
+            _keep_ancestors(plan, a, must_keep)
+            continue
         inventory.update_archive(a.id, state="deleting")
         target = open_target(a.target)
-        target.delete(a.location)
-        target.delete(a.manifest_location)
+        try:
+            target.delete(a.location)
+        except Error as e:
+            inventory.update_archive(a.id, state="complete")
+            why = f"not deleted: {e.get_message()}"
+            plan.skipped.append((a, why))
+            inventory.log("prune", f"kept {a.id}: {why}", level="warning", policy=a.policy)
+            _keep_ancestors(plan, a, must_keep)
+            continue
+        try:
+            target.delete(a.manifest_location)
+        except Error as e:  # the archive is gone; its manifest alone restores nothing
+            inventory.log(
+                "prune",
+                f"deleted {a.id} but its manifest stays: {e.get_message()}",
+                level="warning",
+                policy=a.policy,
+                archive_id=a.id,
+            )
         inventory.update_archive(a.id, state="deleted", deleted_at=datetime.now(UTC))
         inventory.log("prune", f"deleted {a.id}", policy=a.policy, archive_id=a.id)
         done.append(a.id)
     return done
+
+
+def _keep_ancestors(plan: PrunePlan, a: Archive, must_keep: dict[str, str]) -> None:
+    parents = {x.id: x.parent_id for x in plan.delete} | {x.id: x.parent_id for x, _ in plan.keep}
+    parent = a.parent_id
+    while parent is not None:
+        must_keep.setdefault(parent, f"parent of {a.id}, which could not be deleted")
+        parent = parents.get(parent)
