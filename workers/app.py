@@ -75,7 +75,10 @@ def make_app(settings: Settings | None = None) -> Celery:
     """
     settings = settings or get_settings()
     url = broker_url(settings)
-    transport: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    # (the SQLAlchemy transport hands its options to create_engine, which takes no such key)
+    transport: dict[str, Any] = (
+        {} if url.startswith("sqla+") else {"visibility_timeout": VISIBILITY_TIMEOUT}
+    )
     app = Celery("backup", broker=url, include=["workers.tasks"])
     app.conf.update(
         task_serializer="json",
