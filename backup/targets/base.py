@@ -232,6 +232,21 @@ class Target(ABC):
                 return info
         raise ObjectNotFound(self.url, ref)
 
+    def describe(self, ref: str) -> tuple[ObjectInfo, RetrievalStatus]:
+        """An object's listing entry and retrieval status together (one request where the
+        target can answer both at once, as S3's HEAD does).
+
+        Args:
+            ref: the object's reference.
+
+        Returns:
+            (:meth:`stat`, :meth:`retrieval_status`).
+
+        Raises:
+            ObjectNotFound: when it is absent.
+        """
+        return self.stat(ref), self.retrieval_status(ref)
+
     def _no_lock(self) -> TargetError:
         return TargetError(self.url, "this target does not support object lock or legal holds")
 

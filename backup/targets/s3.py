@@ -711,6 +711,17 @@ class S3Target(Target):
             head.get("StorageClass") or "STANDARD",
         )
 
+    def describe(self, ref: str) -> tuple[ObjectInfo, RetrievalStatus]:
+        """Size, class and retrieval status from one HEAD request."""
+        head = self._head(ref)
+        info = ObjectInfo(
+            ref,
+            int(head["ContentLength"]),
+            head["LastModified"].astimezone(UTC),
+            head.get("StorageClass") or "STANDARD",
+        )
+        return info, status_from_head(head, datetime.now(UTC))
+
     def _uploads(self, okey_prefix: str) -> Iterator[dict[str, Any]]:
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=okey_prefix
