@@ -68,15 +68,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 class JobProgress(Progress):
     """Counts bytes for the heartbeat and cancels the run when the job was lost."""
 
@@ -547,33 +538,36 @@ class Runner:
 
 def message_for(job: Job) -> tuple[str, str]:
     """Returns: the title and body telling how a job ended."""
+    from .notify import format_backup_message, format_restore_message
+
     r: dict[str, Any] = json.loads(job.result or "{}")
-    took = ""
-    if job.started and job.finished:
-        took = f" in {(job.finished - job.started).total_seconds():.1f} s"
+    ok = job.state == "done"
     if job.kind == "restore":
-        if job.state == "done":
-            title = f"backup: restore of {job.policy} done"
-            body = (
-                f"Restore {job.id} of policy {job.policy} finished{took}: "
-                f"{r.get('files', 0)} files, {_human(int(r.get('bytes', 0)))} from archive "
-                f"{r.get('archive_id')} (chain of {len(r.get('archives', []))}) "
-                f"restored to {r.get('destination')}."
-            )
-        else:
-            title = f"backup: restore of {job.policy} FAILED"
-            body = f"Restore {job.id} of policy {job.policy} failed{took}: {job.error}"
-    elif job.state == "done":
-        title = f"backup: {job.policy} done"
-        body = (
-            f"Backup {job.id} of policy {job.policy} finished{took}: {r.get('kind')} archive "
-            f"{r.get('archive_id')}, {r.get('entries', 0)} entries, "
-            f"{_human(int(r.get('bytes_in', 0)))} read, "
-            f"{_human(int(r.get('bytes_stored', 0)))} stored in {r.get('target')}."
+        params = json.loads(job.params or "{}")
+        return format_restore_message(
+            ok=ok,
+            destination=str(r.get("destination") or params.get("to") or "?"),
+            policy=job.policy,
+            request_id=job.id,
+            archive_id=r.get("archive_id") or params.get("archive_id"),
+            size_bytes=r.get("bytes"),
+            files=r.get("files"),
+            started=job.created,
+            finished=job.finished,
+            error=None if ok else job.error,
         )
-        if job.error:
-            body += f" Warning: {job.error}."
-    else:
-        title = f"backup: {job.policy} FAILED"
-        body = f"Backup {job.id} of policy {job.policy} failed{took}: {job.error}"
-    return title, body
+    return format_backup_message(
+        policy=job.policy or "?",
+        ok=ok,
+        target=r.get("target"),
+        archive_id=r.get("archive_id") or job.archive_id,
+        kind=r.get("kind"),
+        size_bytes=r.get("bytes_stored"),
+        source_bytes=r.get("bytes_in"),
+        files=r.get("entries"),
+        unreadable=int(r.get("unreadable", 0)),
+        started=job.started,
+        finished=job.finished,
+        error=None if ok else job.error,
+        host=(job.worker or "").rsplit(":", 1)[0] or None,
+    )
