@@ -227,3 +227,6 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoSer
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(k, raising=False)
     return moto_server
+
+
+from tests.servers import receiver, smtp  # noqa: E402, F401  (fixtures: real SMTP and HTTP)

@@ -23,7 +23,6 @@ from backup.inventory import Inventory
 from backup.jobs import JobStore
 from backup.settings import Settings
 from tests.conftest import Env
-from tests.test_notify import receiver, smtp  # noqa: F401  (fixtures: real SMTP and HTTP)
 
 REDIS_URL = os.environ.get("BACKUP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 

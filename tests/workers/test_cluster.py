@@ -21,7 +21,7 @@ import pytest
 from backup.cli_jobs import broker_dispatch
 from backup.inventory import Inventory
 from tests.conftest import snapshot_tree, write_policy
-from tests.test_notify import Mailbox, Receiver, text_of
+from tests.servers import Mailbox, Receiver, text_of
 from tests.workers.conftest import Cluster, free_port, wait_for
 
 pytestmark = pytest.mark.slow

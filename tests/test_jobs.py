@@ -1,0 +1,158 @@
+"""Jobs and the runner, in-process: every state change is a compare-and-set, so a task
+delivered twice does no harm (no second archive, no second notification), and two runs of
+one policy never overlap."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from backup.inventory import Inventory
+from backup.jobs import JobNotFound, JobStore
+from backup.runner import Runner
+from backup.settings import Settings
+from tests.conftest import Env, write_policy
+from tests.servers import Receiver
+
+
+def make_runner(env: Env) -> tuple[Runner, list[tuple[str, str]]]:
+    sent: list[tuple[str, str]] = []
+    settings = Settings(config=env.config, inventory_url=env.inventory_url)
+    r = Runner(Inventory(env.inventory_url), settings, lambda t, j: sent.append((t, j)), "w:1")
+    return r, sent
+
+
+def test_cas_moves_a_job_once(inventory: Inventory) -> None:
+    store = JobStore(inventory)
+    job = store.create("backup", policy="p", state="queued")
+    assert job is not None
+    assert store.claim(job.id, "queued", "packing", "a:1") is True
+    assert store.claim(job.id, "queued", "packing", "b:2") is False  # delivered twice
+    j = store.get(job.id)
+    assert (j.state, j.worker, j.attempts) == ("packing", "a:1", 1)
+    assert store.cas(job.id, ["queued"], "failed") is False
+    assert store.cas(job.id, ["packing"], "done") is True
+    assert store.get(job.id).finished is not None
+    assert store.get(job.id[:12]).id == job.id  # unique prefix
+    with pytest.raises(JobNotFound, match="No job matches 'nope'"):
+        store.get("nope")
+
+
+def test_one_job_per_policy_and_schedule_slot(inventory: Inventory) -> None:
+    from datetime import UTC, datetime
+
+    store = JobStore(inventory)
+    slot = datetime(2026, 11, 21, 2, tzinfo=UTC)
+    assert store.create("backup", policy="p", state="queued", scheduled_for=slot) is not None
+    assert store.create("backup", policy="p", state="queued", scheduled_for=slot) is None
+    assert store.create("backup", policy="q", state="queued", scheduled_for=slot) is not None
+
+
+def test_backup_delivered_twice_records_one_archive(env: Env) -> None:
+    (env.source / "a").write_text("x")
+    runner, _ = make_runner(env)
+    job = runner.store.create("backup", policy="p", state="queued")
+    assert job is not None
+    assert runner.run_backup(job.id) == "done"
+    assert runner.run_backup(job.id) == "done"  # the second delivery finds it done
+    assert len(runner.inventory.archives()) == 1
+    assert runner.store.get(job.id).attempts == 1
+    result = json.loads(runner.store.get(job.id).result)
+    assert result["archive_id"] == runner.inventory.archives()[0].id
+
+
+def test_overlapping_run_of_a_policy_is_skipped(env: Env) -> None:
+    runner, _ = make_runner(env)
+    store = runner.store
+    first = store.create("backup", policy="p", state="queued")
+    second = store.create("backup", policy="p", state="queued")
+    assert first is not None and second is not None
+    assert store.claim(first.id, "queued", "packing", "other:1")
+    assert store.lock_policy("p", first.id) is None  # the first run is under way elsewhere
+    assert runner.run_backup(second.id) == "skipped"
+    assert first.id in (store.get(second.id).error or "")
+    assert runner.inventory.archives() == []
+    store.cas(first.id, ["packing"], "done")
+    store.unlock_policy("p", first.id)
+    third = store.create("backup", policy="p", state="queued")
+    assert third is not None
+    assert runner.run_backup(third.id) == "done"
+
+
+def test_failed_run_is_recorded_with_the_reason(env: Env) -> None:
+    runner, _ = make_runner(env)
+    env.source.rmdir()
+    job = runner.store.create("backup", policy="p", state="queued")
+    assert job is not None
+    assert runner.run_backup(job.id) == "failed"
+    assert "does not exist" in (runner.store.get(job.id).error or "")
+    # the lock was released: the next run is not skipped
+    env.source.mkdir()
+    again = runner.store.create("backup", policy="p", state="queued")
+    assert again is not None
+    assert runner.run_backup(again.id) == "done"
+
+
+def test_notification_is_sent_once_when_delivered_twice(env: Env, receiver: Receiver) -> None:
+    write_policy(
+        env.config,
+        name="p",
+        sources=[str(env.source)],
+        target=f"file://{env.vault}",
+        recipients=[env.key.recipient],
+    )
+    env.config.write_text(
+        env.config.read_text() + f'[policy.notify]\non_success = ["{receiver.url()}"]\n'
+    )
+    runner, sent = make_runner(env)
+    job = runner.store.create("backup", policy="p", state="queued")
+    assert job is not None
+    runner.run_backup(job.id)
+    assert sent == [("backup.notify", job.id)]
+    assert runner.notify(job.id) is True
+    assert runner.notify(job.id) is False  # a second delivery sends nothing
+    assert len(receiver.requests) == 1
+    assert runner.store.get(job.id).notify_state == "sent"
+    assert "Backup p: done" in receiver.requests[0][2]["title"]
+
+
+def test_restore_request_runs_through_its_states(
+    env: Env, tree_snapshot: Callable[..., object]
+) -> None:
+    (env.source / "d").mkdir()
+    (env.source / "d" / "f").write_text("content")
+    runner, sent = make_runner(env)
+    b = runner.store.create("backup", policy="p", state="queued")
+    assert b is not None
+    runner.run_backup(b.id)
+    aid = runner.inventory.archives()[0].id
+    to = env.tmp / "out"
+    req = runner.store.create(
+        "restore", policy="p", state="requested", params={"archive_id": aid, "to": str(to)}
+    )
+    assert req is not None
+    assert runner.start_restore(req.id) == "ready"  # a file target is ready at once
+    assert sent[-1] == ("backup.extract", req.id)
+    assert [r.state for r in runner.store.retrievals(req.id)] == ["ready", "ready"]
+    runner.settings.identity = env.key.path
+    assert runner.extract(req.id) == "done"
+    assert runner.extract(req.id) == "done"  # delivered twice: nothing more happens
+    assert tree_snapshot(to) == tree_snapshot(env.source)
+    assert json.loads(runner.store.get(req.id).result)["files"] == 1
+
+
+def test_restore_without_an_identity_fails_and_says_so(env: Env) -> None:
+    runner, _ = make_runner(env)
+    b = runner.store.create("backup", policy="p", state="queued")
+    assert b is not None
+    runner.run_backup(b.id)
+    aid = runner.inventory.archives()[0].id
+    req = runner.store.create(
+        "restore", policy="p", state="requested", params={"archive_id": aid, "to": "/tmp/x-none"}
+    )
+    assert req is not None
+    runner.start_restore(req.id)
+    assert runner.extract(req.id) == "failed"
+    assert "BACKUP_IDENTITY" in (runner.store.get(req.id).error or "")
