@@ -33,7 +33,10 @@ __all__ = [
 
 _SCHEMES: dict[str, type[Target]] = {"file": FileTarget}
 #: schemes whose module is imported on first use, into _SCHEMES (boto3 takes ~0.3 s to import)
-_LAZY_SCHEMES = {"s3": ("backup.targets.s3", "S3Target")}
+_LAZY_SCHEMES = {
+    "s3": ("backup.targets.s3", "S3Target"),
+    "glacier": ("backup.targets.glacier", "GlacierTarget"),
+}
 
 
 def check_target_url(url: str) -> None:
