@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import SnapshotError
 
@@ -207,9 +207,11 @@ class SnapshotProvider(ABC):
         bucket: the bucket.
         prefix: keys outside it are ignored by listings, reads and slices.
         kind: ``"tigris"`` or ``"versioned"``.
+        client: the S3 client it talks through.
     """
 
     kind: str
+    client: Any
 
     def __init__(self, bucket: str, prefix: str = "") -> None:
         self.bucket = bucket

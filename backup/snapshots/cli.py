@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .actions import record_snapshot
 from .base import ObjectState, SnapshotInfo, SnapshotProvider, from_ns, parse_at
 
 __all__ = ["bucket", "record_snapshot", "resolve_point", "snapshot"]
@@ -104,38 +105,6 @@ def resolve_point(p: SnapshotProvider, text: str) -> SnapshotInfo | int:
             "(ISO 8601 such as 2026-11-21T02:00:00Z, or a 19-digit version)"
         )
     return t
-
-
-def record_snapshot(
-    url: str,
-    s: SnapshotInfo,
-    *,
-    policy: str | None = None,
-    archive_id: str | None = None,
-    inventory: Any = None,
-) -> None:
-    """Record a snapshot in the inventory's ``snapshots`` table.
-
-    Args:
-        url: the bucket URL it was taken of.
-        s: the snapshot.
-        policy: the policy that took it.
-        archive_id: the archive it protects (a target bucket's snapshot).
-        inventory: an open :class:`~backup.inventory.Inventory`.
-    """
-    from ..inventory import Snapshot
-
-    with inventory.session() as db:
-        db.add(
-            Snapshot(
-                bucket=url,
-                name=s.name,
-                version=s.version,
-                created=s.created,
-                policy=policy,
-                archive_id=archive_id,
-            )
-        )
 
 
 def _inventory() -> Any:

@@ -303,7 +303,7 @@ class VersionedProvider(SnapshotProvider):
                 if region and region != "us-east-1":
                     self.client.create_bucket(
                         Bucket=self.bucket,
-                        CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
+                        CreateBucketConfiguration={"LocationConstraint": region},
                     )
                 else:
                     self.client.create_bucket(Bucket=self.bucket)
@@ -657,7 +657,7 @@ class VersionedProvider(SnapshotProvider):
             src["VersionId"] = st.version_id
         try:
             if st.size <= self.copy_threshold:
-                self.client.copy_object(Bucket=dest, Key=st.key, CopySource=src)  # type: ignore[arg-type]
+                self.client.copy_object(Bucket=dest, Key=st.key, CopySource=src)
             else:
                 self._multipart_copy(st, src, dest)
         except ClientError as e:
@@ -688,7 +688,7 @@ class VersionedProvider(SnapshotProvider):
                     Key=st.key,
                     UploadId=uid,
                     PartNumber=n,
-                    CopySource=src,  # type: ignore[arg-type]
+                    CopySource=src,
                     CopySourceRange=f"bytes={start}-{end}",
                 )
                 parts.append({"ETag": r["CopyPartResult"]["ETag"], "PartNumber": n})
@@ -696,7 +696,7 @@ class VersionedProvider(SnapshotProvider):
                 Bucket=dest,
                 Key=st.key,
                 UploadId=uid,
-                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                MultipartUpload={"Parts": parts},
             )
         except BaseException:
             with suppress(ClientError):  # else a resumed fork aborts what is left
@@ -715,7 +715,7 @@ class VersionedProvider(SnapshotProvider):
             ]
             if not objs:
                 raise SnapshotError(self.bucket, f"no snapshot {snapshot.name or snapshot.version}")
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objs})  # type: ignore[typeddict-item]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objs})
         except ClientError as e:
             raise self._error(e, "deleting the snapshot") from None
         self._manifests.pop(snapshot.version, None)
