@@ -682,6 +682,72 @@ def hold(obj: Ctx, archive_id: str, state: str | None, as_json: bool) -> None:
         click.echo(f"{a.id} {name}: legal hold {'on' if lk.legal_hold else 'off'}, {until}")
 
 
+@cli.group("inventory")
+def inventory_group() -> None:
+    """The local inventory and the targets' own records."""
+
+
+@inventory_group.command("sync")
+@click.argument("target_url")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    help="Wait for the vault's inventory job (hours on AWS), or return if it is running.",
+)
+@click.option(
+    "--poll", "poll_seconds", default=60.0, show_default=True, help="Seconds between checks."
+)
+@click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_handled
+def inventory_sync(
+    obj: Ctx,
+    target_url: str,
+    wait: bool,
+    poll_seconds: float,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Compare a Glacier vault (glacier://vault) with the inventory: archives the vault has
+    that the inventory lacks, and the reverse. Runs (or reuses) an inventory-retrieval job."""
+    from .errors import TargetError
+    from .inventory.sync import sync_vault
+    from .targets import open_target
+    from .targets.glacier import GlacierTarget
+
+    target = open_target(target_url)
+    if not isinstance(target, GlacierTarget):
+        raise TargetError(target_url, "inventory sync reads Glacier vaults (glacier://vault)")
+    result = sync_vault(
+        target,
+        obj.inventory,
+        wait=wait,
+        poll_seconds=poll_seconds,
+        timeout=timeout,
+        progress=None if as_json else (lambda msg: err.print(msg)),
+    )
+    if isinstance(result, str):
+        if as_json:
+            _dump({"target": target_url, "job_id": result, "state": "running"})
+        else:
+            click.echo(f"inventory job {result} is running; run again later (it is reused)")
+        return
+    if as_json:
+        _dump(result.as_dict())
+        return
+    click.echo(f"{target_url}: vault inventory of {_iso(result.inventory_date)}")
+    click.echo(f"  {result.matched} object(s) in both")
+    for v in result.only_in_vault:
+        click.echo(f"  only in the vault:     {v.key}  ({v.size} bytes, id {v.archive_id})")
+    for aid, ref in result.only_in_inventory:
+        click.echo(f"  only in the inventory: {aid}  {ref.split('#')[0]}")
+    for aid, ref in result.too_new:
+        click.echo(f"  too new to tell:       {aid}  {ref.split('#')[0]}")
+    if result.foreign:
+        click.echo(f"  {len(result.foreign)} archive(s) not written by backup")
+
+
 def _register() -> None:
     from . import cli_jobs
     from .snapshots import cli as snapshots_cli

@@ -314,13 +314,14 @@ def plan_restore(
     plan = RestorePlan(url, t)
     for a in archives:
         info, status = target.describe(a.location)
+        size = info.size or a.size_stored  # a vault cannot tell sizes at once: the inventory's
         cls = status.storage_class or info.storage_class or "STANDARD"
         used = effective_tier(cls, t)
         plan.objects.append(
             PlannedObject(
                 archive_id=a.id,
                 ref=a.location,
-                size=info.size,
+                size=size,
                 storage_class=cls,
                 tier=used,
                 state=status.state,
@@ -330,7 +331,7 @@ def plan_restore(
                 cost=estimate_cost(
                     cls,
                     used,
-                    info.size,
+                    size,
                     requests=1 if status.state is Readiness.NOT_REQUESTED else 0,
                     prices=prices,
                     transfer_out_per_gb=transfer_out_per_gb,

@@ -414,6 +414,10 @@ class GlacierTarget(Target):
 
     # jobs --------------------------------------------------------------------------------
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """Returns: the vault's jobs (``list_jobs``, all pages), as the API describes them."""
+        return self._job_list()
+
     def _job_list(self, **filters: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         try:

@@ -1,0 +1,289 @@
+"""Reconcile a Glacier vault with the local inventory (``backup inventory sync glacier://v``).
+
+A vault cannot be listed at once: an ``inventory-retrieval`` job is started (or a running or
+recently finished one reused), polled until it finishes (hours on AWS; seconds in moto), and
+its output (the vault's archive list, as of the vault's last daily inventory) compared with
+the inventory's archives in that target:
+
+- in the vault, not in the inventory: archives this product wrote (recognised by their
+  description) that the inventory does not know, and foreign archives, listed apart;
+- in the inventory, not in the vault: archive or manifest objects the vault does not have,
+  unless they were written after the vault's inventory date (too new to tell).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import TargetError
+from ..targets.glacier import GlacierTarget, parse_description, parse_ref
+from . import Archive, Inventory
+
+__all__ = [
+    "SyncReport",
+    "VaultArchive",
+    "fetch_inventory",
+    "inventory_job_status",
+    "reconcile",
+    "start_inventory_job",
+    "sync_vault",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class VaultArchive:
+    """One archive of a vault's inventory.
+
+    Attributes:
+        archive_id: the vault's id.
+        key: the object key from its description, or None for an archive not written here.
+        size: bytes.
+        created: when the vault received it.
+        tree_hash: its SHA-256 tree hash, hex.
+        description: the raw description.
+    """
+
+    archive_id: str
+    key: str | None
+    size: int
+    created: datetime | None
+    tree_hash: str | None
+    description: str
+
+
+@dataclass(slots=True)
+class SyncReport:
+    """The comparison of a vault with the inventory.
+
+    Attributes:
+        target: the vault's URL.
+        inventory_date: the date of the vault's inventory.
+        matched: objects both sides have.
+        only_in_vault: archives written by this product that the inventory lacks.
+        foreign: archives in the vault not written by this product.
+        only_in_inventory: (archive id, reference) the vault lacks.
+        too_new: (archive id, reference) written after the vault's inventory date.
+    """
+
+    target: str
+    inventory_date: datetime | None
+    matched: int = 0
+    only_in_vault: list[VaultArchive] = field(default_factory=list)
+    foreign: list[VaultArchive] = field(default_factory=list)
+    only_in_inventory: list[tuple[str, str]] = field(default_factory=list)
+    too_new: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        """True when neither side has what the other lacks."""
+        return not self.only_in_vault and not self.only_in_inventory
+
+    def as_dict(self) -> dict[str, Any]:
+        """Returns: the report as JSON-ready data."""
+
+        def va(v: VaultArchive) -> dict[str, Any]:
+            return {
+                "archive_id": v.archive_id,
+                "key": v.key,
+                "size": v.size,
+                "created": v.created.isoformat() if v.created else None,
+                "tree_hash": v.tree_hash,
+            }
+
+        return {
+            "target": self.target,
+            "inventory_date": self.inventory_date.isoformat() if self.inventory_date else None,
+            "consistent": self.consistent,
+            "matched": self.matched,
+            "only_in_vault": [va(v) for v in self.only_in_vault],
+            "foreign": [va(v) for v in self.foreign],
+            "only_in_inventory": [{"archive": a, "ref": r} for a, r in self.only_in_inventory],
+            "too_new": [{"archive": a, "ref": r} for a, r in self.too_new],
+        }
+
+
+def _time(text: Any) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def start_inventory_job(target: GlacierTarget) -> str:
+    """Start an inventory-retrieval job, or reuse one running or finished (output kept).
+
+    Args:
+        target: the vault.
+
+    Returns:
+        The job id.
+
+    Raises:
+        TargetError: the vault refused.
+    """
+    for job in target.jobs():
+        if job.get("Action") == "InventoryRetrieval" and job.get("StatusCode") in (
+            "InProgress",
+            "Succeeded",
+        ):
+            return str(job["JobId"])
+    try:
+        resp = target.client.initiate_job(
+            accountId=target.account,
+            vaultName=target.vault,
+            jobParameters={"Type": "inventory-retrieval", "Format": "JSON"},
+        )
+    except (ClientError, BotoCoreError) as e:
+        raise TargetError(target.url, f"cannot start an inventory job: {e}") from e
+    return resp["jobId"]
+
+
+def inventory_job_status(target: GlacierTarget, job_id: str) -> str:
+    """Returns: the job's status code: ``InProgress``, ``Succeeded`` or ``Failed``."""
+    try:
+        job = target.client.describe_job(
+            accountId=target.account, vaultName=target.vault, jobId=job_id
+        )
+    except (ClientError, BotoCoreError) as e:
+        raise TargetError(target.url, f"cannot describe inventory job {job_id}: {e}") from e
+    return str(job.get("StatusCode", "InProgress"))
+
+
+def fetch_inventory(
+    target: GlacierTarget, job_id: str
+) -> tuple[datetime | None, list[VaultArchive]]:
+    """Download a finished inventory job's output.
+
+    Returns:
+        (the vault's inventory date, its archives).
+
+    Raises:
+        TargetError: the output cannot be read or parsed.
+    """
+    try:
+        resp = target.client.get_job_output(
+            accountId=target.account, vaultName=target.vault, jobId=job_id
+        )
+        doc = json.loads(resp["body"].read())
+    except (ClientError, BotoCoreError, ValueError) as e:
+        raise TargetError(target.url, f"cannot read inventory job {job_id}: {e}") from e
+    out = []
+    for a in doc.get("ArchiveList", []):
+        desc = str(a.get("ArchiveDescription") or "")
+        parsed = parse_description(desc)
+        out.append(
+            VaultArchive(
+                archive_id=str(a["ArchiveId"]),
+                key=parsed["key"] if parsed else None,
+                size=int(a.get("Size", 0)),
+                created=_time(a.get("CreationDate")),
+                tree_hash=a.get("SHA256TreeHash"),
+                description=desc,
+            )
+        )
+    return _time(doc.get("InventoryDate")), out
+
+
+def reconcile(
+    inventory_archives: Sequence[Archive],
+    target_url: str,
+    inventory_date: datetime | None,
+    vault: Sequence[VaultArchive],
+) -> SyncReport:
+    """Compare the inventory's archives in a vault with the vault's own inventory.
+
+    Args:
+        inventory_archives: archive rows (complete ones) of that target.
+        target_url: the vault's URL.
+        inventory_date: when the vault's inventory was taken.
+        vault: the vault's archives.
+
+    Returns:
+        The report.
+    """
+    report = SyncReport(target_url, inventory_date)
+    in_vault = {v.archive_id: v for v in vault}
+    known: set[str] = set()
+    for a in inventory_archives:
+        if a.target != target_url:
+            continue
+        for ref in (a.location, a.manifest_location):
+            aid = parse_ref(target_url, ref)[1]
+            known.add(aid)
+            if aid in in_vault:
+                report.matched += 1
+            elif inventory_date is not None and (a.finished or a.created) > inventory_date:
+                report.too_new.append((a.id, ref))
+            else:
+                report.only_in_inventory.append((a.id, ref))
+    for v in vault:
+        if v.archive_id in known:
+            continue
+        (report.only_in_vault if v.key is not None else report.foreign).append(v)
+    return report
+
+
+def sync_vault(
+    target: GlacierTarget,
+    inventory: Inventory,
+    *,
+    wait: bool = True,
+    poll_seconds: float = 60.0,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> SyncReport | str:
+    """Run the whole sync: start or reuse the inventory job, wait for it, reconcile.
+
+    Args:
+        target: the vault.
+        inventory: the local inventory.
+        wait: poll until the job finishes; False returns the job id at once if it has not.
+        poll_seconds: the wait between polls.
+        timeout: give up after this many seconds of waiting (None: no limit).
+        progress: told of each poll ("waiting for inventory job ...").
+
+    Returns:
+        The report, or the running job's id when not waiting.
+
+    Raises:
+        TargetError: the job failed, or the wait timed out (the job keeps running: run
+            again later and it is reused).
+    """
+    job_id = start_inventory_job(target)
+    start = time.monotonic()
+    while True:
+        status = inventory_job_status(target, job_id)
+        if status == "Succeeded":
+            break
+        if status == "Failed":
+            raise TargetError(target.url, f"inventory job {job_id} failed")
+        if not wait:
+            return job_id
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise TargetError(
+                target.url,
+                f"inventory job {job_id} still running after {timeout:.0f} s "
+                "(run again later: the job is reused)",
+            )
+        if progress is not None:
+            progress(f"waiting for inventory job {job_id} ({time.monotonic() - start:.0f} s)")
+        time.sleep(poll_seconds)
+    date, archives = fetch_inventory(target, job_id)
+    rows = [a for a in inventory.archives(None) if a.target == target.url]
+    report = reconcile(rows, target.url, date, archives)
+    inventory.log(
+        "inventory-sync",
+        f"{target.url}: {report.matched} matched, {len(report.only_in_vault)} only in the "
+        f"vault, {len(report.only_in_inventory)} only in the inventory",
+        level="info" if report.consistent else "warning",
+    )
+    return report
