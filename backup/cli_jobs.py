@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ from .errors import Error
 from .inventory.models import Job
 from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore
 from .progress import Progress
-from .runner import TASK_QUEUES, Dispatch, Runner
+from .runner import TASK_QUEUES, Dispatch, Runner, task_queue
 from .settings import Settings
 
 __all__ = ["register"]
@@ -194,10 +195,11 @@ def _queues(text: str) -> list[str]:
     from workers.app import QUEUES
 
     names = [q.strip() for q in text.split(",") if q.strip()]
-    bad = [q for q in names if q not in QUEUES]
+    bad = [q for q in names if q not in QUEUES and not re.fullmatch(r"pack-[\w.-]+", q)]
     if bad or not names:
         raise click.BadParameter(
-            f"unknown queue(s) {', '.join(bad) or '(none)'}; queues are {', '.join(QUEUES)}",
+            f"unknown queue(s) {', '.join(bad) or '(none)'}; queues are {', '.join(QUEUES)}, "
+            "and pack-NAME for policies with queue = NAME",
             param_hint="--queues",
         )
     return names
@@ -483,11 +485,16 @@ def queue_restore(obj: Any, params: dict[str, Any], policy: str, notify: tuple[s
 
 
 def queue_backup(obj: Any, policy: str, full: bool) -> Job:
-    """Record a backup run and hand it to the workers."""
+    """Record a backup run and hand it to the workers (to the policy's own pack queue when
+    it names one)."""
+    from workers.app import make_app, queue_name
+
     store = JobStore(obj.inventory)
     job = store.create("backup", policy=policy, state="queued", params={"full": full})
     assert job is not None
-    broker_dispatch(obj.settings, store)("backup.run", job.id)
+    queue = queue_name(obj.settings, task_queue("backup.run", obj.policy(policy)))
+    make_app(obj.settings).send_task("backup.run", args=[job.id], queue=queue)
+    store.mark_sent([job.id])
     return job
 
 

@@ -138,6 +138,9 @@ class Policy(BaseModel):
     retention: Retention = Retention()
     catch_up: bool = False
     notify: Notify = Notify()
+    #: runs go to queue ``pack-<queue>`` instead of ``pack``: for sources that only the
+    #: workers of some hosts can read (``backup worker --queues pack-<queue>`` there)
+    queue: str | None = None
     #: Object Lock on every archive and manifest (s3:// targets with Object Lock enabled)
     object_lock: ObjectLockRule | None = None
     #: default tier of cold-storage restores: Expedited, Standard or Bulk
@@ -149,6 +152,15 @@ class Policy(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _NAME.match(v):
+            raise ValueError(
+                "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
             raise ValueError(
                 "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )

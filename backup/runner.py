@@ -43,6 +43,7 @@ __all__ = [
     "Dispatch",
     "JobCancelled",
     "Runner",
+    "task_queue",
 ]
 
 log = logging.getLogger("backup.runner")
@@ -55,6 +56,16 @@ TASK_QUEUES = {
     "backup.poll": "poll",
     "backup.notify": "notify",
 }
+
+
+def task_queue(task: str, policy: Policy | None = None) -> str:
+    """Returns: the queue (before the settings' prefix) a task goes to; a policy with its own
+    ``queue`` sends its runs to ``pack-<queue>``, consumed only by the hosts that can read
+    its sources."""
+    if task == "backup.run" and policy is not None and policy.queue:
+        return f"pack-{policy.queue}"
+    return TASK_QUEUES[task]
+
 
 Dispatch = Callable[[str, str], None]
 """Hands a follow-up task (name, job id) to whoever runs tasks."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +35,7 @@ from backup.errors import Error
 from backup.inventory import Inventory
 from backup.jobs import ACTIVE, JobStore, worker_name
 from backup.policy import Policy, load_policies
-from backup.runner import TASK_QUEUES, Runner
+from backup.runner import Runner, task_queue
 from backup.settings import Settings
 
 from .app import queue_name
@@ -80,12 +81,21 @@ class Scheduler:
         self.leading = False
         self._last_poll: datetime | None = None
         self._policy_error: str | None = None
+        self._policies: dict[str, Policy] = {}
 
     # sending ----------------------------------------------------------------------------
 
+    def _queue(self, task: str, job_id: str) -> str:
+        policy = None
+        if task == "backup.run":
+            with suppress(Exception):
+                policy = self._policies.get(self.store.get(job_id).policy or "")
+        return queue_name(self.settings, task_queue(task, policy))
+
     def send(self, task: str, job_id: str) -> None:
-        """Hand a task to the broker and record when."""
-        self.app.send_task(task, args=[job_id], queue=queue_name(self.settings, TASK_QUEUES[task]))
+        """Hand a task to the broker (the policy's own pack queue for a run of a policy that
+        names one) and record when."""
+        self.app.send_task(task, args=[job_id], queue=self._queue(task, job_id))
         if job_id:
             self.store.mark_sent([job_id])
 
@@ -131,6 +141,7 @@ class Scheduler:
     def _schedule(self, now: datetime) -> None:
         try:
             policies = load_policies(self.settings.config)
+            self._policies = policies
             self._policy_error = None
         except Error as e:
             if self._policy_error != e.get_message():  # say it once, not every tick
@@ -190,7 +201,7 @@ class Scheduler:
                 task = _TASK_FOR_STATE[job.state]
             else:
                 continue
-            queue = queue_name(self.settings, TASK_QUEUES[task])
+            queue = self._queue(task, job.id)
             if queue not in lengths:
                 lengths[queue] = self._queue_length(queue)
             if lengths[queue]:  # its message may still be waiting there

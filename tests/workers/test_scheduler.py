@@ -185,3 +185,11 @@ def test_job_of_a_dead_worker_is_cleaned_up_and_queued_again(
     assert list((env.vault / ".partial").iterdir()) == []
     assert queued_messages(sched.settings) == 1
     assert store.lock_policy("p", "another") is None  # the dead job's lock was released
+
+
+def test_a_policy_with_its_own_queue_is_sent_there(env: Env, sched: Scheduler) -> None:
+    scheduled(env, schedule="*/5 * * * *", queue="hosta")
+    sched.tick(datetime(2026, 11, 21, 10, 5, 10, tzinfo=UTC))
+    assert queued_messages(sched.settings, "pack") == 0
+    assert queued_messages(sched.settings, "pack-hosta") == 1
+    redis.Redis.from_url(REDIS_URL).delete(f"{sched.settings.queue_prefix}pack-hosta")
