@@ -67,6 +67,8 @@ def task_queue(task: str, policy: Policy | None = None) -> str:
     return TASK_QUEUES[task]
 
 
+_POLICY_CACHE: dict[str, tuple[tuple[str, int, int, int], dict[str, Policy]]] = {}
+
 Dispatch = Callable[[str, str], None]
 """Hands a follow-up task (name, job id) to whoever runs tasks."""
 
@@ -126,7 +128,19 @@ class Runner:
         return JobStore(self.inventory)
 
     def policies(self) -> dict[str, Policy]:
-        return load_policies(self.settings.config)
+        """The policy file, re-read whenever it changed (each task sees the current file;
+        an unchanged file of hundreds of policies is not parsed again for every job)."""
+        path = Path(self.settings.config)
+        try:
+            st = path.stat()
+            stamp = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return load_policies(path)  # raises the clear error
+        cached = _POLICY_CACHE.get(str(path))
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, load_policies(path))
+            _POLICY_CACHE[str(path)] = cached
+        return cached[1]
 
     # heartbeat --------------------------------------------------------------------------
 
