@@ -118,6 +118,24 @@ def test_notification_is_sent_once_when_delivered_twice(env: Env, receiver: Rece
     assert "Backup p: done" in receiver.requests[0][2]["title"]
 
 
+def test_failed_run_notifies_on_failure_urls_only(env: Env, receiver: Receiver) -> None:
+    env.config.write_text(
+        env.config.read_text()
+        + f'[policy.notify]\non_success = ["{receiver.url("/ok")}"]\n'
+        + f'on_failure = ["{receiver.url("/failed")}"]\n'
+    )
+    runner, sent = make_runner(env)
+    env.source.rmdir()
+    job = runner.store.create("backup", policy="p", state="queued")
+    assert job is not None
+    assert runner.run_backup(job.id) == "failed"
+    assert sent == [("backup.notify", job.id)]
+    assert runner.notify(job.id) is True
+    assert [r[0] for r in receiver.requests] == ["/failed"]
+    payload = receiver.requests[0][2]
+    assert "FAILED" in payload["title"] and "does not exist" in payload["message"]
+
+
 def test_restore_request_runs_through_its_states(
     env: Env, tree_snapshot: Callable[..., object]
 ) -> None:

@@ -160,3 +160,10 @@ def cluster(env: Env) -> Iterator[Cluster]:
     c = Cluster(env, environ)
     yield c
     c.stop_all()
+    # leave the shared test database as it was: drop this test's queues
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(match=f"{environ['BACKUP_QUEUE_PREFIX']}*"))
+    if keys:
+        r.delete(*keys)
