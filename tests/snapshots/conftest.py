@@ -5,7 +5,7 @@ point-in-time tests need no sleeping."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +14,8 @@ import pytest
 
 from backup.snapshots import VersionedProvider
 from tests.conftest import MotoServer
+
+from .fake_tigris import FakeTigris
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -81,3 +83,16 @@ def provider(s3: Any, versioned_bucket: str) -> Callable[..., VersionedProvider]
         return VersionedProvider(versioned_bucket, kw.pop("prefix", ""), client=s3, **kw)
 
     return make
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTigris]:
+    f = FakeTigris()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tid_test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "tsec_test_secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "auto")
+    monkeypatch.setenv("BACKUP_S3_ENDPOINT_URL", f.url)
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(k, raising=False)
+    yield f
+    f.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,19 +15,6 @@ from backup.snapshots import TigrisProvider, open_provider, parse_at
 from backup.snapshots.base import SnapshotInfo, from_ns
 
 from .fake_tigris import FakeTigris, Request
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTigris]:
-    f = FakeTigris()
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tid_test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "tsec_test_secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "auto")
-    monkeypatch.setenv("BACKUP_S3_ENDPOINT_URL", f.url)
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(k, raising=False)
-    yield f
-    f.close()
 
 
 def only(reqs: list[Request]) -> Request:
