@@ -140,12 +140,18 @@ class Extractor:
         else:
             os.unlink(p)
 
-    def _forget_under(self, rel: bytes) -> None:
-        """Drop pending symlinks and directory metadata at or below ``rel``."""
+    def _forget_under(self, rel: bytes, was_dir: bool | None = None) -> None:
+        """Drop pending symlinks and directory metadata at or below ``rel``.
+
+        ``was_dir=False`` says the reader knows ``rel`` is not a directory it created or
+        queued: then nothing can be recorded below it (recording a path below it would have
+        queued it), and the disk need not be asked."""
         self.symlinks.pop(rel, None)
         # Only a directory can have anything recorded below it; checking first keeps this
         # O(1) per entry instead of a scan of every pending directory for every file.
-        if self.dirs.pop(rel, None) is None and not os.path.isdir(self._abs(rel)):
+        if self.dirs.pop(rel, None) is None and (
+            was_dir is False or not os.path.isdir(self._abs(rel))
+        ):
             return
         prefix = rel + b"/"
         for d in (self.symlinks, self.dirs):
@@ -165,7 +171,7 @@ class Extractor:
             return
         parent = rel.rsplit(b"/", 1)[0]
         probe = parent
-        while True:
+        while self.symlinks:
             if probe in self.symlinks:
                 raise UnsafeArchiveEntry(
                     archive, os.fsdecode(rel), f"parent {os.fsdecode(probe)!r} is a symlink"
@@ -180,7 +186,7 @@ class Extractor:
             if b"/" not in p:
                 break
             p = p.rsplit(b"/", 1)[0]
-        for d in reversed(missing):  # top down: each waits for its parent's job
+        for d in reversed(missing):  # top down, as tar would make them
             self._mkdir(d, 0o777)
 
     def _mkdir(self, rel: bytes, mode: int) -> None:
@@ -189,29 +195,40 @@ class Extractor:
         self.jobs.submit(rel, self._dir_job, rel, mode)
 
     def _dir_job(self, rel: bytes, mode: int) -> None:
-        ap = self._abs(rel)
-        try:
-            os.mkdir(ap, mode)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(ap).st_mode):
-                os.unlink(ap)  # a file where the archive now has a directory
-                os.mkdir(ap, mode)
-        except (FileNotFoundError, NotADirectoryError):
-            # an ancestor was removed or replaced by an earlier archive's entry
-            self._repair_parents(rel)
-            os.mkdir(ap, mode)
+        self._mkdirs(rel, mode)
 
-    def _repair_parents(self, rel: bytes) -> None:
-        parts = rel.split(b"/")[:-1]
-        for i in range(1, len(parts) + 1):
-            ap = self._abs(b"/".join(parts[:i]))
+    def _mkdir_one(self, rel: bytes, mode: int) -> None:
+        """Make ``rel`` a directory, replacing a non-directory there; another worker may be
+        doing the same at the same moment, which is not an error."""
+        ap = self._abs(rel)
+        while True:
             try:
-                if stat.S_ISDIR(os.lstat(ap).st_mode):
-                    continue
-                os.unlink(ap)
-            except FileNotFoundError:
-                pass
-            os.mkdir(ap, 0o777)
+                os.mkdir(ap, mode)
+                return
+            except FileExistsError:
+                try:
+                    if stat.S_ISDIR(os.lstat(ap).st_mode):
+                        return
+                    os.unlink(ap)  # a file where the archive now has a directory
+                except FileNotFoundError:
+                    pass  # replaced or removed by another worker meanwhile: try again
+
+    def _mkdirs(self, rel: bytes, mode: int) -> None:
+        """Make ``rel`` a directory, creating its missing parents first (jobs run in any
+        order, so a parent's own job may not have run yet; it then finds it done)."""
+        todo = [rel]
+        while todo:
+            d = todo[-1]
+            try:
+                # a parent made here gets the mode its own job would give it
+                self._mkdir_one(d, mode if len(todo) == 1 else 0o700 if d in self.dirs else 0o777)
+            except (FileNotFoundError, NotADirectoryError):
+                # a parent is missing, or is a file an earlier archive left there
+                if b"/" not in d:
+                    raise
+                todo.append(d.rsplit(b"/", 1)[0])
+                continue
+            todo.pop()
 
     def _meta(self, fd_or_path: int | bytes, m: tf.Member) -> None:
         if self.restore_owner:
@@ -287,12 +304,13 @@ class Extractor:
                     self._mkdir(rel, 0o700)
                 self.dirs[rel] = _DirMeta(m.mode, m.mtime_ns, m.uid, m.gid)
                 continue
-            if rel in self.known_dirs:
+            was_dir = rel in self.known_dirs
+            if was_dir:
                 # a directory becomes something else: nothing queued may still write below it
                 self.jobs.drain()
                 self.known_dirs.discard(rel)
             if t == tf.REGTYPE:
-                self._forget_under(rel)
+                self._forget_under(rel, was_dir)
                 expected = hashes.get(rel) if hashes else None
                 if m.size <= _SMALL:
                     data = _read_all(reader, m.size, archive, rel)
@@ -303,8 +321,7 @@ class Extractor:
                     self.files += 1
                     self.bytes += m.size
                 else:
-                    self.jobs.wait(rel.rsplit(b"/", 1)[0] if b"/" in rel else b"")
-                    self.jobs.wait(rel)
+                    self.jobs.wait(rel)  # its parent it creates itself if need be
                     self._write_file(reader, rel, m, archive, expected, mv, progress)
                 continue
             # links, FIFOs and devices are few: handle them with nothing else in flight
@@ -387,7 +404,11 @@ class Extractor:
         except FileExistsError:
             self._clear(rel)
         except (FileNotFoundError, NotADirectoryError):
-            self._repair_parents(rel)
+            # the parent's job has not run yet, or an earlier archive left a file there
+            parent = rel.rsplit(b"/", 1)[0] if b"/" in rel else b""
+            if not parent:
+                raise
+            self._mkdirs(parent, 0o700 if parent in self.dirs else 0o777)
         return os.open(ap, flags, 0o600)
 
     def _small_file_job(

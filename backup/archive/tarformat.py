@@ -107,6 +107,9 @@ _PAX_DIR = b"./PaxHeaders/"
 # so anything near this size is a corrupt size field, not metadata.
 _MAX_META = 16 << 20
 _READ_CHUNK = 64 << 10
+# the buffer refills in large pieces: a decompressor or prefetcher then hands out whole
+# chunks without copying, and headers are parsed from one buffer for many members
+_FILL_CHUNK = 1 << 20
 _SKIP_CHUNK = 1 << 20
 
 # name mode uid gid size mtime chksum typeflag linkname magic+version uname gname
@@ -487,7 +490,7 @@ class TarReader:
         chunks = [self._buf[self._pos :]] if avail else []
         self._base += self._pos
         while avail < n:
-            chunk = self._read(max(_READ_CHUNK, n - avail))
+            chunk = self._read(max(_FILL_CHUNK, n - avail))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -699,11 +702,15 @@ class TarReader:
         )
 
     def _verify_checksum(self, block: bytes, offset: int) -> None:
+        field = block[148:156]
+        digits = field[:6]
         try:
-            recorded = _parse_number(block[148:156])
+            if field[6:] == b"\0 " and digits.isdigit():
+                recorded = int(digits, 8)  # the form every POSIX writer uses, parsed quickly
+            else:
+                recorded = _parse_number(field)
         except ValueError:
             raise self._corrupt("invalid header checksum field", offset) from None
-        field = block[148:156]
         unsigned = _block_sum(block) - sum(field) + _CHKSUM_SPACES_SUM
         if recorded == unsigned:
             return
@@ -714,6 +721,11 @@ class TarReader:
 
     def _number(self, field: bytes, what: str, offset: int) -> int:
         try:
+            if field[-1] == 0:
+                # digits then one NUL, as POSIX writers end numbers: the quick path
+                digits = field[:-1]
+                if digits.isdigit():
+                    return int(digits, 8)
             return _parse_number(field)
         except ValueError:
             raise self._corrupt(f"invalid {what} field {field!r} in header", offset) from None

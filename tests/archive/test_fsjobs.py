@@ -8,8 +8,9 @@ import pytest
 from backup.archive.fsjobs import FSJobs
 
 
-def test_jobs_wait_for_parent_and_same_path() -> None:
-    jobs = FSJobs(threads=4)
+def test_jobs_on_one_path_run_in_order() -> None:
+    # one job per batch, so the jobs land on different workers
+    jobs = FSJobs(threads=4, batch=1)
     order: list[bytes] = []
     lock = threading.Lock()
 
@@ -18,21 +19,47 @@ def test_jobs_wait_for_parent_and_same_path() -> None:
         with lock:
             order.append(rel)
 
-    # the parent is slow: its children, queued after it, must still run after it
-    jobs.submit(b"d", record, b"d", 0.2)
-    for i in range(6):
-        jobs.submit(b"d/" + bytes([97 + i]), record, b"d/" + bytes([97 + i]), 0.0)
     # two jobs on one path run in submission order even if the first is slower
-    jobs.submit(b"x", record, b"x1", 0.1)
+    jobs.submit(b"x", record, b"x1", 0.2)
+    jobs.submit(b"y", record, b"y", 0.0)
     jobs.submit(b"x", record, b"x2", 0.0)
+    jobs.submit(b"x", record, b"x3", 0.0)
     jobs.drain()
     jobs.close()
-    assert order.index(b"d") < min(order.index(b"d/" + bytes([97 + i])) for i in range(6))
-    assert order.index(b"x1") < order.index(b"x2")
+    assert [r for r in order if r.startswith(b"x")] == [b"x1", b"x2", b"x3"]
+    # jobs on other paths did not wait for the slow one
+    assert order.index(b"y") < order.index(b"x1")
+
+
+def test_wait_covers_jobs_on_the_path() -> None:
+    jobs = FSJobs(threads=2, batch=64)
+    done: list[str] = []
+    jobs.submit(b"a", lambda: (time.sleep(0.1), done.append("a")))
+    jobs.submit(b"b", lambda: done.append("b"))
+    jobs.wait(b"a")  # the batch still filling is sent, then waited for
+    assert "a" in done
+    jobs.drain()
+    jobs.close()
+
+
+def test_close_drops_queued_jobs() -> None:
+    jobs = FSJobs(threads=1, batch=1)
+    gate = threading.Event()
+    ran: list[int] = []
+    jobs.submit(b"a", gate.wait)
+    for i in range(5):
+        jobs.submit(b"b%d" % i, ran.append, i)
+    closer = threading.Thread(target=jobs.close)
+    closer.start()
+    time.sleep(0.05)
+    gate.set()
+    closer.join(timeout=5)
+    assert not closer.is_alive()
+    assert ran == []
 
 
 def test_link_waits_for_its_target() -> None:
-    jobs = FSJobs(threads=2)
+    jobs = FSJobs(threads=2, batch=1)
     done: list[str] = []
     jobs.submit(b"a", lambda: (time.sleep(0.1), done.append("a")))
     jobs.submit(b"b", lambda: done.append("b-link"), after=b"a")
@@ -42,15 +69,19 @@ def test_link_waits_for_its_target() -> None:
 
 
 def test_first_error_reaches_the_submitter() -> None:
-    jobs = FSJobs(threads=2)
+    jobs = FSJobs(threads=2, batch=1)
+    after: list[int] = []
 
     def boom() -> None:
         raise OSError(28, "No space left on device")
 
     jobs.submit(b"f", boom)
     with pytest.raises(OSError, match="No space"):
+        for i in range(1000):
+            jobs.submit(b"g%d" % i, after.append, i)
         jobs.drain()
     jobs.close()
+    assert len(after) < 1000  # jobs queued after the failure are skipped
 
 
 def test_queued_bytes_are_bounded() -> None:
