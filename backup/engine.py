@@ -23,7 +23,7 @@ import secrets
 import socket
 import stat
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +32,7 @@ from typing import Any
 from .archive import FORMAT_VERSION, Entry, encode_manifest, pack, scan
 from .archive.manifest import path_to_json
 from .archive.pack import Record
-from .archive.scan import FILE, HARDLINK, Unreadable
+from .archive.scan import FILE, HARDLINK, ScanResult, Unreadable, scan_iter
 from .crypto.age import Recipient, encrypt_bytes, parse_recipient
 from .errors import Error
 from .inventory import Archive, FileSig, Inventory
@@ -174,18 +174,20 @@ def run_backup(
     target = open_target(policy.target)
     recipients: list[Recipient] = [parse_recipient(r) for r in policy.recipients]
 
-    with _gc_paused():
-        scanned = scan(policy.name, policy.source_names(), policy.exclude)
-
     parent = None if full else inventory.latest(policy.name, policy.target)
     if parent is not None:
         chain_full = inventory.chain(parent.id)[0]
         if now - chain_full.created >= policy.full_every:
             parent = None
+    scanned = ScanResult()
+    selected: Iterable[Entry]
     if parent is None:
-        kind, selected, deleted = "full", scanned.entries, list[bytes]()
+        # a full packs the walk as it goes (the sources are checked now, before any write)
+        kind, deleted = "full", list[bytes]()
+        selected = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
     else:
         with _gc_paused():
+            scanned = scan(policy.name, policy.source_names(), policy.exclude)
             state = inventory.tree_state(parent.id)
             selected, deleted = select_changed(
                 scanned.entries, state, scanned.unreadable, scanned.unreadable_dirs
@@ -217,8 +219,9 @@ def run_backup(
     inventory.add_archive(row)
     committed: list[str] = []
     try:
-        progress.start(f"{policy.name}: {kind}", sum(e.size for e in selected if e.kind == FILE))
-        with target.open_write(key, stored) as w:
+        total = None if kind == "full" else sum(e.size for e in selected if e.kind == FILE)
+        progress.start(f"{policy.name}: {kind}", total)
+        with target.open_write(key, stored) as w, _gc_paused():
             res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
             committed.append(w.commit())
         progress.finish()
@@ -243,9 +246,7 @@ def run_backup(
             "unreadable": [{"path": path_to_json(u.path), "error": u.error} for u in unreadable],
             "changed_while_reading": [path_to_json(p) for p in res.changed],
         }
-        blob = encrypt_bytes(
-            encode_manifest(manifest, (_json_entry(r) for r in res.entries)), recipients
-        )
+        blob = encrypt_bytes(encode_manifest(manifest, res.entries), recipients)
         # the manifest stays hot (STANDARD): restores are planned without a thaw
         with target.open_write(manifest_key, dataclasses.replace(stored, hot=True)) as w:
             w.write(blob)
@@ -294,14 +295,6 @@ def run_backup(
         changed=len(res.changed),
     )
     return BackupResult(inventory.get(archive_id), unreadable, res.changed, len(deleted))
-
-
-def _json_entry(r: Record) -> dict[str, Any]:
-    out = r.as_dict()
-    out["path"] = path_to_json(r["path"])
-    if "link" in r:
-        out["link"] = path_to_json(r["link"])
-    return out
 
 
 def _index_rows(archive_id: str, entries: list[Record], deleted: list[bytes]) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import zstandard
 
@@ -37,13 +37,22 @@ def path_from_json(s: str) -> bytes:
     return os.fsencode(s)
 
 
-def encode_manifest(manifest: dict[str, Any], entries: Iterable[dict[str, Any]] = ()) -> bytes:
+class JSONEntry(Protocol):
+    """An entry that encodes itself (as :class:`~backup.archive.pack.Record` does)."""
+
+    def to_json(self) -> str: ...
+
+
+def encode_manifest(
+    manifest: dict[str, Any], entries: Iterable[dict[str, Any] | JSONEntry] = ()
+) -> bytes:
     """Encode a manifest as compressed JSON (not yet encrypted).
 
     Args:
         manifest: every field but ``entries``.
-        entries: the entries, encoded one at a time into the compressor, so a tree of
-            millions of paths never exists as one JSON string in memory.
+        entries: the entries (dicts, or objects with ``to_json()``), encoded one at a time
+            into the compressor, so a tree of millions of paths never exists as one JSON
+            string in memory.
 
     Returns:
         zstd-compressed JSON.
@@ -54,7 +63,11 @@ def encode_manifest(manifest: dict[str, Any], entries: Iterable[dict[str, Any]] 
     batch: list[str] = []
     first = True
     for e in entries:
-        batch.append(json.dumps(e, ensure_ascii=True, separators=(",", ":")))
+        batch.append(
+            json.dumps(e, ensure_ascii=True, separators=(",", ":"))
+            if isinstance(e, dict)
+            else e.to_json()
+        )
         if len(batch) >= 1000:
             out.append(
                 c.compress(("" if first else ",").encode() + ",".join(batch).encode("ascii"))

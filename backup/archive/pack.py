@@ -15,13 +15,16 @@ Invariants:
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
+import pwd
 import queue
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 import zstandard
@@ -118,8 +121,34 @@ class Record:
         """Returns: the fields that are set."""
         return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
 
+    def to_json(self) -> str:
+        """The manifest's JSON object for this entry: the fields that are set, in slot
+        order, paths decoded with ``surrogateescape`` (as ``json.dumps`` of the dict, with
+        ``ensure_ascii`` and no spaces, would write it, at a fraction of its cost)."""
+        head = (
+            f'{{"path":{_json_str(os.fsdecode(self.path))},"type":"{self.type}",'
+            f'"size":{self.size},"mode":{self.mode},"mtime_ns":{self.mtime_ns},'
+            f'"ctime_ns":{self.ctime_ns},"ino":{self.ino},"uid":{self.uid},"gid":{self.gid},'
+            f'"offset":{self.offset}'
+        )
+        tail = []
+        for k in _OPTIONAL:
+            v = getattr(self, k, None)
+            if v is not None:
+                if k == "link":
+                    tail.append(f',"link":{_json_str(os.fsdecode(v))}')
+                elif k == "sha256":
+                    tail.append(f',"sha256":"{v}"')
+                else:
+                    tail.append(f',"{k}":{int(v)}')
+        return head + "".join(tail) + "}" if tail else head + "}"
+
     def __repr__(self) -> str:
         return f"Record({self.as_dict()!r})"
+
+
+# fields after "offset", set only on some records; all ints but sha256 (hex) and link
+_OPTIONAL = Record.__slots__[Record.__slots__.index("offset") + 1 :]
 
 
 @dataclass(slots=True)
@@ -207,24 +236,22 @@ class _Pipe:
             self.t.join()
 
 
-def _names(uid: int, gid: int, cache: dict[tuple[str, int], str]) -> tuple[str, str]:
-    import grp
-    import pwd
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
 
-    def look(kind: str, i: int) -> str:
-        key = (kind, i)
-        if key not in cache:
-            try:
-                cache[key] = pwd.getpwuid(i).pw_name if kind == "u" else grp.getgrgid(i).gr_name
-            except KeyError:
-                cache[key] = ""
-        return cache[key]
 
-    return look("u", uid), look("g", gid)
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
 
 
 def pack(
-    entries: Sequence[Entry],
+    entries: Iterable[Entry],
     out: ObjectWriter,
     recipients: Sequence[Recipient],
     *,
@@ -235,7 +262,8 @@ def pack(
     """Write entries as one encrypted, compressed tar stream.
 
     Args:
-        entries: what to pack, parents before children.
+        entries: what to pack, parents before children; may be a lazy walk (see
+            :func:`~backup.archive.scan.scan_iter`), consumed as it is packed.
         out: the target's writer; not committed here.
         recipients: age recipients.
         level: zstd level.
@@ -261,7 +289,7 @@ def pack(
 
 
 def _pack_into(
-    entries: Sequence[Entry],
+    entries: Iterable[Entry],
     pipe: _Pipe,
     res: PackResult,
     level: int,
@@ -277,7 +305,8 @@ def _pack_into(
     z = cctx.stream_writer(pipe, closefd=False, write_size=_BUF)  # type: ignore[arg-type]
     buf = bytearray(_BUF)
     mv = memoryview(buf)
-    names: dict[tuple[str, int], str] = {}
+    users: dict[int, str] = {}
+    groups: dict[int, str] = {}
     links: dict[tuple[int, int], bytes] = {}
     offset = 0
     # small writes (headers, small files) are batched: each write into zstd has a fixed cost
@@ -291,7 +320,12 @@ def _pack_into(
             pending = bytearray()
 
     for e in entries:
-        uname, gname = _names(e.uid, e.gid, names)
+        uname = users.get(e.uid)
+        if uname is None:
+            uname = users[e.uid] = _user(e.uid)
+        gname = groups.get(e.gid)
+        if gname is None:
+            gname = groups[e.gid] = _group(e.gid)
         perm = stat.S_IMODE(e.mode)
         rec = Record(e.path, e.kind, perm, e.mtime_ns, e.ctime_ns, e.ino, e.uid, e.gid, offset)
         common: dict[str, Any] = {

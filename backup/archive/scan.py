@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import SourceError
 
-__all__ = ["Entry", "ScanResult", "Unreadable", "compile_excludes", "scan"]
+__all__ = ["Entry", "ScanResult", "Unreadable", "compile_excludes", "scan", "scan_iter"]
 
 # tar type letters, used as the entry kinds throughout
 FILE, DIR, SYMLINK, HARDLINK, FIFO, CHR, BLK = (
@@ -150,8 +150,28 @@ def scan(
     Raises:
         SourceError: when a source is missing or is not a directory or file; nothing is written then.
     """
-    excluded = compile_excludes(exclude)
     result = ScanResult()
+    result.entries.extend(scan_iter(policy_name, sources, exclude, result))
+    return result
+
+
+def scan_iter(
+    policy_name: str,
+    sources: Sequence[tuple[str, Path]],
+    exclude: Sequence[str],
+    result: ScanResult,
+) -> Iterator[Entry]:
+    """Walk the sources lazily, so packing can start with the first entry.
+
+    The sources are checked now; the walk happens as the entries are consumed, in the
+    order :func:`scan` returns them. What cannot be read is added to ``result`` as the walk
+    meets it (``result.entries`` is left alone).
+
+    Raises:
+        SourceError: when a source is missing or is not a directory or file (raised here,
+            before anything is walked).
+    """
+    excluded = compile_excludes(exclude)
     roots: list[tuple[bytes, bytes, os.stat_result]] = []  # (name, absolute path, stat)
     for name, path in sources:
         try:
@@ -163,16 +183,22 @@ def scan(
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise SourceError(str(path), policy_name, "is neither a directory nor a file")
         roots.append((os.fsencode(name), os.fsencode(path), st))
+    return _iter_roots(roots, excluded, result)
 
+
+def _iter_roots(
+    roots: list[tuple[bytes, bytes, os.stat_result]],
+    excluded: Callable[[bytes, bytes], bool],
+    result: ScanResult,
+) -> Iterator[Entry]:
     for bname, babs, bst in roots:
         if stat.S_ISREG(bst.st_mode):
             rel = bname or os.path.basename(babs)
-            result.entries.append(_entry(rel, babs, bst, FILE))
+            yield _entry(rel, babs, bst, FILE)
             continue
         if bname:
-            result.entries.append(_entry(bname, babs, bst, DIR))
-        _walk(babs, bname, excluded, result)
-    return result
+            yield _entry(bname, babs, bst, DIR)
+        yield from _walk(babs, bname, excluded, result)
 
 
 def _name(d: os.DirEntry[bytes]) -> bytes:
@@ -181,12 +207,11 @@ def _name(d: os.DirEntry[bytes]) -> bytes:
 
 def _walk(
     top: bytes, top_rel: bytes, excluded: Callable[[bytes, bytes], bool], result: ScanResult
-) -> None:
+) -> Iterator[Entry]:
     # Depth-first, each directory's subtree directly after the directory itself: GNU tar
     # sets a directory's mtime when it meets the first member outside it, so this order is
     # what lets `tar -x` restore directory mtimes. An explicit stack, not recursion: trees can
     # be deeper than Python's recursion limit.
-    entries = result.entries
     stack: list[Iterator[os.DirEntry[bytes]]] = []
     rels: list[bytes] = []
 
@@ -218,11 +243,12 @@ def _walk(
             kind = _kind(st.st_mode)
             if kind is None:
                 continue
-            entries.append(_entry(rel, d.path, st, kind))
+            e = _entry(rel, d.path, st, kind)
         except FileNotFoundError:
             continue  # vanished between listing and stat: it is not there to back up
-        except OSError as e:
-            result.unreadable.append(Unreadable(rel, e.strerror or str(e)))
+        except OSError as err:
+            result.unreadable.append(Unreadable(rel, err.strerror or str(err)))
             continue
+        yield e
         if kind == DIR:
             push(d.path, rel)
