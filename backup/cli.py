@@ -367,7 +367,16 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("policy", required=False)
 @click.option(
-    "--to", "to", required=True, type=click.Path(path_type=Path), help="Destination directory."
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(),
+    help="Destination directory, or s3://bucket/prefix for a bucket source.",
+)
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Bucket source: restore into the source itself (new versions and delete markers only).",
 )
 @click.option("--at", "at", help="Newest archive at or before this ISO 8601 time.")
 @click.option("--archive", "archive_id", help="Restore this archive (id or unique prefix).")
@@ -412,7 +421,8 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
 def restore(
     obj: Ctx,
     policy: str | None,
-    to: Path,
+    to: str,
+    in_place: bool,
     at: str | None,
     archive_id: str | None,
     file: Path | None,
@@ -433,10 +443,18 @@ def restore(
     """
     from . import restore as r
 
-    to = to.absolute()
+    if to.startswith("s3://"):
+        from .snapshots.cli import restore_into_bucket
+
+        return restore_into_bucket(
+            obj, policy, to, at, archive_id, include, identity, in_place, as_json
+        )
+    if in_place:
+        raise Error("--in-place restores into a bucket source (--to s3://...) only")
+    dest = Path(to).absolute()
     if file is None and (obj.settings.broker_url or notify):
         return _restore_request(
-            obj, policy, to, at, archive_id, include, identity, force,
+            obj, policy, dest, at, archive_id, include, identity, force,
             allow_external_symlinks, notify, tier, wait, as_json,
         )  # fmt: skip
     identities = r.identities_from(identity or obj.settings.identity)
@@ -445,7 +463,7 @@ def restore(
             raise Error("--file restores one file; it takes no POLICY, --at or --archive")
         res = r.restore_file(
             file,
-            to,
+            dest,
             identities,
             include=include,
             force=force,
@@ -458,7 +476,7 @@ def restore(
         res = r.restore(
             policy,
             obj.inventory,
-            to,
+            dest,
             identities,
             at=parse_time(at) if at else None,
             archive_id=archive_id,

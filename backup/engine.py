@@ -148,6 +148,8 @@ def run_backup(
     now: datetime | None = None,
     archive_id: str | None = None,
     on_phase: Callable[[str], None] | None = None,
+    scanned: ScanResult | None = None,
+    source_info: dict[str, Any] | None = None,
 ) -> BackupResult:
     """Back up one policy now, in this process.
 
@@ -161,6 +163,9 @@ def run_backup(
             so the sweep can clean up after a worker that died); a new one by default.
         on_phase: told ``uploading`` once the archive stream is stored and ``recorded``
             once the inventory row is complete.
+        scanned: entries listed elsewhere instead of a walk of the sources (a bucket
+            source's objects as of a snapshot: backup/snapshots/source.py).
+        source_info: recorded in the manifest as ``bucket_source`` (the snapshot packed).
 
     Returns:
         The archive recorded, and what could not be read.
@@ -169,6 +174,13 @@ def run_backup(
         SourceError: a source is missing (nothing is written).
         TargetError: the target refused the write (the row is marked failed).
     """
+    if policy.source is not None and scanned is None:
+        from .snapshots.source import archive_bucket  # snapshots it, then comes back here
+
+        return archive_bucket(
+            policy, inventory, full=full, progress=progress, now=now,
+            archive_id=archive_id, on_phase=on_phase,
+        )  # fmt: skip
     progress = progress or Progress()
     now = now or datetime.now(UTC)
     target = open_target(policy.target)
@@ -179,15 +191,19 @@ def run_backup(
         chain_full = inventory.chain(parent.id)[0]
         if now - chain_full.created >= policy.full_every:
             parent = None
+    listed = scanned
     scanned = ScanResult()
     selected: Iterable[Entry]
     if parent is None:
         # a full packs the walk as it goes (the sources are checked now, before any write)
         kind, deleted = "full", list[bytes]()
-        selected = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
+        if listed is not None:
+            scanned, selected = listed, listed.entries
+        else:
+            selected = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
     else:
         with _gc_paused():
-            scanned = scan(policy.name, policy.source_names(), policy.exclude)
+            scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
             state = inventory.tree_state(parent.id)
             selected, deleted = select_changed(
                 scanned.entries, state, scanned.unreadable, scanned.unreadable_dirs
@@ -238,6 +254,7 @@ def run_backup(
             "host": row.host,
             "target": policy.target,
             "sources": [{"name": n, "path": str(p)} for n, p in policy.source_names()],
+            **({"bucket_source": source_info} if source_info else {}),
             "compression": {"zstd_level": policy.compression_level},
             "archive": {"key": key, "size": res.size_stored, "sha256": res.sha256},
             "size_in": res.size_in,
@@ -294,7 +311,26 @@ def run_backup(
         unreadable=len(unreadable),
         changed=len(res.changed),
     )
+    if policy.target_snapshots:
+        _protect(policy, archive_id, inventory)
     return BackupResult(inventory.get(archive_id), unreadable, res.changed, len(deleted))
+
+
+def _protect(policy: Policy, archive_id: str, inventory: Inventory) -> None:
+    """Snapshot the target bucket now that the archive landed (docs/snapshots.md). The
+    archive is complete either way; a failed snapshot is logged as an error."""
+    from .snapshots.actions import protect_archive
+
+    try:
+        protect_archive(policy.target, policy.name, archive_id, inventory)
+    except Error as e:
+        inventory.log(
+            "snapshot",
+            f"archive {archive_id} landed but the target snapshot failed: {e.get_message()}",
+            level="error",
+            policy=policy.name,
+            archive_id=archive_id,
+        )
 
 
 def _index_rows(archive_id: str, entries: list[Record], deleted: list[bytes]) -> Any:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import PolicyError
 
 __all__ = [
+    "Drill",
     "Notify",
     "ObjectLockRule",
     "Policy",
@@ -121,13 +122,34 @@ class ObjectLockRule(BaseModel):
         return d
 
 
+class Drill(BaseModel):
+    """Restore drills of a bucket source (``[policy.drill]``): fork the source's latest
+    snapshot into a bucket named by ``bucket`` (``{policy}``, ``{bucket}``, ``{date}``,
+    ``{time}``), run the shell command ``check`` against it (``BACKUP_DRILL_URL`` names the
+    fork), record the result, and remove the fork ``keep_for`` later (docs/snapshots.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = "{bucket}-drill-{date}{time}"
+    check: str
+    keep_for: timedelta = timedelta(days=1)
+    timeout: timedelta = timedelta(hours=1)
+
+    @field_validator("keep_for", "timeout", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+
 class Policy(BaseModel):
     """One backup policy."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    sources: list[Path] = Field(min_length=1)
+    sources: list[Path]  # empty when ``source`` names a bucket
+    #: a bucket to back up instead of local sources: s3://bucket[/prefix] (docs/snapshots.md)
+    source: str | None = None
     exclude: list[str] = []
     target: str
     recipients: list[str] = Field(min_length=1)
@@ -147,6 +169,10 @@ class Policy(BaseModel):
     restore_tier: str = "Standard"
     #: extra object tags on every stored object (policy, kind and host are always added)
     tags: dict[str, str] = {}
+    #: snapshot the s3:// target bucket after each archive lands, named after the archive
+    target_snapshots: bool = False
+    #: restore drills of the bucket source (the ``fork`` action)
+    drill: Drill | None = None
 
     @field_validator("name")
     @classmethod
@@ -252,6 +278,37 @@ class Policy(BaseModel):
                 f"object_lock: target {self.target} has no Object Lock (use an s3:// bucket "
                 "created with Object Lock enabled)"
             )
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bucket_source_needs_no_paths(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("source") is not None and "sources" not in data:
+            return {**data, "sources": []}
+        return data
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .snapshots import parse_bucket_url
+
+            try:
+                parse_bucket_url(v)
+            except Exception as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind_of_source(self) -> Policy:
+        if bool(self.sources) == (self.source is not None):
+            raise ValueError(
+                "give either sources (local paths) or source (a bucket, s3://bucket/prefix)"
+                if self.sources
+                else "sources: give at least one path, or source = an s3:// bucket"
+            )
+        if self.drill is not None and self.source is None:
+            raise ValueError("drill: restore drills need a bucket source")
         return self
 
     @model_validator(mode="after")

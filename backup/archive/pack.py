@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -250,6 +250,12 @@ def _group(gid: int) -> str:
         return ""
 
 
+def _readinto(stream: BinaryIO, buf: memoryview) -> int:
+    data = stream.read(len(buf))
+    buf[: len(data)] = data
+    return len(data)
+
+
 def pack(
     entries: Iterable[Entry],
     out: ObjectWriter,
@@ -346,19 +352,24 @@ def _pack_into(
                     rec.update(type=HARDLINK, link=first, file_size=e.size)
                     res.entries.append(rec)
                     continue
+            stream: BinaryIO | None = None  # content from an opener (an object in a bucket)
+            fd = -1
             try:
-                # O_NONBLOCK: a FIFO that replaced the file since the scan would otherwise
-                # block this open until some writer appears; regular files ignore the flag
-                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-                fd = os.open(e.abspath, flags)
+                if e.opener is not None:
+                    stream = e.opener()
+                else:
+                    # O_NONBLOCK: a FIFO that replaced the file since the scan would
+                    # otherwise block this open until some writer appears; regular files
+                    # ignore the flag
+                    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                    fd = os.open(e.abspath, flags)
             except FileNotFoundError:
                 continue  # deleted since the scan: not there to back up
             except OSError as err:
                 res.unreadable.append(Unreadable(e.path, err.strerror or str(err)))
                 continue
             try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
+                if stream is None and not stat.S_ISREG(os.fstat(fd).st_mode):
                     res.changed.append(e.path)
                     continue
                 size = e.size
@@ -369,7 +380,8 @@ def _pack_into(
                 h = hashlib.sha256()
                 remaining = size
                 while remaining:
-                    n = os.readv(fd, [mv[: min(remaining, _BUF)]])
+                    piece_mv = mv[: min(remaining, _BUF)]
+                    n = os.readv(fd, [piece_mv]) if stream is None else _readinto(stream, piece_mv)
                     if n <= 0:
                         break
                     chunk = mv[:n]
@@ -383,7 +395,8 @@ def _pack_into(
                         z.write(chunk)
                     remaining -= n
                     progress.advance(n)
-                grew = remaining == 0 and os.read(fd, 1) != b""
+                more = os.read(fd, 1) if stream is None else stream.read(1)
+                grew = remaining == 0 and more != b""
                 if remaining:
                     # shrank while read: the header promised `size` bytes, so pad with zeros
                     zeros = bytes(min(remaining, _BUF))
@@ -392,17 +405,22 @@ def _pack_into(
                         h.update(piece)
                         emit(piece)
                         remaining -= len(piece)
-                st2 = os.fstat(fd)
+                st2 = os.fstat(fd) if stream is None else None
             finally:
-                os.close(fd)
+                if stream is None:
+                    os.close(fd)
+                else:
+                    stream.close()
             emit(tf.padding(size))
             offset += size + len(tf.padding(size))
             res.size_in += size
-            if (
-                grew
-                or st2.st_size != size
-                or st2.st_mtime_ns != e.mtime_ns
-                or st2.st_ctime_ns != e.ctime_ns
+            if grew or (
+                st2 is not None
+                and (
+                    st2.st_size != size
+                    or st2.st_mtime_ns != e.mtime_ns
+                    or st2.st_ctime_ns != e.ctime_ns
+                )
             ):
                 res.changed.append(e.path)
             if e.nlink > 1:

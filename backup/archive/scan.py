@@ -18,6 +18,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import SourceError
 
@@ -52,6 +53,9 @@ class Entry:
     uid: int
     gid: int
     link: bytes = b""  # symlink target
+    #: for a file whose content is not at ``abspath`` (an object in a bucket): opens it as a
+    #: stream; the packer reads it from there (see backup/snapshots/source.py)
+    opener: Callable[[], BinaryIO] | None = None
 
 
 @dataclass(slots=True)

@@ -284,3 +284,154 @@ def bucket_slice(bucket_url: str, t1: str, t2: str, as_json: bool) -> None:
             f"{', '.join(s.uncertain[:10])}{' ...' if len(s.uncertain) > 10 else ''}",
             err=True,
         )
+
+
+def _bucket_policy(name: str) -> Any:
+    obj = click.get_current_context().find_root().obj
+    pol = obj.policy(name)
+    if pol.source is None:
+        from ..errors import PolicyError
+
+        raise PolicyError(
+            str(obj.settings.config), f"policy {name!r} has no bucket source (source = s3://...)"
+        )
+    return pol, obj.inventory
+
+
+@snapshot.command("run")
+@click.argument("policy")
+@json_option
+@_handled
+def snapshot_run(policy: str, as_json: bool) -> None:
+    """The snapshot action of POLICY: snapshot its source bucket, prune by its retention."""
+    from .actions import snapshot_source
+
+    pol, inv = _bucket_policy(policy)
+    r = snapshot_source(pol.source, pol.name, pol.retention, inv)
+    if as_json:
+        _dump({"taken": _snap_json(r.taken), "deleted": [_snap_json(s) for s in r.deleted]})
+    else:
+        click.echo(
+            f"snapshot {r.taken.version} ({r.taken.name}) of {pol.source}; "
+            f"{len(r.deleted)} deleted by retention"
+        )
+
+
+@snapshot.command("drill")
+@click.argument("policy")
+@click.option("--expire-only", is_flag=True, help="Only remove forks older than keep_for.")
+@json_option
+@_handled
+def snapshot_drill(policy: str, expire_only: bool, as_json: bool) -> None:
+    """The fork action of POLICY: a restore drill (fork the latest snapshot, run the check,
+    record the result), then remove drill forks older than the policy's keep_for. Exit code
+    1 when the check fails."""
+    import sys
+
+    from .actions import expire_drills, fork_drill
+
+    pol, inv = _bucket_policy(policy)
+    if pol.drill is None:
+        raise click.UsageError(f"policy {policy!r} has no [policy.drill] table")
+    res = None
+    if not expire_only:
+        res = fork_drill(
+            pol.source,
+            pol.name,
+            inv,
+            bucket_pattern=pol.drill.bucket,
+            check_command=pol.drill.check,
+            timeout=pol.drill.timeout.total_seconds(),
+        )
+    removed = expire_drills(inv, pol.drill.keep_for)
+    if as_json:
+        _dump(
+            {
+                "drill": None
+                if res is None
+                else {
+                    "bucket": res.bucket,
+                    "snapshot": _snap_json(res.snapshot),
+                    "ok": res.ok,
+                    "returncode": res.returncode,
+                    "seconds": round(res.seconds, 3),
+                    "output": res.output,
+                },
+                "removed": removed,
+            }
+        )
+    else:
+        if res is not None:
+            verdict = "passed" if res.ok else f"FAILED (exit {res.returncode})"
+            click.echo(
+                f"drill in {res.bucket} at {res.snapshot.name or res.snapshot.version}: {verdict}"
+            )
+        for b in removed:
+            click.echo(f"removed drill bucket {b}")
+    if res is not None and not res.ok:
+        sys.exit(1)
+
+
+def restore_into_bucket(
+    obj: Any,
+    policy: str | None,
+    dest_url: str,
+    at: str | None,
+    archive_id: str | None,
+    include: tuple[str, ...],
+    identity: Any,
+    in_place: bool,
+    as_json: bool,
+) -> None:
+    """``backup restore POLICY --to s3://bucket/prefix [--in-place]``: restore a bucket
+    source's archived state into a bucket (see :func:`.source.restore_to_bucket`).
+
+    Args:
+        obj: the CLI context (settings, policies, inventory).
+        policy: the policy, whose ``source`` must be a bucket.
+        dest_url: the destination bucket URL.
+        at: ISO 8601 time of the state to restore.
+        archive_id: an archive instead of a time.
+        include: globs of paths to restore.
+        identity: the identity file (default: the settings').
+        in_place: restore into the source itself (new versions and delete markers only).
+        as_json: print JSON.
+    """
+    from .. import restore as r
+    from ..cli import _progress, parse_time
+    from ..errors import Error
+    from .source import restore_to_bucket
+
+    if policy is None:
+        raise Error("name the POLICY whose bucket source to restore")
+    pol = obj.policy(policy)
+    if pol.source is None:
+        raise Error(f"policy {policy!r} backs up local paths; restore it --to a directory")
+    res = restore_to_bucket(
+        pol,
+        obj.inventory,
+        dest_url,
+        r.identities_from(identity or obj.settings.identity),
+        at=parse_time(at) if at else None,
+        archive_id=archive_id,
+        include=include,
+        in_place=in_place,
+        progress=_progress(as_json),
+    )
+    if as_json:
+        _dump(
+            {
+                "destination": res.destination,
+                "archives": res.archives,
+                "uploaded": res.uploaded,
+                "unchanged": res.unchanged,
+                "deleted": res.deleted,
+                "bytes": res.bytes,
+            }
+        )
+    else:
+        click.echo(
+            f"restored into {res.destination}: {res.uploaded} objects written, "
+            f"{res.unchanged} unchanged, {res.deleted} delete markers, "
+            f"from {len(res.archives)} archive(s)"
+        )
