@@ -93,3 +93,50 @@ def test_errors_are_one_message_and_exit_1(aws_env: Any, inv_url: str, tmp_path:
     assert r.exit_code == 2 and "neither a snapshot" in r.output
     r = run("snapshot", "list", "file:///tmp")
     assert r.exit_code == 1
+
+
+def test_policy_commands_for_a_bucket_source(
+    writer: Writer, inv_url: str, s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backup.crypto.age import X25519Identity
+    from tests.conftest import write_policy
+
+    ident = X25519Identity.generate()
+    keyfile = tmp_path / "key.txt"
+    keyfile.write_text(ident.to_string() + "\n")
+    writer.put("data/a", b"alpha", 10)
+    writer.stamp()
+    config = tmp_path / "p.toml"
+    write_policy(
+        config,
+        name="m",
+        source=f"s3://{writer.bucket}/data/",
+        target=f"file://{tmp_path / 'vault'}",
+        recipients=[ident.recipient().to_string()],
+    )
+    config.write_text(
+        config.read_text() + '[policy.drill]\ncheck = "test -n \\"$BACKUP_DRILL_URL\\""\n'
+    )
+    monkeypatch.setenv("BACKUP_CONFIG", str(config))
+    monkeypatch.setenv("BACKUP_IDENTITY", str(keyfile))
+    r = run("snapshot", "run", "m", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["taken"]["name"].startswith("m-")
+    r = run("snapshot", "drill", "m", "--json")
+    assert r.exit_code == 0, r.output
+    drill = json.loads(r.output)["drill"]
+    assert (
+        drill["ok"]
+        and s3.get_object(Bucket=drill["bucket"], Key="data/a")["Body"].read() == b"alpha"
+    )
+    assert run("run", "m").exit_code == 0
+    dest = unique("dest")
+    s3.create_bucket(Bucket=dest)
+    r = run("restore", "m", "--to", f"s3://{dest}/x", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["uploaded"] == 1
+    assert s3.get_object(Bucket=dest, Key="x/a")["Body"].read() == b"alpha"
+    r = run("restore", "m", "--to", f"s3://{writer.bucket}/data/")
+    assert r.exit_code == 1 and "overlaps the source" in r.output
+    r = run("restore", "m", "--to", str(tmp_path / "local"), "--in-place")
+    assert r.exit_code == 1 and "--in-place restores into a bucket source" in r.output

@@ -233,3 +233,63 @@ def test_tigris_source_reads_small_objects_in_bundles(fake: Any) -> None:
         ("/media/p/big", {"x-tigris-snapshot-version": snap.version}),
         ("/media/p/k3", {"x-tigris-snapshot-version": snap.version}),
     ]
+
+
+def test_bucket_source_to_a_deep_archive_target(
+    writer: Writer, s3: Any, key: Key, tmp_path: Path, aws_env: Any
+) -> None:
+    """The issue's scenario: a source bucket archived to a DEEP_ARCHIVE bucket in
+    incrementals, then restored to a point in time, compared key by key and byte by byte."""
+    from backup.crypto.age import load_identities
+    from backup.engine import run_backup
+    from backup.policy import load_policies
+    from backup.targets import Readiness, open_target
+    from tests.targets.s3util import set_restore_transition
+
+    vault = unique("deep")
+    s3.create_bucket(Bucket=vault)
+    config = tmp_path / "p.toml"
+    write_policy(
+        config,
+        name="src",
+        source=f"s3://{writer.bucket}",
+        target=f"s3://{vault}/v?storage_class=DEEP_ARCHIVE",
+        recipients=[key.recipient],
+    )
+    pol = load_policies(config)["src"]
+    inv = Inventory(f"sqlite:///{tmp_path / 'inv.db'}")
+    b = writer.bucket
+    states = []
+    runs = []
+    for step in range(3):
+        for i in range(4):
+            if (i + step) % 3 == 0:
+                s3.put_object(Bucket=b, Key=f"k{i}", Body=f"{i} at {step}".encode() * 50)
+        if step == 2:
+            s3.delete_object(Bucket=b, Key="k0")
+        runs.append(run_backup(pol, inv, now=at(3600 * step)).archive)
+        states.append(
+            {
+                o["Key"]: s3.get_object(Bucket=b, Key=o["Key"])["Body"].read()
+                for o in s3.list_objects_v2(Bucket=b).get("Contents", [])
+                if not o["Key"].startswith(".backup-snapshots/")
+            }
+        )
+    assert [a.kind for a in runs] == ["full", "incremental", "incremental"]
+    assert runs[2].deleted_paths == 1
+    stored = s3.head_object(Bucket=vault, Key=f"v/{runs[1].location}")
+    assert stored["StorageClass"] == "DEEP_ARCHIVE"
+    target = open_target(pol.target)
+    set_restore_transition(aws_env.endpoint, {"progression": "immediate"})
+    try:
+        for a in runs:
+            target.request_retrieval(a.location, tier="Bulk")
+            assert target.retrieval_status(a.location).state is Readiness.READY
+        ids = load_identities(key.path)
+        for n in (1, 2):
+            out = tmp_path / f"at{n}"
+            restore("src", inv, out, ids, at=at(3600 * n + 1))
+            assert _tree(out) == states[n]
+    finally:
+        set_restore_transition(aws_env.endpoint, None)
+    inv.close()
