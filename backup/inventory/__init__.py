@@ -10,6 +10,7 @@ removed, so the history of what existed stays.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,12 +79,21 @@ class Inventory:
             raise ConfigError(f"inventory URL {_redact(url)}: {e}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        try:
-            Base.metadata.create_all(self.engine)
-        except Exception as e:
-            raise ConfigError(
-                f"cannot open inventory {_redact(url)}: {type(e).__name__}: {e}"
-            ) from None
+        for attempt in range(5):
+            try:
+                Base.metadata.create_all(self.engine)
+                break
+            except Exception as e:
+                # processes starting together (a worker, a scheduler, a command) race to
+                # create the tables: the loser sees "already exists" and checks again
+                text = str(e).lower()
+                racing = "already exists" in text or "duplicate key" in text
+                if racing and attempt < 4:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise ConfigError(
+                    f"cannot open inventory {_redact(url)}: {type(e).__name__}: {e}"
+                ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pathlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -112,3 +113,17 @@ def test_bad_url_is_a_clear_error() -> None:
     with pytest.raises(ConfigError) as e:
         Inventory("postgresql+psycopg://user:hunter2@127.0.0.1:1/x")
     assert "hunter2" not in str(e.value)
+
+
+def test_processes_opening_a_new_inventory_together_all_succeed(tmp_path: pathlib.Path) -> None:
+    """A worker, a scheduler and a command often start at once on a fresh inventory."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = f"from backup.inventory import Inventory; Inventory({url!r}).close()"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(4)
+    ]
+    errors = [p.communicate()[1].decode() for p in procs if p.wait() != 0]
+    assert errors == []

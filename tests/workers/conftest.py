@@ -22,7 +22,7 @@ import pytest
 from backup.inventory import Inventory
 from backup.jobs import JobStore
 from backup.settings import Settings
-from tests.conftest import Env
+from tests.conftest import POSTGRES_URL, Env
 
 REDIS_URL = os.environ.get("BACKUP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -139,6 +139,26 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@pytest.fixture
+def inventory_url(tmp_path: Path) -> Iterator[str]:
+    """One inventory per cluster test, not one per backend: PostgreSQL when configured (what
+    a cluster uses), else SQLite. The inventory's own tests cover both backends."""
+    if not POSTGRES_URL:
+        yield f"sqlite:///{tmp_path / 'inventory.db'}"
+        return
+    import sqlalchemy as sa
+
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = sa.create_engine(POSTGRES_URL)
+    with admin.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as c:
+        c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
 
 
 @pytest.fixture
