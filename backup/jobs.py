@@ -365,6 +365,11 @@ class JobStore:
             )
             return list(s.scalars(q))
 
+    def jobs_pending_retrievals(self) -> list[RetrievalJob]:
+        """Every pending retrieval, due or not."""
+        with self.inventory.session() as s:
+            return list(s.scalars(select(RetrievalJob).where(RetrievalJob.state == "pending")))
+
     def next_retrieval_check(self) -> datetime | None:
         """When the earliest pending retrieval is next due, if any."""
         with self.inventory.session() as s:

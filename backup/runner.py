@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import threading
@@ -319,27 +318,32 @@ class Runner:
             tier=tier,
             state="ready" if ready else "pending",
             requested=now,
-            next_check=None if ready else self._next_check(st, now, now),
-            storage_class=getattr(st, "storage_class", None),
+            next_check=None if ready else self._next_check(st.storage_class, tier, now, now),
+            storage_class=st.storage_class,
             size=size,
             checks=0,
-            expires=getattr(st, "expires", None),
+            expires=st.expires,
             completed=now if ready else None,
         )
 
-    def _next_check(self, st: RetrievalStatus, requested: datetime, now: datetime) -> datetime:
-        """When to ask again about a pending retrieval: the cold-storage plan knows the class
-        and tier; otherwise every ``poll_seconds``."""
-        try:
-            fn = getattr(importlib.import_module(".coldplan", __package__), "next_check", None)
-        except ImportError:
-            fn = None
-        floor = now + timedelta(seconds=self.settings.poll_seconds)
-        if fn is not None and getattr(st, "storage_class", None):
+    def _next_check(
+        self, storage_class: str | None, tier: str | None, requested: datetime, now: datetime
+    ) -> datetime:
+        """When to ask again about a pending retrieval: by its class and tier (no point asking
+        about a Bulk DEEP_ARCHIVE restore every minute for 48 hours), never sooner than
+        ``poll_seconds`` and never later than ``poll_max_seconds`` when that is set."""
+        from .coldplan import next_check
+
+        floor = timedelta(seconds=self.settings.poll_seconds)
+        when = now + floor
+        if storage_class:
             with suppress(Exception):
-                when: datetime = fn(st.storage_class, st.tier or "Standard", requested, now)
-                return max(when, floor)
-        return floor
+                when = next_check(
+                    storage_class, tier or "Standard", requested, now, min_interval=floor
+                )
+        if self.settings.poll_max_seconds is not None:
+            when = min(when, now + timedelta(seconds=self.settings.poll_max_seconds))
+        return when
 
     def _ready_if_all(self, job_id: str) -> bool:
         rows = self.store.retrievals(job_id)
@@ -360,7 +364,7 @@ class Runner:
         sent = 0
         now = _now()
         waiting_jobs: set[str] = set()
-        for r in store.due_retrievals(now):
+        for r in store.due_retrievals(now) + self._announced(now):
             target = open_target(r.target)
             try:
                 st = target.retrieval_status(r.ref)
@@ -374,10 +378,10 @@ class Runner:
                 st = RetrievalStatus(Readiness.PENDING)
             fields: dict[Any, Any] = {"checks": RetrievalJob.checks + 1}
             if st.state is Readiness.READY:
-                fields.update(state="ready", completed=now, next_check=None)
-                fields["expires"] = getattr(st, "expires", None)
+                fields.update(state="ready", completed=now, next_check=None, expires=st.expires)
             else:
-                fields["next_check"] = self._next_check(st, r.requested, now)
+                cls = st.storage_class or r.storage_class
+                fields["next_check"] = self._next_check(cls, r.tier, r.requested, now)
             with self.inventory.session() as s:
                 s.query(RetrievalJob).filter(RetrievalJob.id == r.id).update(fields)
             if r.job_id:
@@ -387,6 +391,32 @@ class Runner:
         for jid in sorted(waiting_jobs):
             self._ready_if_all(jid)
         return sent
+
+    def _announced(self, now: datetime) -> list[RetrievalJob]:
+        """Pending retrievals that S3 event notifications (``s3:ObjectRestore:Completed`` on
+        the SQS queue ``restore_events_queue``) say are done: checked at once rather than
+        at their scheduled time."""
+        if not self.settings.restore_events_queue:
+            return []
+        from .coldplan import read_restore_events, refs_ready
+
+        try:
+            events = read_restore_events(self.settings.restore_events_queue)
+        except Exception as e:
+            log.warning("cannot read restore events: %s", e)
+            return []
+        if not events:
+            return []
+        pending = [
+            r
+            for r in self.store.jobs_pending_retrievals()
+            if r.next_check is None or r.next_check > now
+        ]
+        ready: dict[str, set[str]] = {}
+        for r in pending:
+            if r.target not in ready:
+                ready[r.target] = refs_ready(open_target(r.target), events)
+        return [r for r in pending if r.ref in ready[r.target]]
 
     def extract(self, job_id: str, progress: Progress | None = None) -> str:
         """Restore a request whose objects are ready (ready -> extracting -> done).
@@ -411,8 +441,14 @@ class Runner:
             with self.inventory.session() as s:
                 for r in expired:
                     st = open_target(r.target).request_retrieval(r.ref, tier=r.tier)
+                    now = _now()
+                    cls = st.storage_class or r.storage_class
                     s.query(RetrievalJob).filter(RetrievalJob.id == r.id).update(
-                        {"state": "pending", "next_check": self._next_check(st, _now(), _now())}
+                        {
+                            "state": "pending",
+                            "requested": now,
+                            "next_check": self._next_check(cls, r.tier, now, now),
+                        }
                     )
             store.cas(job.id, ["extracting"], "retrieving")
             return "retrieving"

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
             after the active one dies.
         tick_seconds: how often the scheduler looks at schedules, jobs and retrievals.
         poll_seconds: the least time between two status checks of one pending retrieval.
+        poll_max_seconds: the most time between two status checks (unset: by the storage
+            class and tier, hours apart for DEEP_ARCHIVE; set it low for S3-compatible
+            stores whose restores take minutes).
         retrieval_prices: cold-storage retrieval prices used to estimate what a restore
             costs, per ``"CLASS/Tier"``: ``[USD per GB, USD per 1,000 requests]``
             (``BACKUP_RETRIEVAL_PRICES``, JSON; merged over the defaults, which are AWS
@@ -98,6 +101,7 @@ class Settings(BaseSettings):
     lease_seconds: float = 30.0
     tick_seconds: float = 2.0
     poll_seconds: float = 30.0
+    poll_max_seconds: float | None = None
     # cold storage (docs/cold-storage.md)
     retrieval_prices: dict[str, tuple[float, float]] = {}
     transfer_out_per_gb: float = 0.09

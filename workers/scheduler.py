@@ -45,6 +45,9 @@ __all__ = ["LEASE", "Scheduler", "next_runs"]
 log = logging.getLogger("backup.scheduler")
 
 LEASE = "scheduler"
+#: how often the active scheduler aborts abandoned uploads, and how old they must be
+PARTIAL_SWEEP_EVERY = timedelta(hours=1)
+PARTIAL_MAX_AGE = timedelta(hours=24)
 
 #: the task that moves a job on from each waiting state
 _TASK_FOR_STATE = {
@@ -82,6 +85,7 @@ class Scheduler:
         self._last_poll: datetime | None = None
         self._policy_error: str | None = None
         self._policies: dict[str, Policy] = {}
+        self._last_partial_sweep: datetime | None = None
 
     # sending ----------------------------------------------------------------------------
 
@@ -136,7 +140,29 @@ class Scheduler:
                 self.send(_TASK_FOR_STATE[job.state], job.id)
         self._resend(now)
         self._poll(now)
+        self._sweep_partial(now)
         return True
+
+    def _sweep_partial(self, now: datetime) -> None:
+        """Hourly: abort uploads the product started and abandoned more than a day ago in
+        every policy's target (multipart uploads on S3 and Glacier, partial files locally).
+        A dead worker's own upload is removed at once by the dead-job sweep; this catches
+        what nothing recorded (a crash before the job noted its archive)."""
+        if self._last_partial_sweep and now - self._last_partial_sweep < PARTIAL_SWEEP_EVERY:
+            return
+        self._last_partial_sweep = now
+        from backup.targets import open_target
+
+        for url in sorted({p.target for p in self._policies.values()}):
+            try:
+                target = open_target(url)
+                sweep = getattr(target, "sweep_partial", None)
+                if sweep is not None:
+                    n = sweep(older_than=PARTIAL_MAX_AGE)
+                    if n:
+                        log.warning("aborted %d abandoned upload(s) in %s", n, url)
+            except Exception as e:
+                log.warning("sweep of abandoned uploads in %s failed: %s", url, e)
 
     def _schedule(self, now: datetime) -> None:
         try:
@@ -220,7 +246,12 @@ class Scheduler:
 
     def _poll(self, now: datetime) -> None:
         due = self.store.next_retrieval_check()
-        if due is None or due > now:
+        if due is None:
+            return
+        if self.settings.restore_events_queue and self._last_poll:
+            # readiness may arrive as an S3 event at any time: read the queue regularly
+            due = min(due, self._last_poll + timedelta(seconds=self.settings.poll_seconds))
+        if due > now:
             return
         if self._last_poll and now - self._last_poll < timedelta(
             seconds=self.settings.tick_seconds
