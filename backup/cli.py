@@ -415,6 +415,11 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
 @click.option(
     "--wait", is_flag=True, help="With a broker: follow the queued request until it ends."
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what the restore would retrieve (objects, bytes, class, tier, time, cost).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @_handled
@@ -433,6 +438,7 @@ def restore(
     notify: tuple[str, ...],
     tier: str | None,
     wait: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Restore POLICY's tree as it was at --at (default: the newest archive) into --to.
@@ -452,6 +458,10 @@ def restore(
     if in_place:
         raise Error("--in-place restores into a bucket source (--to s3://...) only")
     dest = Path(to).absolute()
+    if dry_run:
+        if policy is None or file is not None:
+            raise Error("--dry-run plans the restore of a POLICY (not of --file)")
+        return _restore_plan(obj, policy, at, archive_id, tier, as_json)
     if file is None and (obj.settings.broker_url or notify):
         return _restore_request(
             obj, policy, dest, at, archive_id, include, identity, force,
@@ -501,6 +511,51 @@ def restore(
         )
 
 
+def _restore_plan(
+    obj: Ctx, policy: str, at: str | None, archive_id: str | None, tier: str | None, as_json: bool
+) -> None:
+    """Print what a restore would retrieve, before anything is requested."""
+    from datetime import timedelta
+
+    from .coldplan import archives_for_restore, plan_restore
+    from .restore import resolve_archive
+
+    head = resolve_archive(
+        obj.inventory, policy, at=parse_time(at) if at else None, archive_id=archive_id
+    )
+    archives = archives_for_restore(obj.inventory, archive_ids=[head.id])
+    pol = obj.policies.get(policy)
+    plan = plan_restore(
+        archives,
+        tier=tier or (pol.restore_tier if pol else "Standard"),
+        prices=obj.settings.retrieval_prices or None,
+        transfer_out_per_gb=obj.settings.transfer_out_per_gb,
+    )
+    if as_json:
+        _dump(plan.as_dict())
+        return
+
+    def span(w: tuple[timedelta, timedelta]) -> str:
+        def h(t: timedelta) -> str:
+            s = t.total_seconds()
+            return f"{s / 3600:.0f} h" if s >= 3600 else f"{s / 60:.0f} min"
+
+        return "now" if w[1] == timedelta(0) else f"{h(w[0])} to {h(w[1])}"
+
+    t = Table("archive", "object", "size", "class", "tier", "state", "ready in", "cost (USD)")
+    for o in plan.objects:
+        t.add_row(
+            o.archive_id, o.ref, _size(o.size), o.storage_class, o.tier, o.state.value,
+            span(o.ready_in), f"{o.cost:.4f}",
+        )  # fmt: skip
+    _table(t)
+    click.echo(
+        f"{len(plan.objects)} object(s), {_size(plan.total_bytes)} from {plan.target}, "
+        f"tier {plan.tier}: ready in {span(plan.ready_in)}, "
+        f"estimated cost {plan.total_cost:.4f} USD (manifests are kept hot and read directly)"
+    )
+
+
 def _restore_request(
     obj: Ctx,
     policy: str | None,
@@ -533,7 +588,7 @@ def _restore_request(
         "include": list(include),
         "force": force,
         "allow_external_symlinks": allow_external_symlinks,
-        "tier": tier,
+        "tier": tier or obj.policy(policy).restore_tier,
     }
     store = JobStore(obj.inventory)
     if obj.settings.broker_url:
