@@ -34,7 +34,7 @@ from backup.cron import parse_cron
 from backup.errors import Error
 from backup.inventory import Inventory
 from backup.jobs import ACTIVE, JobStore, worker_name
-from backup.policy import Policy, load_policies
+from backup.policy import Policy
 from backup.runner import Runner, task_queue
 from backup.settings import Settings
 
@@ -166,7 +166,8 @@ class Scheduler:
 
     def _schedule(self, now: datetime) -> None:
         try:
-            policies = load_policies(self.settings.config)
+            # re-parsed only when the file changes (validating a policy opens its target)
+            policies = self.runner.policies()
             self._policies = policies
             self._policy_error = None
         except Error as e:

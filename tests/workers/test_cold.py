@@ -1,0 +1,116 @@
+"""A restore from DEEP_ARCHIVE, end to end on a real cluster and moto's S3 server: a full
+and two incrementals stored in DEEP_ARCHIVE, a restore request with ``--notify``, the request
+staying ``retrieving`` while moto says the restores are in progress (and the poller asking
+again and again), then completing: the tree matches and one notification arrives."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import MotoServer, snapshot_tree, write_policy
+from tests.servers import Receiver
+from tests.targets.s3util import new_bucket, set_restore_transition
+from tests.workers.conftest import Cluster, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def moto_restores(aws_env: MotoServer) -> Iterator[MotoServer]:
+    yield aws_env
+    set_restore_transition(aws_env.endpoint, None)
+
+
+def test_deep_archive_restore_waits_in_retrieving_then_completes_and_notifies(
+    cluster: Cluster, moto_restores: MotoServer, receiver: Receiver
+) -> None:
+    import os
+
+    bucket = new_bucket(moto_restores)
+    env = cluster.env
+    write_policy(
+        env.config,
+        name="p",
+        sources=[str(env.source)],
+        target=f"s3://{bucket}/vault?storage_class=DEEP_ARCHIVE",
+        recipients=[env.key.recipient],
+        restore_tier="Bulk",
+    )
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        cluster.environ[k] = os.environ[k]
+    cluster.environ["BACKUP_S3_ENDPOINT_URL"] = moto_restores.endpoint
+    cluster.environ["BACKUP_POLL_SECONDS"] = "0.5"
+    cluster.environ["BACKUP_POLL_MAX_SECONDS"] = "1"
+    cluster.worker()
+    cluster.scheduler()
+
+    (env.source / "a.txt").write_text("one\n")
+    (env.source / "keep.bin").write_bytes(os.urandom(200_000))
+    cluster.cli("run", "p", "--wait")
+    (env.source / "b.txt").write_text("two\n")
+    cluster.cli("run", "p", "--wait")
+    (env.source / "a.txt").unlink()
+    (env.source / "c").mkdir()
+    (env.source / "c" / "d.txt").write_text("three\n")
+    cluster.cli("run", "p", "--wait")
+
+    s3 = moto_restores.client()
+    objs = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    assert len(objs) == 6
+    archives = [o for o in objs if o["Key"].endswith(".tar.zst.age")]
+    manifests = [o for o in objs if o["Key"].endswith(".manifest.json.zst.age")]
+    assert {o["StorageClass"] for o in archives} == {"DEEP_ARCHIVE"}
+    assert {o.get("StorageClass", "STANDARD") for o in manifests} == {"STANDARD"}
+
+    dest = env.tmp / "restored"
+    plan = json.loads(cluster.cli("restore", "p", "--to", str(dest), "--dry-run", "--json").stdout)
+    assert [o["storage_class"] for o in plan["objects"]] == ["DEEP_ARCHIVE"] * 3
+    assert plan["tier"] == "Bulk" and plan["ready_in_seconds"][1] == 48 * 3600
+    assert plan["total_cost_usd"] > 0
+    assert not dest.exists()
+
+    # moto quirk: a key whose restore state machine has never been stepped reports a
+    # requested restore as finished at once (its state None reads as ongoing-request="false").
+    # Step each archive into IN_PROGRESS (one manual step, one read), then hold it there.
+    set_restore_transition(moto_restores.endpoint, {"progression": "manual", "times": 1})
+    for o in archives:
+        s3.restore_object(
+            Bucket=bucket,
+            Key=o["Key"],
+            RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}},
+        )
+        assert s3.head_object(Bucket=bucket, Key=o["Key"])["Restore"] == 'ongoing-request="true"'
+    set_restore_transition(moto_restores.endpoint, {"progression": "manual", "times": 10**9})
+
+    req = json.loads(
+        cluster.cli("restore", "p", "--to", str(dest), "--notify", receiver.url(), "--json").stdout
+    )
+    store = cluster.store()
+    wait_for(lambda: store.get(req["job"]).state == "retrieving", 60, "retrieving")
+
+    def checked_twice() -> Any:
+        rows = [r for r in store.retrievals(req["job"]) if r.storage_class == "DEEP_ARCHIVE"]
+        return len(rows) == 3 and all(r.checks >= 2 for r in rows) and rows
+
+    rows = wait_for(checked_twice, 60, "the poller to check each archive twice")
+    assert {r.tier for r in rows} == {"Bulk"}
+    assert store.get(req["job"]).state == "retrieving"
+    assert not dest.exists() and receiver.requests == []
+    # moto finishes the restores: the next check sees them ready, and the worker extracts
+    set_restore_transition(moto_restores.endpoint, {"progression": "immediate"})
+    job = wait_for(
+        lambda: (j := store.get(req["job"])).state in ("done", "failed") and j, 120, "the restore"
+    )
+    assert job.state == "done", job.error
+    assert snapshot_tree(dest) == snapshot_tree(env.source)
+    wait_for(lambda: receiver.requests, 60, "the notification")
+    time.sleep(2)
+    assert len(receiver.requests) == 1
+    assert str(dest) in receiver.requests[0][2]["message"]
+    status = json.loads(cluster.cli("status", "--json").stdout)
+    assert req["job"] in {j["id"] for j in status["recent"]}
