@@ -15,7 +15,9 @@ requests over two days instead of thousands. :func:`poll_times` and
 
 Optionally, S3 tells of finished restores at once: :func:`read_restore_events` reads
 ``s3:ObjectRestore:Completed`` notifications from the SQS queue the settings name
-(``BACKUP_RESTORE_EVENTS_QUEUE``), directly or wrapped by SNS.
+(``BACKUP_RESTORE_EVENTS_QUEUE``), directly or wrapped by SNS. The same queue can carry a
+Glacier vault's job-completion messages (jobs started with ``BACKUP_GLACIER_SNS_TOPIC``,
+the topic subscribed by the queue), and :func:`refs_ready` maps both to a target's refs.
 
 Expected times are AWS's documented typical times: GLACIER (Flexible Retrieval) Expedited 1-5
 minutes, Standard 3-5 hours, Bulk 5-12 hours; DEEP_ARCHIVE Standard within 12 hours, Bulk
@@ -40,9 +42,11 @@ from .targets import Readiness, Target, open_target
 __all__ = [
     "COLD_CLASSES",
     "EXPECTED_READY",
+    "VAULT_OUTPUT_KEPT",
     "PlannedObject",
     "RestoreEvent",
     "RestorePlan",
+    "VaultRefs",
     "archives_for_restore",
     "effective_tier",
     "estimate_cost",
@@ -437,33 +441,109 @@ def requests_per_hour(
 
 @dataclass(frozen=True, slots=True)
 class RestoreEvent:
-    """A finished restore S3 told of.
+    """A finished restore S3 told of, or a finished archive-retrieval job a Glacier vault
+    told of (then ``bucket`` and ``key`` are empty and ``archive_id`` is set).
 
     Attributes:
         bucket: the bucket.
         key: the object's key in the bucket (decoded).
-        expires: when the restored copy goes away, if the event says.
-        storage_class: the object's class, if the event says.
+        expires: when the restored copy (a vault job's output) goes away, if known.
+        storage_class: the object's class, if the event says (``VAULT`` for a vault job).
+        archive_id: the vault archive the job retrieved.
+        job_id: the vault job.
+        vault_arn: the vault, ``arn:aws:glacier:REGION:ACCOUNT:vaults/NAME``.
+        status: the vault job's ``StatusCode``, ``Succeeded`` or ``Failed`` (S3 only tells
+            of restores that completed: None).
     """
 
     bucket: str
     key: str
     expires: datetime | None = None
     storage_class: str | None = None
+    archive_id: str | None = None
+    job_id: str | None = None
+    vault_arn: str | None = None
+    status: str | None = None
+
+    @property
+    def vault(self) -> tuple[str, str, str] | None:
+        """(region, account, vault name) from ``vault_arn``; None for an S3 event."""
+        parts = (self.vault_arn or "").split(":", 5)
+        if len(parts) != 6 or parts[2] != "glacier" or not parts[5].startswith("vaults/"):
+            return None
+        return parts[3], parts[4], parts[5][len("vaults/") :]
 
 
-def _records(body: str) -> Iterable[dict[str, Any]]:
+#: a finished vault job's output can be read for about this long (as GlacierTarget assumes)
+VAULT_OUTPUT_KEPT = timedelta(hours=24)
+
+
+def _message(body: str) -> dict[str, Any] | None:
+    """The notification in an SQS message body: as sent, or unwrapped from SNS's
+    envelope (``{"Type": "Notification", "Message": "<the notification as JSON>"}``)."""
     try:
         doc = json.loads(body)
     except ValueError:
-        return []
+        return None
     if isinstance(doc, dict) and doc.get("Type") == "Notification" and "Message" in doc:
         try:  # delivered through an SNS topic
             doc = json.loads(doc["Message"])
         except (TypeError, ValueError):
-            return []
-    recs = doc.get("Records") if isinstance(doc, dict) else None
-    return [r for r in recs if isinstance(r, dict)] if isinstance(recs, list) else []
+            return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _s3_events(doc: dict[str, Any]) -> list[RestoreEvent]:
+    recs = doc.get("Records")
+    out: list[RestoreEvent] = []
+    for r in recs if isinstance(recs, list) else []:
+        if not isinstance(r, dict):
+            continue
+        if not str(r.get("eventName", "")).startswith("ObjectRestore:Completed"):
+            continue
+        s3 = r.get("s3", {})
+        restore = r.get("glacierEventData", {}).get("restoreEventData", {})
+        out.append(
+            RestoreEvent(
+                bucket=str(s3.get("bucket", {}).get("name", "")),
+                key=unquote_plus(str(s3.get("object", {}).get("key", ""))),
+                expires=_parse_time(restore.get("lifecycleRestorationExpiryTime")),
+                storage_class=restore.get("lifecycleRestoreStorageClass"),
+            )
+        )
+    return out
+
+
+def _vault_event(doc: dict[str, Any]) -> RestoreEvent | None:
+    """A Glacier job-completion message: the job's description as ``DescribeJob`` gives it
+    (``Action``, ``ArchiveId``, ``JobId``, ``StatusCode``, ``Completed``, ``CompletionDate``,
+    ``VaultARN``, ...). Only finished archive retrievals count (inventory jobs: None)."""
+    if doc.get("Action") != "ArchiveRetrieval" or not doc.get("ArchiveId"):
+        return None
+    status = doc.get("StatusCode")
+    if status not in ("Succeeded", "Failed"):
+        return None
+    done = _parse_time(doc.get("CompletionDate"))
+    return RestoreEvent(
+        bucket="",
+        key="",
+        expires=done + VAULT_OUTPUT_KEPT if done and status == "Succeeded" else None,
+        storage_class="VAULT",
+        archive_id=str(doc["ArchiveId"]),
+        job_id=str(doc["JobId"]) if doc.get("JobId") else None,
+        vault_arn=str(doc["VaultARN"]) if doc.get("VaultARN") else None,
+        status=str(status),
+    )
+
+
+def _events(body: str) -> list[RestoreEvent]:
+    doc = _message(body)
+    if doc is None:
+        return []
+    if "Records" in doc:
+        return _s3_events(doc)
+    ev = _vault_event(doc)
+    return [ev] if ev is not None else []
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -482,11 +562,12 @@ def read_restore_events(
     wait_seconds: int = 0,
     max_batches: int = 10,
 ) -> list[RestoreEvent]:
-    """Read ``s3:ObjectRestore:Completed`` events from an SQS queue.
+    """Read ``s3:ObjectRestore:Completed`` events, and Glacier vault archive-retrieval
+    job-completion messages, from an SQS queue (each sent directly or through SNS).
 
-    Messages are deleted once read (every message: test events and other event types are
-    of no use to anyone else reading this queue). Polling stays the source of truth: an
-    event only makes the next check of that object happen now.
+    Messages are deleted once read (every message: test events, inventory jobs and other
+    event types are of no use to anyone else reading this queue). Polling stays the source
+    of truth: an event only makes the next check of that object happen now.
 
     Args:
         queue: queue URL or name; default ``Settings.restore_events_queue``.
@@ -495,7 +576,8 @@ def read_restore_events(
         max_batches: read at most this many batches of 10 messages.
 
     Returns:
-        The restores that completed, in the order read.
+        The restores that completed and the vault jobs that finished (succeeded or
+        failed), in the order read.
 
     Raises:
         TargetError: no queue is configured, or SQS refused.
@@ -520,19 +602,7 @@ def read_restore_events(
             if not msgs:
                 break
             for m in msgs:
-                for r in _records(m.get("Body", "")):
-                    if not str(r.get("eventName", "")).startswith("ObjectRestore:Completed"):
-                        continue
-                    s3 = r.get("s3", {})
-                    restore = r.get("glacierEventData", {}).get("restoreEventData", {})
-                    out.append(
-                        RestoreEvent(
-                            bucket=str(s3.get("bucket", {}).get("name", "")),
-                            key=unquote_plus(str(s3.get("object", {}).get("key", ""))),
-                            expires=_parse_time(restore.get("lifecycleRestorationExpiryTime")),
-                            storage_class=restore.get("lifecycleRestoreStorageClass"),
-                        )
-                    )
+                out.extend(_events(m.get("Body", "")))
             sqs.delete_message_batch(
                 QueueUrl=url,
                 Entries=[
@@ -544,16 +614,70 @@ def read_restore_events(
     return out
 
 
+class VaultRefs(set[str]):
+    """Archive ids of a vault that events name, as references (a bare archive id is one).
+
+    A job-completion message names the archive, not the key nor the tree hash the
+    inventory's reference (``KEY#ARCHIVE_ID#TREE_HASH``) also carries: ``ref in refs`` is
+    therefore true for any reference to a named archive, whatever its form. Only ``in``
+    looks at archive ids; other set operations compare the ids as strings.
+    """
+
+    def __init__(self, url: str, archive_ids: Iterable[str] = ()) -> None:
+        super().__init__(archive_ids)
+        self.url = url
+
+    def __contains__(self, ref: object) -> bool:
+        if not isinstance(ref, str):
+            return False
+        if super().__contains__(ref):
+            return True
+        from .targets.glacier import parse_ref
+
+        try:
+            return super().__contains__(parse_ref(self.url, ref)[1])
+        except TargetError:
+            return False
+
+
 def refs_ready(target: Target, events: Iterable[RestoreEvent]) -> set[str]:
-    """The references in ``target`` that events say are restored.
+    """The references in ``target`` that events say are restored (S3), or whose retrieval
+    job finished (a vault: succeeded or failed, either way worth checking now; a failed
+    job's archive is requested again by the check).
 
     Args:
-        target: an S3 target.
+        target: an S3 target or a Glacier vault target (others: nothing is ever announced).
         events: from :func:`read_restore_events`.
 
     Returns:
-        Target references (keys without the target's prefix) in the target's bucket.
+        For S3, target references (keys without the target's prefix) in the target's bucket.
+        For a vault, a :class:`VaultRefs` of the archives jobs of this vault finished for
+        (the vault's name, and its region and account where the target names them, match
+        the message's ``VaultARN``): ``ref in`` it matches on the archive id.
     """
+    from .targets.glacier import GlacierTarget
+
+    events = list(events)
+    if isinstance(target, GlacierTarget):
+        region = getattr(getattr(target.client, "meta", None), "region_name", None)
+        ids = []
+        for e in events:
+            vault = e.vault
+            if e.archive_id is None or vault is None:
+                continue
+            v_region, v_account, v_name = vault
+            if v_name != target.vault:
+                continue
+            if target.account != "-" and v_account != target.account:
+                continue
+            if region and v_region and v_region != region:
+                continue
+            ids.append(e.archive_id)
+        return VaultRefs(target.url, ids)
     bucket = getattr(target, "bucket", None)
     prefix = getattr(target, "prefix", "")
-    return {e.key[len(prefix) :] for e in events if e.bucket == bucket and e.key.startswith(prefix)}
+    return {
+        e.key[len(prefix) :]
+        for e in events
+        if e.archive_id is None and e.bucket == bucket and e.key.startswith(prefix)
+    }

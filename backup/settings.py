@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         restore_events_queue: SQS queue (URL or name) that receives the buckets'
             ``s3:ObjectRestore:Completed`` events, so restores are known ready at once
             (``BACKUP_RESTORE_EVENTS_QUEUE``; unset: polling only).
+        glacier_sns_topic: SNS topic ARN named in every Glacier vault job this product
+            starts (archive and inventory retrievals); the vault publishes to it when the job
+            finishes. Subscribe the restore events queue to it so finished jobs are checked
+            at once (``BACKUP_GLACIER_SNS_TOPIC``; unset: polling only).
     """
 
     model_config = SettingsConfigDict(env_prefix="BACKUP_", extra="ignore")
@@ -106,6 +110,7 @@ class Settings(BaseSettings):
     retrieval_prices: dict[str, tuple[float, float]] = {}
     transfer_out_per_gb: float = 0.09
     restore_events_queue: str | None = None
+    glacier_sns_topic: str | None = None
 
 
 @lru_cache(maxsize=1)

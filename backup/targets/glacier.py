@@ -23,6 +23,15 @@ job with a tier (reusing a running or finished job for the same archive), its st
 from the vault's job list, and :meth:`GlacierTarget.open_read` streams the job's output,
 checking it against the archive's tree hash as it goes (a mismatch fails the read at its
 end). Job output stays available about 24 hours after the job completes.
+
+With ``BACKUP_GLACIER_SNS_TOPIC`` set (an SNS topic ARN), every job this target's client
+starts names the topic (``SNSTopic`` in the job parameters: archive retrievals here, inventory
+retrievals started by ``backup inventory sync`` through :attr:`GlacierTarget.client`), and the
+vault publishes the job's description to it when the job finishes. With the topic subscribed
+by the restore events queue, :func:`backup.coldplan.read_restore_events` reads those messages
+and pending retrievals are checked at once. A job reused rather than started (another
+process started it) notifies only if it was started with a topic; polling stays the source
+of truth either way.
 """
 
 from __future__ import annotations
@@ -365,12 +374,21 @@ class GlacierTarget(Target):
         url: ``glacier://vault[?region=...&tier=...&part_size=MiB&account=...]``.
         client: a boto3 Glacier client to use instead of building one (tests).
         workers: parts uploaded at once.
+        sns_topic: SNS topic ARN every job started through :attr:`client` names; default
+            ``Settings.glacier_sns_topic`` (``BACKUP_GLACIER_SNS_TOPIC``); ``""`` for none.
 
     Raises:
         TargetError: for a malformed URL or a bad parameter.
     """
 
-    def __init__(self, url: str, *, client: GlacierClient | None = None, workers: int = 2) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: GlacierClient | None = None,
+        workers: int = 2,
+        sns_topic: str | None = None,
+    ) -> None:
         parsed = urlparse(url)
         if parsed.scheme != "glacier" or not parsed.netloc or parsed.path.strip("/"):
             raise TargetError(url, "a Glacier vault target is written glacier://vault")
@@ -398,6 +416,21 @@ class GlacierTarget(Target):
         self.workers = max(1, workers)
         self.client: GlacierClient = client or glacier_client(q.get("region") or None)
         self._jobs: dict[str, str] = {}  # archive id -> retrieval job id started here
+        if sns_topic is None:
+            from ..settings import Settings
+
+            sns_topic = Settings().glacier_sns_topic
+        self.sns_topic = sns_topic or None
+        if self.sns_topic:
+            # on the client, so jobs others start through it (inventory sync) name it too
+            self.client.meta.events.register(
+                "before-parameter-build.glacier.InitiateJob", self._name_topic
+            )
+
+    def _name_topic(self, params: dict[str, Any], **_kwargs: Any) -> None:
+        job = params.get("jobParameters")
+        if isinstance(job, dict) and self.sns_topic:
+            job.setdefault("SNSTopic", self.sns_topic)
 
     def _aid(self, ref: str) -> str:
         return parse_ref(self.url, ref)[1]
