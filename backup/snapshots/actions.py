@@ -31,6 +31,7 @@ __all__ = [
     "DrillResult",
     "SnapshotRun",
     "expire_drills",
+    "forget_snapshot",
     "fork_drill",
     "protect_archive",
     "record_snapshot",
@@ -69,6 +70,29 @@ def record_snapshot(
                 archive_id=archive_id,
             )
         )
+
+
+def forget_snapshot(bucket: str, version: str, *, inventory: Any) -> int:
+    """Remove a deleted snapshot's rows from the inventory's ``snapshots`` table.
+
+    Args:
+        bucket: the bucket's name.
+        version: the snapshot's version.
+        inventory: an open :class:`~backup.inventory.Inventory`.
+
+    Returns:
+        How many rows were removed.
+    """
+    from ..inventory import Snapshot
+
+    with inventory.session() as db:
+        rows = db.query(Snapshot).filter(Snapshot.version == version).all()
+        gone = 0
+        for row in rows:
+            if urlparse(row.bucket).netloc == bucket:
+                db.delete(row)
+                gone += 1
+    return gone
 
 
 @dataclass(slots=True)
@@ -127,6 +151,7 @@ def snapshot_source(
     for s in mine:
         if s.version not in keep and s.version != snap.version:
             p.delete(s)
+            forget_snapshot(p.bucket, s.version, inventory=inventory)
             out.deleted.append(s)
     inventory.log(
         "snapshot",

@@ -200,6 +200,11 @@ def delete(bucket_url: str, name_or_version: str, as_json: bool) -> None:
     p = _open(bucket_url)
     s = p.find(name_or_version)
     p.delete(s)
+    inv = _inventory()
+    if inv is not None:
+        from .actions import forget_snapshot
+
+        forget_snapshot(p.bucket, s.version, inventory=inv)
     if as_json:
         _dump({"deleted": _snap_json(s)})
     else:

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import urllib3
 from botocore.exceptions import ClientError
 
 from ..archive.scan import DIR, FILE, Entry, ScanResult, Unreadable, compile_excludes
@@ -136,7 +137,7 @@ class _Bundles:
                 size, etag = want.get(k, (-1, ""))
                 if len(d) == size and hashlib.md5(d, usedforsecurity=False).hexdigest() == etag:
                     self.data[k] = d
-        except (SnapshotError, tarfile.TarError, OSError):
+        except (SnapshotError, tarfile.TarError, OSError, urllib3.exceptions.HTTPError):
             self.data.clear()  # every object of the batch falls back to its own GET
 
 

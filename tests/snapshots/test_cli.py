@@ -72,6 +72,10 @@ def test_snapshot_commands(writer: Writer, inv_url: str, s3: Any) -> None:
 
     r = run("snapshot", "delete", url, "first")
     assert r.exit_code == 0 and "deleted snapshot" in r.output
+    inv = Inventory(inv_url)
+    with inv.session() as db:
+        assert db.query(Snapshot).count() == 0
+    inv.close()
     assert json.loads(run("snapshot", "list", url, "--json").output) == []
 
 
