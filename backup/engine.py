@@ -335,20 +335,21 @@ def _protect(policy: Policy, archive_id: str, inventory: Inventory) -> None:
 
 def _index_rows(archive_id: str, entries: list[Record], deleted: list[bytes]) -> Any:
     for r in entries:
+        # attributes, not the record's dict-like access: this runs once per path in the tree
         yield {
             "archive_id": archive_id,
-            "path": r["path"],
-            "type": r["type"],
-            "size": r.get("file_size", r["size"]),
-            "mode": r["mode"],
-            "mtime_ns": r["mtime_ns"],
-            "ctime_ns": r["ctime_ns"],
-            "ino": r["ino"],
-            "uid": r["uid"],
-            "gid": r["gid"],
-            "sha256": r.get("sha256"),
-            "link": r.get("link"),
-            "offset": r["offset"],
+            "path": r.path,
+            "type": r.type,
+            "size": getattr(r, "file_size", r.size),
+            "mode": r.mode,
+            "mtime_ns": r.mtime_ns,
+            "ctime_ns": r.ctime_ns,
+            "ino": r.ino,
+            "uid": r.uid,
+            "gid": r.gid,
+            "sha256": getattr(r, "sha256", None),
+            "link": getattr(r, "link", None),
+            "offset": r.offset,
         }
     for p in deleted:
         yield {

@@ -395,8 +395,9 @@ def _pack_into(
                         z.write(chunk)
                     remaining -= n
                     progress.advance(n)
-                more = os.read(fd, 1) if stream is None else stream.read(1)
-                grew = remaining == 0 and more != b""
+                # a file's growth shows in st2's size (or, had it shrunk back, in its times),
+                # so only a stream, which has no fstat, needs a probe read
+                grew = stream is not None and remaining == 0 and stream.read(1) != b""
                 if remaining:
                     # shrank while read: the header promised `size` bytes, so pad with zeros
                     zeros = bytes(min(remaining, _BUF))

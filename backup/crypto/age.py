@@ -685,13 +685,16 @@ class AgeWriter:
         self._broken = False
         _write_all(out, b"".join([header, b" ", _b64encode(mac).encode(), b"\n", nonce]))
 
-    def _seal(self, chunk: memoryview, last: bool) -> None:
+    def _seal(self, chunk: memoryview, last: bool, batch: list[bytes] | None = None) -> None:
         # encrypt() returns a fresh bytes object on purpose: ``out`` may keep a reference
         # to what it is given (queues, BytesIO-like buffers), so a reused output buffer
         # could be overwritten under it.
         ct = self._aead.encrypt(_STREAM_NONCE.pack(self._counter, last), chunk, None)
         self._counter += 1
-        _write_all(self._out, ct)
+        if batch is None:
+            _write_all(self._out, ct)
+        else:
+            batch.append(ct)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Encrypt and write ``data``.
@@ -720,19 +723,23 @@ class AgeWriter:
             self._fill = fill + n
             return n
         mv = memoryview(data)
+        # the chunks sealed by one large write go out in one write: fewer, larger writes
+        # (and hash updates downstream) for the same bytes
+        batch: list[bytes] = []
         try:
             pos = 0
             if fill:
                 # Complete the buffered chunk; it is not the final one since data remains.
                 pos = CHUNK_SIZE - fill
                 self._view[fill:] = mv[:pos]
-                self._seal(self._view, last=False)
+                self._seal(self._view, last=False, batch=batch)
                 self._fill = 0
             # Seal whole chunks straight from the caller's buffer, keeping at least one
             # byte back: the final chunk must never be empty unless the file is.
             while n - pos > CHUNK_SIZE:
-                self._seal(mv[pos : pos + CHUNK_SIZE], last=False)
+                self._seal(mv[pos : pos + CHUNK_SIZE], last=False, batch=batch)
                 pos += CHUNK_SIZE
+            _write_all(self._out, batch[0] if len(batch) == 1 else b"".join(batch))
             rest = n - pos
             self._view[:rest] = mv[pos:]
             self._fill = rest
