@@ -835,7 +835,36 @@ _register()
 
 def main() -> None:
     """Entry point of the ``backup`` command."""
-    cli(prog_name="backup")
+    try:
+        cli(prog_name="backup")
+    except SystemExit as e:
+        _exit(e.code)
+    _exit(0)
+
+
+def _exit(code: object) -> None:
+    """End the process without the interpreter's teardown, which after a large backup or
+    restore spends 0.2 s freeing per-path tables one object at a time. Only when nothing
+    teardown would finish is left: no other thread, no child process; output is flushed
+    and logging shut down, and what must last (archives, the inventory) was committed
+    before the command returned. Otherwise (or for a message as exit code) a normal exit."""
+    import threading
+
+    mp = sys.modules.get("multiprocessing")
+    if (
+        not (code is None or isinstance(code, int))
+        or threading.active_count() > 1
+        or (mp is not None and mp.active_children())
+    ):
+        raise SystemExit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        raise SystemExit(code) from None  # let the interpreter report it as usual
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
