@@ -58,7 +58,7 @@ RESET_TO = {"packing": "queued", "uploading": "queued", "recorded": "queued", "e
 
 
 class JobNotFound(Error):
-    """No job matches {!r}"""
+    """No job matches {!r}{}"""
 
 
 def worker_name() -> str:
@@ -155,7 +155,7 @@ class JobStore:
                 return job
             found = list(s.scalars(select(Job).where(Job.id.startswith(job_id)).limit(2)))
         if len(found) != 1:
-            raise JobNotFound(job_id)
+            raise JobNotFound(job_id, " (ambiguous prefix: give more of the id)" if found else "")
         return found[0]
 
     def jobs(

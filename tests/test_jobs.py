@@ -36,8 +36,11 @@ def test_cas_moves_a_job_once(inventory: Inventory) -> None:
     assert store.cas(job.id, ["packing"], "done") is True
     assert store.get(job.id).finished is not None
     assert store.get(job.id[:12]).id == job.id  # unique prefix
-    with pytest.raises(JobNotFound, match="No job matches 'nope'"):
+    with pytest.raises(JobNotFound, match=r"No job matches 'nope'$"):
         store.get("nope")
+    assert store.create("backup", policy="p", state="queued") is not None
+    with pytest.raises(JobNotFound, match="ambiguous prefix"):
+        store.get("b")
 
 
 def test_one_job_per_policy_and_schedule_slot(inventory: Inventory) -> None:
