@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -119,7 +120,8 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except Error as e:
-        err.print(f"[red]error:[/red] {e.get_message()}", markup=True, soft_wrap=True)
+        # the message is text, not markup: a path like "a[1]" must print as it is
+        err.print(f"[red]error:[/red] {escape(e.get_message())}", markup=True, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -168,6 +168,21 @@ def finish_run(obj: Any, job: Job, as_json: bool) -> None:
         if as_json:
             cli._dump(_job_json(job))
         raise Error(f"job {job.id} {job.state}: {job.error}")
+    if job.archive_id is None:  # a bucket policy's snapshot or drill only
+        result = json.loads(job.result or "{}")
+        if as_json:
+            cli._dump(dict(result, job=job.id))
+        else:
+            if "snapshot" in result:
+                t = result["snapshot"]["taken"]
+                click.echo(
+                    f"snapshot {t['version']} ({t['name']}); "
+                    f"{len(result['snapshot']['deleted'])} deleted by retention"
+                )
+            if "drill" in result:
+                d = result["drill"]
+                click.echo(f"drill in {d['bucket']} at {d['snapshot']}: passed")
+        sys.exit(0)
     a = obj.inventory.get(job.archive_id)
     if as_json:
         d = cli._archive_json(a)

@@ -14,7 +14,7 @@ import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -173,6 +173,12 @@ class Policy(BaseModel):
     target_snapshots: bool = False
     #: restore drills of the bucket source (the ``fork`` action)
     drill: Drill | None = None
+    #: what a run of the policy does, in order: ``archive`` (pack the sources into an
+    #: archive), and for a bucket source ``snapshot`` (take a named snapshot, prune the
+    #: policy's snapshots by its retention) and ``fork`` (the restore drill of ``drill``)
+    actions: list[Literal["snapshot", "archive", "fork"]] = Field(
+        default=["archive"], min_length=1
+    )
 
     @field_validator("name")
     @classmethod
@@ -309,6 +315,12 @@ class Policy(BaseModel):
             )
         if self.drill is not None and self.source is None:
             raise ValueError("drill: restore drills need a bucket source")
+        if self.source is None and set(self.actions) != {"archive"}:
+            raise ValueError("actions: snapshot and fork apply to a bucket source only")
+        if "fork" in self.actions and self.drill is None:
+            raise ValueError("actions: fork needs a [policy.drill] table")
+        if len(set(self.actions)) != len(self.actions):
+            raise ValueError("actions: each action once")
         return self
 
     @model_validator(mode="after")

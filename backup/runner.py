@@ -213,37 +213,52 @@ class Runner:
             return "skipped"
         try:
             params = json.loads(job.params)
-            archive_id = new_archive_id(_now())
-            store.update(job.id, archive_id=archive_id)
             jp = JobProgress(progress)
             t0 = time.monotonic()
-            with self._heartbeat(job.id, jp):
-                res = run_backup(
-                    policy,
-                    self.inventory,
-                    full=bool(params.get("full")),
-                    progress=jp,
-                    archive_id=archive_id,
-                    on_phase=lambda phase: self._phase(job.id, phase),
+            result: dict[str, Any] = {"actions": list(policy.actions)}
+            warning: str | None = None
+            if "snapshot" in policy.actions:
+                result["snapshot"] = self._snapshot_action(policy)
+            if "archive" in policy.actions:
+                archive_id = new_archive_id(_now())
+                store.update(job.id, archive_id=archive_id)
+                with self._heartbeat(job.id, jp):
+                    res = run_backup(
+                        policy,
+                        self.inventory,
+                        full=bool(params.get("full")),
+                        progress=jp,
+                        archive_id=archive_id,
+                        on_phase=lambda phase: self._phase(job.id, phase),
+                    )
+                a = res.archive
+                result.update(
+                    archive_id=a.id,
+                    kind=a.kind,
+                    entries=a.entries,
+                    bytes_in=a.size_in,
+                    bytes_stored=a.size_stored,
+                    target=a.target,
+                    unreadable=len(res.unreadable),
                 )
-            a = res.archive
-            result = {
-                "archive_id": a.id,
-                "kind": a.kind,
-                "entries": a.entries,
-                "bytes_in": a.size_in,
-                "bytes_stored": a.size_stored,
-                "seconds": round(time.monotonic() - t0, 3),
-                "target": a.target,
-                "unreadable": len(res.unreadable),
-            }
+                if res.unreadable:
+                    warning = f"{len(res.unreadable)} files could not be read"
+            if "fork" in policy.actions:
+                drill = self._fork_action(policy)
+                result["drill"] = drill
+                if not drill.get("ok", True):
+                    raise Error(
+                        f"restore drill of {policy.source} in {drill['bucket']} failed: the "
+                        f"check exited {drill['returncode']}"
+                    )
+            result["seconds"] = round(time.monotonic() - t0, 3)
             store.cas(
                 job.id,
                 ["packing", "uploading", "recorded"],
                 "done",
                 result=json.dumps(result),
-                bytes_done=a.size_in,
-                error=f"{len(res.unreadable)} files could not be read" if res.unreadable else None,
+                bytes_done=int(result.get("bytes_in", 0)),
+                error=warning,
             )
         except JobCancelled:
             log.warning("job %s was taken over by another worker; this attempt stopped", job.id)
@@ -257,6 +272,41 @@ class Runner:
             store.unlock_policy(policy.name, job.id)
         self._notify_after(job.id)
         return store.get(job.id).state
+
+    def _snapshot_action(self, policy: Policy) -> dict[str, Any]:
+        """Snapshot a bucket source and prune the policy's snapshots by its retention."""
+        from .snapshots.actions import snapshot_source
+
+        assert policy.source is not None
+        r = snapshot_source(policy.source, policy.name, policy.retention, self.inventory)
+        return {
+            "taken": {"version": r.taken.version, "name": r.taken.name},
+            "deleted": [s.version for s in r.deleted],
+        }
+
+    def _fork_action(self, policy: Policy) -> dict[str, Any]:
+        """A restore drill: fork the latest snapshot, run the check, then remove drill forks
+        older than ``keep_for``."""
+        from .snapshots.actions import expire_drills, fork_drill
+
+        assert policy.source is not None and policy.drill is not None
+        res = fork_drill(
+            policy.source,
+            policy.name,
+            self.inventory,
+            bucket_pattern=policy.drill.bucket,
+            check_command=policy.drill.check,
+            timeout=policy.drill.timeout.total_seconds(),
+        )
+        removed = expire_drills(self.inventory, policy.drill.keep_for)
+        return {
+            "bucket": res.bucket,
+            "snapshot": res.snapshot.version,
+            "ok": res.ok,
+            "returncode": res.returncode,
+            "seconds": round(res.seconds, 3),
+            "removed": removed,
+        }
 
     def _phase(self, job_id: str, phase: str) -> None:
         self.store.cas(job_id, ["packing", "uploading"], phase)

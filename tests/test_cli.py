@@ -156,3 +156,10 @@ def test_prune(tmp_path: Path, env: Env, inventory: Inventory) -> None:
     # the new chain still restores
     restore("p", inventory, tmp_path / "out", load_identities(env.key.path))
     assert (tmp_path / "out" / "f").read_text() == "3"
+
+
+def test_error_messages_with_brackets_print_as_text(env: Env) -> None:
+    r = cli(env, "show", "[bold]x[/bold]")
+    assert r.returncode == 1, r.stderr
+    assert "No archive matches '[bold]x[/bold]'" in r.stderr
+    assert "Traceback" not in r.stderr

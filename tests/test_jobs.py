@@ -5,6 +5,7 @@ one policy never overlap."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +14,7 @@ from backup.inventory import Inventory
 from backup.jobs import JobNotFound, JobStore
 from backup.runner import Runner
 from backup.settings import Settings
-from tests.conftest import Env, write_policy
+from tests.conftest import Env, MotoServer, write_policy
 from tests.servers import Receiver
 
 
@@ -177,3 +178,57 @@ def test_restore_without_an_identity_fails_and_says_so(env: Env) -> None:
     runner.start_restore(req.id)
     assert runner.extract(req.id) == "failed"
     assert "BACKUP_IDENTITY" in (runner.store.get(req.id).error or "")
+
+
+def test_bucket_policy_runs_its_snapshot_and_fork_actions(env: Env, aws_env: MotoServer) -> None:
+    import secrets
+
+    s3 = aws_env.client()
+    bucket = f"src-{secrets.token_hex(5)}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v1")
+
+    def policy(check: str) -> None:
+        env.config.write_text(
+            "[[policy]]\n"
+            'name = "media"\n'
+            f'source = "s3://{bucket}"\n'
+            f'target = "file://{env.vault}"\n'
+            f'recipients = ["{env.key.recipient}"]\n'
+            'actions = ["snapshot", "fork"]\n'
+            "[policy.retention]\nkeep_last = 2\n"
+            f"[policy.drill]\ncheck = '{check}'\nkeep_for = \"1h\"\n"
+        )
+
+    policy('test -n "$BACKUP_DRILL_URL"')
+    runner, _ = make_runner(env)
+    job = runner.store.create("backup", policy="media", state="queued")
+    assert job is not None
+    assert runner.run_backup(job.id) == "done", runner.store.get(job.id).error
+    result = json.loads(runner.store.get(job.id).result)
+    assert result["actions"] == ["snapshot", "fork"]
+    assert result["snapshot"]["taken"]["name"].startswith("media-")
+    assert result["drill"]["ok"] is True
+    fork = result["drill"]["bucket"]
+    assert s3.get_object(Bucket=fork, Key="k")["Body"].read() == b"v1"
+    assert runner.inventory.archives() == []  # no archive action asked for
+    policy("exit 3")
+    time.sleep(1.1)  # the drill bucket is named to the second
+    again = runner.store.create("backup", policy="media", state="queued")
+    assert again is not None
+    assert runner.run_backup(again.id) == "failed"
+    assert "check exited 3" in (runner.store.get(again.id).error or "")
+
+
+def test_snapshot_and_fork_actions_need_a_bucket_source(env: Env) -> None:
+    from backup.errors import PolicyError
+    from backup.policy import load_policies
+
+    env.config.write_text(
+        env.config.read_text().replace(
+            "[policy.retention]", 'actions = ["snapshot"]\n[policy.retention]'
+        )
+    )
+    with pytest.raises(PolicyError, match="actions: snapshot and fork apply to a bucket source"):
+        load_policies(env.config)
