@@ -176,9 +176,7 @@ class Policy(BaseModel):
     #: what a run of the policy does, in order: ``archive`` (pack the sources into an
     #: archive), and for a bucket source ``snapshot`` (take a named snapshot, prune the
     #: policy's snapshots by its retention) and ``fork`` (the restore drill of ``drill``)
-    actions: list[Literal["snapshot", "archive", "fork"]] = Field(
-        default=["archive"], min_length=1
-    )
+    actions: list[Literal["snapshot", "archive", "fork"]] = Field(default=["archive"], min_length=1)
 
     @field_validator("name")
     @classmethod
