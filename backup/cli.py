@@ -451,15 +451,16 @@ def restore(
     """
     from . import restore as r
 
-    if to.startswith("s3://"):
+    into_bucket = to.startswith("s3://")
+    if into_bucket and not dry_run and not (obj.settings.broker_url or notify):
         from .snapshots.cli import restore_into_bucket
 
         return restore_into_bucket(
             obj, policy, to, at, archive_id, include, identity, in_place, as_json
         )
-    if in_place:
+    if in_place and not into_bucket:
         raise Error("--in-place restores into a bucket source (--to s3://...) only")
-    dest = Path(to).absolute()
+    dest: Any = to if into_bucket else Path(to).absolute()
     if dry_run:
         if policy is None or file is not None:
             raise Error("--dry-run plans the restore of a POLICY (not of --file)")
@@ -467,7 +468,7 @@ def restore(
     if file is None and (obj.settings.broker_url or notify):
         return _restore_request(
             obj, policy, dest, at, archive_id, include, identity, force,
-            allow_external_symlinks, notify, tier, wait, as_json,
+            allow_external_symlinks, notify, tier, wait, as_json, in_place,
         )  # fmt: skip
     identities = r.identities_from(identity or obj.settings.identity)
     if file is not None:
@@ -572,15 +573,19 @@ def _restore_request(
     tier: str | None,
     wait: bool,
     as_json: bool,
+    in_place: bool = False,
 ) -> None:
     """A restore as a job: queued to the workers, or carried out here (no broker) and
-    followed by its notification."""
+    followed by its notification. ``to`` is a directory, or a bucket URL for a policy whose
+    source is a bucket."""
     from . import cli_jobs
     from .jobs import JobStore
     from .restore import resolve_archive
 
     if policy is None:
         raise Error("name the POLICY to restore")
+    if str(to).startswith("s3://") and obj.policy(policy).source is None:
+        raise Error(f"policy {policy!r} backs up local paths; restore it --to a directory")
     archive = resolve_archive(
         obj.inventory, policy, at=parse_time(at) if at else None, archive_id=archive_id
     )
@@ -591,6 +596,7 @@ def _restore_request(
         "force": force,
         "allow_external_symlinks": allow_external_symlinks,
         "tier": tier or obj.policy(policy).restore_tier,
+        "in_place": in_place,
     }
     store = JobStore(obj.inventory)
     if obj.settings.broker_url:

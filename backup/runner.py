@@ -503,6 +503,8 @@ class Runner:
             store.cas(job.id, ["extracting"], "retrieving")
             return "retrieving"
         jp = JobProgress(progress)
+        if str(params["to"]).startswith("s3://"):
+            return self._extract_to_bucket(job, params, jp)
         try:
             with self._heartbeat(job.id, jp):
                 res = restore(
@@ -530,6 +532,48 @@ class Runner:
                 "done",
                 result=json.dumps(result),
                 bytes_done=res.bytes,
+            )
+        except JobCancelled:
+            return store.get(job.id).state
+        except BaseException as e:
+            msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
+            store.cas(job.id, ["extracting"], "failed", error=msg)
+            if not isinstance(e, Exception):
+                raise
+        self._notify_after(job.id)
+        return store.get(job.id).state
+
+    def _extract_to_bucket(self, job: Job, params: dict[str, Any], jp: JobProgress) -> str:
+        """Restore a bucket source's archived state into a bucket (out of place, or in place
+        with new versions and delete markers only)."""
+        from .restore import identities_from
+        from .snapshots.source import restore_to_bucket
+
+        store = self.store
+        try:
+            policy = self.policies()[job.policy or ""]
+            with self._heartbeat(job.id, jp):
+                res = restore_to_bucket(
+                    policy,
+                    self.inventory,
+                    params["to"],
+                    identities_from(self.settings.identity),
+                    archive_id=params["archive_id"],
+                    include=params.get("include", []),
+                    in_place=bool(params.get("in_place")),
+                    progress=jp,
+                )
+            result = {
+                "archive_id": params["archive_id"],
+                "archives": res.archives,
+                "files": res.uploaded,
+                "unchanged": res.unchanged,
+                "deleted": res.deleted,
+                "bytes": res.bytes,
+                "destination": res.destination,
+            }
+            store.cas(
+                job.id, ["extracting"], "done", result=json.dumps(result), bytes_done=res.bytes
             )
         except JobCancelled:
             return store.get(job.id).state

@@ -232,3 +232,47 @@ def test_snapshot_and_fork_actions_need_a_bucket_source(env: Env) -> None:
     )
     with pytest.raises(PolicyError, match="actions: snapshot and fork apply to a bucket source"):
         load_policies(env.config)
+
+
+def test_restore_request_of_a_bucket_source_into_another_bucket(
+    env: Env, aws_env: MotoServer, receiver: Receiver
+) -> None:
+    import secrets
+
+    s3 = aws_env.client()
+    src, dst = f"src-{secrets.token_hex(5)}", f"dst-{secrets.token_hex(5)}"
+    for b in (src, dst):
+        s3.create_bucket(Bucket=b)
+        s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=src, Key="docs/a.txt", Body=b"alpha")
+    s3.put_object(Bucket=src, Key="b.bin", Body=b"\0" * 5000)
+    env.config.write_text(
+        "[[policy]]\n"
+        'name = "media"\n'
+        f'source = "s3://{src}"\n'
+        f'target = "file://{env.vault}"\n'
+        f'recipients = ["{env.key.recipient}"]\n'
+    )
+    runner, _ = make_runner(env)
+    runner.settings.identity = env.key.path
+    b = runner.store.create("backup", policy="media", state="queued")
+    assert b is not None
+    assert runner.run_backup(b.id) == "done", runner.store.get(b.id).error
+    aid = runner.inventory.archives()[0].id
+    req = runner.store.create(
+        "restore",
+        policy="media",
+        state="requested",
+        params={"archive_id": aid, "to": f"s3://{dst}/restored"},
+        notify=[receiver.url()],
+    )
+    assert req is not None
+    assert runner.start_restore(req.id) == "ready"
+    assert runner.extract(req.id) == "done", runner.store.get(req.id).error
+    got = {
+        o["Key"]: s3.get_object(Bucket=dst, Key=o["Key"])["Body"].read()
+        for o in s3.list_objects_v2(Bucket=dst)["Contents"]
+    }
+    assert got == {"restored/docs/a.txt": b"alpha", "restored/b.bin": b"\0" * 5000}
+    assert runner.notify(req.id) is True
+    assert f"s3://{dst}/restored" in receiver.requests[0][2]["message"]
