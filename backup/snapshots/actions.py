@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -145,7 +146,10 @@ def snapshot_source(
     p = open_provider(url)
     snap = p.take(f"{policy}-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}")
     record_snapshot(url, snap, policy=policy, inventory=inventory)
-    mine = [s for s in p.list() if s.name and s.name.startswith(f"{policy}-")]
+    # only this action's own snapshots: not the archive action's (``POLICY-archive-…``),
+    # whose link to their archive must stay
+    own = re.compile(rf"{re.escape(policy)}-\d{{8}}T\d{{6}}Z")
+    mine = [s for s in p.list() if s.name and own.fullmatch(s.name)]
     keep = select_keep([_Dated(s.version, s.created) for s in mine], retention)  # type: ignore[misc]
     out = SnapshotRun(snap)
     for s in mine:

@@ -270,7 +270,7 @@ def archive_bucket(
         raise SnapshotError(policy.name, "the policy has no bucket source")
     now = now or datetime.now(UTC)
     p = open_provider(policy.source)
-    snap = p.take(f"{policy.name}-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}")
+    snap = p.take(f"{policy.name}-archive-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}")
     scanned = bucket_scan(p, snap, policy.exclude)
     res = run_backup(
         policy,

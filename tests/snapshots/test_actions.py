@@ -37,6 +37,7 @@ def test_snapshot_action_keeps_by_retention(writer: Writer, inv: Inventory, s3: 
     url = f"s3://{writer.bucket}"
     p = VersionedProvider(writer.bucket, client=s3)
     foreign = p.take("someone-else")
+    archived = p.take("media-archive-20260301T110000Z")  # the archive action's: not pruned
     runs = [
         snapshot_source(url, "media", Retention(keep_last=2), inv, now=at(3600 * i))
         for i in range(4)
@@ -44,7 +45,7 @@ def test_snapshot_action_keeps_by_retention(writer: Writer, inv: Inventory, s3: 
     assert runs[0].taken.name == "media-20260301T120000Z"
     assert [len(r.deleted) for r in runs] == [0, 0, 1, 1]
     left = [s.name for s in p.list()]
-    assert left == ["someone-else", runs[2].taken.name, runs[3].taken.name]
+    assert left == ["someone-else", archived.name, runs[2].taken.name, runs[3].taken.name]
     assert foreign.name in left  # snapshots the policy did not take are never pruned
     # the inventory forgets the snapshots retention deleted
     rows = snapshots_in(inv)
