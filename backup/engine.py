@@ -24,6 +24,7 @@ import socket
 import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -234,15 +235,20 @@ def run_backup(
     )
     inventory.add_archive(row)
     committed: list[str] = []
+    aside = ThreadPoolExecutor(2, thread_name_prefix="backup-aside")
+    commit: Future[str] | None = None
     try:
         total = None if kind == "full" else sum(e.size for e in selected if e.kind == FILE)
         progress.start(f"{policy.name}: {kind}", total)
         with target.open_write(key, stored) as w, _gc_paused():
             res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
-            committed.append(w.commit())
+            # the archive's commit (an fsync, for a file target) and the file index's rows
+            # run aside, overlapping the manifest's encoding
+            commit = aside.submit(w.commit)
+        indexed = aside.submit(
+            inventory.add_file_records, _index_rows(archive_id, res.entries, deleted)
+        )
         progress.finish()
-        if on_phase:
-            on_phase("uploading")
         unreadable = scanned.unreadable + res.unreadable
         manifest: dict[str, Any] = {
             "format": FORMAT_VERSION,
@@ -264,11 +270,15 @@ def run_backup(
             "changed_while_reading": [path_to_json(p) for p in res.changed],
         }
         blob = encrypt_bytes(encode_manifest(manifest, res.entries), recipients)
+        committed.append(commit.result())
+        commit = None
+        if on_phase:
+            on_phase("uploading")
         # the manifest stays hot (STANDARD): restores are planned without a thaw
         with target.open_write(manifest_key, dataclasses.replace(stored, hot=True)) as w:
             w.write(blob)
             committed.append(w.commit())
-        inventory.add_file_records(_index_rows(archive_id, res.entries, deleted))
+        indexed.result()
         inventory.update_archive(
             archive_id,
             state="complete",
@@ -288,6 +298,10 @@ def run_backup(
         if on_phase:
             on_phase("recorded")
     except BaseException as e:
+        # nothing may still be committing or writing rows while this cleans up
+        aside.shutdown(wait=True, cancel_futures=True)
+        if commit is not None and not commit.cancelled() and commit.exception() is None:
+            committed.append(commit.result())
         # an archive without its manifest or its record is not one: remove what was stored
         for ref in committed:
             with suppress(Exception):
@@ -302,6 +316,7 @@ def run_backup(
             archive_id=archive_id,
         )
         raise
+    aside.shutdown()  # its work is done; its threads go now
     inventory.log(
         "backup",
         f"{kind} archive {archive_id}: {len(res.entries)} entries, {res.size_stored} bytes stored",
