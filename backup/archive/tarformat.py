@@ -179,6 +179,28 @@ def _ustar_block(
     return block[:148] + b"%06o\0 " % _block_sum(block) + block[156:]
 
 
+# A pax header block differs from one member to the next only in its name, size and mtime
+# fields, so it is built from this template (its checksum field holding spaces).
+_PAX_TEMPLATE = _USTAR.pack(
+    b"", b"0000644\0", b"0000000\0", b"0000000\0", b"", b"", _CHKSUM_SPACES, _PAX_LOCAL,
+    b"", _POSIX_MAGIC, b"", b"", b"0000000\0", b"0000000\0", b"",
+)  # fmt: skip
+_PAX_IDS = _PAX_TEMPLATE[100:124]  # mode, uid, gid
+_PAX_REST = _PAX_TEMPLATE[156:]  # type flag onwards
+_PAX_FIXED_SUM = sum(_PAX_IDS) + sum(_PAX_REST) + _CHKSUM_SPACES_SUM
+
+
+def _pax_block(name: bytes, size: int, mtime: int) -> bytes:
+    """What ``_ustar_block(name, 0o644, 0, 0, size, mtime, _PAX_LOCAL, ...)`` returns, built
+    from the template: one per member, so it is worth the shortcut."""
+    fields = b"%011o\0%011o\0" % (size, mtime)
+    # Adler-32's low half is 1 + the byte sum modulo 65521: exact for these <= 124 bytes
+    chksum = _PAX_FIXED_SUM + (zlib.adler32(name + fields) & 0xFFFF) - 1
+    return b"".join(
+        (name, bytes(100 - len(name)), _PAX_IDS, fields, b"%06o\0 " % chksum, _PAX_REST)
+    )
+
+
 def _pax_record(key: bytes, value: bytes) -> bytes:
     body = b" %s=%s\n" % (key, value)
     n = len(body)
@@ -325,21 +347,7 @@ def encode_header(
     if not records:
         return header
     data = b"".join(records)
-    pax_header = _ustar_block(
-        _pax_header_name(name),
-        0o644,
-        0,
-        0,
-        len(data),
-        seconds,
-        _PAX_LOCAL,
-        b"",
-        b"",
-        b"",
-        0,
-        0,
-        b"",
-    )
+    pax_header = _pax_block(_pax_header_name(name), len(data), seconds)
     return b"".join((pax_header, data, padding(len(data)), header))
 
 

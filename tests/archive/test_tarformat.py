@@ -737,3 +737,16 @@ def test_round_trip_random_members() -> None:
     ) as tar:
         names = [os.fsencode(info.name) for info in tar.getmembers()]
     assert names == [e["name"] for e in entries]
+
+
+def test_pax_block_template_matches_the_general_encoder() -> None:
+    # the shortcut for pax header blocks must produce exactly the general encoder's block
+    from backup.archive import tarformat as tf
+
+    rng = random.Random(1)
+    for _ in range(2000):
+        name = bytes(rng.choice(b"ab/\xff\x01z") for _ in range(rng.randint(1, 100)))
+        size, mtime = rng.randrange(8**11), rng.randrange(8**11)
+        assert tf._pax_block(name, size, mtime) == tf._ustar_block(
+            name, 0o644, 0, 0, size, mtime, tf._PAX_LOCAL, b"", b"", b"", 0, 0, b""
+        )
