@@ -5,35 +5,56 @@ little more than this walk. Names are handled as raw bytes from start to end: a 
 that is not valid UTF-8 is still a file to protect.
 
 Exclude patterns are shell globs. A pattern without ``/`` matches a name at any depth
-(``*.tmp``, ``.cache``); a pattern with ``/`` matches the path relative to the source root
-(``build/*``, ``logs/old``). An excluded directory is not descended into.
+(``*.tmp``, ``.cache``; a trailing ``/`` is ignored, ``node_modules/``); a pattern with ``/``
+inside or at its start matches the path relative to the source root (``build/*``,
+``logs/old``, ``/tmp``). An excluded directory is not descended into.
+
+The walk itself runs in C when the extension ``_fastwalk`` is built (it is, on install, where
+a compiler is found): outside the GIL, several directories at a time, with the same result as
+the Python walk below, which stays as the fallback (and for ``[...]`` classes in excludes).
+A CLI run can start that walk before it has imported the inventory's libraries
+(:func:`prefetch`), so the two overlap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from ..errors import SourceError
 
-__all__ = ["Entry", "ScanResult", "Unreadable", "compile_excludes", "scan", "scan_iter"]
+try:
+    from . import _fastwalk  # type: ignore[attr-defined]
+except ImportError:  # not compiled here: the Python walk gives the same result, more slowly
+    _fastwalk = None
+
+__all__ = [
+    "Entry",
+    "ScanResult",
+    "Unreadable",
+    "compile_excludes",
+    "fast_walk_available",
+    "prefetch",
+    "scan",
+    "scan_iter",
+]
 
 # tar type letters, used as the entry kinds throughout
-FILE, DIR, SYMLINK, HARDLINK, FIFO, CHR, BLK = (
-    "file",
-    "dir",
-    "symlink",
-    "hardlink",
-    "fifo",
-    "chr",
-    "blk",
-)
+FILE: Final = "file"
+DIR: Final = "dir"
+SYMLINK: Final = "symlink"
+HARDLINK: Final = "hardlink"
+FIFO: Final = "fifo"
+CHR: Final = "chr"
+BLK: Final = "blk"
 
 
 @dataclass(slots=True)
@@ -74,6 +95,18 @@ class ScanResult:
     unreadable_dirs: list[bytes] = field(default_factory=list)
 
 
+def _split_excludes(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(patterns matched against a name, patterns matched against the relative path)."""
+    names: list[str] = []
+    paths: list[str] = []
+    for p in patterns:
+        core = p.strip("/")
+        if not core:
+            continue
+        (paths if "/" in core or p.startswith("/") else names).append(core)
+    return names, paths
+
+
 def compile_excludes(patterns: Sequence[str]) -> Callable[[bytes, bytes], bool]:
     """Build the exclude test.
 
@@ -83,8 +116,7 @@ def compile_excludes(patterns: Sequence[str]) -> Callable[[bytes, bytes], bool]:
     Returns:
         A function of (relative path, name) telling whether to exclude it.
     """
-    name_pats = [p for p in patterns if "/" not in p.strip("/")]
-    path_pats = [p.strip("/") for p in patterns if "/" in p.strip("/")]
+    name_pats, path_pats = _split_excludes(patterns)
     name_re = (
         re.compile(b"|".join(os.fsencode(fnmatch.translate(p)) for p in name_pats))
         if name_pats
@@ -154,8 +186,17 @@ def scan(
     Raises:
         SourceError: when a source is missing or is not a directory or file; nothing is written then.
     """
+    early = _take_prefetched(sources, exclude)
+    if early is not None:
+        return early
+    return _scan_now(policy_name, sources, exclude)
+
+
+def _scan_now(
+    policy_name: str, sources: Sequence[tuple[str, Path]], exclude: Sequence[str]
+) -> ScanResult:
     result = ScanResult()
-    result.entries.extend(scan_iter(policy_name, sources, exclude, result))
+    result.entries.extend(_scan_iter_now(policy_name, sources, exclude, result))
     return result
 
 
@@ -175,6 +216,28 @@ def scan_iter(
         SourceError: when a source is missing or is not a directory or file (raised here,
             before anything is walked).
     """
+    early = _take_prefetched(sources, exclude)
+    if early is not None:
+        result.unreadable.extend(early.unreadable)
+        result.unreadable_dirs.extend(early.unreadable_dirs)
+        return _drain(early.entries)
+    return _scan_iter_now(policy_name, sources, exclude, result)
+
+
+def _drain(entries: list[Entry]) -> Iterator[Entry]:
+    """Hand out a walk's entries, letting each go once consumed (a full packs them one by
+    one: memory stays what a lazy walk would hold)."""
+    entries.reverse()
+    while entries:
+        yield entries.pop()
+
+
+def _scan_iter_now(
+    policy_name: str,
+    sources: Sequence[tuple[str, Path]],
+    exclude: Sequence[str],
+    result: ScanResult,
+) -> Iterator[Entry]:
     excluded = compile_excludes(exclude)
     roots: list[tuple[bytes, bytes, os.stat_result]] = []  # (name, absolute path, stat)
     for name, path in sources:
@@ -187,12 +250,32 @@ def scan_iter(
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise SourceError(str(path), policy_name, "is neither a directory nor a file")
         roots.append((os.fsencode(name), os.fsencode(path), st))
-    return _iter_roots(roots, excluded, result)
+    return _iter_roots(roots, excluded, _fast_patterns(exclude), result)
+
+
+#: threads of the C walk: more than the cores, so a cold cache's disk waits overlap
+WALK_THREADS = max(2, min(8, 2 * (os.cpu_count() or 1)))
+_KINDS = (FILE, DIR, SYMLINK, FIFO, CHR, BLK)  # the C walk's kind numbers, in its order
+
+
+def fast_walk_available() -> bool:
+    """Returns: whether the C walk is built (else every walk is the Python one)."""
+    return _fastwalk is not None
+
+
+def _fast_patterns(patterns: Sequence[str]) -> tuple[list[bytes], list[bytes]] | None:
+    """The excludes for the C walk, or None when it cannot take them (not built, or a
+    ``[...]`` class, which only Python's fnmatch implements)."""
+    if _fastwalk is None or any("[" in p for p in patterns):
+        return None
+    names, paths = _split_excludes(patterns)
+    return [os.fsencode(p) for p in names], [os.fsencode(p) for p in paths]
 
 
 def _iter_roots(
     roots: list[tuple[bytes, bytes, os.stat_result]],
     excluded: Callable[[bytes, bytes], bool],
+    fast: tuple[list[bytes], list[bytes]] | None,
     result: ScanResult,
 ) -> Iterator[Entry]:
     for bname, babs, bst in roots:
@@ -202,7 +285,83 @@ def _iter_roots(
             continue
         if bname:
             yield _entry(bname, babs, bst, DIR)
-        yield from _walk(babs, bname, excluded, result)
+        if fast is not None:
+            yield from _walk_fast(babs, bname, fast, result)
+        else:
+            yield from _walk(babs, bname, excluded, result)
+
+
+def _walk_fast(
+    top: bytes, top_rel: bytes, patterns: tuple[list[bytes], list[bytes]], result: ScanResult
+) -> list[Entry]:
+    assert _fastwalk is not None
+    entries: list[Entry]
+    entries, errors = _fastwalk.walk(
+        top, top_rel, patterns[0], patterns[1], Entry, _KINDS, WALK_THREADS
+    )
+    for rel, errno, is_dir in errors:
+        result.unreadable.append(Unreadable(rel or b".", os.strerror(errno)))
+        if is_dir:
+            result.unreadable_dirs.append(rel)
+    return entries
+
+
+# prefetch ----------------------------------------------------------------------------------
+
+_PrefetchKey = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
+_prefetched: dict[_PrefetchKey, tuple[threading.Thread, list[ScanResult]]] = {}
+_prefetch_lock = threading.Lock()
+
+
+def _prefetch_key(sources: Sequence[tuple[str, Path]], exclude: Sequence[str]) -> _PrefetchKey:
+    return tuple((n, str(p)) for n, p in sources), tuple(exclude)
+
+
+def prefetch(policy_name: str, sources: Sequence[tuple[str, Path]], exclude: Sequence[str]) -> bool:
+    """Start walking the sources on a thread now; the next :func:`scan` or :func:`scan_iter`
+    of the same sources and excludes takes the result instead of walking again.
+
+    Only the C walk is started early: it runs outside the GIL, so whatever this process does
+    meanwhile (importing the inventory's libraries, opening it) overlaps it; a Python walk
+    would only compete with that for the GIL. A prefetch that failed (a missing source, say)
+    is dropped, and the scan that would have taken it walks and reports the error itself.
+
+    Args:
+        policy_name: for error messages.
+        sources: as for :func:`scan`.
+        exclude: as for :func:`scan`.
+
+    Returns:
+        Whether a walk was started.
+    """
+    if _fast_patterns(exclude) is None:
+        return False
+    key = _prefetch_key(sources, exclude)
+    box: list[ScanResult] = []
+
+    def walk() -> None:
+        with contextlib.suppress(Exception):  # reported by the scan that runs instead
+            box.append(_scan_now(policy_name, sources, exclude))
+
+    t = threading.Thread(target=walk, name="backup-prefetch-walk", daemon=True)
+    with _prefetch_lock:
+        _prefetched[key] = (t, box)
+    t.start()
+    return True
+
+
+def _take_prefetched(
+    sources: Sequence[tuple[str, Path]], exclude: Sequence[str]
+) -> ScanResult | None:
+    if not _prefetched:
+        return None
+    with _prefetch_lock:
+        got = _prefetched.pop(_prefetch_key(sources, exclude), None)
+    if got is None:
+        return None
+    thread, box = got
+    thread.join()
+    return box[0] if box else None
 
 
 def _name(d: os.DirEntry[bytes]) -> bytes:
