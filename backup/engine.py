@@ -21,7 +21,6 @@ import hashlib
 import json
 import secrets
 import socket
-import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,10 +32,10 @@ from typing import Any
 from .archive import FORMAT_VERSION, Entry, encode_manifest, pack, scan
 from .archive.manifest import path_to_json
 from .archive.pack import Record
-from .archive.scan import FILE, HARDLINK, ScanResult, Unreadable, scan_iter
+from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
 from .crypto.age import Recipient, encrypt_bytes, parse_recipient
 from .errors import Error
-from .inventory import Archive, FileSig, Inventory
+from .inventory import Archive, Inventory, TreeState, sig_of
 from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
@@ -85,21 +84,9 @@ def archive_keys(policy: str, archive_id: str) -> tuple[str, str]:
     )
 
 
-def _sig_differs(e: Entry, sig: FileSig) -> bool:
-    kind = FILE if sig.type == HARDLINK else sig.type
-    return (
-        kind != e.kind
-        or sig.size != e.size
-        or sig.mtime_ns != e.mtime_ns
-        or sig.mode != stat.S_IMODE(e.mode)
-        or sig.ino != e.ino
-        or sig.ctime_ns != e.ctime_ns
-    )
-
-
 def select_changed(
     entries: Sequence[Entry],
-    state: dict[bytes, FileSig],
+    state: TreeState,
     unreadable: Sequence[Unreadable],
     unreadable_dirs: Sequence[bytes],
 ) -> tuple[list[Entry], list[bytes]]:
@@ -116,9 +103,10 @@ def select_changed(
     """
     chosen: set[bytes] = set()
     groups: dict[tuple[int, int], list[bytes]] = defaultdict(list)
+    get = state.get
     for e in entries:
-        sig = state.get(e.path)
-        if sig is None or _sig_differs(e, sig):
+        # a tuple comparison, in C: this runs once per path in the tree
+        if get(e.path) != (e.kind, e.size, e.mode & 0o7777, e.mtime_ns, e.ctime_ns, e.ino):
             chosen.add(e.path)
         if e.kind == FILE and e.nlink > 1:
             groups[(e.dev, e.ino)].append(e.path)
@@ -194,6 +182,7 @@ def run_backup(
             parent = None
     listed = scanned
     scanned = ScanResult()
+    parent_state: TreeState | None = None
     selected: Iterable[Entry]
     if parent is None:
         # a full packs the walk as it goes (the sources are checked now, before any write)
@@ -205,9 +194,9 @@ def run_backup(
     else:
         with _gc_paused():
             scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
-            state = inventory.tree_state(parent.id)
+            parent_state = inventory.tree_state(parent.id)
             selected, deleted = select_changed(
-                scanned.entries, state, scanned.unreadable, scanned.unreadable_dirs
+                scanned.entries, parent_state, scanned.unreadable, scanned.unreadable_dirs
             )
         kind = "incremental"
 
@@ -245,8 +234,10 @@ def run_backup(
             # the archive's commit (an fsync, for a file target) and the file index's rows
             # run aside, overlapping the manifest's encoding
             commit = aside.submit(w.commit)
+        # the tree at this archive, for the next incremental (the parent's plus this one's rows)
+        tree: TreeState = {} if parent_state is None else dict(parent_state)
         indexed = aside.submit(
-            inventory.add_file_records, _index_rows(archive_id, res.entries, deleted)
+            inventory.add_file_records, _index_rows(archive_id, res.entries, deleted, tree)
         )
         progress.finish()
         unreadable = scanned.unreadable + res.unreadable
@@ -294,6 +285,9 @@ def run_backup(
                 [{"path": path_to_json(u.path), "error": u.error} for u in unreadable]
             ),
             changed=json.dumps([path_to_json(p) for p in res.changed]),
+        )
+        _cache_tree(
+            inventory, archive_id, tree, parent, nothing_new=not res.entries and not deleted
         )
         if on_phase:
             on_phase("recorded")
@@ -348,14 +342,42 @@ def _protect(policy: Policy, archive_id: str, inventory: Inventory) -> None:
         )
 
 
-def _index_rows(archive_id: str, entries: list[Record], deleted: list[bytes]) -> Any:
+def _cache_tree(
+    inventory: Inventory,
+    archive_id: str,
+    tree: TreeState,
+    parent: Archive | None,
+    *,
+    nothing_new: bool,
+) -> None:
+    """Cache the tree at a complete archive (derived data: a failure is logged, and the next
+    incremental replays the file index instead)."""
+    try:
+        inventory.cache_tree(
+            archive_id, tree, same_as=parent.id if parent is not None and nothing_new else None
+        )
+    except Exception as e:
+        inventory.log(
+            "backup",
+            f"archive {archive_id} is complete, but caching its tree failed "
+            f"({type(e).__name__}): the next incremental replays the file index",
+            level="warning",
+            archive_id=archive_id,
+        )
+
+
+def _index_rows(
+    archive_id: str, entries: list[Record], deleted: list[bytes], tree: TreeState
+) -> Any:
     for r in entries:
+        size = getattr(r, "file_size", r.size)
+        tree[r.path] = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
         # attributes, not the record's dict-like access: this runs once per path in the tree
         yield {
             "archive_id": archive_id,
             "path": r.path,
             "type": r.type,
-            "size": getattr(r, "file_size", r.size),
+            "size": size,
             "mode": r.mode,
             "mtime_ns": r.mtime_ns,
             "ctime_ns": r.ctime_ns,
@@ -367,6 +389,7 @@ def _index_rows(archive_id: str, entries: list[Record], deleted: list[bytes]) ->
             "offset": r.offset,
         }
     for p in deleted:
+        tree.pop(p, None)
         yield {
             "archive_id": archive_id,
             "path": p,

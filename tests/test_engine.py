@@ -208,6 +208,15 @@ def test_incrementals_hold_changes_and_deletions(env: Env, inventory: Inventory)
     extract_with_tools(env.key, archive_files(env, inc2.archive.id)[0], alone2)
     assert link_groups(alone2) == {frozenset({b"hl/a", b"hl/b", b"hl-c", b"hl/d"})}
 
+    # every run cached its tree, and the cache says what replaying the index says; an
+    # incremental compares against it, so a wrong cache would have missed changes above
+    for a in (full, nochange, inc, inc2):
+        assert inventory.replay_tree(a.archive.id) == _cached(inventory, a.archive.id) or (
+            a is not inc2 and _cached(inventory, a.archive.id) is None  # older: dropped
+        )
+    assert _cached(inventory, inc2.archive.id) == inventory.replay_tree(inc2.archive.id)
+    assert _cached(inventory, full.archive.id) is None
+
     # the file index records the deletions too
     recs = {r.path: r.type for r in inventory.records(inc.archive.id)}
     assert recs[b"old"] == "deleted" and recs[b"plain.txt"] == "file"
@@ -218,6 +227,29 @@ def test_incrementals_hold_changes_and_deletions(env: Env, inventory: Inventory)
     res = restore("p", inventory, out, load_identities(env.key.path))
     assert res.archives == [full.archive.id, nochange.archive.id, inc.archive.id, inc2.archive.id]
     assert_same_tree(src, out)
+
+
+def _cached(inventory: Inventory, archive_id: str) -> Any:
+    return inventory._cached_tree(archive_id)
+
+
+def test_incremental_without_a_cached_tree_replays_the_index(
+    env: Env, inventory: Inventory
+) -> None:
+    src = env.source
+    make_tree(src, big=False)
+    _run(env, inventory)
+    with inventory._cursor(write=True) as cur:
+        cur.execute("DELETE FROM tree_cache")  # e.g. an inventory written by an older version
+    (src / "new.txt").write_text("new")
+    os.unlink(src / "old")
+    inc, m = _run(env, inventory)
+    assert entry_paths(m) == {b"new.txt"} and m["deleted"] == ["old"]
+    # the incremental cached its tree anyway, so the next one reads it
+    assert _cached(inventory, inc.archive.id) == inventory.replay_tree(inc.archive.id)
+    again, m2 = _run(env, inventory)
+    assert m2["entries"] == [] and m2["deleted"] == []
+    assert _cached(inventory, again.archive.id) == inventory.replay_tree(inc.archive.id)
 
 
 def test_full_every_starts_a_new_chain(env: Env, inventory: Inventory) -> None:

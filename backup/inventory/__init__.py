@@ -10,10 +10,11 @@ removed, so the history of what existed stays.
 from __future__ import annotations
 
 import json
+import marshal
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,31 +24,36 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ArchiveNotFound, ConfigError
-from .models import Archive, Base, Event, FileRecord, RetrievalJob, Snapshot
+from .models import Archive, Base, Event, FileRecord, RetrievalJob, Snapshot, TreeCache
 
 __all__ = [
     "Archive",
     "Event",
     "FileRecord",
-    "FileSig",
     "Inventory",
     "RetrievalJob",
+    "Sig",
     "Snapshot",
+    "TreeCache",
+    "TreeState",
+    "sig_of",
 ]
 
+#: What a path looked like when an archive recorded it: (type, size, permission bits,
+#: mtime_ns, ctime_ns, inode), with a hard link's type as ``file``. An incremental compares
+#: the tree against these. Plain tuples: 70k of them are compared, cached and loaded per run.
+Sig = tuple[str, int, int, int, int, int]
+#: every path that existed at an archive, with its signature
+TreeState = dict[bytes, Sig]
 
-@dataclass(frozen=True, slots=True)
-class FileSig:
-    """What a path looked like when an archive recorded it; an incremental compares the
-    tree against these to find what changed."""
+# marshal's format may change between Python versions: a cache written by another one is
+# replayed from the file index instead
+_TREE_FORMAT = f"marshal-zstd-py{sys.version_info[0]}.{sys.version_info[1]}"
 
-    type: str
-    size: int
-    mode: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-    archive_id: str
+
+def sig_of(type_: str, size: int, mode: int, mtime_ns: int, ctime_ns: int, ino: int) -> Sig:
+    """Returns: the signature of a file index row (or of a scanned entry)."""
+    return ("file" if type_ == "hardlink" else type_, size, mode & 0o7777, mtime_ns, ctime_ns, ino)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -247,11 +253,17 @@ class Inventory:
                 ).all()
             )
 
-    def tree_state(self, archive_id: str) -> dict[bytes, FileSig]:
+    def tree_state(self, archive_id: str) -> TreeState:
+        """Every path that existed at ``archive_id``, from its cached tree when there is one,
+        else by replaying the chain's file index."""
+        cached = self._cached_tree(archive_id)
+        return cached if cached is not None else self.replay_tree(archive_id)
+
+    def replay_tree(self, archive_id: str) -> TreeState:
         """Replay a chain's file index: every path that existed at ``archive_id``."""
-        state: dict[bytes, FileSig] = {}
-        # The DB-API directly: this runs before every incremental over every path in the
-        # tree, and ORM row objects would cost more than the walk itself.
+        state: TreeState = {}
+        # The DB-API directly: this runs before an incremental over every path in the tree,
+        # and ORM row objects would cost more than the walk itself.
         sql = (
             "SELECT path, type, size, mode, mtime_ns, ctime_ns, ino FROM file_index "
             f"WHERE archive_id = {self._mark}"
@@ -260,13 +272,67 @@ class Inventory:
         with self._cursor() as cur:
             for arch in chain:
                 cur.execute(sql, (arch.id,))
-                aid = arch.id
                 for path, typ, size, mode, mtime_ns, ctime_ns, ino in cur.fetchall():
                     if typ == "deleted":
                         state.pop(bytes(path), None)
                     else:
-                        state[bytes(path)] = FileSig(typ, size, mode, mtime_ns, ctime_ns, ino, aid)
+                        state[bytes(path)] = sig_of(typ, size, mode, mtime_ns, ctime_ns, ino)
         return state
+
+    def _cached_tree(self, archive_id: str) -> TreeState | None:
+        import zstandard
+
+        with self._cursor() as cur:
+            cur.execute(
+                f"SELECT format, blob FROM tree_cache WHERE archive_id = {self._mark}",
+                (archive_id,),
+            )
+            row = cur.fetchone()
+        if row is None or row[0] != _TREE_FORMAT:
+            return None
+        try:
+            state = marshal.loads(zstandard.ZstdDecompressor().decompress(bytes(row[1])))
+        except (zstandard.ZstdError, ValueError, EOFError, TypeError):
+            return None  # damaged (the frame's checksum says so): the index is the truth
+        return state if isinstance(state, dict) else None
+
+    def cache_tree(self, archive_id: str, state: TreeState, *, same_as: str | None = None) -> None:
+        """Store the tree at ``archive_id`` for the next incremental, and drop the cached
+        trees of the same policy's older archives (only the newest is ever a parent).
+
+        Args:
+            archive_id: a complete archive.
+            state: its tree.
+            same_as: an archive whose tree this one's equals (nothing changed): its cached
+                row, if it has one, is copied in the database instead of encoding ``state``.
+        """
+        import zstandard
+
+        mark = self._mark
+        with self._cursor(write=True) as cur:
+            copied = 0
+            if same_as is not None:
+                cur.execute(
+                    f"INSERT INTO tree_cache (archive_id, format, blob) "
+                    f"SELECT {mark}, format, blob FROM tree_cache WHERE archive_id = {mark}",
+                    (archive_id, same_as),
+                )
+                copied = cur.rowcount
+            if copied != 1:
+                blob = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(
+                    marshal.dumps(state)
+                )
+                cur.execute(
+                    f"INSERT INTO tree_cache (archive_id, format, blob) "
+                    f"VALUES ({mark}, {mark}, {mark})",
+                    (archive_id, _TREE_FORMAT, blob),
+                )
+            cur.execute(
+                "DELETE FROM tree_cache WHERE archive_id IN (SELECT a.id FROM archives a "
+                f"JOIN archives b ON a.policy = b.policy AND a.target = b.target "
+                f"WHERE b.id = {mark} AND a.created < b.created)",
+                (archive_id,),
+            )
 
     # events -----------------------------------------------------------------------------
 

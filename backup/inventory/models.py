@@ -122,6 +122,22 @@ class FileRecord(Base):
     offset: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class TreeCache(Base):
+    """The tree at an archive as one compressed blob: what the next incremental compares the
+    sources against, read in one row instead of replaying the chain's file index.
+
+    Derived data: written once the archive is complete, for the newest archives of a policy
+    only, and where it is missing or unreadable the file index is replayed instead."""
+
+    __tablename__ = "tree_cache"
+
+    archive_id: Mapped[str] = mapped_column(
+        ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True
+    )
+    format: Mapped[str] = mapped_column(String(40))
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class RetrievalJob(Base):
     """A retrieval of an object from a cold target (requested, polled, completed)."""
 

@@ -66,9 +66,50 @@ def test_chain_and_tree_state_replay(inventory: Inventory) -> None:
     s1 = inventory.tree_state("a1")
     assert set(s1) == {b"x", b"y", bad}
     s2 = inventory.tree_state("a2")
-    assert set(s2) == {b"x", bad} and s2[b"x"].size == 2 and s2[b"x"].archive_id == "a2"
+    assert set(s2) == {b"x", bad} and s2[b"x"] == ("file", 2, 0o644, 5, 6, 7)
     s3 = inventory.tree_state("a3")
-    assert s3[b"y"].archive_id == "a3" and s3[bad].archive_id == "a1"
+    assert s3[b"y"] == ("file", 9, 0o644, 5, 6, 7) and s3[bad] == ("file", 1, 0o644, 5, 6, 7)
+
+
+def test_tree_cache_stands_in_for_the_replay(inventory: Inventory) -> None:
+    add(inventory, "a1", T0)
+    add(inventory, "a2", T0 + timedelta(days=1), parent="a1")
+    add(inventory, "a3", T0 + timedelta(days=2), parent="a2")
+    bad = b"bad-\xff\xfe"
+    inventory.add_file_records([rec("a1", b"x"), rec("a1", bad), rec("a1", b"h", "hardlink")])
+    inventory.add_file_records([rec("a2", b"x", size=2)])
+    s1 = inventory.replay_tree("a1")
+    assert s1[b"h"][0] == "file"  # a hard link's signature is its file's
+    inventory.cache_tree("a1", s1)
+    # a cached tree is what tree_state returns, even where the index would say otherwise
+    # (so this proves the cache is read, not the index)
+    inventory.add_file_records([rec("a1", b"late")])
+    assert inventory.tree_state("a1") == s1 != inventory.replay_tree("a1")
+    # the next archive's tree replaces it: only the newest is ever a parent
+    s2 = inventory.replay_tree("a2")
+    inventory.cache_tree("a2", s2)
+    assert inventory.tree_state("a2") == s2
+    assert inventory.tree_state("a1") == inventory.replay_tree("a1")  # a1's cache was dropped
+    # nothing new: the parent's row is copied, not re-encoded (the state passed is ignored)
+    inventory.cache_tree("a3", {b"ignored": ("file", 0, 0, 0, 0, 0)}, same_as="a2")
+    assert inventory.tree_state("a3") == s2
+    # a copy with no parent row to copy encodes the state given
+    add(inventory, "b1", T0 + timedelta(days=3), policy="q")
+    add(inventory, "b2", T0 + timedelta(days=4), parent="b1", policy="q")
+    inventory.cache_tree("b2", {b"z": ("dir", 0, 0o755, 1, 2, 3)}, same_as="b1")
+    assert inventory.tree_state("b2") == {b"z": ("dir", 0, 0o755, 1, 2, 3)}
+
+
+def test_damaged_tree_cache_falls_back_to_the_index(inventory: Inventory) -> None:
+    add(inventory, "a1", T0)
+    inventory.add_file_records([rec("a1", b"x"), rec("a1", b"y")])
+    inventory.cache_tree("a1", {b"only-in-cache": ("file", 1, 0, 0, 0, 0)})
+    with inventory._cursor(write=True) as cur:
+        cur.execute("SELECT blob FROM tree_cache WHERE archive_id = 'a1'")
+        blob = bytearray(cur.fetchone()[0])
+        blob[len(blob) // 2] ^= 0xFF
+        cur.execute(f"UPDATE tree_cache SET blob = {inventory._mark}", (bytes(blob),))
+    assert set(inventory.tree_state("a1")) == {b"x", b"y"}
 
 
 def test_get_by_prefix_and_times_are_utc(inventory: Inventory) -> None:
