@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -31,10 +31,13 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from .errors import Error
-from .inventory import Archive, Inventory
 from .policy import Policy, get_policy, load_policies
 from .progress import Progress
 from .settings import Settings
+
+if TYPE_CHECKING:
+    # imported when first used: `backup run` starts its walk before paying for SQLAlchemy
+    from .inventory import Archive, Inventory
 
 __all__ = ["main"]
 
@@ -102,6 +105,8 @@ class Ctx:
     @property
     def inventory(self) -> Inventory:
         if self._inv is None:
+            from .inventory import Inventory
+
             self._inv = Inventory(self.settings.inventory_url)
         return self._inv
 
@@ -233,6 +238,11 @@ def run(obj: Ctx, policy: str, full: bool, wait: bool, as_json: bool) -> None:
     from .jobs import JobStore
 
     pol = obj.policy(policy)
+    if not obj.settings.broker_url and pol.source is None and "archive" in pol.actions:
+        # the walk starts now, outside the GIL, and overlaps opening the inventory
+        from .archive.scan import prefetch
+
+        prefetch(pol.name, pol.source_names(), pol.exclude)
     store = JobStore(obj.inventory)
     if obj.settings.broker_url:
         job = cli_jobs.queue_backup(obj, pol.name, full)

@@ -16,17 +16,22 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
 from .errors import Error
-from .inventory.models import Job
-from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore
 from .progress import Progress
-from .runner import TASK_QUEUES, Dispatch, Runner, task_queue
 from .settings import Settings
+
+if TYPE_CHECKING:
+    # the job store and the runner (SQLAlchemy) are imported by the functions that use them:
+    # this module is loaded with every `backup` command, and `backup run` starts its walk
+    # before paying for those imports (backup/archive/scan.py, prefetch)
+    from .inventory.models import Job
+    from .jobs import JobStore
+    from .runner import Dispatch, Runner
 
 __all__ = ["register"]
 
@@ -63,6 +68,8 @@ def broker_dispatch(settings: Settings, store: JobStore) -> Dispatch:
     app = make_app(settings)
 
     def dispatch(task: str, job_id: str) -> None:
+        from .runner import TASK_QUEUES
+
         app.send_task(task, args=[job_id], queue=queue_name(settings, TASK_QUEUES[task]))
         store.mark_sent([job_id])
 
@@ -87,6 +94,8 @@ def inline_dispatch(runner_box: list[Runner]) -> Dispatch:
 
 
 def inline_runner(obj: Any) -> Runner:
+    from .runner import Runner
+
     box: list[Runner] = []
     runner = Runner(obj.inventory, obj.settings, inline_dispatch(box))
     box.append(runner)
@@ -102,6 +111,8 @@ def follow(store: JobStore, job_id: str, progress: Progress, interval: float = 0
     Returns:
         The job in its final state.
     """
+    from .jobs import RUNNING, TERMINAL
+
     state = None
     started = False
     while True:
@@ -387,6 +398,7 @@ def register(cli: click.Group) -> None:
         the active scheduler, and the next scheduled runs."""
         from workers.scheduler import LEASE, next_runs
 
+        from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore
         from .policy import parse_duration
 
         try:
@@ -474,6 +486,7 @@ def register(cli: click.Group) -> None:
     def job_(obj: Any, job_id: str, wait: bool, as_json: bool) -> None:
         """Show one job (a backup run or a restore request)."""
         from .cli import _progress
+        from .jobs import JobStore
 
         store = JobStore(obj.inventory)
         j = store.get(job_id)
@@ -492,6 +505,8 @@ def register(cli: click.Group) -> None:
 
 def queue_restore(obj: Any, params: dict[str, Any], policy: str, notify: tuple[str, ...]) -> Job:
     """Record a restore request and hand it to the workers."""
+    from .jobs import JobStore
+
     store = JobStore(obj.inventory)
     job = store.create("restore", policy=policy, state="requested", params=params, notify=notify)
     assert job is not None
@@ -503,6 +518,9 @@ def queue_backup(obj: Any, policy: str, full: bool) -> Job:
     """Record a backup run and hand it to the workers (to the policy's own pack queue when
     it names one)."""
     from workers.app import make_app, queue_name
+
+    from .jobs import JobStore
+    from .runner import task_queue
 
     store = JobStore(obj.inventory)
     job = store.create("backup", policy=policy, state="queued", params={"full": full})
