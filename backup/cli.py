@@ -235,14 +235,16 @@ def run(obj: Ctx, policy: str, full: bool, wait: bool, as_json: bool) -> None:
     """Back up POLICY now: queued to the workers when BACKUP_BROKER_URL is set, else run in
     this process."""
     from . import cli_jobs
-    from .jobs import JobStore
 
     pol = obj.policy(policy)
     if not obj.settings.broker_url and pol.source is None and "archive" in pol.actions:
-        # the walk starts now, outside the GIL, and overlaps opening the inventory
+        # the walk starts now, outside the GIL, and overlaps importing and opening the
+        # inventory (SQLAlchemy), so nothing that imports it may come before this
         from .archive.scan import prefetch
 
         prefetch(pol.name, pol.source_names(), pol.exclude)
+    from .jobs import JobStore
+
     store = JobStore(obj.inventory)
     if obj.settings.broker_url:
         job = cli_jobs.queue_backup(obj, pol.name, full)

@@ -35,7 +35,7 @@ from .archive.pack import Record
 from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
 from .crypto.age import Recipient, encrypt_bytes, parse_recipient
 from .errors import Error
-from .inventory import Archive, Inventory, TreeState, sig_of
+from .inventory import FILE_INDEX_COLUMNS, Archive, Inventory, TreeState, sig_of
 from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
@@ -104,15 +104,22 @@ def select_changed(
     chosen: set[bytes] = set()
     groups: dict[tuple[int, int], list[bytes]] = defaultdict(list)
     get = state.get
+    found = 0  # entries whose path the parent has: all of the parent's paths, if len(state)
     for e in entries:
+        sig = get(e.path)
+        if sig is not None:
+            found += 1
         # a tuple comparison, in C: this runs once per path in the tree
-        if get(e.path) != (e.kind, e.size, e.mode & 0o7777, e.mtime_ns, e.ctime_ns, e.ino):
+        if sig != (e.kind, e.size, e.mode & 0o7777, e.mtime_ns, e.ctime_ns, e.ino):
             chosen.add(e.path)
         if e.kind == FILE and e.nlink > 1:
             groups[(e.dev, e.ino)].append(e.path)
     for members in groups.values():
         if len(members) > 1 and any(m in chosen for m in members):
             chosen.update(members)
+    selected = [e for e in entries if e.path in chosen] if chosen else []
+    if found == len(state):  # the walk's paths are unique: nothing of the parent's is gone
+        return selected, []
     present = {e.path for e in entries}
     keep = {u.path for u in unreadable}
     prefixes = tuple(d + b"/" for d in unreadable_dirs if d) if unreadable_dirs else ()
@@ -125,7 +132,7 @@ def select_changed(
         and not whole_tree_unreadable
         and not (prefixes and p.startswith(prefixes))
     )
-    return [e for e in entries if e.path in chosen], deleted
+    return selected, deleted
 
 
 def run_backup(
@@ -193,8 +200,9 @@ def run_backup(
             selected = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
     else:
         with _gc_paused():
-            scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
+            # the parent's tree first: a walk prefetched by the CLI goes on meanwhile
             parent_state = inventory.tree_state(parent.id)
+            scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
             selected, deleted = select_changed(
                 scanned.entries, parent_state, scanned.unreadable, scanned.unreadable_dirs
             )
@@ -366,37 +374,36 @@ def _cache_tree(
         )
 
 
+# _index_rows builds its tuples in this order
+assert FILE_INDEX_COLUMNS == (
+    "archive_id", "path", "type", "size", "mode", "mtime_ns", "ctime_ns",
+    "ino", "uid", "gid", "sha256", "link", "offset",
+)  # fmt: skip
+
+
 def _index_rows(
     archive_id: str, entries: list[Record], deleted: list[bytes], tree: TreeState
-) -> Any:
+) -> Iterator[tuple[Any, ...]]:
+    """The file index's rows (in FILE_INDEX_COLUMNS order), updating ``tree`` as they go."""
     for r in entries:
+        # attributes, not the record's dict-like access: this runs once per path in the tree
         size = getattr(r, "file_size", r.size)
         tree[r.path] = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
-        # attributes, not the record's dict-like access: this runs once per path in the tree
-        yield {
-            "archive_id": archive_id,
-            "path": r.path,
-            "type": r.type,
-            "size": size,
-            "mode": r.mode,
-            "mtime_ns": r.mtime_ns,
-            "ctime_ns": r.ctime_ns,
-            "ino": r.ino,
-            "uid": r.uid,
-            "gid": r.gid,
-            "sha256": getattr(r, "sha256", None),
-            "link": getattr(r, "link", None),
-            "offset": r.offset,
-        }
+        yield (
+            archive_id,
+            r.path,
+            r.type,
+            size,
+            r.mode,
+            r.mtime_ns,
+            r.ctime_ns,
+            r.ino,
+            r.uid,
+            r.gid,
+            getattr(r, "sha256", None),
+            getattr(r, "link", None),
+            r.offset,
+        )
     for p in deleted:
         tree.pop(p, None)
-        yield {
-            "archive_id": archive_id,
-            "path": p,
-            "type": "deleted",
-            **dict.fromkeys(
-                ("size", "mode", "mtime_ns", "ctime_ns", "ino", "uid", "gid", "offset"), 0
-            ),
-            "sha256": None,
-            "link": None,
-        }
+        yield (archive_id, p, "deleted", 0, 0, 0, 0, 0, 0, 0, None, None, 0)

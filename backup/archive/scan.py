@@ -254,7 +254,9 @@ def _scan_iter_now(
 
 
 #: threads of the C walk: more than the cores, so a cold cache's disk waits overlap
-WALK_THREADS = max(2, min(8, 2 * (os.cpu_count() or 1)))
+WALK_THREADS = int(
+    os.environ.get("BACKUP_WALK_THREADS") or max(2, min(8, 2 * (os.cpu_count() or 1)))
+)
 _KINDS = (FILE, DIR, SYMLINK, FIFO, CHR, BLK)  # the C walk's kind numbers, in its order
 
 

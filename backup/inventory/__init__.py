@@ -27,6 +27,7 @@ from ..errors import ArchiveNotFound, ConfigError
 from .models import Archive, Base, Event, FileRecord, RetrievalJob, Snapshot, TreeCache
 
 __all__ = [
+    "FILE_INDEX_COLUMNS",
     "Archive",
     "Event",
     "FileRecord",
@@ -49,6 +50,10 @@ TreeState = dict[bytes, Sig]
 # marshal's format may change between Python versions: a cache written by another one is
 # replayed from the file index instead
 _TREE_FORMAT = f"marshal-zstd-py{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+#: the file index's columns, the order of a row given as a tuple to ``add_file_records``
+FILE_INDEX_COLUMNS: tuple[str, ...] = tuple(c.name for c in FileRecord.__table__.columns)
 
 
 def sig_of(type_: str, size: int, mode: int, mtime_ns: int, ctime_ns: int, ino: int) -> Sig:
@@ -146,18 +151,21 @@ class Inventory:
             for k, v in fields.items():
                 setattr(row, k, v)
 
-    def add_file_records(self, rows: Iterable[dict[str, Any]], batch: int = 5000) -> None:
-        """Insert file index rows in batches (dicts with every one of FileRecord's columns)."""
+    def add_file_records(
+        self, rows: Iterable[dict[str, Any] | tuple[Any, ...]], batch: int = 5000
+    ) -> None:
+        """Insert file index rows in batches: dicts with every one of FileRecord's columns,
+        or tuples of them in :data:`FILE_INDEX_COLUMNS` order."""
         # The DB-API's executemany, not the ORM: a full backup indexes every path in the
         # tree, and per-row ORM (or even Core) parameter processing costs more than SQLite.
-        cols = [c.name for c in FileRecord.__table__.columns]
+        cols = FILE_INDEX_COLUMNS
         quote = self.engine.dialect.identifier_preparer.quote
         marks = ", ".join([self._mark] * len(cols))
         sql = f"INSERT INTO file_index ({', '.join(map(quote, cols))}) VALUES ({marks})"
         buf: list[tuple[Any, ...]] = []
         with self._cursor(write=True) as cur:
             for r in rows:
-                buf.append(tuple(r[c] for c in cols))
+                buf.append(r if isinstance(r, tuple) else tuple(r[c] for c in cols))
                 if len(buf) >= batch:
                     cur.executemany(sql, buf)
                     buf = []
