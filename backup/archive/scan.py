@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from ..errors import SourceError
+from ..errors import ConfigError, SourceError
 
 try:
     from . import _fastwalk  # type: ignore[attr-defined]
@@ -253,10 +253,21 @@ def _scan_iter_now(
     return _iter_roots(roots, excluded, _fast_patterns(exclude), result)
 
 
-#: threads of the C walk: more than the cores, so a cold cache's disk waits overlap
-WALK_THREADS = int(
-    os.environ.get("BACKUP_WALK_THREADS") or max(2, min(8, 2 * (os.cpu_count() or 1)))
-)
+def walk_threads() -> int:
+    """Returns: the C walk's threads: ``BACKUP_WALK_THREADS``, else twice the CPUs (2 to 8),
+    more than the cores so that a cold cache's disk waits overlap.
+
+    Raises:
+        ConfigError: the variable is not a whole number from 1 to 64.
+    """
+    raw = os.environ.get("BACKUP_WALK_THREADS", "").strip()
+    if not raw:
+        return max(2, min(8, 2 * (os.cpu_count() or 1)))
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise ConfigError(f"BACKUP_WALK_THREADS must be a whole number from 1 to 64, not {raw!r}")
+    return int(raw)
+
+
 _KINDS = (FILE, DIR, SYMLINK, FIFO, CHR, BLK)  # the C walk's kind numbers, in its order
 
 
@@ -299,7 +310,7 @@ def _walk_fast(
     assert _fastwalk is not None
     entries: list[Entry]
     entries, errors = _fastwalk.walk(
-        top, top_rel, patterns[0], patterns[1], Entry, _KINDS, WALK_THREADS
+        top, top_rel, patterns[0], patterns[1], Entry, _KINDS, walk_threads()
     )
     for rel, errno, is_dir in errors:
         result.unreadable.append(Unreadable(rel or b".", os.strerror(errno)))

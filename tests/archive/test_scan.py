@@ -260,6 +260,23 @@ def test_failed_prefetch_leaves_the_error_to_the_scan(tmp_path: Path, walker: st
         scan("p", [("", tmp_path / "missing")], [])
 
 
+def test_walk_threads_setting(tmp_path: Path, walker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backup.errors import ConfigError
+
+    root = tmp_path / "src"
+    _mktree(root)
+    monkeypatch.setenv("BACKUP_WALK_THREADS", "1")
+    one = scan("p", [("", root)], []).entries
+    monkeypatch.setenv("BACKUP_WALK_THREADS", "7")
+    assert scan("p", [("", root)], []).entries == one
+    monkeypatch.setenv("BACKUP_WALK_THREADS", "many")
+    if walker == "c":
+        with pytest.raises(ConfigError, match="BACKUP_WALK_THREADS must be a whole number"):
+            scan("p", [("", root)], [])
+    else:  # the Python walk has no threads to set
+        assert scan("p", [("", root)], []).entries == one
+
+
 def test_c_walk_is_built() -> None:
     """The install compiles the C walk where a compiler is found (setup.py); a build that
     silently failed would leave every backup on the slower walk."""
