@@ -26,10 +26,21 @@ from backup.crypto import (
     X25519Identity,
 )
 
-CCTV_DIR = Path(
-    os.environ.get("BACKUP_AGE_CCTV_DIR")
-    or Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "age-cctv"
-)
+
+def _cctv_dir() -> Path:
+    """BACKUP_AGE_CCTV_DIR, else ../shared beside the checkout, else the workplace's
+    /work/shared (a clone made elsewhere, such as /tmp, still finds the vectors)."""
+    if os.environ.get("BACKUP_AGE_CCTV_DIR"):
+        return Path(os.environ["BACKUP_AGE_CCTV_DIR"])
+    rel = Path("shared") / "testdata" / "age-cctv"
+    beside = Path(__file__).resolve().parents[2].parent / rel
+    for candidate in (beside, Path("/work") / rel):
+        if candidate.is_dir():
+            return candidate
+    return beside
+
+
+CCTV_DIR = _cctv_dir()
 
 _KNOWN_KEYS = {
     "expect",
