@@ -1,6 +1,7 @@
-"""Build the optional C walker (backup/archive/_fastwalk.c); everything else is in
-pyproject.toml. `optional=True`: where it cannot be compiled, the install goes on and the
-scan uses its Python walk, which gives the same result more slowly."""
+"""Build the optional C parts (backup/archive/_fastwalk.c, the scan's walk, and
+backup/archive/_speedups.c, tar headers); everything else is in pyproject.toml.
+`optional=True`: where they cannot be compiled, the install goes on and the Python code they
+stand in for, which gives the same result more slowly, is used."""
 
 from setuptools import Extension, setup
 
@@ -11,6 +12,12 @@ setup(
             ["backup/archive/_fastwalk.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
-        )
+        ),
+        Extension(
+            "backup.archive._speedups",
+            ["backup/archive/_speedups.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
     ]
 )

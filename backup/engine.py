@@ -310,6 +310,9 @@ def run_backup(
                 target.delete(ref)
         msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
         inventory.update_archive(archive_id, state="failed", error=msg, finished=datetime.now(UTC))
+        # a failed archive's file index rows describe nothing
+        with suppress(Exception):
+            inventory.delete_file_records(archive_id)
         inventory.log(
             "backup",
             f"backup failed: {msg}",
@@ -387,7 +390,7 @@ def _index_rows(
     """The file index's rows (in FILE_INDEX_COLUMNS order), updating ``tree`` as they go."""
     for r in entries:
         # attributes, not the record's dict-like access: this runs once per path in the tree
-        size = getattr(r, "file_size", r.size)
+        size = r.size if r.file_size is None else r.file_size
         tree[r.path] = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
         yield (
             archive_id,
@@ -400,8 +403,8 @@ def _index_rows(
             r.ino,
             r.uid,
             r.gid,
-            getattr(r, "sha256", None),
-            getattr(r, "link", None),
+            r.sha256,
+            r.link,
             r.offset,
         )
     for p in deleted:

@@ -22,7 +22,7 @@ import pwd
 import queue
 import stat
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, BinaryIO
@@ -34,10 +34,19 @@ from ..progress import Progress
 from ..targets.base import ObjectWriter
 from . import tarformat as tf
 from .scan import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, Unreadable
+from .tarformat import header
 
 __all__ = ["PackResult", "Record", "pack"]
 
 _BUF = 1 << 20
+
+_c_entry_json: Callable[[Any], str | None] | None
+try:  # Record.to_json's common case in C, when it was built
+    from ._speedups import entry_json as _c_json  # type: ignore[import-not-found]
+except ImportError:
+    _c_entry_json = None
+else:
+    _c_entry_json = _c_json
 _TYPES = {
     FILE: tf.REGTYPE,
     DIR: tf.DIRTYPE,
@@ -53,7 +62,8 @@ class Record:
 
     Reads like a dict (``r["path"]``, ``r.get("sha256")``, ``"link" in r``) but is a slotted
     object: a full backup holds one per path until its manifest is written, and a dict per
-    path cost a third of the peak memory. Optional fields are absent until set.
+    path cost a third of the peak memory. Optional fields are None until set, and a field
+    that is None reads as absent.
     """
 
     __slots__ = (  # noqa: RUF023  # this order is the order of fields in the manifest
@@ -74,6 +84,23 @@ class Record:
         "devmajor",
         "devminor",
     )
+
+    path: bytes
+    type: str
+    size: int
+    mode: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    uid: int
+    gid: int
+    offset: int
+    data_offset: int | None
+    sha256: str | None
+    link: bytes | None
+    file_size: int | None
+    devmajor: int | None
+    devminor: int | None
 
     def __init__(
         self,
@@ -97,21 +124,26 @@ class Record:
         self.uid = uid
         self.gid = gid
         self.offset = offset
+        # set, not left unset: reading an unset slot raises, and that costs more per path
+        # than everything else the manifest's encoder does with it
+        self.data_offset = self.sha256 = self.link = None
+        self.file_size = self.devmajor = self.devminor = None
 
     def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
+        v = getattr(self, key) if key in self.__slots__ else None
+        if v is None:
+            raise KeyError(key)
+        return v
 
     def __setitem__(self, key: str, value: Any) -> None:
         setattr(self, key, value)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and hasattr(self, key)
+        return isinstance(key, str) and getattr(self, key, None) is not None
 
     def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
+        v = getattr(self, key, None)
+        return default if v is None else v
 
     def update(self, **fields: Any) -> None:
         for k, v in fields.items():
@@ -119,12 +151,21 @@ class Record:
 
     def as_dict(self) -> dict[str, Any]:
         """Returns: the fields that are set."""
-        return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
+        return {k: v for k in self.__slots__ if (v := getattr(self, k)) is not None}
 
     def to_json(self) -> str:
         """The manifest's JSON object for this entry: the fields that are set, in slot
         order, paths decoded with ``surrogateescape`` (as ``json.dumps`` of the dict, with
         ``ensure_ascii`` and no spaces, would write it, at a fraction of its cost)."""
+        if _c_entry_json is not None:
+            fast = _c_entry_json(self)
+            if fast is not None:
+                return fast
+        return self._to_json()
+
+    def _to_json(self) -> str:
+        """to_json in Python: the definition (the C version in _speedups.c does the common
+        case and is tested against this)."""
         head = (
             f'{{"path":{_json_str(os.fsdecode(self.path))},"type":"{self.type}",'
             f'"size":{self.size},"mode":{self.mode},"mtime_ns":{self.mtime_ns},'
@@ -133,7 +174,7 @@ class Record:
         )
         tail = []
         for k in _OPTIONAL:
-            v = getattr(self, k, None)
+            v = getattr(self, k)
             if v is not None:
                 if k == "link":
                     tail.append(f',"link":{_json_str(os.fsdecode(v))}')
@@ -332,21 +373,16 @@ def _pack_into(
         gname = groups.get(e.gid)
         if gname is None:
             gname = groups[e.gid] = _group(e.gid)
-        perm = stat.S_IMODE(e.mode)
+        perm = e.mode & 0o7777
         rec = Record(e.path, e.kind, perm, e.mtime_ns, e.ctime_ns, e.ino, e.uid, e.gid, offset)
-        common: dict[str, Any] = {
-            "mode": perm,
-            "mtime_ns": e.mtime_ns,
-            "uid": e.uid,
-            "gid": e.gid,
-            "uname": uname,
-            "gname": gname,
-        }
         if e.kind == FILE:
             if e.nlink > 1:
                 first = links.get((e.dev, e.ino))
                 if first is not None:
-                    hdr = tf.encode_header(name=e.path, type=tf.LNKTYPE, linkname=first, **common)
+                    hdr = header(
+                        e.path, tf.LNKTYPE, 0, perm, e.mtime_ns, e.uid, e.gid, uname, gname,
+                        first, 0, 0,
+                    )  # fmt: skip
                     emit(hdr)
                     offset += len(hdr)
                     rec.update(type=HARDLINK, link=first, file_size=e.size)
@@ -373,7 +409,10 @@ def _pack_into(
                     res.changed.append(e.path)
                     continue
                 size = e.size
-                hdr = tf.encode_header(name=e.path, type=tf.REGTYPE, size=size, **common)
+                hdr = header(
+                    e.path, tf.REGTYPE, size, perm, e.mtime_ns, e.uid, e.gid, uname, gname,
+                    b"", 0, 0,
+                )  # fmt: skip
                 emit(hdr)
                 offset += len(hdr)
                 rec["data_offset"] = offset
@@ -428,18 +467,21 @@ def _pack_into(
                 links[(e.dev, e.ino)] = e.path
             rec.update(size=size, sha256=h.hexdigest())
         else:
-            kw: dict[str, Any] = {}
+            link, major, minor = b"", 0, 0
             if e.kind == SYMLINK:
-                kw["linkname"] = e.link
-                rec["link"] = e.link
+                link = e.link
+                rec["link"] = link
             elif e.kind in (CHR, BLK):
                 try:
                     rdev = os.lstat(e.abspath).st_rdev
                 except OSError:
                     rdev = 0
-                kw.update(devmajor=os.major(rdev), devminor=os.minor(rdev))
-                rec.update(devmajor=kw["devmajor"], devminor=kw["devminor"])
-            hdr = tf.encode_header(name=e.path, type=_TYPES[e.kind], **common, **kw)
+                major, minor = os.major(rdev), os.minor(rdev)
+                rec.update(devmajor=major, devminor=minor)
+            hdr = header(
+                e.path, _TYPES[e.kind], 0, perm, e.mtime_ns, e.uid, e.gid, uname, gname,
+                link, major, minor,
+            )  # fmt: skip
             emit(hdr)
             offset += len(hdr)
         res.entries.append(rec)

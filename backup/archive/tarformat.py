@@ -98,6 +98,14 @@ _PAX_MULTIVOLUME_KEYS = frozenset(
 )
 
 _ZERO_BLOCK = bytes(BLOCK)
+
+c_encode_header: Callable[..., bytes | None] | None
+try:  # encode_header's common case in C (backup/archive/_speedups.c), when it was built
+    from ._speedups import encode as _c_encode  # type: ignore[import-not-found]
+except ImportError:
+    c_encode_header = None
+else:
+    c_encode_header = _c_encode
 _POSIX_MAGIC = b"ustar\x0000"
 _OCTAL_7 = 8**7  # first value that no longer fits a 7-digit octal field
 _OCTAL_11 = 8**11
@@ -278,6 +286,54 @@ def encode_header(
         ValueError: the member cannot be represented (unknown type, empty or absolute name,
             NUL bytes in a name, negative size/uid/gid, device numbers beyond 7 octal digits).
     """
+    return header(
+        name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, devminor
+    )
+
+
+def header(
+    name: bytes,
+    type: bytes,
+    size: int,
+    mode: int,
+    mtime_ns: int,
+    uid: int,
+    gid: int,
+    uname: str,
+    gname: str,
+    linkname: bytes,
+    devmajor: int,
+    devminor: int,
+) -> bytes:
+    """:func:`encode_header` with positional arguments, for the packing loop (one call per
+    path: keyword arguments cost more there than the C encoder itself)."""
+    if c_encode_header is not None:
+        fast = c_encode_header(
+            name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, devminor
+        )
+        if fast is not None:
+            return fast
+    return _encode_header(
+        name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, devminor
+    )
+
+
+def _encode_header(
+    name: bytes,
+    type: bytes,
+    size: int,
+    mode: int,
+    mtime_ns: int,
+    uid: int,
+    gid: int,
+    uname: str,
+    gname: str,
+    linkname: bytes,
+    devmajor: int,
+    devminor: int,
+) -> bytes:
+    """encode_header in Python: the whole definition of the format (the C version does the
+    common case and is tested against this)."""
     if type not in _MEMBER_TYPES:
         raise ValueError(f"unknown tar member type {type!r}")
     if not name or name.startswith(b"/") or b"\0" in name:

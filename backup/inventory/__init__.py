@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -171,6 +171,11 @@ class Inventory:
                     buf = []
             if buf:
                 cur.executemany(sql, buf)
+
+    def delete_file_records(self, archive_id: str) -> None:
+        """Delete an archive's file index rows."""
+        with self.session() as s:
+            s.execute(delete(FileRecord).where(FileRecord.archive_id == archive_id))
 
     def get(self, archive_id: str) -> Archive:
         """Find an archive by id or unique id prefix (any state)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -750,3 +751,137 @@ def test_pax_block_template_matches_the_general_encoder() -> None:
         assert tf._pax_block(name, size, mtime) == tf._ustar_block(
             name, 0o644, 0, 0, size, mtime, tf._PAX_LOCAL, b"", b"", b"", 0, 0, b""
         )
+
+
+# -- the C encoder (backup/archive/_speedups.c) ---------------------------------------------
+
+
+def _header_args(entry: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        entry["name"],
+        entry["type"],
+        entry.get("size", len(entry.get("data", b""))),
+        entry.get("mode", 0o644),
+        entry.get("mtime_ns", 0),
+        entry.get("uid", 0),
+        entry.get("gid", 0),
+        entry.get("uname", ""),
+        entry.get("gname", ""),
+        entry.get("linkname", b""),
+        entry.get("devmajor", 0),
+        entry.get("devminor", 0),
+    )
+
+
+def _common_entries(seed: int, count: int) -> Iterator[dict[str, Any]]:
+    """Members in the C encoder's common case, with the edges of every field."""
+    rng = random.Random(seed)
+    types = [REGTYPE, LNKTYPE, SYMTYPE, CHRTYPE, b"4", DIRTYPE, FIFOTYPE]
+    for _ in range(count):
+        name = bytes(rng.choice(b"ab/\xff\x01z.") for _ in range(rng.randint(1, 100)))
+        if name.startswith(b"/"):
+            name = b"x" + name[1:]
+        kind = rng.choice(types)
+        if kind == DIRTYPE and not name.endswith(b"/"):
+            name = name[:99]  # room for the '/' a directory's name gets
+        yield {
+            "name": name,
+            "type": kind,
+            "size": rng.choice([0, 1, 511, 8**11 - 1, rng.randrange(8**11)]),
+            "mode": rng.choice([0, 0o755, 0o107777, -1, rng.randrange(2**32)]),
+            "mtime_ns": rng.choice(
+                [
+                    0,
+                    1,
+                    -1,
+                    NS,
+                    -NS,
+                    -(NS + 1),
+                    (8**11 - 1) * NS,
+                    8**11 * NS,
+                    8**11 * NS - 1,
+                    -(2**63),
+                    2**63 - 1,
+                    rng.randrange(-(2**63), 2**63),
+                    rng.randrange(2**31) * NS + rng.choice([0, 10**8, 123, 999_999_999]),
+                ]
+            ),
+            "uid": rng.choice([0, 1000, 8**7 - 1]),
+            "gid": rng.choice([0, 65534, 8**7 - 1]),
+            "uname": rng.choice(["", "root", "u" * 31]),
+            "gname": rng.choice(["", "staff", "g" * 31]),
+            "linkname": rng.choice([b"", b"target", b"l" * 100, b"a/b/\xfe"]),
+            "devmajor": rng.choice([0, 8, 8**7 - 1]),
+            "devminor": rng.choice([0, 1, 8**7 - 1]),
+        }
+
+
+@pytest.fixture
+def c_encoder() -> Any:
+    from backup.archive import tarformat as tf
+
+    if tf.c_encode_header is None:
+        if shutil.which("cc") is None and shutil.which("gcc") is None:
+            pytest.skip("no C compiler here: encode_header is all Python")
+        pytest.fail("a C compiler is here but backup/archive/_speedups.c was not built")
+    return tf.c_encode_header
+
+
+def test_c_encoder_matches_python_in_the_common_case(c_encoder: Any) -> None:
+    from backup.archive import tarformat as tf
+
+    for entry in _common_entries(seed=7, count=20000):
+        args = _header_args(entry)
+        fast = c_encoder(*args)
+        assert fast is not None, entry  # every member here is in the C encoder's case
+        assert fast == tf._encode_header(*args), entry
+
+
+def test_c_encoder_defers_to_python_outside_the_common_case(c_encoder: Any) -> None:
+    from backup.archive import tarformat as tf
+
+    base = {"name": b"a", "type": REGTYPE}
+    unusual: list[dict[str, Any]] = [
+        {**base, "name": b"n" * 101},
+        {**base, "name": b"d" * 100, "type": DIRTYPE},  # the added '/' makes it 101
+        {**base, "name": b"p" * 60 + b"/" + b"q" * 60},  # split into prefix and name
+        {**base, "linkname": b"l" * 101, "type": SYMTYPE},
+        {**base, "size": 8**11},
+        {**base, "size": 2**64},
+        {**base, "uid": 8**7},
+        {**base, "gid": 2**40},
+        {**base, "uname": "jösé"},
+        {**base, "gname": "g" * 32},
+        {**base, "uname": "\udcff"},
+        {**base, "mtime_ns": 2**64},
+    ]
+    for entry in unusual:
+        args = _header_args(entry)
+        assert c_encoder(*args) is None, entry
+        assert encode_header(**{k: v for k, v in entry.items()}) == tf._encode_header(*args)
+    invalid: list[dict[str, Any]] = [
+        {**base, "name": b""},
+        {**base, "name": b"/abs"},
+        {**base, "name": b"a\0b"},
+        {**base, "linkname": b"x\0"},
+        {**base, "type": b"7"},
+        {**base, "type": b"xx"},
+        {**base, "size": -1},
+        {**base, "uid": -1},
+        {**base, "devminor": -1},
+        {**base, "devmajor": 8**7},
+    ]
+    for entry in invalid:
+        assert c_encoder(*_header_args(entry)) is None, entry
+        with pytest.raises(ValueError):
+            encode_header(**entry)
+
+
+def test_c_encoder_agrees_on_random_members(c_encoder: Any) -> None:
+    # the property test's members, many outside the common case: same bytes either way
+    from backup.archive import tarformat as tf
+
+    for entry in random_entries(seed=3, count=3000):
+        args = _header_args(entry)
+        fast = c_encoder(*args)
+        assert fast is None or fast == tf._encode_header(*args), entry

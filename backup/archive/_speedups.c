@@ -1,0 +1,383 @@
+/*
+ * _speedups: the two per-path encodings of a backup, in C, for their common case.
+ *
+ * A full backup encodes every path twice: a tar header into the archive and a JSON object
+ * into the manifest (70k paths on the benchmark tree). In Python the headers alone held the
+ * GIL for about a quarter of the packing thread's time, and the manifest's entries were most
+ * of the work left after the last archive byte.
+ *
+ * Contract: each function returns exactly what its Python definition returns, or None where
+ * the input is outside the common case; the caller then runs the Python definition, which
+ * stays the one definition of each format. Tests compare the two over every case they build.
+ *
+ * - encode(...): tarformat.encode_header (tests/archive/test_tarformat.py). None for a name
+ *   or link name over 100 bytes, a size, uid or gid too large for its octal field, a user or
+ *   group name that is not short ASCII, device numbers out of range, or input encode_header
+ *   refuses.
+ * - entry_json(record): pack.Record.to_json (tests/archive/test_pack.py). None for a number
+ *   that does not fit 64 bits or a field of an unexpected type.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define BLOCK 512
+#define OCTAL_7 2097152LL            /* 8**7 */
+#define OCTAL_11 8589934592LL        /* 8**11 */
+#define NS 1000000000LL
+#define PAX_DIR "./PaxHeaders/"
+#define PAX_DIR_LEN 13
+
+static void octal(char *field, int digits, unsigned long long v) {
+    /* digits octal digits, zero-padded, then NUL: what b"%0Do\0" % v writes when v fits */
+    field[digits] = '\0';
+    for (int i = digits - 1; i >= 0; i--) {
+        field[i] = (char)('0' + (v & 7));
+        v >>= 3;
+    }
+}
+
+/* One ustar block; name/linkname/uname/gname are copied (NUL-padded), prefix is empty. */
+static void ustar(char *b, const char *name, size_t namelen, unsigned mode, unsigned long long uid,
+                  unsigned long long gid, unsigned long long size, unsigned long long mtime,
+                  char type, const char *link, size_t linklen, const char *uname, size_t unamelen,
+                  const char *gname, size_t gnamelen, unsigned devmajor, unsigned devminor) {
+    memset(b, 0, BLOCK);
+    memcpy(b, name, namelen);
+    octal(b + 100, 7, mode);
+    octal(b + 108, 7, uid);
+    octal(b + 116, 7, gid);
+    octal(b + 124, 11, size);
+    octal(b + 136, 11, mtime);
+    memset(b + 148, ' ', 8);
+    b[156] = type;
+    memcpy(b + 157, link, linklen);
+    memcpy(b + 257, "ustar\0" "00", 8);
+    memcpy(b + 265, uname, unamelen);
+    memcpy(b + 297, gname, gnamelen);
+    octal(b + 329, 7, devmajor);
+    octal(b + 337, 7, devminor);
+    unsigned sum = 0;
+    for (int i = 0; i < BLOCK; i++) sum += (unsigned char)b[i];
+    char chk[8];
+    octal(chk, 6, sum);
+    chk[7] = ' ';
+    memcpy(b + 148, chk, 8);
+}
+
+static int valid_type(char t) { return t >= '0' && t <= '6'; }
+
+static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "encode takes 12 positional arguments");
+        return NULL;
+    }
+    /* name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, devminor */
+    if (!PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]) ||
+        !PyBytes_CheckExact(args[9]) || !PyUnicode_CheckExact(args[7]) ||
+        !PyUnicode_CheckExact(args[8]))
+        Py_RETURN_NONE;
+    const char *name = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t namelen = PyBytes_GET_SIZE(args[0]);
+    const char *link = PyBytes_AS_STRING(args[9]);
+    Py_ssize_t linklen = PyBytes_GET_SIZE(args[9]);
+    if (PyBytes_GET_SIZE(args[1]) != 1) Py_RETURN_NONE;
+    char type = PyBytes_AS_STRING(args[1])[0];
+    if (!valid_type(type)) Py_RETURN_NONE;
+
+    long long vals[7]; /* size, mode, mtime_ns, uid, gid, devmajor, devminor */
+    static const int idx[7] = {2, 3, 4, 5, 6, 10, 11};
+    for (int i = 0; i < 7; i++) {
+        if (!PyLong_Check(args[idx[i]])) Py_RETURN_NONE;
+        int overflow = 0;
+        vals[i] = PyLong_AsLongLongAndOverflow(args[idx[i]], &overflow);
+        if (overflow) Py_RETURN_NONE;
+        if (vals[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    long long size = vals[0], mode = vals[1], mtime_ns = vals[2], uid = vals[3], gid = vals[4];
+    long long devmajor = vals[5], devminor = vals[6];
+    if (size < 0 || size >= OCTAL_11 || uid < 0 || uid >= OCTAL_7 || gid < 0 || gid >= OCTAL_7 ||
+        devmajor < 0 || devmajor >= OCTAL_7 || devminor < 0 || devminor >= OCTAL_7)
+        Py_RETURN_NONE;
+
+    if (!PyUnicode_IS_ASCII(args[7]) || !PyUnicode_IS_ASCII(args[8])) Py_RETURN_NONE;
+    Py_ssize_t unamelen = PyUnicode_GET_LENGTH(args[7]), gnamelen = PyUnicode_GET_LENGTH(args[8]);
+    if (unamelen >= 32 || gnamelen >= 32) Py_RETURN_NONE;
+    const char *uname = (const char *)PyUnicode_DATA(args[7]);
+    const char *gname = (const char *)PyUnicode_DATA(args[8]);
+
+    if (namelen == 0 || name[0] == '/' || memchr(name, '\0', namelen) ||
+        memchr(link, '\0', linklen))
+        Py_RETURN_NONE;
+    int add_slash = type == '5' && name[namelen - 1] != '/';
+    Py_ssize_t fulllen = namelen + add_slash;
+    if (fulllen > 100 || linklen > 100) Py_RETURN_NONE;
+    char fullname[101];
+    memcpy(fullname, name, namelen);
+    if (add_slash) fullname[namelen] = '/';
+
+    /* floor division, as Python's divmod */
+    long long seconds = mtime_ns / NS, fraction = mtime_ns % NS;
+    if (fraction < 0) {
+        fraction += NS;
+        seconds -= 1;
+    }
+    int pax = fraction != 0 || seconds < 0 || seconds >= OCTAL_11;
+    long long stored_seconds = seconds < 0 ? 0 : seconds >= OCTAL_11 ? OCTAL_11 - 1 : seconds;
+
+    char header[BLOCK];
+    ustar(header, fullname, (size_t)fulllen, (unsigned)(mode & 07777), (unsigned long long)uid,
+          (unsigned long long)gid, (unsigned long long)size, (unsigned long long)stored_seconds,
+          type, link, (size_t)linklen, uname, (size_t)unamelen, gname, (size_t)gnamelen,
+          (unsigned)devmajor, (unsigned)devminor);
+    if (!pax) return PyBytes_FromStringAndSize(header, BLOCK);
+
+    /* the mtime as a pax record: "<len> mtime=<value>\n", the length counting its own digits */
+    char value[48];
+    unsigned long long mag = mtime_ns < 0 ? (unsigned long long)(-(mtime_ns + 1)) + 1
+                                          : (unsigned long long)mtime_ns;
+    unsigned long long msec = mag / NS, mfrac = mag % NS;
+    int vlen = snprintf(value, sizeof value, "%s%llu", mtime_ns < 0 ? "-" : "", msec);
+    if (mfrac) {
+        char frac[10];
+        snprintf(frac, sizeof frac, "%09llu", mfrac);
+        int flen = 9;
+        while (frac[flen - 1] == '0') flen--;
+        vlen += snprintf(value + vlen, sizeof value - (size_t)vlen, ".%.*s", flen, frac);
+    }
+    int n = 8 + vlen; /* " mtime=" + value + "\n" */
+    char digits[24];
+    int nd = snprintf(digits, sizeof digits, "%d", n);
+    int length = n + nd;
+    int ld = snprintf(digits, sizeof digits, "%d", length);
+    if (ld != nd) length = n + ld;
+    char record[96];
+    int rlen = snprintf(record, sizeof record, "%d mtime=%s\n", length, value);
+
+    /* the pax header's name: ./PaxHeaders/ + the member's base name, cut to fit 100 bytes */
+    Py_ssize_t end = fulllen;
+    while (end > 0 && fullname[end - 1] == '/') end--;
+    Py_ssize_t start = end;
+    while (start > 0 && fullname[start - 1] != '/') start--;
+    Py_ssize_t baselen = end - start;
+    if (baselen > 100 - PAX_DIR_LEN) baselen = 100 - PAX_DIR_LEN;
+    char paxname[100];
+    memcpy(paxname, PAX_DIR, PAX_DIR_LEN);
+    memcpy(paxname + PAX_DIR_LEN, fullname + start, (size_t)baselen);
+
+    Py_ssize_t total = BLOCK + ((rlen + BLOCK - 1) / BLOCK) * BLOCK + BLOCK;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    ustar(o, paxname, (size_t)(PAX_DIR_LEN + baselen), 0644, 0, 0, (unsigned long long)rlen,
+          (unsigned long long)stored_seconds, 'x', "", 0, "", 0, "", 0, 0, 0);
+    memset(o + BLOCK, 0, (size_t)(total - 2 * BLOCK));
+    memcpy(o + BLOCK, record, (size_t)rlen);
+    memcpy(o + total - BLOCK, header, BLOCK);
+    return out;
+}
+
+/* ---- manifest entries ------------------------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} buf;
+
+static int put(buf *b, const char *s, size_t n) {
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap * 2 > b->n + n ? b->cap * 2 : b->n + n;
+        char *p = PyMem_Realloc(b->p, cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+static int puts_(buf *b, const char *s) { return put(b, s, strlen(s)); }
+
+/* the JSON string json.encoder.encode_basestring_ascii writes for os.fsdecode(raw) */
+static int put_path(buf *b, PyObject *raw, PyObject *escape) {
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    int plain = 1;
+    for (Py_ssize_t i = 0; i < n && plain; i++)
+        plain = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\';
+    if (plain) return put(b, "\"", 1) || put(b, (const char *)s, (size_t)n) || put(b, "\"", 1);
+    PyObject *text = PyUnicode_DecodeFSDefaultAndSize((const char *)s, n);
+    if (text == NULL) return -1;
+    PyObject *quoted = PyObject_CallOneArg(escape, text);
+    Py_DECREF(text);
+    if (quoted == NULL) return -1;
+    Py_ssize_t qn;
+    const char *q = PyUnicode_AsUTF8AndSize(quoted, &qn);
+    int rc = q == NULL ? -1 : put(b, q, (size_t)qn);
+    Py_DECREF(quoted);
+    return rc;
+}
+
+enum {
+    A_PATH, A_TYPE, A_SIZE, A_MODE, A_MTIME, A_CTIME, A_INO, A_UID, A_GID, A_OFFSET,
+    A_DATA_OFFSET, A_SHA256, A_LINK, A_FILE_SIZE, A_DEVMAJOR, A_DEVMINOR, A_COUNT
+};
+static const char *const attr_names[A_COUNT] = {
+    "path", "type", "size", "mode", "mtime_ns", "ctime_ns", "ino", "uid", "gid", "offset",
+    "data_offset", "sha256", "link", "file_size", "devmajor", "devminor",
+};
+static PyObject *attrs[A_COUNT]; /* interned once: a lookup per field per path */
+
+static int put_decimal(buf *b, long long x) {
+    char tmp[24];
+    char *e = tmp + sizeof tmp, *p = e;
+    unsigned long long m = x < 0 ? (unsigned long long)(-(x + 1)) + 1 : (unsigned long long)x;
+    do {
+        *--p = (char)('0' + m % 10);
+        m /= 10;
+    } while (m);
+    if (x < 0) *--p = '-';
+    return put(b, p, (size_t)(e - p));
+}
+
+/* 1: put ,"key":value; 0: attribute None (skipped); -1: error; -2: not the common case */
+static int put_int(buf *b, PyObject *rec, int attr, int optional, int comma) {
+    const char *key = attr_names[attr];
+    PyObject *v = PyObject_GetAttr(rec, attrs[attr]);
+    if (v == NULL) {
+        if (optional && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    if (v == Py_None && optional) {
+        Py_DECREF(v);
+        return 0;
+    }
+    if (!PyLong_CheckExact(v)) {
+        Py_DECREF(v);
+        return -2;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    Py_DECREF(v);
+    if (overflow) return -2;
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if ((comma && put(b, ",", 1)) || put(b, "\"", 1) || puts_(b, key) || put(b, "\":", 2) ||
+        put_decimal(b, x))
+        return -1;
+    return 1;
+}
+
+static PyObject *escape_fn = NULL; /* json.encoder.encode_basestring_ascii */
+
+static PyObject *entry_json(PyObject *self, PyObject *rec) {
+    if (escape_fn == NULL) {
+        PyObject *mod = PyImport_ImportModule("json.encoder");
+        if (mod == NULL) return NULL;
+        escape_fn = PyObject_GetAttrString(mod, "encode_basestring_ascii");
+        Py_DECREF(mod);
+        if (escape_fn == NULL) return NULL;
+        for (int i = 0; i < A_COUNT; i++) {
+            attrs[i] = PyUnicode_InternFromString(attr_names[i]);
+            if (attrs[i] == NULL) return NULL;
+        }
+    }
+    PyObject *result = NULL, *path = NULL, *type = NULL, *sha = NULL, *link = NULL;
+    int rc;
+    buf b = {PyMem_Malloc(1024), 0, 1024};
+    if (b.p == NULL) return PyErr_NoMemory();
+
+    path = PyObject_GetAttr(rec, attrs[A_PATH]);
+    type = path ? PyObject_GetAttr(rec, attrs[A_TYPE]) : NULL;
+    if (type == NULL) goto done;
+    if (!PyBytes_CheckExact(path) || !PyUnicode_CheckExact(type) || !PyUnicode_IS_ASCII(type)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (puts_(&b, "{\"path\":") || put_path(&b, path, escape_fn) || puts_(&b, ",\"type\":\"") ||
+        puts_(&b, (const char *)PyUnicode_DATA(type)) || puts_(&b, "\""))
+        goto done;
+    for (int i = A_SIZE; i <= A_OFFSET; i++) {
+        rc = put_int(&b, rec, i, 0, 1);
+        if (rc == -1) goto done;
+        if (rc == -2) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    /* optional fields, in the record's slot order */
+    rc = put_int(&b, rec, A_DATA_OFFSET, 1, 1);
+    if (rc == -1) goto done;
+    if (rc == -2) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    sha = PyObject_GetAttr(rec, attrs[A_SHA256]);
+    if (sha == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto done;
+        PyErr_Clear();
+    } else if (sha != Py_None) {
+        if (!PyUnicode_CheckExact(sha) || !PyUnicode_IS_ASCII(sha)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (puts_(&b, ",\"sha256\":\"") || puts_(&b, (const char *)PyUnicode_DATA(sha)) ||
+            puts_(&b, "\""))
+            goto done;
+    }
+    link = PyObject_GetAttr(rec, attrs[A_LINK]);
+    if (link == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto done;
+        PyErr_Clear();
+    } else if (link != Py_None) {
+        if (!PyBytes_CheckExact(link)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (puts_(&b, ",\"link\":") || put_path(&b, link, escape_fn)) goto done;
+    }
+    for (int i = A_FILE_SIZE; i <= A_DEVMINOR; i++) {
+        rc = put_int(&b, rec, i, 1, 1);
+        if (rc == -1) goto done;
+        if (rc == -2) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    if (puts_(&b, "}")) goto done;
+    result = PyUnicode_DecodeASCII(b.p, (Py_ssize_t)b.n, "strict");
+done:
+    if (result == NULL && !PyErr_Occurred()) PyErr_NoMemory();
+    PyMem_Free(b.p);
+    Py_XDECREF(path);
+    Py_XDECREF(type);
+    Py_XDECREF(sha);
+    Py_XDECREF(link);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
+     "encode(name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, "
+     "devminor) -> bytes | None: tarformat.encode_header's common case"},
+    {"entry_json", entry_json, METH_O,
+     "entry_json(record) -> str | None: pack.Record.to_json's common case"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups",
+    "Per-path encodings in C: tar headers and manifest entries (see the source).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }

@@ -1,0 +1,113 @@
+"""Tests of backup.archive.pack's records: the manifest entry encoder in C against its Python
+definition (the packing itself is tested end to end in tests/test_engine.py and
+tests/test_interop.py)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import shutil
+from typing import Any
+
+import pytest
+
+from backup.archive.pack import Record
+
+# the module (backup.archive's `pack` is the function)
+pack_mod = importlib.import_module("backup.archive.pack")
+
+ODD_PATHS = [
+    b"plain/name.txt",
+    b'quote"d',
+    b"back\\slash",
+    b"new\nline\ttab\x01\x1f\x7f",
+    b"caf\xc3\xa9/\xe6\x97\xa5\xe6\x9c\xac",
+    b"emoji \xf0\x9f\x98\x80",
+    b"not utf-8 \xff\xfe\x80",
+    b"half \xe6\x97",
+    b"x" * 4000,
+    b"",
+]
+
+
+def random_record(rng: random.Random) -> Record:
+    path = rng.choice(ODD_PATHS) if rng.random() < 0.5 else rng.randbytes(rng.randint(1, 300))
+    r = Record(
+        path,
+        rng.choice(["file", "dir", "symlink", "hardlink", "fifo", "chr", "blk"]),
+        rng.randrange(0o10000),
+        rng.choice([0, -1, -(10**18), 2**63 - 1, rng.randrange(-(2**63), 2**63)]),
+        rng.randrange(2**63),
+        rng.choice([0, 2**63 - 1, rng.randrange(2**40)]),
+        rng.randrange(2**32),
+        rng.randrange(2**32),
+        rng.randrange(2**50),
+    )
+    r.size = rng.choice([0, 1, rng.randrange(2**40)])
+    if rng.random() < 0.5:
+        r.data_offset = rng.randrange(2**50)
+        r.sha256 = rng.randbytes(32).hex()
+    if rng.random() < 0.3:
+        r.link = rng.choice(ODD_PATHS) or b"t"
+    if rng.random() < 0.2:
+        r.file_size = rng.randrange(2**40)
+    if rng.random() < 0.1:
+        r.devmajor, r.devminor = rng.randrange(4096), rng.randrange(2**20)
+    return r
+
+
+@pytest.fixture
+def c_entry_json() -> Any:
+    if pack_mod._c_entry_json is None:
+        if shutil.which("cc") is None and shutil.which("gcc") is None:
+            pytest.skip("no C compiler here: Record.to_json is all Python")
+        pytest.fail("a C compiler is here but backup/archive/_speedups.c was not built")
+    return pack_mod._c_entry_json
+
+
+def test_c_entry_json_matches_python(c_entry_json: Any) -> None:
+    rng = random.Random(5)
+    for _ in range(20000):
+        r = random_record(rng)
+        fast = c_entry_json(r)
+        assert fast is not None, r  # every record here is in the C encoder's case
+        assert fast == r._to_json(), r
+
+
+def test_entries_are_json_of_the_fields_that_are_set() -> None:
+    rng = random.Random(6)
+    for _ in range(2000):
+        r = random_record(rng)
+        want = {k: v for k, v in r.as_dict().items()}
+        want["path"] = os.fsdecode(want["path"])
+        if "link" in want:
+            want["link"] = os.fsdecode(want["link"])
+        assert json.loads(r.to_json()) == want
+        # key order is the slot order
+        assert list(json.loads(r.to_json())) == list(want)
+
+
+def test_c_entry_json_defers_outside_the_common_case(c_entry_json: Any) -> None:
+    r = Record(b"a", "file", 0o644, 0, 0, 0, 0, 0, 0)
+    r.size = 2**64  # beyond 64 bits: Python writes it
+    assert c_entry_json(r) is None
+    assert json.loads(r.to_json())["size"] == 2**64
+    r.size = 1
+    r.sha256 = "é"  # not ASCII: not a digest this code writes, but encoded as Python would
+    assert c_entry_json(r) is None
+    assert r.to_json() == r._to_json()
+
+
+def test_record_reads_like_a_dict() -> None:
+    r = Record(b"p", "file", 0o600, 1, 2, 3, 4, 5, 6)
+    assert "sha256" not in r and r.get("sha256", "none") == "none"
+    with pytest.raises(KeyError):
+        r["link"]
+    r["sha256"] = "ab"
+    assert "sha256" in r and r["sha256"] == "ab" and r.get("sha256") == "ab"
+    assert r.as_dict() == {
+        "path": b"p", "type": "file", "size": 0, "mode": 0o600, "mtime_ns": 1, "ctime_ns": 2,
+        "ino": 3, "uid": 4, "gid": 5, "offset": 6, "sha256": "ab",
+    }  # fmt: skip
