@@ -138,3 +138,32 @@ def test_sweep_partial_removes_abandoned_writes(tmp_path: Path) -> None:
     assert not partial.exists()
     young.commit()
     assert t.exists("p/b")
+
+
+def test_file_target_writes_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large write is handed to the kernel's writeback as it goes (so the commit's fsync
+    waits for the last window only), and what is read back is exactly what was written."""
+    from backup.targets import file as file_mod
+
+    monkeypatch.setattr(file_mod, "_WRITE_BEHIND", 1 << 20)
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(file_mod.os, "posix_fadvise", spy)
+    t = file_mod.FileTarget(f"file://{tmp_path / 'v'}")
+    data = secrets.token_bytes(5 << 20) + b"tail"
+    with t.open_write("big") as w:
+        for i in range(0, len(data), 256 << 10):
+            w.write(data[i : i + (256 << 10)])
+        ref = w.commit()
+    with t.open_read(ref) as r:
+        assert r.read() == data
+    # once per MiB written, each time over everything written so far
+    assert len(advised) == 5
+    assert all(off == 0 and adv == os.POSIX_FADV_DONTNEED for off, _, adv in advised)
+    lengths = [length for _, length, _ in advised]
+    assert lengths == sorted(lengths) and lengths == [(i + 1) << 20 for i in range(5)]
