@@ -57,7 +57,9 @@ def encode_manifest(
     Returns:
         zstd-compressed JSON.
     """
-    c = zstandard.ZstdCompressor(level=6).compressobj()
+    # zstd's default level: 6 made the manifest 6% smaller for three times the time, and
+    # encoding it is part of what a backup does after its last archive byte
+    c = zstandard.ZstdCompressor(level=3).compressobj()
     head = json.dumps(manifest, ensure_ascii=True, separators=(",", ":"))
     out = [c.compress(head[:-1].encode("ascii") + b',"entries":[')]
     batch: list[str] = []
