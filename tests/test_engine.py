@@ -267,3 +267,29 @@ def test_full_every_starts_a_new_chain(env: Env, inventory: Inventory) -> None:
     forced = run_backup(env.policy(), inventory, full=True, now=t0 + timedelta(days=7, hours=2))
     assert (forced.archive.kind, forced.archive.parent_id) == ("full", None)
     assert manifest_of(env, forced.archive.id)["kind"] == "full"
+
+
+def test_manifest_failure_leaves_no_archive_and_no_index_rows(
+    env: Env, inventory: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the file index is written while the manifest is stored: when storing the manifest
+    # fails, the archive, its row's index and the stored stream all go
+    from backup.errors import TargetError
+    from backup.targets.file import FileWriter
+
+    make_tree(env.source, big=False)
+    real = FileWriter.commit
+
+    def commit(self: FileWriter) -> str:
+        if self._key.endswith(".manifest.json.zst.age"):
+            self.abort()
+            raise TargetError("file://vault", "no room for the manifest")
+        return real(self)
+
+    monkeypatch.setattr(FileWriter, "commit", commit)
+    with pytest.raises(TargetError, match="no room for the manifest"):
+        run_backup(env.policy(), inventory)
+    [row] = inventory.archives(states=())
+    assert row.state == "failed" and "no room for the manifest" in (row.error or "")
+    assert inventory.records(row.id) == []
+    assert [p for p in env.vault.rglob("*") if p.is_file()] == []
