@@ -16,7 +16,6 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import json
 import secrets
@@ -24,7 +23,7 @@ import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +34,7 @@ from .archive.pack import Record
 from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
 from .crypto.age import Recipient, encrypt_bytes, parse_recipient
 from .errors import Error
+from .gcpause import gc_paused
 from .inventory import FILE_INDEX_COLUMNS, Archive, Inventory, TreeState, sig_of
 from .policy import Policy
 from .progress import Progress
@@ -56,19 +56,6 @@ class BackupResult:
     def exit_code(self) -> int:
         """0, or 3 when some files could not be read."""
         return 3 if self.unreadable else 0
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building per-path tables: they hold no
-    cycles, and collections triggered by their allocation cost a third of a no-change run."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def new_archive_id(now: datetime) -> str:
@@ -199,7 +186,7 @@ def run_backup(
         else:
             selected = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
     else:
-        with _gc_paused():
+        with gc_paused():
             # the parent's tree first: a walk prefetched by the CLI goes on meanwhile
             parent_state = inventory.tree_state(parent.id)
             scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
@@ -237,7 +224,7 @@ def run_backup(
     try:
         total = None if kind == "full" else sum(e.size for e in selected if e.kind == FILE)
         progress.start(f"{policy.name}: {kind}", total)
-        with target.open_write(key, stored) as w, _gc_paused():
+        with target.open_write(key, stored) as w, gc_paused():
             res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
             # the archive's commit (an fsync, for a file target) and the file index's rows
             # run aside, overlapping the manifest's encoding

@@ -36,7 +36,7 @@ import zstandard
 
 from .archive import Extractor, decode_manifest
 from .archive import tarformat as tf
-from .archive.extract import normalize_member_name
+from .archive.extract import normalize_member_name, restore_threads
 from .archive.manifest import path_from_json
 from .crypto.age import AgeReader, Identity, decrypt_bytes, load_identities
 from .errors import (
@@ -48,6 +48,7 @@ from .errors import (
     RestoreDestinationNotEmpty,
     RestoreError,
 )
+from .gcpause import gc_paused
 from .inventory import Archive, Inventory
 from .progress import Progress
 from .targets import Target, open_target
@@ -291,15 +292,18 @@ def _run_staged(
     allow_external_symlinks: bool,
 ) -> None:
     _check_destination(to, force)
+    threads = restore_threads()  # a bad setting fails before anything is made
     staging = _Staging(to)
     ex = Extractor(
         os.fsencode(staging.path),
         allow_external_symlinks=allow_external_symlinks,
         include=make_include(include),
+        threads=threads,
     )
     try:
         try:
-            work(ex)
+            with gc_paused():
+                work(ex)
             ex.finish()
         finally:
             ex.close()  # no worker may still write into staging when it moves or goes

@@ -545,3 +545,38 @@ def test_undamaged_archive_file_restores(tmp_path: Path, key: Key) -> None:
     res = restore_file(archive, tmp_path / "out", load_identities(key.path))
     assert res.files == 3
     assert snapshot_tree(tmp_path / "out") == snapshot_tree(src)
+
+
+def test_restore_is_the_same_with_any_threads_and_without_c(
+    env: Env, inventory: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files are written by one C call (extract._c_write_new) where it is built, and
+    by Python otherwise; the filesystem threads are BACKUP_RESTORE_THREADS. Every way gives
+    the same tree, and a bad thread count is a clear error."""
+    import importlib
+
+    from backup.errors import ConfigError
+
+    extract_mod = importlib.import_module("backup.archive.extract")
+    src = env.source
+    make_tree(src, big=False)
+    (src / "hp").write_text("hp")
+    os.link(src / "hp", src / "hq")
+    set_times(src)
+    run_backup(env.policy(), inventory)
+    _chain_step_1(src)
+    run_backup(env.policy(), inventory)
+    want = take(src)
+    ident = load_identities(env.key.path)
+    for i, (threads, c) in enumerate([("1", True), ("3", True), ("2", False)]):
+        monkeypatch.setenv("BACKUP_RESTORE_THREADS", threads)
+        if not c:
+            monkeypatch.setattr(extract_mod, "_c_write_new", None)
+        out = env.tmp / f"out{i}"
+        restore("p", inventory, out, ident)
+        assert_restored(want, out)
+    monkeypatch.setenv("BACKUP_RESTORE_THREADS", "0")
+    with pytest.raises(ConfigError, match="BACKUP_RESTORE_THREADS must be a whole number"):
+        restore("p", inventory, env.tmp / "never", ident)
+    assert not (env.tmp / "never").exists()
+    assert staging_left(env.tmp, env.tmp / "never") == []

@@ -14,15 +14,29 @@
  *   or link name over 100 bytes, a size, uid or gid too large for its octal field, a user or
  *   group name that is not short ASCII, device numbers out of range, or input encode_header
  *   refuses.
+ * - decode(block): the fields TarReader reads from one header block, checksum verified
+ *   (tests/archive/test_tarformat.py). None for anything but plain octal fields and a
+ *   checksum in the form every POSIX writer uses, and for a checksum that does not match:
+ *   the Python reader then parses the block and names what is wrong.
  * - entry_json(record): pack.Record.to_json (tests/archive/test_pack.py). None for a number
  *   that does not fit 64 bits or a field of an unexpected type.
+ *
+ * And one for restore: write_new(...) creates one small file with its content and metadata
+ * in a single call outside the GIL. In Python each of its six system calls released and took
+ * back the GIL, and with several restore threads those hand-offs (futex calls by the
+ * million) cost more CPU than the files themselves. Same steps as extract.py's Python path
+ * (tests/test_restore.py restores both ways).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define BLOCK 512
 #define OCTAL_7 2097152LL            /* 8**7 */
@@ -178,6 +192,75 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     memcpy(o + BLOCK, record, (size_t)rlen);
     memcpy(o + total - BLOCK, header, BLOCK);
     return out;
+}
+
+/* ---- tar header decoding ----------------------------------------------------------------- */
+
+/* digits then one NUL (what POSIX writers end numbers with): 0 and *out set, else -1 */
+static int plain_octal(const unsigned char *f, int len, long long *out) {
+    if (len < 2 || f[len - 1] != 0) return -1;
+    long long v = 0;
+    for (int i = 0; i < len - 1; i++) {
+        if (f[i] < '0' || f[i] > '7') return -1;
+        v = v * 8 + (f[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static Py_ssize_t cstrlen(const unsigned char *f, Py_ssize_t len) {
+    const unsigned char *z = memchr(f, 0, (size_t)len);
+    return z ? z - f : len;
+}
+
+static PyObject *decode(PyObject *self, PyObject *arg) {
+    if (!PyBytes_CheckExact(arg) || PyBytes_GET_SIZE(arg) != BLOCK) Py_RETURN_NONE;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(arg);
+    /* checksum: "dddddd\0 " (six octal digits), the sum of the block with the field as spaces */
+    if (b[154] != 0 || b[155] != ' ') Py_RETURN_NONE;
+    long long recorded = 0;
+    for (int i = 148; i < 154; i++) {
+        if (b[i] < '0' || b[i] > '7') Py_RETURN_NONE;
+        recorded = recorded * 8 + (b[i] - '0');
+    }
+    long long sum = 8 * ' ';
+    for (int i = 0; i < BLOCK; i++)
+        if (i < 148 || i >= 156) sum += b[i];
+    if (sum != recorded) Py_RETURN_NONE;
+
+    long long mode, uid, gid, size, mtime, devmajor = 0, devminor = 0;
+    if (plain_octal(b + 100, 8, &mode) || plain_octal(b + 108, 8, &uid) ||
+        plain_octal(b + 116, 8, &gid) || plain_octal(b + 124, 12, &size) ||
+        plain_octal(b + 136, 12, &mtime))
+        Py_RETURN_NONE;
+    char type = (char)b[156];
+    if ((type == '3' || type == '4') &&
+        (plain_octal(b + 329, 8, &devmajor) || plain_octal(b + 337, 8, &devminor)))
+        Py_RETURN_NONE;
+
+    char name[256];
+    Py_ssize_t namelen = cstrlen(b, 100), prefixlen = 0;
+    if (memcmp(b + 257, "ustar\0" "00", 8) == 0) prefixlen = cstrlen(b + 345, 155);
+    Py_ssize_t n = 0;
+    if (prefixlen) {
+        memcpy(name, b + 345, (size_t)prefixlen);
+        name[prefixlen] = '/';
+        n = prefixlen + 1;
+    }
+    memcpy(name + n, b, (size_t)namelen);
+    n += namelen;
+    PyObject *uname = PyUnicode_DecodeUTF8((const char *)b + 265, cstrlen(b + 265, 32),
+                                           "surrogateescape");
+    PyObject *gname = uname ? PyUnicode_DecodeUTF8((const char *)b + 297, cstrlen(b + 297, 32),
+                                                   "surrogateescape")
+                            : NULL;
+    if (gname == NULL) {
+        Py_XDECREF(uname);
+        return NULL;
+    }
+    return Py_BuildValue("(y#y#y#LLLLLNNLL)", &type, (Py_ssize_t)1, name, n, b + 157,
+                         cstrlen(b + 157, 100), mode & 07777, uid, gid, size, mtime, uname, gname,
+                         devmajor, devminor);
 }
 
 /* ---- manifest entries ------------------------------------------------------------------ */
@@ -365,10 +448,78 @@ done:
     return result;
 }
 
+/* ---- restore: one small file ------------------------------------------------------------ */
+
+static PyObject *write_new(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* path, data, mode, uid, gid, mtime_ns, chown */
+    if (nargs != 7 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "write_new(path: bytes, data, mode, uid, gid, mtime_ns, chown)");
+        return NULL;
+    }
+    long long mode = PyLong_AsLongLong(args[2]);
+    long long uid = PyLong_AsLongLong(args[3]);
+    long long gid = PyLong_AsLongLong(args[4]);
+    long long mtime_ns = PyLong_AsLongLong(args[5]);
+    int chown_it = PyObject_IsTrue(args[6]);
+    if (PyErr_Occurred() || chown_it < 0) return NULL;
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) return NULL;
+    const char *path = PyBytes_AS_STRING(args[0]);
+    int err = 0, created = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        err = errno;
+    } else {
+        created = 1;
+        const char *p = data.buf;
+        Py_ssize_t left = data.len;
+        while (left > 0 && !err) {
+            ssize_t n = write(fd, p, (size_t)left);
+            if (n < 0) {
+                if (errno != EINTR) err = errno;
+            } else {
+                p += n;
+                left -= n;
+            }
+        }
+        /* as tar does: ownership is best effort; chown first, as it clears set-id bits */
+        if (!err && chown_it) (void)(fchown(fd, (uid_t)uid, (gid_t)gid) == 0);
+        if (!err && fchmod(fd, (mode_t)(mode & 07777)) < 0) err = errno;
+        if (!err) {
+            long long sec = mtime_ns / 1000000000LL, nsec = mtime_ns % 1000000000LL;
+            if (nsec < 0) {
+                nsec += 1000000000LL;
+                sec -= 1;
+            }
+            struct timespec ts[2] = {{(time_t)sec, (long)nsec}, {(time_t)sec, (long)nsec}};
+            if (futimens(fd, ts) < 0) err = errno;
+        }
+        if (close(fd) < 0 && !err) err = errno;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (!created && (err == EEXIST || err == ENOENT || err == ENOTDIR))
+        return PyLong_FromLong(err); /* nothing created: the caller clears the way */
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[0]);
+    }
+    return PyLong_FromLong(0);
+}
+
 static PyMethodDef methods[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, "
      "devminor) -> bytes | None: tarformat.encode_header's common case"},
+    {"write_new", (PyCFunction)(void (*)(void))write_new, METH_FASTCALL,
+     "write_new(path, data, mode, uid, gid, mtime_ns, chown) -> int: create a small file "
+     "with its content and metadata outside the GIL; 0, or the errno of an open that created "
+     "nothing (EEXIST, ENOENT, ENOTDIR)"},
+    {"decode", decode, METH_O,
+     "decode(block) -> (type, name, linkname, mode, uid, gid, size, mtime, uname, gname, "
+     "devmajor, devminor) | None: one header block's fields, checksum verified, for the "
+     "common case"},
     {"entry_json", entry_json, METH_O,
      "entry_json(record) -> str | None: pack.Record.to_json's common case"},
     {NULL, NULL, 0, NULL},

@@ -26,10 +26,19 @@ from ..errors import ArchiveCorrupt, ArchiveError, UnsafeArchiveEntry
 from ..progress import Progress
 from . import tarformat as tf
 from .fsjobs import FSJobs
+from .scan import env_threads
 
-__all__ = ["Extractor", "normalize_member_name"]
+__all__ = ["Extractor", "normalize_member_name", "restore_threads"]
 
 _BUF = 1 << 20
+
+_c_write_new: Callable[..., int] | None
+try:  # a small file's creation in one call outside the GIL (_speedups.c), when it was built
+    from ._speedups import write_new as _c_write  # type: ignore[import-not-found]
+except ImportError:
+    _c_write_new = None
+else:
+    _c_write_new = _c_write
 _SMALL = 1 << 20  # files up to this size are read whole and written by the pool
 
 
@@ -43,6 +52,18 @@ def _read_all(reader: tf.TarReader, size: int, archive: str, rel: bytes) -> byte
         parts.append(b)
         left -= len(b)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def restore_threads() -> int:
+    """Returns: the restore's filesystem threads: ``BACKUP_RESTORE_THREADS``, else one per
+    CPU (2 to 8). More threads overlap the round trips of network and cloud disks; on a local
+    disk, threads beyond the cores only contend in the kernel (measured on two cores: four
+    threads doubled the system time of a 70k-file restore).
+
+    Raises:
+        ConfigError: the variable is not a whole number from 1 to 64.
+    """
+    return env_threads("BACKUP_RESTORE_THREADS", max(2, min(8, os.cpu_count() or 1)))
 
 
 def normalize_member_name(name: bytes, archive: str) -> bytes:
@@ -97,6 +118,7 @@ class Extractor:
         allow_external_symlinks: restore symlinks that point outside the destination.
         include: restore only paths it accepts (and what lies under accepted directories).
         restore_owner: set uid/gid (default: when running as root, as tar does).
+        threads: filesystem threads (default: :func:`restore_threads`).
     """
 
     def __init__(
@@ -106,6 +128,7 @@ class Extractor:
         allow_external_symlinks: bool = False,
         include: Callable[[bytes], bool] | None = None,
         restore_owner: bool | None = None,
+        threads: int | None = None,
     ) -> None:
         self.root = root
         self.allow_external_symlinks = allow_external_symlinks
@@ -116,7 +139,7 @@ class Extractor:
         self.files = 0
         self.bytes = 0
         self._buf = bytearray(_BUF)
-        self.jobs = FSJobs()
+        self.jobs = FSJobs(threads=restore_threads() if threads is None else threads)
         # directories created or queued for creation: spares an lstat per entry
         self.known_dirs: set[bytes] = {b""}
 
@@ -419,6 +442,15 @@ class Extractor:
             raise ArchiveCorrupt(
                 archive, f"content of {os.fsdecode(rel)!r} does not match its manifest hash"
             )
+        # one call outside the GIL instead of six round trips through it; an open that found
+        # something in the way (or no parent yet) created nothing, and the Python path below
+        # clears the way
+        ap = self._abs(rel)
+        owner = self.restore_owner
+        if _c_write_new is not None and not _c_write_new(
+            ap, data, m.mode, m.uid, m.gid, m.mtime_ns, owner
+        ):
+            return
         fd = self._open_new(rel)
         try:
             view = memoryview(data)

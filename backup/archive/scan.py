@@ -260,11 +260,20 @@ def walk_threads() -> int:
     Raises:
         ConfigError: the variable is not a whole number from 1 to 64.
     """
-    raw = os.environ.get("BACKUP_WALK_THREADS", "").strip()
+    return env_threads("BACKUP_WALK_THREADS", max(2, min(8, 2 * (os.cpu_count() or 1))))
+
+
+def env_threads(name: str, default: int) -> int:
+    """Returns: a thread count from the environment variable ``name``, else ``default``.
+
+    Raises:
+        ConfigError: the variable is not a whole number from 1 to 64.
+    """
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return max(2, min(8, 2 * (os.cpu_count() or 1)))
+        return default
     if not raw.isdigit() or not 1 <= int(raw) <= 64:
-        raise ConfigError(f"BACKUP_WALK_THREADS must be a whole number from 1 to 64, not {raw!r}")
+        raise ConfigError(f"{name} must be a whole number from 1 to 64, not {raw!r}")
     return int(raw)
 
 

@@ -47,7 +47,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from backup.errors import ArchiveCorrupt, ArchiveError
 
@@ -100,12 +100,14 @@ _PAX_MULTIVOLUME_KEYS = frozenset(
 _ZERO_BLOCK = bytes(BLOCK)
 
 c_encode_header: Callable[..., bytes | None] | None
-try:  # encode_header's common case in C (backup/archive/_speedups.c), when it was built
-    from ._speedups import encode as _c_encode  # type: ignore[import-not-found]
+c_decode_header: Callable[[bytes], tuple[Any, ...] | None] | None
+try:  # encode_header's and the reader's common cases in C (_speedups.c), when it was built
+    from ._speedups import decode as _c_decode  # type: ignore[import-not-found]
+    from ._speedups import encode as _c_encode
 except ImportError:
-    c_encode_header = None
+    c_encode_header = c_decode_header = None
 else:
-    c_encode_header = _c_encode
+    c_encode_header, c_decode_header = _c_encode, _c_decode
 _POSIX_MAGIC = b"ustar\x0000"
 _OCTAL_7 = 8**7  # first value that no longer fits a 7-digit octal field
 _OCTAL_11 = 8**11
@@ -737,13 +739,15 @@ class TarReader:
                     raise self._corrupt("lone zero block followed by data", offset)
                 self._done = True
                 return None
-            self._verify_checksum(block, offset)
+            fields = c_decode_header(block) if c_decode_header is not None else None
+            if fields is None:
+                self._verify_checksum(block, offset)
             typeflag = block[156:157]
             if typeflag not in (_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
                 break
             if start is None and typeflag != _PAX_GLOBAL:
                 start = offset
-            size = self._number(block[124:136], "size", offset)
+            size = self._number(block[124:136], "size", offset) if fields is None else fields[6]
             if size > _MAX_META:
                 raise self._corrupt(f"extended header of {size} bytes is too large", offset)
             data = self._take(size, "extended header")
@@ -762,7 +766,7 @@ class TarReader:
                 else:
                     local.update(records)
         return self._decode_member(
-            block, offset, offset if start is None else start, local, long_name, long_link
+            block, offset, offset if start is None else start, local, long_name, long_link, fields
         )
 
     def _verify_checksum(self, block: bytes, offset: int) -> None:
@@ -802,28 +806,38 @@ class TarReader:
         local: dict[bytes, bytes],
         long_name: bytes | None,
         long_link: bytes | None,
+        fields: tuple[Any, ...] | None = None,
     ) -> Member:
-        typeflag = block[156:157]
-        name = _cstr(block[0:100])
-        if block[257:265] == _POSIX_MAGIC:
-            # Only POSIX ustar has a prefix field; GNU headers use those bytes for other data.
-            prefix = _cstr(block[345:500])
-            if prefix:
-                name = prefix + b"/" + name
-        if long_name is not None:
-            name = long_name
-        linkname = _cstr(block[157:257]) if long_link is None else long_link
-        mode = self._number(block[100:108], "mode", offset) & 0o7777
-        uid = self._number(block[108:116], "uid", offset)
-        gid = self._number(block[116:124], "gid", offset)
-        size = self._number(block[124:136], "size", offset)
-        mtime_ns = self._number(block[136:148], "mtime", offset) * _NS
-        uname = _cstr(block[265:297]).decode("utf-8", "surrogateescape")
-        gname = _cstr(block[297:329]).decode("utf-8", "surrogateescape")
-        devmajor = devminor = 0
-        if typeflag in (CHRTYPE, BLKTYPE):
-            devmajor = self._number(block[329:337], "devmajor", offset)
-            devminor = self._number(block[337:345], "devminor", offset)
+        if fields is not None:  # decoded in C (the common case; see c_decode_header)
+            typeflag, name, linkname, mode, uid, gid, size, mtime, uname, gname = fields[:10]
+            devmajor, devminor = fields[10:]
+            mtime_ns = mtime * _NS
+            if long_name is not None:
+                name = long_name
+            if long_link is not None:
+                linkname = long_link
+        else:
+            typeflag = block[156:157]
+            name = _cstr(block[0:100])
+            if block[257:265] == _POSIX_MAGIC:
+                # Only POSIX ustar has a prefix field; GNU headers use those bytes otherwise.
+                prefix = _cstr(block[345:500])
+                if prefix:
+                    name = prefix + b"/" + name
+            if long_name is not None:
+                name = long_name
+            linkname = _cstr(block[157:257]) if long_link is None else long_link
+            mode = self._number(block[100:108], "mode", offset) & 0o7777
+            uid = self._number(block[108:116], "uid", offset)
+            gid = self._number(block[116:124], "gid", offset)
+            size = self._number(block[124:136], "size", offset)
+            mtime_ns = self._number(block[136:148], "mtime", offset) * _NS
+            uname = _cstr(block[265:297]).decode("utf-8", "surrogateescape")
+            gname = _cstr(block[297:329]).decode("utf-8", "surrogateescape")
+            devmajor = devminor = 0
+            if typeflag in (CHRTYPE, BLKTYPE):
+                devmajor = self._number(block[329:337], "devmajor", offset)
+                devminor = self._number(block[337:345], "devminor", offset)
 
         records = {**self._global, **local} if self._global else local
         for key, value in records.items():

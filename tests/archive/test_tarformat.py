@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -885,3 +886,41 @@ def test_c_encoder_agrees_on_random_members(c_encoder: Any) -> None:
         args = _header_args(entry)
         fast = c_encoder(*args)
         assert fast is None or fast == tf._encode_header(*args), entry
+
+
+@pytest.mark.parametrize("fmt", ["ours", "random", "gnu", "pax", "ustar", "oldgnu"])
+def test_c_decoder_reads_like_python(
+    fmt: str, c_encoder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every member read with the C header decoder equals the Python reading of it
+    from backup.archive import tarformat as tf
+
+    if fmt == "ours":
+        archive = build(OURS)
+    elif fmt == "random":
+        archive = build(list(random_entries(seed=9, count=600)))
+    else:
+        tree = tmp_path / "tree"
+        tree.mkdir()
+        make_tree(tree, ustar=fmt == "ustar")
+        with contextlib.suppress(PermissionError):
+            os.mknod(tree / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        result = run_tar("-c", f"--format={fmt}", "-f", "-", "-C", tmp_path, "tree")
+        assert result.returncode == 0, result.stderr
+        archive = result.stdout
+
+    real = tf.c_decode_header
+    assert real is not None
+    decoded = 0
+
+    def counting(block: bytes) -> Any:
+        nonlocal decoded
+        got = real(block)
+        decoded += got is not None
+        return got
+
+    monkeypatch.setattr(tf, "c_decode_header", counting)
+    with_c = read_all(archive)
+    monkeypatch.setattr(tf, "c_decode_header", None)
+    assert with_c == read_all(archive)
+    assert decoded >= len(with_c) // 2, (decoded, len(with_c))
