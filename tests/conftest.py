@@ -42,6 +42,16 @@ def require_tools(*names: str) -> None:
         pytest.fail(f"missing programs {missing}: run ./scripts/test, which installs them")
 
 
+def require_built(fn: Any, python_side: str) -> Any:
+    """Return ``fn`` (a function of backup/archive/_speedups.c); skip when no C compiler is
+    here (``python_side`` is then all Python), fail when one is and the build was lost."""
+    if fn is None:
+        if shutil.which("cc") is None and shutil.which("gcc") is None:
+            pytest.skip(f"no C compiler here: {python_side} is all Python")
+        pytest.fail("a C compiler is here but backup/archive/_speedups.c was not built")
+    return fn
+
+
 @dataclass
 class Key:
     """A generated age key pair written to a file."""

@@ -293,31 +293,13 @@ def encode_header(
     )
 
 
-def header(
-    name: bytes,
-    type: bytes,
-    size: int,
-    mode: int,
-    mtime_ns: int,
-    uid: int,
-    gid: int,
-    uname: str,
-    gname: str,
-    linkname: bytes,
-    devmajor: int,
-    devminor: int,
-) -> bytes:
-    """:func:`encode_header` with positional arguments, for the packing loop (one call per
-    path: keyword arguments cost more there than the C encoder itself)."""
-    if c_encode_header is not None:
-        fast = c_encode_header(
-            name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, devminor
-        )
-        if fast is not None:
-            return fast
-    return _encode_header(
-        name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, devminor
-    )
+def header(*fields: Any) -> bytes:
+    """:func:`encode_header` with positional arguments in its order (name, type, size, mode,
+    mtime_ns, uid, gid, uname, gname, linkname, devmajor, devminor), for the packing loop: one
+    call per path, where keyword arguments cost more than the C encoder itself."""
+    if c_encode_header is not None and (fast := c_encode_header(*fields)) is not None:
+        return fast
+    return _encode_header(*fields)
 
 
 def _encode_header(

@@ -8,12 +8,12 @@ import importlib
 import json
 import os
 import random
-import shutil
 from typing import Any
 
 import pytest
 
 from backup.archive.pack import Record
+from tests.conftest import require_built
 
 # the module (backup.archive's `pack` is the function)
 pack_mod = importlib.import_module("backup.archive.pack")
@@ -60,11 +60,7 @@ def random_record(rng: random.Random) -> Record:
 
 @pytest.fixture
 def c_entry_json() -> Any:
-    if pack_mod._c_entry_json is None:
-        if shutil.which("cc") is None and shutil.which("gcc") is None:
-            pytest.skip("no C compiler here: Record.to_json is all Python")
-        pytest.fail("a C compiler is here but backup/archive/_speedups.c was not built")
-    return pack_mod._c_entry_json
+    return require_built(pack_mod._c_entry_json, "Record.to_json")
 
 
 def test_c_entry_json_matches_python(c_entry_json: Any) -> None:

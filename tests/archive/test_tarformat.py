@@ -6,7 +6,6 @@ import contextlib
 import io
 import os
 import random
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -31,6 +30,7 @@ from backup.archive.tarformat import (
     padding,
 )
 from backup.errors import ArchiveCorrupt, ArchiveError
+from tests.conftest import require_built
 
 TAR = "/usr/bin/tar"
 NS = 10**9
@@ -821,11 +821,7 @@ def _common_entries(seed: int, count: int) -> Iterator[dict[str, Any]]:
 def c_encoder() -> Any:
     from backup.archive import tarformat as tf
 
-    if tf.c_encode_header is None:
-        if shutil.which("cc") is None and shutil.which("gcc") is None:
-            pytest.skip("no C compiler here: encode_header is all Python")
-        pytest.fail("a C compiler is here but backup/archive/_speedups.c was not built")
-    return tf.c_encode_header
+    return require_built(tf.c_encode_header, "the tar header encoding")
 
 
 def test_c_encoder_matches_python_in_the_common_case(c_encoder: Any) -> None:
