@@ -15,8 +15,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.table import Table
@@ -256,6 +257,26 @@ def _worker_argv(
     ]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _worker_options(f: F) -> F:
+    """The options of the commands that run a Celery worker (worker, serve)."""
+    f = click.option("--loglevel", default="info", show_default=True)(f)
+    f = click.option(
+        "--pool",
+        type=click.Choice(["prefork", "threads", "solo"]),
+        default="prefork",
+        show_default=True,
+    )(f)
+    return click.option(
+        "--concurrency",
+        type=click.IntRange(1),
+        default=os.cpu_count() or 1,
+        show_default="CPU count",
+    )(f)
+
+
 def register(cli: click.Group) -> None:
     """Add the worker commands to the ``backup`` group."""
     from .cli import _dump, _handled, _iso, _size, _table, out
@@ -264,19 +285,7 @@ def register(cli: click.Group) -> None:
 
     @cli.command()
     @click.option("--queues", default=all_queues, show_default=True, help="Queues to consume.")
-    @click.option(
-        "--concurrency",
-        type=click.IntRange(1),
-        default=os.cpu_count() or 1,
-        show_default="CPU count",
-    )
-    @click.option(
-        "--pool",
-        type=click.Choice(["prefork", "threads", "solo"]),
-        default="prefork",
-        show_default=True,
-    )
-    @click.option("--loglevel", default="info", show_default=True)
+    @_worker_options
     @click.pass_obj
     @_handled
     def worker(obj: Any, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
@@ -311,19 +320,7 @@ def register(cli: click.Group) -> None:
         Scheduler(obj.settings, app).run(stop)
 
     @cli.command()
-    @click.option(
-        "--concurrency",
-        type=click.IntRange(1),
-        default=os.cpu_count() or 1,
-        show_default="CPU count",
-    )
-    @click.option(
-        "--pool",
-        type=click.Choice(["prefork", "threads", "solo"]),
-        default="prefork",
-        show_default=True,
-    )
-    @click.option("--loglevel", default="info", show_default=True)
+    @_worker_options
     @click.pass_obj
     @_handled
     def serve(obj: Any, concurrency: int, pool: str, loglevel: str) -> None:
