@@ -462,9 +462,14 @@ static PyObject *write_new(PyObject *self, PyObject *const *args, Py_ssize_t nar
     long long mtime_ns = PyLong_AsLongLong(args[5]);
     int chown_it = PyObject_IsTrue(args[6]);
     if (PyErr_Occurred() || chown_it < 0) return NULL;
+    const char *path = PyBytes_AS_STRING(args[0]);
+    if (memchr(path, 0, (size_t)PyBytes_GET_SIZE(args[0]))) {
+        /* as os.open: a NUL would cut the path short, to another file than the one named */
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return NULL;
+    }
     Py_buffer data;
     if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) return NULL;
-    const char *path = PyBytes_AS_STRING(args[0]);
     int err = 0, created = 0;
     Py_BEGIN_ALLOW_THREADS
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
