@@ -80,8 +80,15 @@ def inventory_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
         pytest.skip(
             "BACKUP_TEST_POSTGRES_URL not set (./scripts/test sets it when PostgreSQL answers)"
         )
+    yield from postgres_schema_url()
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """Yield the URL of a fresh schema in the test PostgreSQL database, dropped afterwards:
+    every test gets an empty inventory without a database of its own."""
     import sqlalchemy as sa
 
+    assert POSTGRES_URL
     schema = f"t_{secrets.token_hex(6)}"
     admin = sa.create_engine(POSTGRES_URL)
     with admin.begin() as c:

@@ -22,7 +22,7 @@ import pytest
 from backup.inventory import Inventory
 from backup.jobs import JobStore
 from backup.settings import Settings
-from tests.conftest import POSTGRES_URL, Env
+from tests.conftest import POSTGRES_URL, Env, postgres_schema_url
 
 REDIS_URL = os.environ.get("BACKUP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -148,17 +148,7 @@ def inventory_url(tmp_path: Path) -> Iterator[str]:
     if not POSTGRES_URL:
         yield f"sqlite:///{tmp_path / 'inventory.db'}"
         return
-    import sqlalchemy as sa
-
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = sa.create_engine(POSTGRES_URL)
-    with admin.begin() as c:
-        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as c:
-        c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    yield from postgres_schema_url()
 
 
 @pytest.fixture
