@@ -505,7 +505,8 @@ class Runner:
         jp = JobProgress(progress)
         if str(params["to"]).startswith("s3://"):
             return self._extract_to_bucket(job, params, jp)
-        try:
+
+        def work() -> tuple[dict[str, Any], int]:
             with self._heartbeat(job.id, jp):
                 res = restore(
                     job.policy or "",
@@ -526,22 +527,9 @@ class Runner:
                 "seconds": round(res.seconds, 3),
                 "destination": str(res.destination),
             }
-            store.cas(
-                job.id,
-                ["extracting"],
-                "done",
-                result=json.dumps(result),
-                bytes_done=res.bytes,
-            )
-        except JobCancelled:
-            return store.get(job.id).state
-        except BaseException as e:
-            msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
-            store.cas(job.id, ["extracting"], "failed", error=msg)
-            if not isinstance(e, Exception):
-                raise
-        self._notify_after(job.id)
-        return store.get(job.id).state
+            return result, res.bytes
+
+        return self._settle_extract(job.id, work)
 
     def _extract_to_bucket(self, job: Job, params: dict[str, Any], jp: JobProgress) -> str:
         """Restore a bucket source's archived state into a bucket (out of place, or in place
@@ -549,8 +537,7 @@ class Runner:
         from .restore import identities_from
         from .snapshots.source import restore_to_bucket
 
-        store = self.store
-        try:
+        def work() -> tuple[dict[str, Any], int]:
             policy = self.policies()[job.policy or ""]
             with self._heartbeat(job.id, jp):
                 res = restore_to_bucket(
@@ -572,18 +559,30 @@ class Runner:
                 "bytes": res.bytes,
                 "destination": res.destination,
             }
-            store.cas(
-                job.id, ["extracting"], "done", result=json.dumps(result), bytes_done=res.bytes
-            )
+            return result, res.bytes
+
+        return self._settle_extract(job.id, work)
+
+    def _settle_extract(self, job_id: str, work: Callable[[], tuple[dict[str, Any], int]]) -> str:
+        """Run an extracting job's work: ``done`` with its result, or ``failed`` with one
+        message; then notify.
+
+        Returns:
+            The job's state afterwards.
+        """
+        store = self.store
+        try:
+            result, nbytes = work()
+            store.cas(job_id, ["extracting"], "done", result=json.dumps(result), bytes_done=nbytes)
         except JobCancelled:
-            return store.get(job.id).state
+            return store.get(job_id).state
         except BaseException as e:
             msg = e.get_message() if isinstance(e, Error) else f"{type(e).__name__}: {e}"
-            store.cas(job.id, ["extracting"], "failed", error=msg)
+            store.cas(job_id, ["extracting"], "failed", error=msg)
             if not isinstance(e, Exception):
                 raise
-        self._notify_after(job.id)
-        return store.get(job.id).state
+        self._notify_after(job_id)
+        return store.get(job_id).state
 
     # notifications ----------------------------------------------------------------------
 
