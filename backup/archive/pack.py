@@ -47,6 +47,7 @@ except ImportError:
     _c_entry_json = None
 else:
     _c_entry_json = _c_json
+
 _TYPES = {
     FILE: tf.REGTYPE,
     DIR: tf.DIRTYPE,
