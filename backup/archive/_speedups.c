@@ -330,37 +330,54 @@ static int put_decimal(buf *b, long long x) {
     return put(b, p, (size_t)(e - p));
 }
 
-/* 1: put ,"key":value; 0: attribute None (skipped); -1: error; -2: not the common case */
-static int put_int(buf *b, PyObject *rec, int attr, int optional, int comma) {
-    const char *key = attr_names[attr];
-    PyObject *v = PyObject_GetAttr(rec, attrs[attr]);
-    if (v == NULL) {
-        if (optional && PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            PyErr_Clear();
-            return 0;
+static PyObject *escape_fn; /* json.encoder.encode_basestring_ascii, set on first use */
+
+/* results of the put_ functions below: the field was written (or skipped, being None) */
+enum { PUT_OK = 0, PUT_ERROR = -1, PUT_DEFER = -2 /* not the common case: Python encodes */ };
+
+/* ,"key":value for the int attributes first..last; None skipped where optional */
+static int put_ints(buf *b, PyObject *rec, int first, int last, int optional) {
+    for (int attr = first; attr <= last; attr++) {
+        PyObject *v = PyObject_GetAttr(rec, attrs[attr]);
+        if (v == NULL) return PUT_ERROR;
+        if (v == Py_None && optional) {
+            Py_DECREF(v);
+            continue;
         }
-        return -1;
-    }
-    if (v == Py_None && optional) {
+        int exact = PyLong_CheckExact(v), overflow = 0;
+        long long x = exact ? PyLong_AsLongLongAndOverflow(v, &overflow) : 0;
         Py_DECREF(v);
-        return 0;
+        if (!exact || overflow) return PUT_DEFER;
+        if (x == -1 && PyErr_Occurred()) return PUT_ERROR;
+        if (put(b, ",\"", 2) || puts_(b, attr_names[attr]) || put(b, "\":", 2) ||
+            put_decimal(b, x))
+            return PUT_ERROR;
     }
-    if (!PyLong_CheckExact(v)) {
-        Py_DECREF(v);
-        return -2;
-    }
-    int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    Py_DECREF(v);
-    if (overflow) return -2;
-    if (x == -1 && PyErr_Occurred()) return -1;
-    if ((comma && put(b, ",", 1)) || put(b, "\"", 1) || puts_(b, key) || put(b, "\":", 2) ||
-        put_decimal(b, x))
-        return -1;
-    return 1;
+    return PUT_OK;
 }
 
-static PyObject *escape_fn = NULL; /* json.encoder.encode_basestring_ascii */
+/* ,"key":"value" for an ASCII str attribute (sha256) or ,"key":<path> for a bytes one (link);
+   None skipped */
+static int put_optional_text(buf *b, PyObject *rec, int attr, int is_path) {
+    PyObject *v = PyObject_GetAttr(rec, attrs[attr]);
+    if (v == NULL) return PUT_ERROR;
+    int rc = PUT_OK;
+    if (v == Py_None) {
+        /* skipped */
+    } else if (is_path ? !PyBytes_CheckExact(v)
+                       : !PyUnicode_CheckExact(v) || !PyUnicode_IS_ASCII(v)) {
+        rc = PUT_DEFER;
+    } else if (put(b, ",\"", 2) || puts_(b, attr_names[attr]) || put(b, "\":", 2) ||
+               (is_path ? put_path(b, v, escape_fn)
+                        : put(b, "\"", 1) || puts_(b, (const char *)PyUnicode_DATA(v)) ||
+                              put(b, "\"", 1))) {
+        rc = PUT_ERROR;
+    }
+    Py_DECREF(v);
+    return rc;
+}
+
+
 
 static PyObject *entry_json(PyObject *self, PyObject *rec) {
     if (escape_fn == NULL) {
@@ -374,77 +391,38 @@ static PyObject *entry_json(PyObject *self, PyObject *rec) {
             if (attrs[i] == NULL) return NULL;
         }
     }
-    PyObject *result = NULL, *path = NULL, *type = NULL, *sha = NULL, *link = NULL;
-    int rc;
+    PyObject *result = NULL, *path = NULL, *type = NULL;
+    int rc = PUT_DEFER;
     buf b = {PyMem_Malloc(1024), 0, 1024};
     if (b.p == NULL) return PyErr_NoMemory();
 
     path = PyObject_GetAttr(rec, attrs[A_PATH]);
     type = path ? PyObject_GetAttr(rec, attrs[A_TYPE]) : NULL;
-    if (type == NULL) goto done;
-    if (!PyBytes_CheckExact(path) || !PyUnicode_CheckExact(type) || !PyUnicode_IS_ASCII(type)) {
+    if (type == NULL) {
+        rc = PUT_ERROR;
+    } else if (PyBytes_CheckExact(path) && PyUnicode_CheckExact(type) && PyUnicode_IS_ASCII(type)) {
+        rc = puts_(&b, "{\"path\":") || put_path(&b, path, escape_fn) ||
+                     puts_(&b, ",\"type\":\"") || puts_(&b, (const char *)PyUnicode_DATA(type)) ||
+                     puts_(&b, "\"")
+                 ? PUT_ERROR
+                 : PUT_OK;
+        /* then the record's fields in its slot order: required ints, optional ones */
+        if (rc == PUT_OK) rc = put_ints(&b, rec, A_SIZE, A_OFFSET, 0);
+        if (rc == PUT_OK) rc = put_ints(&b, rec, A_DATA_OFFSET, A_DATA_OFFSET, 1);
+        if (rc == PUT_OK) rc = put_optional_text(&b, rec, A_SHA256, 0);
+        if (rc == PUT_OK) rc = put_optional_text(&b, rec, A_LINK, 1);
+        if (rc == PUT_OK) rc = put_ints(&b, rec, A_FILE_SIZE, A_DEVMINOR, 1);
+        if (rc == PUT_OK && puts_(&b, "}")) rc = PUT_ERROR;
+    }
+    if (rc == PUT_OK)
+        result = PyUnicode_DecodeASCII(b.p, (Py_ssize_t)b.n, "strict");
+    else if (rc == PUT_DEFER)
         result = Py_NewRef(Py_None);
-        goto done;
-    }
-    if (puts_(&b, "{\"path\":") || put_path(&b, path, escape_fn) || puts_(&b, ",\"type\":\"") ||
-        puts_(&b, (const char *)PyUnicode_DATA(type)) || puts_(&b, "\""))
-        goto done;
-    for (int i = A_SIZE; i <= A_OFFSET; i++) {
-        rc = put_int(&b, rec, i, 0, 1);
-        if (rc == -1) goto done;
-        if (rc == -2) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
-    }
-    /* optional fields, in the record's slot order */
-    rc = put_int(&b, rec, A_DATA_OFFSET, 1, 1);
-    if (rc == -1) goto done;
-    if (rc == -2) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    sha = PyObject_GetAttr(rec, attrs[A_SHA256]);
-    if (sha == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto done;
-        PyErr_Clear();
-    } else if (sha != Py_None) {
-        if (!PyUnicode_CheckExact(sha) || !PyUnicode_IS_ASCII(sha)) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
-        if (puts_(&b, ",\"sha256\":\"") || puts_(&b, (const char *)PyUnicode_DATA(sha)) ||
-            puts_(&b, "\""))
-            goto done;
-    }
-    link = PyObject_GetAttr(rec, attrs[A_LINK]);
-    if (link == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto done;
-        PyErr_Clear();
-    } else if (link != Py_None) {
-        if (!PyBytes_CheckExact(link)) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
-        if (puts_(&b, ",\"link\":") || put_path(&b, link, escape_fn)) goto done;
-    }
-    for (int i = A_FILE_SIZE; i <= A_DEVMINOR; i++) {
-        rc = put_int(&b, rec, i, 1, 1);
-        if (rc == -1) goto done;
-        if (rc == -2) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
-    }
-    if (puts_(&b, "}")) goto done;
-    result = PyUnicode_DecodeASCII(b.p, (Py_ssize_t)b.n, "strict");
-done:
-    if (result == NULL && !PyErr_Occurred()) PyErr_NoMemory();
+    else if (!PyErr_Occurred())
+        PyErr_NoMemory();
     PyMem_Free(b.p);
     Py_XDECREF(path);
     Py_XDECREF(type);
-    Py_XDECREF(sha);
-    Py_XDECREF(link);
     return result;
 }
 
