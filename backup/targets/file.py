@@ -60,16 +60,22 @@ class FileWriter(ObjectWriter):
         self._f: BinaryIO | None = open(self._tmp, "xb", buffering=0)  # noqa: SIM115
         self._done = False
         self._written = 0
-        self._behind = 0  # bytes handed to write-behind
+        # write-behind windows: [_dropping, _behind) was handed to writeback last time and is
+        # dropped from the cache this time; [_behind, _written) starts its writeback
+        self._dropping = 0
+        self._behind = 0
 
     def _write_behind(self) -> None:
-        # Start writing back what was written so far, and drop it from the page cache once it
-        # is on disk: the commit's fsync then waits for the last window only, instead of the
-        # whole archive, and a backup does not push the machine's hot data out of the cache.
+        # Start writing back the window just written, and drop the one before from the page
+        # cache (its writeback started last time): the commit's fsync then waits for the last
+        # window only, instead of the whole archive, and a backup does not push the machine's
+        # hot data out of the cache. Two windows per call, so the cost stays per window
+        # however large the archive grows.
         assert self._f is not None
+        start = self._dropping
         with contextlib.suppress(OSError):  # advice only: commit's fsync is the guarantee
-            os.posix_fadvise(self._f.fileno(), 0, self._written, os.POSIX_FADV_DONTNEED)
-        self._behind = self._written
+            os.posix_fadvise(self._f.fileno(), start, self._written - start, os.POSIX_FADV_DONTNEED)
+        self._dropping, self._behind = self._behind, self._written
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         assert self._f is not None, "write after commit or abort"
