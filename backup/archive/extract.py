@@ -31,6 +31,7 @@ from .scan import env_threads
 __all__ = ["Extractor", "normalize_member_name", "restore_threads"]
 
 _BUF = 1 << 20
+_SMALL = 1 << 20  # files up to this size are read whole and written by the pool
 
 _c_write_new: Callable[..., int] | None
 try:  # a small file's creation in one call outside the GIL (_speedups.c), when it was built
@@ -39,7 +40,6 @@ except ImportError:
     _c_write_new = None
 else:
     _c_write_new = _c_write
-_SMALL = 1 << 20  # files up to this size are read whole and written by the pool
 
 
 def _read_all(reader: tf.TarReader, size: int, archive: str, rel: bytes) -> bytes:

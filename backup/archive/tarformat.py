@@ -98,16 +98,6 @@ _PAX_MULTIVOLUME_KEYS = frozenset(
 )
 
 _ZERO_BLOCK = bytes(BLOCK)
-
-c_encode_header: Callable[..., bytes | None] | None
-c_decode_header: Callable[[bytes], tuple[Any, ...] | None] | None
-try:  # encode_header's and the reader's common cases in C (_speedups.c), when it was built
-    from ._speedups import decode as _c_decode  # type: ignore[import-not-found]
-    from ._speedups import encode as _c_encode
-except ImportError:
-    c_encode_header = c_decode_header = None
-else:
-    c_encode_header, c_decode_header = _c_encode, _c_decode
 _POSIX_MAGIC = b"ustar\x0000"
 _OCTAL_7 = 8**7  # first value that no longer fits a 7-digit octal field
 _OCTAL_11 = 8**11
@@ -129,6 +119,17 @@ _CHKSUM_SPACES = b"        "
 _CHKSUM_SPACES_SUM = 8 * 0x20
 # Maps each byte to 1 if it is negative as a signed char, for the signed-checksum fallback.
 _HIGH_BIT_TABLE = bytes(int(b >= 0x80) for b in range(256))
+
+
+c_encode_header: Callable[..., bytes | None] | None
+c_decode_header: Callable[[bytes], tuple[Any, ...] | None] | None
+try:  # encode_header's and the reader's common cases in C (_speedups.c), when it was built
+    from ._speedups import decode as _c_decode  # type: ignore[import-not-found]
+    from ._speedups import encode as _c_encode
+except ImportError:
+    c_encode_header = c_decode_header = None
+else:
+    c_encode_header, c_decode_header = _c_encode, _c_decode
 
 
 def _block_sum(block: bytes | memoryview) -> int:
