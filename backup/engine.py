@@ -21,7 +21,7 @@ import json
 import secrets
 import socket
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
 from .crypto.age import Recipient, encrypt_bytes, parse_recipient
 from .errors import Error
 from .gcpause import gc_paused
-from .inventory import FILE_INDEX_COLUMNS, Archive, Inventory, TreeState, sig_of
+from .inventory import Archive, Inventory, TreeState, sig_of
 from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
@@ -164,6 +164,25 @@ def run_backup(
             policy, inventory, full=full, progress=progress, now=now,
             archive_id=archive_id, on_phase=on_phase,
         )  # fmt: skip
+    with gc_paused():  # from the parent's tree to the tree cache: per-path objects throughout
+        return _run_backup(
+            policy, inventory, full=full, progress=progress, now=now, archive_id=archive_id,
+            on_phase=on_phase, scanned=scanned, source_info=source_info,
+        )  # fmt: skip
+
+
+def _run_backup(
+    policy: Policy,
+    inventory: Inventory,
+    *,
+    full: bool,
+    progress: Progress | None,
+    now: datetime | None,
+    archive_id: str | None,
+    on_phase: Callable[[str], None] | None,
+    scanned: ScanResult | None,
+    source_info: dict[str, Any] | None,
+) -> BackupResult:
     progress = progress or Progress()
     now = now or datetime.now(UTC)
     target = open_target(policy.target)
@@ -186,13 +205,12 @@ def run_backup(
         else:
             selected = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
     else:
-        with gc_paused():
-            # the parent's tree first: a walk prefetched by the CLI goes on meanwhile
-            parent_state = inventory.tree_state(parent.id)
-            scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
-            selected, deleted = select_changed(
-                scanned.entries, parent_state, scanned.unreadable, scanned.unreadable_dirs
-            )
+        # the parent's tree first: a walk prefetched by the CLI goes on meanwhile
+        parent_state = inventory.tree_state(parent.id)
+        scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
+        selected, deleted = select_changed(
+            scanned.entries, parent_state, scanned.unreadable, scanned.unreadable_dirs
+        )
         kind = "incremental"
 
     archive_id = archive_id or new_archive_id(now)
@@ -224,16 +242,12 @@ def run_backup(
     try:
         total = None if kind == "full" else sum(e.size for e in selected if e.kind == FILE)
         progress.start(f"{policy.name}: {kind}", total)
-        with target.open_write(key, stored) as w, gc_paused():
+        with target.open_write(key, stored) as w:
             res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
-            # the archive's commit (an fsync, for a file target) and the file index's rows
-            # run aside, overlapping the manifest's encoding
+            # the archive's commit (an fsync, for a file target) and the tree at this archive
+            # (for the next incremental) run aside, overlapping the manifest's encoding
             commit = aside.submit(w.commit)
-        # the tree at this archive, for the next incremental (the parent's plus this one's rows)
-        tree: TreeState = {} if parent_state is None else dict(parent_state)
-        indexed = aside.submit(
-            inventory.add_file_records, _index_rows(archive_id, res.entries, deleted, tree)
-        )
+        tree = aside.submit(_tree_after, parent_state, res.entries, deleted)
         progress.finish()
         unreadable = scanned.unreadable + res.unreadable
         manifest: dict[str, Any] = {
@@ -255,7 +269,8 @@ def run_backup(
             "unreadable": [{"path": path_to_json(u.path), "error": u.error} for u in unreadable],
             "changed_while_reading": [path_to_json(p) for p in res.changed],
         }
-        blob = encrypt_bytes(encode_manifest(manifest, res.entries), recipients)
+        plain = encode_manifest(manifest, res.entries)
+        blob = encrypt_bytes(plain, recipients)
         committed.append(commit.result())
         commit = None
         if on_phase:
@@ -264,7 +279,8 @@ def run_backup(
         with target.open_write(manifest_key, dataclasses.replace(stored, hot=True)) as w:
             w.write(blob)
             committed.append(w.commit())
-        indexed.result()
+        # the manifest is the file index too: stored as it is, unpacked when first read
+        inventory.add_packed_file_records(archive_id, plain)
         inventory.update_archive(
             archive_id,
             state="complete",
@@ -282,7 +298,11 @@ def run_backup(
             changed=json.dumps([path_to_json(p) for p in res.changed]),
         )
         _cache_tree(
-            inventory, archive_id, tree, parent, nothing_new=not res.entries and not deleted
+            inventory,
+            archive_id,
+            tree.result(),
+            parent,
+            nothing_new=not res.entries and not deleted,
         )
         if on_phase:
             on_phase("recorded")
@@ -364,36 +384,13 @@ def _cache_tree(
         )
 
 
-# _index_rows builds its tuples in this order
-assert FILE_INDEX_COLUMNS == (
-    "archive_id", "path", "type", "size", "mode", "mtime_ns", "ctime_ns",
-    "ino", "uid", "gid", "sha256", "link", "offset",
-)  # fmt: skip
-
-
-def _index_rows(
-    archive_id: str, entries: list[Record], deleted: list[bytes], tree: TreeState
-) -> Iterator[tuple[Any, ...]]:
-    """The file index's rows (in FILE_INDEX_COLUMNS order), updating ``tree`` as they go."""
+def _tree_after(parent: TreeState | None, entries: list[Record], deleted: list[bytes]) -> TreeState:
+    """The tree at an archive: its parent's, with the archive's entries and deletions."""
+    tree: TreeState = {} if parent is None else dict(parent)
     for r in entries:
         # attributes, not the record's dict-like access: this runs once per path in the tree
         size = r.size if r.file_size is None else r.file_size
         tree[r.path] = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
-        yield (
-            archive_id,
-            r.path,
-            r.type,
-            size,
-            r.mode,
-            r.mtime_ns,
-            r.ctime_ns,
-            r.ino,
-            r.uid,
-            r.gid,
-            r.sha256,
-            r.link,
-            r.offset,
-        )
     for p in deleted:
         tree.pop(p, None)
-        yield (archive_id, p, "deleted", 0, 0, 0, 0, 0, 0, 0, None, None, 0)
+    return tree

@@ -12,6 +12,7 @@ __all__ = [
     "ArchiveNotFound",
     "ConfigError",
     "Error",
+    "FileIndexCorrupt",
     "IdentityError",
     "NoArchiveAt",
     "ObjectNotFound",
@@ -74,6 +75,10 @@ class ObjectNotFound(TargetError):
 
 class ArchiveError(Error):
     """Archive {}: {}"""
+
+
+class FileIndexCorrupt(Error):
+    """The inventory's packed file index of archive {} cannot be read: {}"""
 
 
 class ArchiveNotFound(ArchiveError):

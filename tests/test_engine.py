@@ -238,13 +238,20 @@ def test_incremental_without_a_cached_tree_replays_the_index(
 ) -> None:
     src = env.source
     make_tree(src, big=False)
-    _run(env, inventory)
+    full, mfull = _run(env, inventory)
     with inventory._cursor(write=True) as cur:
+        # the backup stored its file index packed (its manifest, in one row), not as rows
+        cur.execute("SELECT count(*) FROM file_index")
+        assert cur.fetchone()[0] == 0
+        cur.execute("SELECT archive_id FROM file_index_packed")
+        assert cur.fetchall() == [(full.archive.id,)]
         cur.execute("DELETE FROM tree_cache")  # e.g. an inventory written by an older version
     (src / "new.txt").write_text("new")
     os.unlink(src / "old")
     inc, m = _run(env, inventory)
     assert entry_paths(m) == {b"new.txt"} and m["deleted"] == ["old"]
+    # the replay unpacked the full's index into rows, one per entry of its manifest
+    assert {r.path for r in inventory.records(full.archive.id)} == entry_paths(mfull)
     # the incremental cached its tree anyway, so the next one reads it
     assert _cached(inventory, inc.archive.id) == inventory.replay_tree(inc.archive.id)
     again, m2 = _run(env, inventory)

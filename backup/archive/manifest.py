@@ -57,9 +57,11 @@ def encode_manifest(
     Returns:
         zstd-compressed JSON.
     """
-    # zstd's default level: 6 made the manifest 6% smaller for three times the time, and
-    # encoding it is part of what a backup does after its last archive byte
-    c = zstandard.ZstdCompressor(level=3).compressobj()
+    # level 1: on the benchmark tree's 70,882 entries it was both smaller and faster than 3
+    # (2.75 against 2.91 MB, 0.03 against 0.065 s), and encoding the manifest is part of
+    # what a backup does after its last archive byte. The checksum lets a damaged copy in
+    # the inventory (backup/inventory/packed.py), which age does not guard, be noticed.
+    c = zstandard.ZstdCompressor(level=1, write_checksum=True).compressobj()
     head = json.dumps(manifest, ensure_ascii=True, separators=(",", ":"))
     out = [c.compress(head[:-1].encode("ascii") + b',"entries":[')]
     batch: list[str] = []

@@ -24,7 +24,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ArchiveNotFound, ConfigError
-from .models import Archive, Base, Event, FileRecord, RetrievalJob, Snapshot, TreeCache
+from . import packed
+from .models import (
+    Archive,
+    Base,
+    Event,
+    FileRecord,
+    PackedFileIndex,
+    RetrievalJob,
+    Snapshot,
+    TreeCache,
+)
 
 __all__ = [
     "FILE_INDEX_COLUMNS",
@@ -32,6 +42,7 @@ __all__ = [
     "Event",
     "FileRecord",
     "Inventory",
+    "PackedFileIndex",
     "RetrievalJob",
     "Sig",
     "Snapshot",
@@ -156,26 +167,69 @@ class Inventory:
     ) -> None:
         """Insert file index rows in batches: dicts with every one of FileRecord's columns,
         or tuples of them in :data:`FILE_INDEX_COLUMNS` order."""
-        # The DB-API's executemany, not the ORM: a full backup indexes every path in the
-        # tree, and per-row ORM (or even Core) parameter processing costs more than SQLite.
         cols = FILE_INDEX_COLUMNS
-        quote = self.engine.dialect.identifier_preparer.quote
-        marks = ", ".join([self._mark] * len(cols))
-        sql = f"INSERT INTO file_index ({', '.join(map(quote, cols))}) VALUES ({marks})"
         buf: list[tuple[Any, ...]] = []
         with self._cursor(write=True) as cur:
             for r in rows:
                 buf.append(r if isinstance(r, tuple) else tuple(r[c] for c in cols))
                 if len(buf) >= batch:
-                    cur.executemany(sql, buf)
+                    self._insert_file_records(cur, buf)
                     buf = []
             if buf:
-                cur.executemany(sql, buf)
+                self._insert_file_records(cur, buf)
+
+    def _insert_file_records(self, cur: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+        # The DB-API's executemany, not the ORM: a full backup indexes every path in the
+        # tree, and per-row ORM (or even Core) parameter processing costs more than SQLite.
+        quote = self.engine.dialect.identifier_preparer.quote
+        marks = ", ".join([self._mark] * len(FILE_INDEX_COLUMNS))
+        names = ", ".join(map(quote, FILE_INDEX_COLUMNS))
+        cur.executemany(f"INSERT INTO file_index ({names}) VALUES ({marks})", rows)
+
+    def add_packed_file_records(self, archive_id: str, manifest: bytes) -> None:
+        """Record an archive's file index as its manifest (compressed, not encrypted: what
+        ``encode_manifest`` returned), which the first reader of the index unpacks into
+        rows (backup/inventory/packed.py)."""
+        with self.session() as s:
+            s.add(PackedFileIndex(archive_id=archive_id, format=packed.FORMAT, blob=manifest))
+
+    def unpack_file_records(self, archive_ids: Sequence[str]) -> int:
+        """Move the packed file index rows of these archives into ``file_index``.
+
+        Returns:
+            How many rows were moved (0 when they were already unpacked).
+        """
+        mark = self._mark
+        moved = 0
+        with self._cursor() as cur:
+            marks = ", ".join([mark] * len(archive_ids))
+            cur.execute(
+                f"SELECT archive_id FROM file_index_packed WHERE archive_id IN ({marks})",
+                tuple(archive_ids),
+            )
+            waiting = [r[0] for r in cur.fetchall()]
+        for archive_id in waiting:
+            with self._cursor(write=True) as cur:
+                # the delete claims the row: of two readers unpacking at once, the second
+                # finds nothing to move once the first has committed
+                cur.execute(
+                    f"DELETE FROM file_index_packed WHERE archive_id = {mark} "
+                    "RETURNING format, blob",
+                    (archive_id,),
+                )
+                claimed = cur.fetchone()
+                if claimed is None:
+                    continue
+                rows = packed.rows_from_manifest(archive_id, bytes(claimed[1]), claimed[0])
+                self._insert_file_records(cur, rows)
+                moved += len(rows)
+        return moved
 
     def delete_file_records(self, archive_id: str) -> None:
-        """Delete an archive's file index rows."""
+        """Delete an archive's file index rows, packed or not."""
         with self.session() as s:
             s.execute(delete(FileRecord).where(FileRecord.archive_id == archive_id))
+            s.execute(delete(PackedFileIndex).where(PackedFileIndex.archive_id == archive_id))
 
     def get(self, archive_id: str) -> Archive:
         """Find an archive by id or unique id prefix (any state)."""
@@ -257,6 +311,7 @@ class Inventory:
 
     def records(self, archive_id: str) -> list[FileRecord]:
         """The file index rows of one archive, in path order."""
+        self.unpack_file_records([archive_id])
         with self.session() as s:
             return list(
                 s.scalars(
@@ -282,6 +337,7 @@ class Inventory:
             f"WHERE archive_id = {self._mark}"
         )
         chain = self.chain(archive_id)
+        self.unpack_file_records([a.id for a in chain])
         with self._cursor() as cur:
             for arch in chain:
                 cur.execute(sql, (arch.id,))

@@ -35,6 +35,7 @@ __all__ = [
     "FileRecord",
     "Job",
     "Lease",
+    "PackedFileIndex",
     "PolicyLock",
     "RetrievalJob",
     "Snapshot",
@@ -120,6 +121,21 @@ class FileRecord(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     link: Mapped[bytes | None] = mapped_column(LargeBinary)
     offset: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class PackedFileIndex(Base):
+    """An archive's file index as its manifest, compressed and not encrypted
+    (backup/inventory/packed.py): how a backup records it, in one insert. The first reader
+    of the archive's index moves its rows into ``file_index`` and deletes this row, in one
+    transaction."""
+
+    __tablename__ = "file_index_packed"
+
+    archive_id: Mapped[str] = mapped_column(
+        ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True
+    )
+    format: Mapped[str] = mapped_column(String(40))
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TreeCache(Base):

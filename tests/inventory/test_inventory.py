@@ -168,3 +168,86 @@ def test_processes_opening_a_new_inventory_together_all_succeed(tmp_path: pathli
     ]
     errors = [p.communicate()[1].decode() for p in procs if p.wait() != 0]
     assert errors == []
+
+
+def manifest_of(rows: list[dict[str, object]], deleted: tuple[bytes, ...] = ()) -> bytes:
+    """An archive's manifest as the engine encodes it, holding these index rows."""
+    from backup.archive.manifest import encode_manifest
+    from backup.archive.pack import Record
+
+    recs = []
+    for r in rows:
+        x = Record(r["path"], r["type"], r["mode"], r["mtime_ns"], r["ctime_ns"], r["ino"],
+                   r["uid"], r["gid"], r["offset"])  # fmt: skip
+        x.update(size=r["size"], sha256=r["sha256"], link=r["link"])
+        recs.append(x)
+    return encode_manifest(
+        {"format": 1, "deleted": [p.decode("utf-8", "surrogateescape") for p in deleted]}, recs
+    )
+
+
+def test_packed_file_index_unpacks_on_first_read(inventory: Inventory) -> None:
+    add(inventory, "a1", T0)
+    add(inventory, "a2", T0 + timedelta(days=1), parent="a1")
+    bad = b"bad-\xff\xfe"
+    inventory.add_packed_file_records(
+        "a1", manifest_of([rec("a1", b"x"), rec("a1", bad), rec("a1", b"y")])
+    )
+    inventory.add_packed_file_records("a2", manifest_of([], deleted=(b"y",)))
+    with inventory._cursor() as cur:
+        cur.execute("SELECT count(*) FROM file_index")
+        assert cur.fetchone()[0] == 0  # packed: one row per archive
+        cur.execute("SELECT archive_id FROM file_index_packed ORDER BY archive_id")
+        assert cur.fetchall() == [("a1",), ("a2",)]
+    # replaying a2's chain unpacks both archives
+    assert set(inventory.tree_state("a2")) == {b"x", bad}
+    with inventory._cursor() as cur:
+        cur.execute("SELECT count(*) FROM file_index_packed")
+        assert cur.fetchone()[0] == 0
+    assert [(r.path, r.size, r.mtime_ns) for r in inventory.records("a1")] == [
+        (p, 1, 5) for p in sorted([b"x", bad, b"y"])
+    ]
+    assert inventory.unpack_file_records(["a1", "a2"]) == 0  # nothing left to move
+    inventory.delete_file_records("a1")
+    assert inventory.records("a1") == []
+
+
+def test_packed_file_index_unpacked_once_by_racing_readers(inventory_url: str) -> None:
+    import threading
+
+    inv = Inventory(inventory_url)
+    add(inv, "a1", T0)
+    inv.add_packed_file_records("a1", manifest_of([rec("a1", b"%d" % i) for i in range(3000)]))
+    readers = [Inventory(inventory_url) for _ in range(4)]
+    moved: list[int] = []
+    start = threading.Barrier(len(readers))
+
+    def read(r: Inventory) -> None:
+        start.wait()
+        moved.append(r.unpack_file_records(["a1"]))
+
+    threads = [threading.Thread(target=read, args=(r,)) for r in readers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(moved) == [0, 0, 0, 3000]
+    assert len(inv.records("a1")) == 3000
+    for r in [inv, *readers]:
+        r.close()
+
+
+def test_packed_file_index_corruption_is_named_and_keeps_the_row(inventory: Inventory) -> None:
+    from backup.errors import FileIndexCorrupt
+
+    add(inventory, "a1", T0)
+    inventory.add_packed_file_records("a1", manifest_of([rec("a1", b"x"), rec("a1", b"y")]))
+    with inventory._cursor(write=True) as cur:
+        cur.execute(f"UPDATE file_index_packed SET format = {inventory._mark}", ("future-9",))
+    with pytest.raises(FileIndexCorrupt, match="archive a1 cannot be read: unknown format"):
+        inventory.records("a1")
+    with inventory._cursor() as cur:  # the packed index is still there, nothing half moved
+        cur.execute("SELECT count(*) FROM file_index_packed")
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT count(*) FROM file_index")
+        assert cur.fetchone()[0] == 0
