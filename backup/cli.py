@@ -8,6 +8,7 @@ are accepted back by ``--at``.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -95,6 +96,9 @@ def parse_time(text: str) -> datetime:
 class Ctx:
     """Settings, policies and inventory, opened on first use."""
 
+    #: set by main: this process is the command's own, not a test's or a library user's
+    freeze_after_open = False
+
     def __init__(self, config: Path | None) -> None:
         self.settings = Settings()
         if config is not None:
@@ -108,6 +112,10 @@ class Ctx:
             from .inventory import Inventory
 
             self._inv = Inventory(self.settings.inventory_url)
+            if self.freeze_after_open:
+                # what the start built (modules, ORM mappers, pydantic models) lives as long
+                # as the process: later collections need not walk it again (see main)
+                gc.freeze()
         return self._inv
 
     @property
@@ -855,6 +863,13 @@ _register()
 
 def main() -> None:
     """Entry point of the ``backup`` command."""
+    # Starting a command allocates objects by the hundred thousand (importing SQLAlchemy and
+    # pydantic, a walk's entries) and makes little cyclic garbage. At Python's default
+    # thresholds (700, 10, 10) the collector ran about 190 times in a no-change backup and
+    # 290 in a full one, 0.2-0.4 s of either. It still runs, in long-running commands too,
+    # only less often.
+    gc.set_threshold(50_000, 20, 10)
+    Ctx.freeze_after_open = True
     try:
         cli(prog_name="backup")
     except SystemExit as e:
