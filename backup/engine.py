@@ -35,7 +35,7 @@ from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
 from .crypto.age import Recipient, encrypt_bytes, parse_recipient
 from .errors import Error
 from .gcpause import gc_paused
-from .inventory import Archive, Inventory, TreeState, sig_of
+from .inventory import Archive, Inventory, TreeState, encode_tree, sig_of
 from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
@@ -247,7 +247,8 @@ def _run_backup(
             # the archive's commit (an fsync, for a file target) and the tree at this archive
             # (for the next incremental) run aside, overlapping the manifest's encoding
             commit = aside.submit(w.commit)
-        tree = aside.submit(_tree_after, parent_state, res.entries, deleted)
+        nothing_new = not res.entries and not deleted
+        cached = aside.submit(_tree_cache, parent_state, res.entries, deleted, nothing_new)
         progress.finish()
         unreadable = scanned.unreadable + res.unreadable
         manifest: dict[str, Any] = {
@@ -297,13 +298,7 @@ def _run_backup(
             ),
             changed=json.dumps([path_to_json(p) for p in res.changed]),
         )
-        _cache_tree(
-            inventory,
-            archive_id,
-            tree.result(),
-            parent,
-            nothing_new=not res.entries and not deleted,
-        )
+        _cache_tree(inventory, archive_id, cached, parent if nothing_new else None)
         if on_phase:
             on_phase("recorded")
     except BaseException as e:
@@ -363,16 +358,25 @@ def _protect(policy: Policy, archive_id: str, inventory: Inventory) -> None:
 def _cache_tree(
     inventory: Inventory,
     archive_id: str,
-    tree: TreeState,
-    parent: Archive | None,
-    *,
-    nothing_new: bool,
+    cached: Future[tuple[TreeState, bytes | None]],
+    same_as: Archive | None,
 ) -> None:
     """Cache the tree at a complete archive (derived data: a failure is logged, and the next
-    incremental replays the file index instead)."""
+    incremental replays the file index instead).
+
+    Args:
+        inventory: where it goes.
+        archive_id: the archive.
+        cached: the tree and its encoding (see :func:`_tree_cache`).
+        same_as: the parent, when nothing changed since it (its row is copied).
+    """
     try:
+        tree, encoded = cached.result()
         inventory.cache_tree(
-            archive_id, tree, same_as=parent.id if parent is not None and nothing_new else None
+            archive_id,
+            tree,
+            encoded=encoded,
+            same_as=same_as.id if same_as is not None else None,
         )
     except Exception as e:
         inventory.log(
@@ -384,8 +388,12 @@ def _cache_tree(
         )
 
 
-def _tree_after(parent: TreeState | None, entries: list[Record], deleted: list[bytes]) -> TreeState:
-    """The tree at an archive: its parent's, with the archive's entries and deletions."""
+def _tree_cache(
+    parent: TreeState | None, entries: list[Record], deleted: list[bytes], nothing_new: bool
+) -> tuple[TreeState, bytes | None]:
+    """The tree at an archive (its parent's, with the archive's entries and deletions) and,
+    unless nothing changed (the parent's cached row is copied then), its encoding for the
+    tree cache: made beside the manifest's encoding, off the backup's last steps."""
     tree: TreeState = {} if parent is None else dict(parent)
     for r in entries:
         # attributes, not the record's dict-like access: this runs once per path in the tree
@@ -393,4 +401,4 @@ def _tree_after(parent: TreeState | None, entries: list[Record], deleted: list[b
         tree[r.path] = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
     for p in deleted:
         tree.pop(p, None)
-    return tree
+    return tree, None if nothing_new else encode_tree(tree)

@@ -48,6 +48,7 @@ __all__ = [
     "Snapshot",
     "TreeCache",
     "TreeState",
+    "encode_tree",
     "sig_of",
 ]
 
@@ -70,6 +71,13 @@ FILE_INDEX_COLUMNS: tuple[str, ...] = tuple(c.name for c in FileRecord.__table__
 def sig_of(type_: str, size: int, mode: int, mtime_ns: int, ctime_ns: int, ino: int) -> Sig:
     """Returns: the signature of a file index row (or of a scanned entry)."""
     return ("file" if type_ == "hardlink" else type_, size, mode & 0o7777, mtime_ns, ctime_ns, ino)
+
+
+def encode_tree(state: TreeState) -> bytes:
+    """Returns: a tree as the tree cache stores it (format ``_TREE_FORMAT``)."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(marshal.dumps(state))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -365,18 +373,24 @@ class Inventory:
             return None  # damaged (the frame's checksum says so): the index is the truth
         return state if isinstance(state, dict) else None
 
-    def cache_tree(self, archive_id: str, state: TreeState, *, same_as: str | None = None) -> None:
+    def cache_tree(
+        self,
+        archive_id: str,
+        state: TreeState,
+        *,
+        encoded: bytes | None = None,
+        same_as: str | None = None,
+    ) -> None:
         """Store the tree at ``archive_id`` for the next incremental, and drop the cached
         trees of the same policy's older archives (only the newest is ever a parent).
 
         Args:
             archive_id: a complete archive.
             state: its tree.
+            encoded: ``encode_tree(state)``, when the caller made it already.
             same_as: an archive whose tree this one's equals (nothing changed): its cached
                 row, if it has one, is copied in the database instead of encoding ``state``.
         """
-        import zstandard
-
         mark = self._mark
         with self._cursor(write=True) as cur:
             copied = 0
@@ -388,9 +402,7 @@ class Inventory:
                 )
                 copied = cur.rowcount
             if copied != 1:
-                blob = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(
-                    marshal.dumps(state)
-                )
+                blob = encoded if encoded is not None else encode_tree(state)
                 cur.execute(
                     f"INSERT INTO tree_cache (archive_id, format, blob) "
                     f"VALUES ({mark}, {mark}, {mark})",

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from backup.errors import ArchiveNotFound
-from backup.inventory import Archive, Inventory
+from backup.inventory import Archive, Inventory, encode_tree
 
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 
@@ -98,6 +98,11 @@ def test_tree_cache_stands_in_for_the_replay(inventory: Inventory) -> None:
     add(inventory, "b2", T0 + timedelta(days=4), parent="b1", policy="q")
     inventory.cache_tree("b2", {b"z": ("dir", 0, 0o755, 1, 2, 3)}, same_as="b1")
     assert inventory.tree_state("b2") == {b"z": ("dir", 0, 0o755, 1, 2, 3)}
+    # an encoding made by the caller is stored as it is (the state is not encoded again)
+    add(inventory, "b3", T0 + timedelta(days=5), parent="b2", policy="q")
+    made = encode_tree({b"w": ("file", 1, 0o600, 1, 2, 3)})
+    inventory.cache_tree("b3", {b"ignored": ("file", 0, 0, 0, 0, 0)}, encoded=made)
+    assert inventory.tree_state("b3") == {b"w": ("file", 1, 0o600, 1, 2, 3)}
 
 
 def test_damaged_tree_cache_falls_back_to_the_index(inventory: Inventory) -> None:
