@@ -207,6 +207,8 @@ class Inventory:
         Returns:
             How many rows were moved (0 when they were already unpacked).
         """
+        if not archive_ids:
+            return 0
         mark = self._mark
         moved = 0
         with self._cursor() as cur:

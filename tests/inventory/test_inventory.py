@@ -213,6 +213,7 @@ def test_packed_file_index_unpacks_on_first_read(inventory: Inventory) -> None:
         (p, 1, 5) for p in sorted([b"x", bad, b"y"])
     ]
     assert inventory.unpack_file_records(["a1", "a2"]) == 0  # nothing left to move
+    assert inventory.unpack_file_records([]) == 0
     inventory.delete_file_records("a1")
     assert inventory.records("a1") == []
 
