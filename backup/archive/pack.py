@@ -386,7 +386,7 @@ def _pack_into(
                     )  # fmt: skip
                     emit(hdr)
                     offset += len(hdr)
-                    rec.update(type=HARDLINK, link=first, file_size=e.size)
+                    rec.type, rec.link, rec.file_size = HARDLINK, first, e.size
                     res.entries.append(rec)
                     continue
             stream: BinaryIO | None = None  # content from an opener (an object in a bucket)
@@ -416,7 +416,7 @@ def _pack_into(
                 )  # fmt: skip
                 emit(hdr)
                 offset += len(hdr)
-                rec["data_offset"] = offset
+                rec.data_offset = offset
                 h = hashlib.sha256()
                 remaining = size
                 while remaining:
@@ -466,19 +466,20 @@ def _pack_into(
                 res.changed.append(e.path)
             if e.nlink > 1:
                 links[(e.dev, e.ino)] = e.path
-            rec.update(size=size, sha256=h.hexdigest())
+            # attributes, not the dict-like update: this runs once per file
+            rec.size, rec.sha256 = size, h.hexdigest()
         else:
             link, major, minor = b"", 0, 0
             if e.kind == SYMLINK:
                 link = e.link
-                rec["link"] = link
+                rec.link = link
             elif e.kind in (CHR, BLK):
                 try:
                     rdev = os.lstat(e.abspath).st_rdev
                 except OSError:
                     rdev = 0
                 major, minor = os.major(rdev), os.minor(rdev)
-                rec.update(devmajor=major, devminor=minor)
+                rec.devmajor, rec.devminor = major, minor
             hdr = header(
                 e.path, _TYPES[e.kind], 0, perm, e.mtime_ns, e.uid, e.gid, uname, gname,
                 link, major, minor,
