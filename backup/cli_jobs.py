@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.table import Table
 
-from .errors import Error
+from .errors import Error, OptionError
 from .progress import Progress
 from .settings import Settings
 
@@ -401,7 +401,7 @@ def register(cli: click.Group) -> None:
         try:
             window = parse_duration(since)
         except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--since") from None
+            raise OptionError("--since", str(e)) from None
         store = JobStore(obj.inventory)
         now = datetime.now(UTC)
         active = store.jobs(states=ACTIVE, limit=1000)
