@@ -652,7 +652,8 @@ def _restore_request(
                     f"follow it: backup job {job.id} --wait"
                 )
             return
-        job = cli_jobs.follow(store, job.id, _progress(as_json))
+        report = None if as_json else (lambda line: err.print(line, soft_wrap=True, markup=False))
+        job = cli_jobs.follow(store, job.id, _progress(as_json), report=report)
     else:
         if identity is not None:
             obj.settings.identity = identity

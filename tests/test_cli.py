@@ -8,7 +8,7 @@ import json
 import os
 import stat
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ import pytest
 from backup.crypto.age import load_identities
 from backup.engine import run_backup
 from backup.errors import Error
-from backup.inventory import Inventory
+from backup.inventory import Inventory, RetrievalJob
 from backup.jobs import JobStore
 from backup.restore import restore
 from backup.retention import apply_prune, plan_prune
@@ -255,3 +255,56 @@ def test_list_shows_each_object_url_with_the_query_at_the_end(
     assert (
         _object_url("file:///srv/vault/", "p/a.tar.zst.age") == "file:///srv/vault/p/a.tar.zst.age"
     )
+
+
+def test_job_and_status_show_a_late_retrieval(env: Env, inventory: Inventory) -> None:
+    """A request waiting past its class and tier's window says so, with the tier really used
+    (DEEP_ARCHIVE has no Expedited). Time cannot pass in a test: the rows are written as the
+    runner writes them, 13 hours ago. The real path, through workers: tests/workers/test_cold.py."""
+    store = JobStore(inventory)
+    job = store.create("restore", policy="p", state="requested", params={"to": "/srv/r"})
+    assert job is not None and store.cas(job.id, ["requested"], "retrieving")
+    asked = datetime.now(UTC) - timedelta(hours=13)
+    soon = datetime.now(UTC) + timedelta(minutes=20)
+    with inventory.session() as s:
+        s.add_all(
+            [
+                RetrievalJob(
+                    job_id=job.id, target="s3://b/p?storage_class=DEEP_ARCHIVE", ref="a.tar.zst.age",
+                    tier="Expedited", state="pending", requested=asked, next_check=soon,
+                    storage_class="DEEP_ARCHIVE", size=1000,
+                ),
+                RetrievalJob(
+                    job_id=job.id, target="s3://b/p?storage_class=DEEP_ARCHIVE", ref="a.manifest",
+                    tier="Expedited", state="ready", requested=asked, completed=asked,
+                    storage_class="STANDARD", size=0,
+                ),
+            ]
+        )  # fmt: skip
+    proc = cli(env, "job", job.id, "--json")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)["retrieval"]
+    assert (shown["objects"], shown["ready"], shown["bytes"], shown["bytes_ready"]) == (
+        2,
+        1,
+        1000,
+        0,
+    )
+    assert shown["classes"] == [
+        {
+            "storage_class": "DEEP_ARCHIVE",
+            "tier": "Standard",
+            "objects": 1,
+            "ready": 0,
+            "bytes": 1000,
+        },
+        {"storage_class": "STANDARD", "tier": None, "objects": 1, "ready": 1, "bytes": 0},
+    ]
+    # DEEP_ARCHIVE Standard: 6 to 12 hours, so 13 hours on it is late
+    assert _utc(shown["expected_ready"]["latest"]) == asked + timedelta(hours=12)
+    assert shown["expected_ready"]["late"] is True
+    assert _utc(shown["next_check"]) == soon
+    proc = cli(env, "status")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 2 objects ready (DEEP_ARCHIVE Standard 0 of 1, STANDARD 1 of 1)" in proc.stdout
+    assert "(late); next check " in proc.stdout
