@@ -47,7 +47,7 @@ class Error(Exception):
 
 
 class ConfigError(Error):
-    """Configuration error: {}"""
+    """{}"""
 
 
 class OptionError(Error):

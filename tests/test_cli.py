@@ -183,6 +183,10 @@ def test_errors_say_error_once(env: Env) -> None:
     assert str(Error("name the POLICY")) == "name the POLICY"
     line = _one_error_line(cli(env, "restore", "--to", str(env.tmp / "out")))
     assert line == "error: name the POLICY to restore (or --file for an archive file)"
+    # the message names the setting; no "Configuration error" between
+    line = _one_error_line(cli(env, "run", "p", extra_env={"BACKUP_WALK_THREADS": "abc"}))
+    assert line.endswith(": BACKUP_WALK_THREADS must be a whole number from 1 to 64, not 'abc'")
+    assert "rror:" not in line[len("error:") :], line
 
 
 def test_bad_times_are_one_line_naming_the_option(env: Env, inventory: Inventory) -> None:
