@@ -31,7 +31,7 @@ from rich.progress import (
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from .errors import Error
+from .errors import Error, OptionError
 from .policy import Policy, get_policy, load_policies
 from .progress import Progress
 from .settings import Settings
@@ -82,15 +82,25 @@ def _iso(t: datetime | None) -> str | None:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
-def parse_time(text: str) -> datetime:
-    """Parse ``--at``: ISO 8601; a time without a zone is local time."""
+def parse_time(text: str | None, option: str = "--at") -> datetime | None:
+    """Parse a time option such as ``--at``: ISO 8601; a time without a zone is local time.
+
+    Returns:
+        The time, or None when the option was not given.
+
+    Raises:
+        OptionError: naming the option, for any other text; an empty one too (it does not
+            mean "the newest": that is leaving the option out).
+    """
+    if text is None:
+        return None
     try:
         t = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is not an ISO 8601 time such as 2026-11-21T02:00:00Z"
+        return t.astimezone() if t.tzinfo is None else t
+    except (ValueError, OverflowError):
+        raise OptionError(
+            option, f"{text!r} is not an ISO 8601 time such as 2026-11-21T02:00:00Z"
         ) from None
-    return t.astimezone() if t.tzinfo is None else t
 
 
 class Ctx:
@@ -285,6 +295,20 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _object_url(target: str, ref: str) -> str:
+    """Returns: the URL of an object in a target: the target's URL with ``ref`` added to its
+    path, and the target's query (``?storage_class=...``, how the object is stored) after the
+    whole path instead of inside it."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(target)
+    # a vault's reference is KEY#ARCHIVE_ID#TREE_HASH: what follows the key is a fragment,
+    # which a URL puts after its query
+    key, hash_, fragment = ref.partition("#")
+    url = f"{u.scheme}://{u.netloc}{u.path.rstrip('/')}/{key}"
+    return url + (f"?{u.query}" if u.query else "") + hash_ + fragment
+
+
 def _archive_json(a: Archive) -> dict[str, Any]:
     return {
         "id": a.id,
@@ -299,6 +323,7 @@ def _archive_json(a: Archive) -> dict[str, Any]:
         "sha256": a.sha256,
         "target": a.target,
         "location": a.location,
+        "url": _object_url(a.target, a.location),
         "manifest": a.manifest_location,
         "unreadable": len(json.loads(a.unreadable or "[]")),
     }
@@ -328,7 +353,7 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
             _iso(a.created) or "",
             _size(a.size_stored),
             str(a.entries),
-            f"{a.target.rstrip('/')}/{a.location}",
+            _object_url(a.target, a.location),
         ]
         if all_states:
             cells.append(a.state)
@@ -471,6 +496,7 @@ def restore(
     """
     from . import restore as r
 
+    parse_time(at)  # a bad --at is reported before anything is opened or requested
     into_bucket = to.startswith("s3://")
     if into_bucket and not dry_run and not (obj.settings.broker_url or notify):
         from .snapshots.cli import restore_into_bucket
@@ -492,7 +518,7 @@ def restore(
         )  # fmt: skip
     identities = r.identities_from(identity or obj.settings.identity)
     if file is not None:
-        if policy or at or archive_id:
+        if policy or at is not None or archive_id:
             raise Error("--file restores one file; it takes no POLICY, --at or --archive")
         res = r.restore_file(
             file,
@@ -511,7 +537,7 @@ def restore(
             obj.inventory,
             dest,
             identities,
-            at=parse_time(at) if at else None,
+            at=parse_time(at),
             archive_id=archive_id,
             include=include,
             force=force,
@@ -543,9 +569,7 @@ def _restore_plan(
     from .coldplan import archives_for_restore, plan_restore
     from .restore import resolve_archive
 
-    head = resolve_archive(
-        obj.inventory, policy, at=parse_time(at) if at else None, archive_id=archive_id
-    )
+    head = resolve_archive(obj.inventory, policy, at=parse_time(at), archive_id=archive_id)
     archives = archives_for_restore(obj.inventory, archive_ids=[head.id])
     pol = obj.policies.get(policy)
     plan = plan_restore(
@@ -606,9 +630,7 @@ def _restore_request(
         raise Error("name the POLICY to restore")
     if str(to).startswith("s3://") and obj.policy(policy).source is None:
         raise Error(f"policy {policy!r} backs up local paths; restore it --to a directory")
-    archive = resolve_archive(
-        obj.inventory, policy, at=parse_time(at) if at else None, archive_id=archive_id
-    )
+    archive = resolve_archive(obj.inventory, policy, at=parse_time(at), archive_id=archive_id)
     params: dict[str, Any] = {
         "archive_id": archive.id,
         "to": str(to),
@@ -630,7 +652,8 @@ def _restore_request(
                     f"follow it: backup job {job.id} --wait"
                 )
             return
-        job = cli_jobs.follow(store, job.id, _progress(as_json))
+        report = None if as_json else (lambda line: err.print(line, soft_wrap=True, markup=False))
+        job = cli_jobs.follow(store, job.id, _progress(as_json), report=report)
     else:
         if identity is not None:
             obj.settings.identity = identity

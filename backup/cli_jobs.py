@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.table import Table
 
-from .errors import Error
+from .errors import Error, OptionError
 from .progress import Progress
 from .settings import Settings
 
@@ -106,8 +106,23 @@ def inline_runner(obj: Any) -> Runner:
 # following a job ----------------------------------------------------------------------------
 
 
-def follow(store: JobStore, job_id: str, progress: Progress, interval: float = 0.5) -> Job:
+def follow(
+    store: JobStore,
+    job_id: str,
+    progress: Progress,
+    interval: float = 0.5,
+    report: Callable[[str], None] | None = None,
+) -> Job:
     """Show a queued job's progress until it ends.
+
+    Args:
+        store: the job store.
+        job_id: the job.
+        progress: the progress bar of the phases that move bytes.
+        interval: seconds between looks at the job.
+        report: told a line when the job changes phase, and, while a restore waits on cold
+            storage, whenever its retrievals move (one ready, or checked again): a wait of
+            hours shows it is alive.
 
     Returns:
         The job in its final state.
@@ -116,8 +131,15 @@ def follow(store: JobStore, job_id: str, progress: Progress, interval: float = 0
 
     state = None
     started = False
+    said = ""
     while True:
         job = store.get(job_id)
+        if report is not None and job.kind == "restore" and job.state not in TERMINAL:
+            rp = retrieval_progress(store, job)
+            line = f"{job.id} {job.state}" + (f": {retrieval_text(rp)}" if rp else "")
+            if line != said:
+                report(line)
+                said = line
         if job.state != state:
             state = job.state
             if started:
@@ -135,6 +157,85 @@ def follow(store: JobStore, job_id: str, progress: Progress, interval: float = 0
                 progress.finish()
             return job
         time.sleep(interval)
+
+
+def retrieval_progress(
+    store: JobStore, job: Job, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """Where a restore request's retrievals stand, from its RetrievalJob rows.
+
+    Returns:
+        Objects ready of total (and bytes), the same by storage class and tier, when every
+        object still pending is expected to be ready (the window of its class and tier from
+        its request; ``late`` once that has passed), and the earliest next status check.
+        None for a job that has requested no retrieval.
+    """
+    from .cli import _iso
+    from .coldplan import COLD_CLASSES, effective_tier, expected_ready
+
+    rows = store.retrievals(job.id)
+    if not rows:
+        return None
+    now = now or datetime.now(UTC)
+    groups: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for r in rows:
+        cls = r.storage_class or "unknown"
+        # a tier means something for a thaw only (a hot object is read as it is), and the
+        # one shown is the one used (DEEP_ARCHIVE has no Expedited: Standard is used)
+        tier = effective_tier(cls, r.tier or "Standard") if cls in COLD_CLASSES else None
+        g = groups.setdefault(
+            (cls, tier),
+            {"storage_class": cls, "tier": tier, "objects": 0, "ready": 0, "bytes": 0},
+        )
+        g["objects"] += 1
+        g["ready"] += r.state == "ready"
+        g["bytes"] += r.size
+    pending = [r for r in rows if r.state != "ready"]
+    windows = []
+    for r in pending:
+        if r.storage_class in COLD_CLASSES:
+            first, last = expected_ready(r.storage_class, r.tier or "Standard")
+            windows.append((r.requested + first, r.requested + last))
+    checks = [r.next_check for r in pending if r.next_check is not None]
+    expected = None
+    if windows:
+        # the request is ready when its last object is
+        latest = max(w[1] for w in windows)
+        expected = {
+            "earliest": _iso(max(w[0] for w in windows)),
+            "latest": _iso(latest),
+            "late": now > latest,
+        }
+    return {
+        "objects": len(rows),
+        "ready": sum(r.state == "ready" for r in rows),
+        "bytes": sum(r.size for r in rows),
+        "bytes_ready": sum(r.size for r in rows if r.state == "ready"),
+        "classes": list(groups.values()),
+        "expected_ready": expected,
+        "next_check": _iso(min(checks)) if checks else None,
+    }
+
+
+def retrieval_text(p: dict[str, Any]) -> str:
+    """Returns: :func:`retrieval_progress` in one line (times to the second)."""
+
+    def t(iso: str) -> str:
+        return re.sub(r"\.\d+Z$", "Z", iso)
+
+    classes = ", ".join(
+        f"{g['storage_class']}{' ' + g['tier'] if g['tier'] else ''} {g['ready']} of {g['objects']}"
+        for g in p["classes"]
+    )
+    text = f"{p['ready']} of {p['objects']} objects ready ({classes})"
+    exp = p["expected_ready"]
+    if exp:
+        text += f"; expected ready {t(exp['earliest'])} to {t(exp['latest'])}"
+        if exp["late"]:
+            text += " (late)"
+    if p["next_check"]:
+        text += f"; next check {t(p['next_check'])}"
+    return text
 
 
 def _job_json(j: Job) -> dict[str, Any]:
@@ -279,7 +380,7 @@ def _worker_options(f: F) -> F:
 
 def register(cli: click.Group) -> None:
     """Add the worker commands to the ``backup`` group."""
-    from .cli import _dump, _handled, _iso, _size, _table, out
+    from .cli import _dump, _handled, _iso, _size, _table, err, out
 
     all_queues = "pack,restore,poll,notify,default"
 
@@ -401,7 +502,7 @@ def register(cli: click.Group) -> None:
         try:
             window = parse_duration(since)
         except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--since") from None
+            raise OptionError("--since", str(e)) from None
         store = JobStore(obj.inventory)
         now = datetime.now(UTC)
         active = store.jobs(states=ACTIVE, limit=1000)
@@ -419,7 +520,9 @@ def register(cli: click.Group) -> None:
             "running": [_job_json(j) for j in active if j.state in RUNNING],
             "queued": [_job_json(j) for j in active if j.kind == "backup" and j.state == "queued"],
             "restores": [
-                _job_json(j) for j in active if j.kind == "restore" and j.state not in RUNNING
+                dict(_job_json(j), retrieval=retrieval_progress(store, j, now))
+                for j in active
+                if j.kind == "restore" and j.state not in RUNNING
             ],
             "failed": [_job_json(j) for j in ended if j.state == "failed"],
             "recent": [_job_json(j) for j in ended if j.state != "failed"],
@@ -456,6 +559,9 @@ def register(cli: click.Group) -> None:
                     ex += f" on {j.worker}"
                 elif extra == "error":
                     ex = j.error or ""
+                elif extra == "retrieval":
+                    rp = retrieval_progress(store, j, now)
+                    ex = retrieval_text(rp) if rp else "-"
                 else:
                     r = json.loads(j.result or "{}")
                     ex = r.get("archive_id") or r.get("destination") or (j.error or "")
@@ -467,7 +573,7 @@ def register(cli: click.Group) -> None:
         table(
             "restore requests",
             [j for j in active if j.kind == "restore" and j.state not in RUNNING],
-            "detail",
+            "retrieval",
         )
         table("failed", [j for j in ended if j.state == "failed"], "error")
         table(f"finished in the last {since}", [j for j in ended if j.state != "failed"], "detail")
@@ -488,12 +594,19 @@ def register(cli: click.Group) -> None:
         store = JobStore(obj.inventory)
         j = store.get(job_id)
         if wait:
-            j = follow(store, j.id, _progress(as_json))
+            report = (
+                None if as_json else (lambda line: err.print(line, soft_wrap=True, markup=False))
+            )
+            j = follow(store, j.id, _progress(as_json), report=report)
         d = _job_json(j)
+        if j.kind == "restore":
+            d["retrieval"] = retrieval_progress(store, j)
         if as_json:
             _dump(d)
         else:
             for k, v in d.items():
+                if k == "retrieval" and v:
+                    v = retrieval_text(v)
                 if v not in (None, {}, []):
                     out.print(f"{k:>14}: {v if not isinstance(v, dict | list) else json.dumps(v)}")
         if wait and j.state == "failed":

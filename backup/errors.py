@@ -16,6 +16,7 @@ __all__ = [
     "IdentityError",
     "NoArchiveAt",
     "ObjectNotFound",
+    "OptionError",
     "PolicyError",
     "RestoreDestinationNotEmpty",
     "RestoreError",
@@ -28,7 +29,7 @@ __all__ = [
 
 
 class Error(Exception):
-    """Error: {}"""
+    """{}"""
 
     #: process exit code the CLI uses for this error
     exit_code = 1
@@ -46,7 +47,11 @@ class Error(Exception):
 
 
 class ConfigError(Error):
-    """Configuration error: {}"""
+    """{}"""
+
+
+class OptionError(Error):
+    """{}: {}"""
 
 
 class PolicyError(Error):

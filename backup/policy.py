@@ -16,7 +16,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import PolicyError
 
@@ -40,7 +48,7 @@ def parse_duration(text: str) -> timedelta:
     """Parse ``"7d"``, ``"12h"``, ``"2w"``, ``"30m"`` or ``"90s"``.
 
     Args:
-        text: a whole number followed by one unit letter.
+        text: a whole number above zero followed by one unit letter.
 
     Returns:
         The duration.
@@ -51,7 +59,34 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"{text!r} is not a duration like '7d', '12h', '2w', '30m' or '90s'")
-    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    digits = m.group(1).lstrip("0")
+    if not digits:
+        raise ValueError(f"{text!r} is zero; give a duration above zero, like '7d' or '12h'")
+    try:
+        # the length check first: int() of thousands of digits is itself an error
+        if len(digits) > 12:
+            raise OverflowError
+        return timedelta(**{_UNITS[m.group(2)]: int(digits)})
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
+
+
+def _duration(v: Any) -> Any:
+    # a bare number would be read as seconds by pydantic: `full_every = 7` meant days
+    if isinstance(v, str):
+        return parse_duration(v)
+    if isinstance(v, timedelta) and v > timedelta(0):
+        return v
+    if isinstance(v, timedelta):
+        raise ValueError("must be a duration above zero")
+    raise ValueError(
+        f"{v!r} is not a duration; write a number and its unit in quotes, "
+        'like "7d", "12h", "2w", "30m" or "90s"'
+    )
+
+
+#: a duration in a policy file: a quoted number and unit, above zero
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 NonNegative = Annotated[int, Field(ge=0)]
@@ -104,7 +139,7 @@ class ObjectLockRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: str
-    retain: timedelta
+    retain: Duration
 
     @field_validator("mode")
     @classmethod
@@ -113,13 +148,12 @@ class ObjectLockRule(BaseModel):
             raise ValueError(f"{v!r} is not an Object Lock mode: use GOVERNANCE or COMPLIANCE")
         return v.upper()
 
-    @field_validator("retain", mode="before")
+    @field_validator("retain")
     @classmethod
-    def _retain(cls, v: Any) -> Any:
-        d = parse_duration(v) if isinstance(v, str) else v
-        if isinstance(d, timedelta) and d < timedelta(days=1):
+    def _retain(cls, v: timedelta) -> timedelta:
+        if v < timedelta(days=1):
             raise ValueError("must be at least one day (S3 retains in whole days)")
-        return d
+        return v
 
 
 class Drill(BaseModel):
@@ -132,13 +166,8 @@ class Drill(BaseModel):
 
     bucket: str = "{bucket}-drill-{date}{time}"
     check: str
-    keep_for: timedelta = timedelta(days=1)
-    timeout: timedelta = timedelta(hours=1)
-
-    @field_validator("keep_for", "timeout", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> Any:
-        return parse_duration(v) if isinstance(v, str) else v
+    keep_for: Duration = timedelta(days=1)
+    timeout: Duration = timedelta(hours=1)
 
 
 class Policy(BaseModel):
@@ -155,7 +184,7 @@ class Policy(BaseModel):
     recipients: list[str] = Field(min_length=1)
     schedule: str | None = None
     timezone: str = "UTC"
-    full_every: timedelta = timedelta(days=7)
+    full_every: Duration = timedelta(days=7)
     compression_level: int = Field(default=3, ge=1, le=22)
     retention: Retention = Retention()
     catch_up: bool = False
@@ -195,11 +224,6 @@ class Policy(BaseModel):
                 "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
         return v
-
-    @field_validator("full_every", mode="before")
-    @classmethod
-    def _full_every(cls, v: Any) -> Any:
-        return parse_duration(v) if isinstance(v, str) else v
 
     @field_validator("schedule")
     @classmethod

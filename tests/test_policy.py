@@ -61,6 +61,15 @@ def test_retention_and_multiple_sources(tmp_path: Path) -> None:
         ),
         (good(colour='"blue"'), ["'home'", "colour", "Extra inputs"]),
         (good(full_every='"weekly"'), ["full_every", "'weekly'", "7d"]),
+        # a bare number has no unit: pydantic would read it as seconds
+        (good(full_every="7"), ["'home'", "full_every", "7 is not a duration", '"7d"']),
+        (good(full_every="7.5"), ["full_every", "7.5 is not a duration"]),
+        (good(full_every='"0d"'), ["'home'", "full_every", "'0d' is zero"]),
+        (good(full_every='"99999999999999w"'), ["full_every", "too long"]),
+        (
+            good() + '[policy.object_lock]\nmode = "GOVERNANCE"\nretain = 30\n',
+            ["object_lock.retain", "30 is not a duration"],
+        ),
         (good(compression_level="40"), ["compression_level"]),
         (good().replace(RCPT, "age1notarecipient"), ["'home'", "recipients"]),
         (
@@ -114,7 +123,21 @@ def test_parse_duration(text: str, delta: timedelta) -> None:
     assert parse_duration(text) == delta
 
 
-@pytest.mark.parametrize("text", ["", "7", "d", "7 days", "-1d", "1.5h"])
+@pytest.mark.parametrize(
+    "text", ["", "7", "d", "7 days", "-1d", "1.5h", "0d", "00s", "9" * 5000 + "d"]
+)
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_drill_durations_need_a_unit(tmp_path: Path) -> None:
+    body = (
+        good().replace('sources = ["/srv/data"]', 'source = "s3://media"')
+        + 'actions = ["fork"]\n[policy.drill]\ncheck = "true"\nkeep_for = 3600\n'
+    )
+    with pytest.raises(PolicyError) as e:
+        load_policies(write(tmp_path, body))
+    assert "drill.keep_for: 3600 is not a duration" in str(e.value)
+    pol = load_policies(write(tmp_path, body.replace("keep_for = 3600", 'keep_for = "1h"')))
+    assert pol["home"].drill is not None and pol["home"].drill.keep_for == timedelta(hours=1)

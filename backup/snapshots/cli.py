@@ -417,7 +417,7 @@ def restore_into_bucket(
         obj.inventory,
         dest_url,
         r.identities_from(identity or obj.settings.identity),
-        at=parse_time(at) if at else None,
+        at=parse_time(at),
         archive_id=archive_id,
         include=include,
         in_place=in_place,

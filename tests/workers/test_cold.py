@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from tests.conftest import MotoServer, snapshot_tree, write_policy
 from tests.servers import Receiver
 from tests.targets.s3util import new_bucket, set_restore_transition
-from tests.workers.conftest import Cluster, wait_for
+from tests.workers.conftest import Cluster, Proc, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +102,7 @@ def test_deep_archive_restore_waits_in_retrieving_then_completes_and_notifies(
     assert {r.tier for r in rows} == {"Bulk"}
     assert store.get(req["job"]).state == "retrieving"
     assert not dest.exists() and receiver.requests == []
+    follower = _shows_retrieval_progress(cluster, req["job"], rows)
     # moto finishes the restores: the next check sees them ready, and the worker extracts
     set_restore_transition(moto_restores.endpoint, {"progression": "immediate"})
     job = wait_for(
@@ -114,3 +116,45 @@ def test_deep_archive_restore_waits_in_retrieving_then_completes_and_notifies(
     assert str(dest) in receiver.requests[0][2]["message"]
     status = json.loads(cluster.cli("status", "--json").stdout)
     assert req["job"] in {j["id"] for j in status["recent"]}
+    # `backup job ID --wait` said how the wait went, and ended with the job
+    assert follower.popen.wait(timeout=60) == 0, follower.text()
+    said = follower.text()
+    assert f"{req['job']} retrieving: 3 of 6 objects ready" in said, said
+    assert f"{req['job']} extracting" in said and "state: done" in said, said
+
+
+def _utc(text: str) -> datetime:
+    assert text.endswith("Z"), text
+    return datetime.fromisoformat(text)
+
+
+def _shows_retrieval_progress(cluster: Cluster, job_id: str, rows: list[Any]) -> Proc:
+    """While a restore waits on DEEP_ARCHIVE: ``backup job ID`` and ``backup status`` give
+    objects ready of total by class and tier, the expected ready time and the next check;
+    ``backup job ID --wait`` prints them as they move. Returns the running follower."""
+    shown = json.loads(cluster.cli("job", job_id, "--json").stdout)["retrieval"]
+    # three archives being thawed, and their three manifests, which are hot and ready
+    assert (shown["objects"], shown["ready"]) == (6, 3)
+    assert sorted(
+        (c["storage_class"], c["tier"], c["ready"], c["objects"]) for c in shown["classes"]
+    ) == [
+        ("DEEP_ARCHIVE", "Bulk", 0, 3),
+        ("STANDARD", None, 3, 3),
+    ]
+    asked = max(r.requested for r in rows)
+    # DEEP_ARCHIVE Bulk: 24 to 48 hours from the request
+    assert _utc(shown["expected_ready"]["earliest"]) == asked + timedelta(hours=24)
+    assert _utc(shown["expected_ready"]["latest"]) == asked + timedelta(hours=48)
+    assert shown["expected_ready"]["late"] is False
+    assert _utc(shown["next_check"]) <= datetime.now(UTC) + timedelta(seconds=5)
+    text = cluster.cli("job", job_id).stdout
+    assert "3 of 6 objects ready (DEEP_ARCHIVE Bulk 0 of 3, STANDARD 3 of 3)" in text, text
+    day = (asked + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"expected ready {day} to " in text, text
+    status = json.loads(cluster.cli("status", "--json").stdout)
+    [pending] = [j for j in status["restores"] if j["id"] == job_id]
+    assert pending["retrieval"]["ready"] == 3 and pending["retrieval"]["objects"] == 6
+    assert "DEEP_ARCHIVE Bulk 0 of 3" in cluster.cli("status").stdout
+    follower = cluster.start("job", job_id, "--wait", name="follower")
+    wait_for(lambda: "next check" in follower.text(), 30, "the follower to print progress")
+    return follower
