@@ -839,6 +839,8 @@ def inventory_sync(
         return
     click.echo(f"{target_url}: vault inventory of {_iso(result.inventory_date)}")
     click.echo(f"  {result.matched} object(s) in both")
+    for aid, key, _ref in result.repaired:
+        click.echo(f"  archive id recorded:   {aid}  {key}")
     for v in result.only_in_vault:
         click.echo(f"  only in the vault:     {v.key}  ({v.size} bytes, id {v.archive_id})")
     for aid, ref in result.only_in_inventory:
