@@ -604,6 +604,12 @@ def _restore_request(
 
     if policy is None:
         raise Error("name the POLICY to restore")
+    if identity is not None and obj.settings.broker_url:
+        raise Error(
+            "--identity is not used by a queued restore: the restore workers decrypt with "
+            "their own BACKUP_IDENTITY (secrets never travel through the broker); drop "
+            "--identity, or unset BACKUP_BROKER_URL to run this restore here with it"
+        )
     if str(to).startswith("s3://") and obj.policy(policy).source is None:
         raise Error(f"policy {policy!r} backs up local paths; restore it --to a directory")
     archive = resolve_archive(
@@ -653,6 +659,12 @@ def _restore_request(
     if as_json:
         res["job"] = job.id
         _dump(res)
+    elif "unchanged" in res:  # into a bucket
+        click.echo(
+            f"restored into {res['destination']}: {res['files']} objects written, "
+            f"{res['unchanged']} unchanged, {res['deleted']} delete markers, "
+            f"{_size(res['bytes'])} from {len(res['archives'])} archive(s)"
+        )
     else:
         click.echo(
             f"restored {res['files']} files ({_size(res['bytes'])}) from "
