@@ -50,7 +50,8 @@ log = logging.getLogger("backup.runner")
 #: Celery task name -> queue (before the settings' prefix)
 TASK_QUEUES = {
     "backup.run": "pack",
-    "backup.start_restore": "default",
+    # the restore hosts: a restore's start proves their identity before any retrieval
+    "backup.start_restore": "restore",
     "backup.extract": "restore",
     "backup.poll": "poll",
     "backup.notify": "notify",
