@@ -178,6 +178,7 @@ def test_glacier_vault_restore_through_workers_and_sync_agrees(
     rows = store.retrievals(req["job"])
     assert len(rows) == 4 and {r.state for r in rows} == {"ready"}
     assert all(r.remote_job_id and r.storage_class == "VAULT" for r in rows)
+    assert all(r.checks >= 1 for r in rows)  # started pending, found ready by the poller
     started = [j for j in glacier.list_jobs(vaultName=vault)["JobList"]]
     assert {j["ArchiveId"] for j in started} == {
         parse_ref(f"glacier://{vault}", r.ref)[1] for r in rows
