@@ -628,6 +628,12 @@ def _restore_request(
 
     if policy is None:
         raise Error("name the POLICY to restore")
+    if identity is not None and obj.settings.broker_url:
+        raise Error(
+            "--identity is not used by a queued restore: the restore workers decrypt with "
+            "their own BACKUP_IDENTITY (secrets never travel through the broker); drop "
+            "--identity, or unset BACKUP_BROKER_URL to run this restore here with it"
+        )
     if str(to).startswith("s3://") and obj.policy(policy).source is None:
         raise Error(f"policy {policy!r} backs up local paths; restore it --to a directory")
     archive = resolve_archive(obj.inventory, policy, at=parse_time(at), archive_id=archive_id)
@@ -676,6 +682,12 @@ def _restore_request(
     if as_json:
         res["job"] = job.id
         _dump(res)
+    elif "unchanged" in res:  # into a bucket
+        click.echo(
+            f"restored into {res['destination']}: {res['files']} objects written, "
+            f"{res['unchanged']} unchanged, {res['deleted']} delete markers, "
+            f"{_size(res['bytes'])} from {len(res['archives'])} archive(s)"
+        )
     else:
         click.echo(
             f"restored {res['files']} files ({_size(res['bytes'])}) from "
@@ -862,6 +874,8 @@ def inventory_sync(
         return
     click.echo(f"{target_url}: vault inventory of {_iso(result.inventory_date)}")
     click.echo(f"  {result.matched} object(s) in both")
+    for aid, key, _ref in result.repaired:
+        click.echo(f"  archive id recorded:   {aid}  {key}")
     for v in result.only_in_vault:
         click.echo(f"  only in the vault:     {v.key}  ({v.size} bytes, id {v.archive_id})")
     for aid, ref in result.only_in_inventory:

@@ -285,6 +285,9 @@ def _run_backup(
         inventory.update_archive(
             archive_id,
             state="complete",
+            # what the target names the objects by (a vault's archive ids, not the keys)
+            location=committed[0],
+            manifest_location=committed[1],
             finished=datetime.now(UTC),
             size_in=res.size_in,
             size_tar=res.size_tar,

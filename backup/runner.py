@@ -50,7 +50,8 @@ log = logging.getLogger("backup.runner")
 #: Celery task name -> queue (before the settings' prefix)
 TASK_QUEUES = {
     "backup.run": "pack",
-    "backup.start_restore": "default",
+    # the restore hosts: a restore's start proves their identity before any retrieval
+    "backup.start_restore": "restore",
     "backup.extract": "restore",
     "backup.poll": "poll",
     "backup.notify": "notify",
@@ -327,6 +328,17 @@ class Runner:
         params = json.loads(job.params)
         try:
             chain = self.inventory.chain(params["archive_id"])
+            # a retrieval takes hours and is paid for: what would fail the restore when the
+            # data arrives is found first
+            if str(params["to"]).startswith("s3://"):
+                from .snapshots.source import check_bucket_destination
+
+                check_bucket_destination(
+                    self.policies()[job.policy or ""],
+                    params["to"],
+                    in_place=bool(params.get("in_place")),
+                )
+            self._prove_identity(chain)
             tier = params.get("tier")
             rows: list[RetrievalJob] = []
             now = _now()
@@ -347,6 +359,37 @@ class Runner:
             return "failed"
         self._ready_if_all(job.id)
         return store.get(job.id).state
+
+    def _prove_identity(self, chain: list[Archive]) -> None:
+        """Decrypt the manifest of every archive of a restore with the identity the
+        extraction will use. Manifests are kept hot, so this costs no retrieval; a vault's
+        manifest needs one too and is proved when read.
+
+        Raises:
+            IdentityError: no identity, an unreadable one, or one that is not a recipient.
+        """
+        from .crypto.age import NoIdentityMatch
+        from .errors import IdentityError
+        from .restore import identities_from, read_manifest
+
+        path = self.settings.identity
+        if path is None:
+            raise IdentityError(
+                f"no identity to decrypt with: BACKUP_IDENTITY is not set where the restore "
+                f"runs ({self.worker}); nothing was retrieved"
+            )
+        identities = identities_from(path)
+        for a in chain:
+            target = open_target(a.target)
+            if target.retrieval_status(a.manifest_location).state is not Readiness.READY:
+                continue
+            try:
+                read_manifest(target, a, identities)
+            except NoIdentityMatch:
+                raise IdentityError(
+                    f"the identity in {path} (on {self.worker}) is not a recipient of archive "
+                    f"{a.id}: it cannot decrypt it; nothing was retrieved"
+                ) from None
 
     def _retrieval_row(
         self,
@@ -539,6 +582,7 @@ class Runner:
 
         def work() -> tuple[dict[str, Any], int]:
             policy = self.policies()[job.policy or ""]
+            t0 = time.monotonic()
             with self._heartbeat(job.id, jp):
                 res = restore_to_bucket(
                     policy,
@@ -557,6 +601,7 @@ class Runner:
                 "unchanged": res.unchanged,
                 "deleted": res.deleted,
                 "bytes": res.bytes,
+                "seconds": round(time.monotonic() - t0, 3),
                 "destination": res.destination,
             }
             return result, res.bytes

@@ -107,3 +107,44 @@ def test_reconcile_without_an_inventory_date_reports_every_missing_ref() -> None
     rows = [row("X", url, "k#aid1", "m#aid2", datetime(2030, 1, 1, tzinfo=UTC))]
     rep = reconcile(rows, url, None, [])
     assert rep.only_in_inventory == [("X", "k#aid1"), ("X", "m#aid2")] and rep.too_new == []
+
+
+def test_backups_record_vault_ids_and_sync_repairs_rows_that_hold_only_keys(
+    vault: GlacierTarget, aws_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backup.crypto.age import X25519Identity
+    from backup.engine import run_backup
+    from backup.policy import load_policies
+    from backup.targets import Readiness
+    from tests.conftest import write_policy
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("hello\n")
+    config = tmp_path / "policies.toml"
+    recipient = X25519Identity.generate().recipient().to_string()
+    write_policy(config, name="p", sources=[str(src)], target=vault.url, recipients=[recipient])
+    inv_url = f"sqlite:///{tmp_path / 'inv.db'}"
+    monkeypatch.setenv("BACKUP_INVENTORY_URL", inv_url)
+    inv = Inventory(inv_url)
+    a = run_backup(load_policies(config)["p"], inv).archive
+    # what the vault named the objects is recorded, so a retrieval asks for the right one
+    for ref in (a.location, a.manifest_location):
+        assert vault.request_retrieval(ref, tier="Expedited").state is Readiness.PENDING
+    # a row written before the ids were kept holds only the keys
+    old = store(vault, "p/OLD.tar.zst.age", b"old archive")
+    old_m = store(vault, "p/OLD.manifest.json.zst.age", b"old manifest")
+    past = datetime.now(UTC) - timedelta(days=1)
+    inv.add_archive(row("OLD", vault.url, "p/OLD.tar.zst.age", "p/OLD.manifest.json.zst.age", past))
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["inventory", "sync", vault.url, "--poll", "0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["consistent"] and rep["matched"] == 4, rep
+    assert {(x["archive"], x["ref"]) for x in rep["repaired"]} == {("OLD", old), ("OLD", old_m)}
+    fixed = inv.get("OLD")
+    assert (fixed.location, fixed.manifest_location) == (old, old_m)
+    r = runner.invoke(cli, ["inventory", "sync", vault.url, "--poll", "0.5", "--json"])
+    rep = json.loads(r.output)
+    assert rep["consistent"] and rep["matched"] == 4 and rep["repaired"] == []

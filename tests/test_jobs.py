@@ -155,10 +155,10 @@ def test_restore_request_runs_through_its_states(
         "restore", policy="p", state="requested", params={"archive_id": aid, "to": str(to)}
     )
     assert req is not None
+    runner.settings.identity = env.key.path  # proved on the manifest before any retrieval
     assert runner.start_restore(req.id) == "ready"  # a file target is ready at once
     assert sent[-1] == ("backup.extract", req.id)
     assert [r.state for r in runner.store.retrievals(req.id)] == ["ready", "ready"]
-    runner.settings.identity = env.key.path
     assert runner.extract(req.id) == "done"
     assert runner.extract(req.id) == "done"  # delivered twice: nothing more happens
     assert tree_snapshot(to) == tree_snapshot(env.source)

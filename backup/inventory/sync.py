@@ -9,6 +9,10 @@ the inventory's archives in that target:
   description) that the inventory does not know, and foreign archives, listed apart;
 - in the inventory, not in the vault: archive or manifest objects the vault does not have,
   unless they were written after the vault's inventory date (too new to tell).
+
+An inventory row that holds only an object's key (what was recorded for vault archives
+before the vault's archive ids were kept) is matched by the key in the archive's
+description, and the row is given the vault's reference, so the archive can be restored.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import TargetError
-from ..targets.glacier import GlacierTarget, parse_description, parse_ref
+from ..targets.glacier import (
+    GlacierTarget,
+    format_ref,
+    parse_description,
+    parse_ref,
+    vault_error,
+)
 from . import Archive, Inventory
 
 __all__ = [
@@ -70,6 +80,8 @@ class SyncReport:
         foreign: archives in the vault not written by this product.
         only_in_inventory: (archive id, reference) the vault lacks.
         too_new: (archive id, reference) written after the vault's inventory date.
+        repaired: (archive id, recorded key, the vault's reference) for rows that held only
+            the key: matched by the archive's description.
     """
 
     target: str
@@ -79,6 +91,7 @@ class SyncReport:
     foreign: list[VaultArchive] = field(default_factory=list)
     only_in_inventory: list[tuple[str, str]] = field(default_factory=list)
     too_new: list[tuple[str, str]] = field(default_factory=list)
+    repaired: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def consistent(self) -> bool:
@@ -106,6 +119,7 @@ class SyncReport:
             "foreign": [va(v) for v in self.foreign],
             "only_in_inventory": [{"archive": a, "ref": r} for a, r in self.only_in_inventory],
             "too_new": [{"archive": a, "ref": r} for a, r in self.too_new],
+            "repaired": [{"archive": a, "key": k, "ref": r} for a, k, r in self.repaired],
         }
 
 
@@ -143,7 +157,7 @@ def start_inventory_job(target: GlacierTarget) -> str:
             jobParameters={"Type": "inventory-retrieval", "Format": "JSON"},
         )
     except (ClientError, BotoCoreError) as e:
-        raise TargetError(target.url, f"cannot start an inventory job: {e}") from e
+        raise TargetError(target.url, f"cannot start an inventory job: {vault_error(e)}") from e
     return resp["jobId"]
 
 
@@ -154,7 +168,9 @@ def inventory_job_status(target: GlacierTarget, job_id: str) -> str:
             accountId=target.account, vaultName=target.vault, jobId=job_id
         )
     except (ClientError, BotoCoreError) as e:
-        raise TargetError(target.url, f"cannot describe inventory job {job_id}: {e}") from e
+        raise TargetError(
+            target.url, f"cannot describe inventory job {job_id}: {vault_error(e)}"
+        ) from e
     return str(job.get("StatusCode", "InProgress"))
 
 
@@ -175,7 +191,9 @@ def fetch_inventory(
         )
         doc = json.loads(resp["body"].read())
     except (ClientError, BotoCoreError, ValueError) as e:
-        raise TargetError(target.url, f"cannot read inventory job {job_id}: {e}") from e
+        raise TargetError(
+            target.url, f"cannot read inventory job {job_id}: {vault_error(e)}"
+        ) from e
     out = []
     for a in doc.get("ArchiveList", []):
         desc = str(a.get("ArchiveDescription") or "")
@@ -212,12 +230,25 @@ def reconcile(
     """
     report = SyncReport(target_url, inventory_date)
     in_vault = {v.archive_id: v for v in vault}
+    by_key: dict[str, list[VaultArchive]] = {}
+    for v in vault:
+        if v.key is not None:
+            by_key.setdefault(v.key, []).append(v)
     known: set[str] = set()
     for a in inventory_archives:
         if a.target != target_url:
             continue
         for ref in (a.location, a.manifest_location):
-            aid = parse_ref(target_url, ref)[1]
+            if "#" not in ref and ref in by_key:
+                # only the key was recorded: the newest archive the vault holds under it
+                v = max(by_key[ref], key=lambda v: v.created or datetime.min.replace(tzinfo=UTC))
+                new = format_ref(ref, v.archive_id, v.tree_hash or "")
+                report.repaired.append((a.id, ref, new))
+                ref = new
+            try:
+                aid = parse_ref(target_url, ref)[1]
+            except TargetError:  # a key the vault's inventory does not hold (yet)
+                aid = ref
             known.add(aid)
             if aid in in_vault:
                 report.matched += 1
@@ -280,10 +311,17 @@ def sync_vault(
     date, archives = fetch_inventory(target, job_id)
     rows = [a for a in inventory.archives(None) if a.target == target.url]
     report = reconcile(rows, target.url, date, archives)
+    for archive_id, key, ref in report.repaired:
+        row = inventory.get(archive_id)
+        fields = {
+            name: ref for name in ("location", "manifest_location") if getattr(row, name) == key
+        }
+        inventory.update_archive(archive_id, **fields)
     inventory.log(
         "inventory-sync",
         f"{target.url}: {report.matched} matched, {len(report.only_in_vault)} only in the "
-        f"vault, {len(report.only_in_inventory)} only in the inventory",
+        f"vault, {len(report.only_in_inventory)} only in the inventory, "
+        f"{len(report.repaired)} archive id(s) recorded",
         level="info" if report.consistent else "warning",
     )
     return report

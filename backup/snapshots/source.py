@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import urllib3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ..archive.scan import DIR, FILE, Entry, ScanResult, Unreadable, compile_excludes
 from ..errors import SnapshotError
@@ -57,6 +57,7 @@ __all__ = [
     "BucketRestoreResult",
     "archive_bucket",
     "bucket_scan",
+    "check_bucket_destination",
     "restore_to_bucket",
 ]
 
@@ -315,6 +316,61 @@ class BucketRestoreResult:
     bytes: int = 0
 
 
+def check_bucket_destination(
+    policy: Policy, dest_url: str, *, in_place: bool = False, client: Any = None
+) -> tuple[str, str]:
+    """Check where a bucket restore would write, before anything is read or retrieved: out
+    of place, the destination must not overlap the source; in place, it must be the source;
+    and the bucket must exist and answer.
+
+    Args:
+        policy: a policy whose ``source`` is a bucket.
+        dest_url: ``s3://bucket[/prefix]``.
+        in_place: the restore writes into the source itself.
+        client: an S3 client (default: the shared factory's).
+
+    Returns:
+        (bucket, prefix ending in "/" or empty).
+
+    Raises:
+        SnapshotError: one line naming what is wrong.
+    """
+    from . import parse_bucket_url
+
+    if policy.source is None:
+        raise SnapshotError(policy.name, "the policy has no bucket source")
+    dbucket, dprefix, _ = parse_bucket_url(dest_url)
+    sbucket, sprefix, _ = parse_bucket_url(policy.source)
+    if dprefix and not dprefix.endswith("/"):
+        dprefix += "/"
+    overlaps = dbucket == sbucket and (dprefix.startswith(sprefix) or sprefix.startswith(dprefix))
+    if overlaps and not in_place:
+        raise SnapshotError(
+            dbucket,
+            f"s3://{dbucket}/{dprefix} overlaps the source {policy.source}; restores are out "
+            "of place by default (give --in-place to write new versions into the source)",
+        )
+    if in_place and (dbucket, dprefix.rstrip("/")) != (sbucket, sprefix.rstrip("/")):
+        raise SnapshotError(dbucket, f"--in-place restores into the source {policy.source} only")
+    if client is None:
+        from ..targets.s3client import s3_client
+
+        client = s3_client()
+    try:
+        client.head_bucket(Bucket=dbucket)
+    except ClientError as e:
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if status == 404 or code in ("404", "NoSuchBucket"):
+            raise SnapshotError(dbucket, "the destination bucket does not exist") from None
+        if status == 403 or code in ("403", "AccessDenied"):
+            raise SnapshotError(dbucket, "access to the destination bucket is denied") from None
+        raise SnapshotError(dbucket, f"the destination bucket does not answer ({code})") from None
+    except BotoCoreError as e:
+        raise SnapshotError(dbucket, f"the destination bucket does not answer: {e}") from None
+    return dbucket, dprefix
+
+
 def restore_to_bucket(
     policy: Policy,
     inventory: Inventory,
@@ -357,30 +413,16 @@ def restore_to_bucket(
         What was written.
 
     Raises:
-        SnapshotError: the destination overlaps the source without ``in_place``.
+        SnapshotError: the destination overlaps the source without ``in_place``, or is
+            missing (:func:`check_bucket_destination`).
     """
     from .. import restore as r
-    from . import parse_bucket_url
 
-    if policy.source is None:
-        raise SnapshotError(policy.name, "the policy has no bucket source")
-    dbucket, dprefix, _ = parse_bucket_url(dest_url)
-    sbucket, sprefix, _ = parse_bucket_url(policy.source)
-    if dprefix and not dprefix.endswith("/"):
-        dprefix += "/"
-    overlaps = dbucket == sbucket and (dprefix.startswith(sprefix) or sprefix.startswith(dprefix))
-    if overlaps and not in_place:
-        raise SnapshotError(
-            dbucket,
-            f"s3://{dbucket}/{dprefix} overlaps the source {policy.source}; restores are out "
-            "of place by default (give --in-place to write new versions into the source)",
-        )
-    if in_place and (dbucket, dprefix.rstrip("/")) != (sbucket, sprefix.rstrip("/")):
-        raise SnapshotError(dbucket, f"--in-place restores into the source {policy.source} only")
     if client is None:
         from ..targets.s3client import s3_client
 
         client = s3_client()
+    dbucket, dprefix = check_bucket_destination(policy, dest_url, in_place=in_place, client=client)
     with tempfile.TemporaryDirectory(prefix="backup-bucket-restore-") as tmp:
         staged = Path(tmp) / "tree"
         rr = r.restore(

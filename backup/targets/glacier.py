@@ -39,10 +39,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qs, urlparse
 
@@ -64,6 +66,7 @@ __all__ = [
     "format_ref",
     "parse_description",
     "parse_ref",
+    "vault_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,8 @@ MAX_DESCRIPTION = 1024
 #: job output is kept this long after the job completes
 OUTPUT_KEPT = timedelta(hours=24)
 _TIERS = ("Expedited", "Standard", "Bulk")
+#: what a vault's archive ids are made of (keys have a "/" and a ".")
+_ARCHIVE_ID = re.compile(r"[A-Za-z0-9_-]+")
 _MARK = "backup/1"
 
 
@@ -94,9 +99,16 @@ def parse_ref(url: str, ref: str) -> tuple[str, str, str | None]:
         (key or "", archive id, tree hash or None).
 
     Raises:
-        TargetError: for an empty id.
+        TargetError: for an empty id, or an object key with no archive id (what inventories
+            recorded for vault archives before they kept the vault's ids).
     """
     parts = ref.split("#")
+    if len(parts) == 1 and ref and not _ARCHIVE_ID.fullmatch(ref):
+        raise TargetError(
+            url,
+            f"{ref!r} is an object key, not a vault archive id: its archive id was never "
+            f"recorded (run 'backup inventory sync {url}' to record it)",
+        )
     if len(parts) == 1:
         key, aid, th = "", parts[0], None
     elif len(parts) == 2:
@@ -143,11 +155,25 @@ def parse_description(text: str | None) -> dict[str, Any] | None:
     return {"key": doc["k"], "tags": doc.get("t", {})}
 
 
-def _why(e: BaseException) -> str:
+def vault_error(e: BaseException) -> str:
+    """Returns: one line telling what the vault (or the way to it) answered. An answer that
+    is not the API's JSON (a proxy's or a failing server's HTML page) is named by its HTTP
+    status, never quoted."""
     if isinstance(e, ClientError):
         err = e.response.get("Error", {})
-        return f"{err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
-    return f"{type(e).__name__}: {e}"
+        code = str(err.get("Code") or "error")
+        message = " ".join(str(err.get("Message") or "").split())
+        if code.isdigit():  # botocore found no error code: the body was not the API's
+            status = int(code)
+            try:
+                phrase = HTTPStatus(status).phrase
+            except ValueError:
+                phrase = "unexpected status"
+            return f"the vault answered HTTP {status} {phrase}"
+        if "<" in message and ">" in message:
+            message = ""
+        return f"{code}: {message[:300]}".rstrip(": ")
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
 def _missing(e: ClientError) -> bool:
@@ -217,7 +243,7 @@ class GlacierWriter(ObjectWriter):
         self._finished = False
 
     def _fail(self, e: BaseException) -> TargetError:
-        return TargetError(self._t.url, f"cannot store {self._key!r}: {_why(e)}")
+        return TargetError(self._t.url, f"cannot store {self._key!r}: {vault_error(e)}")
 
     def _check(self) -> None:
         if self._finished:
@@ -363,7 +389,7 @@ class GlacierWriter(ObjectWriter):
                     "%s: could not abort the upload of %r (%s); sweep_partial will",
                     self._t.url,
                     self._key,
-                    _why(e),
+                    vault_error(e),
                 )
 
 
@@ -462,7 +488,7 @@ class GlacierTarget(Target):
             for page in pages:
                 out.extend(dict(j) for j in page.get("JobList", []))
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list jobs: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list jobs: {vault_error(e)}") from e
         return out
 
     def _archive_jobs(self, aid: str) -> list[dict[str, Any]]:
@@ -487,15 +513,21 @@ class GlacierTarget(Target):
         code = job.get("StatusCode")
         tier = job.get("Tier")
         if code == "InProgress":
-            return RetrievalStatus(Readiness.PENDING, job_id=job["JobId"], tier=tier)
+            return RetrievalStatus(
+                Readiness.PENDING, job_id=job["JobId"], storage_class="VAULT", tier=tier
+            )
         if code == "Succeeded":
             done = self._completed_at(job)
             expires = done + OUTPUT_KEPT if done else None
             if expires is None or expires > datetime.now(UTC):
                 return RetrievalStatus(
-                    Readiness.READY, job_id=job["JobId"], tier=tier, expires=expires
+                    Readiness.READY,
+                    job_id=job["JobId"],
+                    storage_class="VAULT",
+                    tier=tier,
+                    expires=expires,
                 )
-        return RetrievalStatus(Readiness.NOT_REQUESTED, tier=tier)
+        return RetrievalStatus(Readiness.NOT_REQUESTED, storage_class="VAULT", tier=tier)
 
     def _best_job(self, aid: str) -> RetrievalStatus:
         known = self._jobs.get(aid)
@@ -511,10 +543,10 @@ class GlacierTarget(Target):
                     return st
             except ClientError as e:
                 if not _missing(e):
-                    raise TargetError(self.url, f"cannot describe job: {_why(e)}") from e
+                    raise TargetError(self.url, f"cannot describe job: {vault_error(e)}") from e
             except BotoCoreError as e:
-                raise TargetError(self.url, f"cannot describe job: {_why(e)}") from e
-        best = RetrievalStatus(Readiness.NOT_REQUESTED)
+                raise TargetError(self.url, f"cannot describe job: {vault_error(e)}") from e
+        best = RetrievalStatus(Readiness.NOT_REQUESTED, storage_class="VAULT")
         for job in self._archive_jobs(aid):  # newest first: a ready one wins, then a running
             st = self._status_of(job)
             if st.state is Readiness.READY:
@@ -562,11 +594,18 @@ class GlacierTarget(Target):
         except ClientError as e:
             if _missing(e):
                 raise ObjectNotFound(self.url, ref) from e
-            raise TargetError(self.url, f"cannot start retrieval of {ref!r}: {_why(e)}") from e
+            raise TargetError(
+                self.url, f"cannot start retrieval of {ref!r}: {vault_error(e)}"
+            ) from e
         except BotoCoreError as e:
-            raise TargetError(self.url, f"cannot start retrieval of {ref!r}: {_why(e)}") from e
+            raise TargetError(
+                self.url, f"cannot start retrieval of {ref!r}: {vault_error(e)}"
+            ) from e
         self._jobs[aid] = resp["jobId"]
-        return RetrievalStatus(Readiness.PENDING, job_id=resp["jobId"], tier=t)
+        # the class lets pollers ask on the vault's schedule (hours), not every minute
+        return RetrievalStatus(
+            Readiness.PENDING, job_id=resp["jobId"], storage_class="VAULT", tier=t
+        )
 
     def retrieval_status(self, ref: str) -> RetrievalStatus:
         """The state of the newest usable job for the archive (READY carries ``expires``,
@@ -611,9 +650,13 @@ class GlacierTarget(Target):
         except ClientError as e:
             if _missing(e):
                 raise ObjectNotFound(self.url, ref) from e
-            raise TargetError(self.url, f"cannot read job output of {ref!r}: {_why(e)}") from e
+            raise TargetError(
+                self.url, f"cannot read job output of {ref!r}: {vault_error(e)}"
+            ) from e
         except BotoCoreError as e:
-            raise TargetError(self.url, f"cannot read job output of {ref!r}: {_why(e)}") from e
+            raise TargetError(
+                self.url, f"cannot read job output of {ref!r}: {vault_error(e)}"
+            ) from e
         expected = str(job.get("SHA256TreeHash") or tree_hash or "") or None
         raw = _Verified(self.url, ref, resp["body"], expected)
         return io.BufferedReader(raw, MiB)
@@ -627,9 +670,9 @@ class GlacierTarget(Target):
             )
         except ClientError as e:
             if not _missing(e):
-                raise TargetError(self.url, f"cannot delete {ref!r}: {_why(e)}") from e
+                raise TargetError(self.url, f"cannot delete {ref!r}: {vault_error(e)}") from e
         except BotoCoreError as e:
-            raise TargetError(self.url, f"cannot delete {ref!r}: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot delete {ref!r}: {vault_error(e)}") from e
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         raise TargetError(
@@ -661,7 +704,7 @@ class GlacierTarget(Target):
             for page in pages:
                 yield from (dict(u) for u in page.get("UploadsList", []))
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list uploads: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list uploads: {vault_error(e)}") from e
 
     def _abort(self, up: dict[str, Any]) -> bool:
         try:
@@ -671,7 +714,7 @@ class GlacierTarget(Target):
         except ClientError as e:
             if _missing(e):
                 return False
-            raise TargetError(self.url, f"cannot abort an upload: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot abort an upload: {vault_error(e)}") from e
         return True
 
     def abandon_partial(self, key: str) -> int:

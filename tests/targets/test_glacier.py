@@ -240,3 +240,23 @@ def test_vaults_cannot_be_listed_at_once(vault: GlacierTarget) -> None:
         list(vault.list())
     with pytest.raises(TargetError, match="invalid object key"):
         vault.open_write("a#b")
+
+
+def test_a_failing_vault_answer_is_one_line_without_its_html(vault: GlacierTarget) -> None:
+    # moto starts a job for an archive id it does not hold, then answers the job's output
+    # with a 500 and its HTML error page (AWS refuses at once, with JSON): either way the
+    # error is one line naming the status
+    ref = format_ref("p/gone.tar.zst.age", "A" * 138, "00" * 32)
+    vault.request_retrieval(ref, tier="Expedited")
+    wait_ready(vault, ref)
+    with pytest.raises(TargetError) as e:
+        vault.open_read(ref)
+    msg = e.value.get_message()
+    assert "HTTP 500 Internal Server Error" in msg
+    assert "\n" not in msg and "<" not in msg and "html" not in msg.lower()
+
+
+def test_an_object_key_is_not_taken_for_an_archive_id() -> None:
+    with pytest.raises(TargetError, match="object key, not a vault archive id") as e:
+        parse_ref("glacier://v", "p/20261121T020000Z-9f2c41d7.tar.zst.age")
+    assert "backup inventory sync glacier://v" in str(e.value)

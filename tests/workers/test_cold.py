@@ -158,3 +158,81 @@ def _shows_retrieval_progress(cluster: Cluster, job_id: str, rows: list[Any]) ->
     follower = cluster.start("job", job_id, "--wait", name="follower")
     wait_for(lambda: "next check" in follower.text(), 30, "the follower to print progress")
     return follower
+
+
+def test_glacier_vault_restore_through_workers_and_sync_agrees(
+    cluster: Cluster, aws_env: MotoServer, receiver: Receiver
+) -> None:
+    """A vault target end to end: the inventory records the vault's archive ids, the
+    retrieval jobs are started for them, polled until moto finishes them, the job output
+    downloaded and checked against the tree hash, the tree restored, one notification sent;
+    then ``backup inventory sync`` finds both sides holding the same archives."""
+    import os
+    import secrets
+
+    from backup.targets.glacier import parse_ref
+
+    vault = f"v-{secrets.token_hex(4)}"
+    glacier = aws_env.client("glacier")
+    glacier.create_vault(vaultName=vault)
+    env = cluster.env
+    write_policy(
+        env.config,
+        name="p",
+        sources=[str(env.source)],
+        target=f"glacier://{vault}",
+        recipients=[env.key.recipient],
+        restore_tier="Expedited",
+    )
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        cluster.environ[k] = os.environ[k]
+    cluster.environ["BACKUP_GLACIER_ENDPOINT_URL"] = aws_env.endpoint
+    cluster.environ["BACKUP_POLL_SECONDS"] = "0.5"
+    cluster.environ["BACKUP_POLL_MAX_SECONDS"] = "1"
+    cluster.worker()
+    cluster.scheduler()
+
+    (env.source / "a.txt").write_text("one\n")
+    (env.source / "big.bin").write_bytes(os.urandom(300_000))
+    cluster.cli("run", "p", "--wait")
+    (env.source / "b.txt").write_text("two\n")
+    (env.source / "a.txt").unlink()
+    cluster.cli("run", "p", "--wait")
+
+    store = cluster.store()
+    archives = store.inventory.archives("p")
+    assert len(archives) == 2
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.glacier.models import glacier_backends
+
+    held = glacier_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].vaults[vault].archives
+    for a in archives:  # each object is recorded by the id the vault gave it
+        for ref in (a.location, a.manifest_location):
+            assert parse_ref(f"glacier://{vault}", ref)[1] in held
+
+    dest = env.tmp / "restored"
+    req = json.loads(
+        cluster.cli("restore", "p", "--to", str(dest), "--notify", receiver.url(), "--json").stdout
+    )
+    job = wait_for(
+        lambda: (j := store.get(req["job"])).state in ("done", "failed") and j, 120, "the restore"
+    )
+    assert job.state == "done", job.error
+    assert snapshot_tree(dest) == snapshot_tree(env.source)
+    rows = store.retrievals(req["job"])
+    assert len(rows) == 4 and {r.state for r in rows} == {"ready"}
+    assert all(r.remote_job_id and r.storage_class == "VAULT" for r in rows)
+    assert all(r.checks >= 1 for r in rows)  # started pending, found ready by the poller
+    started = [j for j in glacier.list_jobs(vaultName=vault)["JobList"]]
+    assert {j["ArchiveId"] for j in started} == {
+        parse_ref(f"glacier://{vault}", r.ref)[1] for r in rows
+    }
+    wait_for(lambda: receiver.requests, 60, "the notification")
+    time.sleep(1)
+    assert len(receiver.requests) == 1
+    assert "succeeded" in receiver.requests[0][2]["message"]
+
+    sync = cluster.cli("inventory", "sync", f"glacier://{vault}", "--poll", "0.5", "--json")
+    rep = json.loads(sync.stdout)
+    assert rep["consistent"], rep
+    assert rep["matched"] == 4 and rep["only_in_vault"] == rep["only_in_inventory"] == []
