@@ -232,6 +232,8 @@ class DrillResult:
 
 
 def _drill_name(pattern: str, policy: str, bucket: str, now: datetime) -> str:
+    from . import check_bucket_name
+
     try:
         name = pattern.format(
             policy=policy,
@@ -241,11 +243,12 @@ def _drill_name(pattern: str, policy: str, bucket: str, now: datetime) -> str:
         ).lower()
     except (KeyError, IndexError, ValueError) as e:
         raise SnapshotError(bucket, f"drill bucket pattern {pattern!r}: {e}") from None
-    if not (3 <= len(name) <= 63) or not all(c.isalnum() or c in "-." for c in name):
+    try:
+        return check_bucket_name(name, new=True)
+    except SnapshotError as e:
         raise SnapshotError(
-            bucket, f"drill bucket pattern {pattern!r} gives {name!r}, not a valid bucket name"
-        )
-    return name
+            bucket, f"drill bucket pattern {pattern!r} gives {e.args[0]}: {e.args[1]}"
+        ) from None
 
 
 def fork_drill(
