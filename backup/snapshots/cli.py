@@ -394,7 +394,7 @@ def snapshot_drill(policy: str, expire_only: bool, as_json: bool) -> None:
         )
     else:
         if res is not None:
-            verdict = "passed" if res.ok else f"FAILED (exit {res.returncode})"
+            verdict = "passed" if res.ok else f"FAILED ({res.verdict})"
             click.echo(
                 f"drill in {res.bucket} at {res.snapshot.name or res.snapshot.version}: {verdict}"
             )
