@@ -1,9 +1,9 @@
 """Restore drills (the ``fork`` action) on a real cluster: Redis, ``backup worker`` and
-``backup scheduler`` processes, a bucket source on moto's S3 server, and a stale-after of two
+``backup scheduler`` processes, a bucket source on moto's S3 server, and a stale-after of three
 seconds.
 
 The drill's check is slow deterministically: it waits for a file the test writes only after
-the check has run for several times ``BACKUP_STALE_AFTER_SECONDS``, then exits with the code
+the check has run for twice ``BACKUP_STALE_AFTER_SECONDS``, then exits with the code
 the file holds. A live worker's job must not be swept meanwhile; a failed check fails the
 job, visibly in ``backup status`` and in one failure notification; a worker that dies during
 the check leaves a job whose outcome is unknown, which is failed, never reported as done.
@@ -29,7 +29,7 @@ from tests.workers.conftest import Cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
-STALE = 2.0
+STALE = 3.0
 
 CHECK = """\
 touch "$GATE/started"
@@ -101,11 +101,11 @@ def queue(c: Cluster) -> str:
 
 
 def hold_past_stale(c: Cluster, gate: Gate, job_id: str) -> None:
-    """Keep the check running for three stale periods, the scheduler sweeping every half
+    """Keep the check running for two stale periods, the scheduler sweeping every half
     second, and watch the job stay this worker's, one attempt, its heartbeat fresh."""
     store = c.store()
     wait_for(lambda: gate.started, 120, "the drill's check to start", every=0.05)
-    end = time.monotonic() + 3 * STALE
+    end = time.monotonic() + 2 * STALE
     while time.monotonic() < end:
         job = store.get(job_id)
         assert (job.state, job.attempts) == ("recorded", 1), (job.state, job.error)
