@@ -169,6 +169,10 @@ class Runner:
         finally:
             stop.set()
             t.join()
+        # a step that reports no progress (a drill's check) still must not record its
+        # outcome on a job the sweep gave away while it ran
+        if progress.cancelled:
+            raise JobCancelled(progress.cancelled)
 
     # backup -----------------------------------------------------------------------------
 
@@ -217,9 +221,10 @@ class Runner:
             jp = JobProgress(progress)
             t0 = time.monotonic()
             result: dict[str, Any] = {"actions": list(policy.actions)}
+            store.update(job.id, result=json.dumps(result))  # the sweep reads the plan
             warning: str | None = None
             if "snapshot" in policy.actions:
-                result["snapshot"] = self._snapshot_action(policy)
+                result["snapshot"] = self._snapshot_action(policy, job.id, jp)
             if "archive" in policy.actions:
                 archive_id = new_archive_id(_now())
                 store.update(job.id, archive_id=archive_id)
@@ -245,13 +250,7 @@ class Runner:
                 if res.unreadable:
                     warning = f"{len(res.unreadable)} files could not be read"
             if "fork" in policy.actions:
-                drill = self._fork_action(policy)
-                result["drill"] = drill
-                if not drill.get("ok", True):
-                    raise Error(
-                        f"restore drill of {policy.source} in {drill['bucket']} failed: the "
-                        f"check exited {drill['returncode']}"
-                    )
+                result["drill"] = self._fork_action(policy, job.id, jp)
             result["seconds"] = round(time.monotonic() - t0, 3)
             store.cas(
                 job.id,
@@ -274,32 +273,42 @@ class Runner:
         self._notify_after(job.id)
         return store.get(job.id).state
 
-    def _snapshot_action(self, policy: Policy) -> dict[str, Any]:
-        """Snapshot a bucket source and prune the policy's snapshots by its retention."""
+    def _snapshot_action(self, policy: Policy, job_id: str, jp: JobProgress) -> dict[str, Any]:
+        """Snapshot a bucket source and prune the policy's snapshots by its retention
+        (beating the job's heartbeat: a portable snapshot lists every key)."""
         from .snapshots.actions import snapshot_source
 
         assert policy.source is not None
-        r = snapshot_source(policy.source, policy.name, policy.retention, self.inventory)
+        with self._heartbeat(job_id, jp):
+            r = snapshot_source(policy.source, policy.name, policy.retention, self.inventory)
         return {
             "taken": {"version": r.taken.version, "name": r.taken.name},
             "deleted": [s.version for s in r.deleted],
         }
 
-    def _fork_action(self, policy: Policy) -> dict[str, Any]:
+    def _fork_action(self, policy: Policy, job_id: str, jp: JobProgress) -> dict[str, Any]:
         """A restore drill: fork the latest snapshot, run the check, then remove drill forks
-        older than ``keep_for``."""
-        from .snapshots.actions import expire_drills, fork_drill
+        older than ``keep_for``, beating the job's heartbeat throughout (the check may run
+        for as long as ``drill.timeout``).
+
+        Raises:
+            DrillFailed: the check failed (after old forks were removed all the same).
+        """
+        from .snapshots.actions import DrillFailed, expire_drills, fork_drill
 
         assert policy.source is not None and policy.drill is not None
-        res = fork_drill(
-            policy.source,
-            policy.name,
-            self.inventory,
-            bucket_pattern=policy.drill.bucket,
-            check_command=policy.drill.check,
-            timeout=policy.drill.timeout.total_seconds(),
-        )
-        removed = expire_drills(self.inventory, policy.drill.keep_for)
+        with self._heartbeat(job_id, jp):
+            res = fork_drill(
+                policy.source,
+                policy.name,
+                self.inventory,
+                bucket_pattern=policy.drill.bucket,
+                check_command=policy.drill.check,
+                timeout=policy.drill.timeout.total_seconds(),
+            )
+            removed = expire_drills(self.inventory, policy.drill.keep_for)
+        if not res.ok:
+            raise DrillFailed(policy.source, res.bucket, res.verdict)
         return {
             "bucket": res.bucket,
             "snapshot": res.snapshot.version,
@@ -704,18 +713,47 @@ class Runner:
         return again
 
     def _finish_if_recorded(self, job: Job) -> bool:
-        """A worker that died after the archive was complete: the job is done, not redone."""
+        """A worker that died after the archive was complete: the archive is not redone.
+
+        The job is done only when the archive was its last step. When a step came after it
+        (the restore drill), nobody knows how that step ended, so the job fails saying so:
+        a run whose outcome is unknown is never reported as a success.
+        """
         try:
             a = self.inventory.get(job.archive_id or "")
         except Error:
             return False
         if a.state != "complete":
             return False
-        if self.store.cas(job.id, [job.state], "done", result=json.dumps({"archive_id": a.id})):
+        after = self._steps_after_archive(job)
+        result = json.dumps({"archive_id": a.id})
+        if not after:
+            ended = self.store.cas(job.id, [job.state], "done", result=result)
+        else:
+            ended = self.store.cas(
+                job.id,
+                [job.state],
+                "failed",
+                result=result,
+                error=f"worker {job.worker} stopped beating after archive {a.id} was recorded: "
+                f"the outcome of its {after} is unknown",
+            )
+        if ended:
             if job.policy:
                 self.store.unlock_policy(job.policy, job.id)
             self._notify_after(job.id)
         return True
+
+    def _steps_after_archive(self, job: Job) -> str:
+        """Returns: the steps a backup job runs after its archive (``""`` when the archive is
+        the last), by the plan the job recorded when it started, else by its policy."""
+        actions = json.loads(job.result or "{}").get("actions")
+        if actions is None:
+            try:
+                actions = list(self.policies()[job.policy or ""].actions)
+            except Exception:
+                return "remaining steps"  # the plan cannot be read: the outcome is unknown
+        return "restore drill (fork action)" if "fork" in actions else ""
 
     def _discard_attempt(self, archive_id: str) -> None:
         try:

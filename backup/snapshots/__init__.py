@@ -8,6 +8,7 @@ implementation is chosen by probing the bucket (Tigris answers HeadBucket with
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
 
@@ -42,6 +43,8 @@ __all__ = [
     "SnapshotProvider",
     "TigrisProvider",
     "VersionedProvider",
+    "bucket_url",
+    "check_bucket_name",
     "from_ns",
     "open_provider",
     "parse_at",
@@ -51,6 +54,63 @@ __all__ = [
 ]
 
 _MODES = ("tigris", "versioned")
+
+# S3's rules for a bucket created today; an existing bucket may carry a name that us-east-1
+# accepted before 2018 (capitals, '_', up to 255 characters), which boto3 still allows
+_NEW_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_OLD_NAME = re.compile(r"[A-Za-z0-9._-]{3,255}")
+_IP_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def check_bucket_name(name: str, *, new: bool = False) -> str:
+    """Check a bucket name against S3's naming rules.
+
+    Args:
+        name: the name.
+        new: the bucket is to be created (a fork), so today's rules apply in full; an
+            existing bucket may also have a legacy name (capitals, ``_``, up to 255
+            characters).
+
+    Returns:
+        The name.
+
+    Raises:
+        SnapshotError: naming the rule the name breaks.
+    """
+    why = None
+    if not (_NEW_NAME if new else _OLD_NAME).fullmatch(name):
+        why = (
+            "use 3 to 63 lowercase letters, digits, '.' and '-', beginning and ending with a "
+            "letter or digit"
+        )
+    elif new and ".." in name:
+        why = "two '.' in a row"
+    elif new and _IP_LIKE.fullmatch(name):
+        why = "it is written like an IP address"
+    elif new and (name.startswith(_RESERVED_PREFIXES) or name.endswith(_RESERVED_SUFFIXES)):
+        why = "S3 reserves its prefix or suffix"
+    if why:
+        raise SnapshotError(repr(name), f"not a valid bucket name: {why}")
+    return name
+
+
+def bucket_url(text: str) -> str:
+    """Turn a bucket argument into a bucket URL: ``s3://bucket[/prefix][?snapshots=...]``
+    or the same without ``s3://``.
+
+    Returns:
+        The ``s3://`` URL, its bucket name checked.
+
+    Raises:
+        SnapshotError: for another scheme or a bad bucket name.
+    """
+    url = text if "://" in text else f"s3://{text}"
+    if not url.startswith("s3://") or url == "s3://":
+        raise SnapshotError(repr(text), "not a bucket: write s3://BUCKET[/PREFIX] or BUCKET")
+    parse_bucket_url(url)
+    return url
 
 
 def parse_bucket_url(url: str) -> tuple[str, str, str | None]:
@@ -63,11 +123,13 @@ def parse_bucket_url(url: str) -> tuple[str, str, str | None]:
         (bucket, prefix, forced implementation or None).
 
     Raises:
-        SnapshotError: for another scheme, no bucket, or an unknown ``snapshots`` value.
+        SnapshotError: for another scheme, no bucket, a name S3 does not allow, or an
+            unknown ``snapshots`` value.
     """
     p = urlparse(url)
     if p.scheme != "s3" or not p.netloc:
         raise SnapshotError(url, "not a bucket URL; write s3://BUCKET or s3://BUCKET/PREFIX")
+    check_bucket_name(p.netloc)
     q = parse_qs(p.query)
     unknown = set(q) - {"snapshots"}
     if unknown:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..policy import Retention
 
 __all__ = [
+    "DrillFailed",
     "DrillResult",
     "SnapshotRun",
     "expire_drills",
@@ -229,9 +230,27 @@ class DrillResult:
     returncode: int
     output: str
     seconds: float
+    timeout: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """``passed``, or why the drill failed in one line (with the last line the check
+        printed, where it printed one)."""
+        if self.ok:
+            return "passed"
+        if self.returncode == -1:
+            return f"the check timed out after {self.timeout:g} s"
+        last = next((ln.strip() for ln in reversed(self.output.splitlines()) if ln.strip()), "")
+        return f"the check exited {self.returncode}" + (f": {last[:200]}" if last else "")
+
+
+class DrillFailed(Error):
+    """Restore drill of {} in {} failed: {}"""
 
 
 def _drill_name(pattern: str, policy: str, bucket: str, now: datetime) -> str:
+    from . import check_bucket_name
+
     try:
         name = pattern.format(
             policy=policy,
@@ -241,11 +260,12 @@ def _drill_name(pattern: str, policy: str, bucket: str, now: datetime) -> str:
         ).lower()
     except (KeyError, IndexError, ValueError) as e:
         raise SnapshotError(bucket, f"drill bucket pattern {pattern!r}: {e}") from None
-    if not (3 <= len(name) <= 63) or not all(c.isalnum() or c in "-." for c in name):
+    try:
+        return check_bucket_name(name, new=True)
+    except SnapshotError as e:
         raise SnapshotError(
-            bucket, f"drill bucket pattern {pattern!r} gives {name!r}, not a valid bucket name"
-        )
-    return name
+            bucket, f"drill bucket pattern {pattern!r} gives {e.args[0]}: {e.args[1]}"
+        ) from None
 
 
 def fork_drill(
@@ -311,11 +331,11 @@ def fork_drill(
         output = (proc.stdout + proc.stderr).decode("utf-8", "replace")[-4096:]
     except subprocess.TimeoutExpired:
         code, output = -1, f"check timed out after {timeout:.0f} s"
-    res = DrillResult(name, snap, code == 0, code, output, time.monotonic() - started)
+    res = DrillResult(name, snap, code == 0, code, output, time.monotonic() - started, timeout)
     inventory.log(
         "drill",
         f"restore drill of {url} at {snap.name or snap.version} in {name}: "
-        + ("passed" if res.ok else f"FAILED (exit {code})"),
+        + ("passed" if res.ok else f"FAILED ({res.verdict})"),
         level="info" if res.ok else "error",
         policy=policy,
         source=url,

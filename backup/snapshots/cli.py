@@ -56,10 +56,35 @@ def _table(*columns: str, rows: list[list[str]]) -> None:
     show(t)
 
 
-def _open(url: str) -> SnapshotProvider:
+def _bucket(text: str) -> str:
+    """The one reading of a BUCKET argument: ``s3://bucket[/prefix][?snapshots=...]`` or the
+    same without ``s3://``; a name S3 does not allow is one clear error, not a traceback."""
+    from . import bucket_url
+
+    return bucket_url(text)
+
+
+def _open(text: str) -> SnapshotProvider:
     from . import open_provider
 
-    return open_provider(url)
+    return open_provider(_bucket(text))
+
+
+def _new_bucket(text: str, source: SnapshotProvider) -> str:
+    """A fork's NEW_BUCKET: a bucket name (``s3://`` optional) valid for a bucket created
+    today, not the source itself."""
+    from ..errors import SnapshotError
+    from . import check_bucket_name, parse_bucket_url
+
+    name, prefix, mode = parse_bucket_url(_bucket(text))
+    if prefix.strip("/") or mode:
+        raise SnapshotError(
+            repr(text), "a fork is a whole bucket: give NEW_BUCKET as s3://NAME or NAME"
+        )
+    check_bucket_name(name, new=True)
+    if name == source.bucket:
+        raise SnapshotError(name, "is the bucket being forked: fork into a new bucket")
+    return name
 
 
 def _snap_json(s: SnapshotInfo) -> dict[str, Any]:
@@ -128,14 +153,15 @@ def snapshot() -> None:
 @_handled
 def take(bucket_url: str, name: str | None, as_json: bool) -> None:
     """Take a snapshot of BUCKET now."""
-    p = _open(bucket_url)
+    url = _bucket(bucket_url)
+    p = _open(url)
     try:
         s = p.take(name)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--name") from None
     inv = _inventory()
     if inv is not None:
-        record_snapshot(bucket_url, s, inventory=inv)
+        record_snapshot(url, s, inventory=inv)
     if as_json:
         _dump(_snap_json(s) | {"kind": p.kind})
     else:
@@ -169,8 +195,9 @@ def list_(bucket_url: str, as_json: bool) -> None:
 def fork(bucket_url: str, new_bucket: str, which: str | None, as_json: bool) -> None:
     """Fork BUCKET into NEW_BUCKET as of a snapshot (default: as it is now)."""
     p = _open(bucket_url)
+    dest = _new_bucket(new_bucket, p)
     snap = p.find(which) if which else None
-    r = p.fork(new_bucket, snap)
+    r = p.fork(dest, snap)
     if as_json:
         _dump(
             {
@@ -367,7 +394,7 @@ def snapshot_drill(policy: str, expire_only: bool, as_json: bool) -> None:
         )
     else:
         if res is not None:
-            verdict = "passed" if res.ok else f"FAILED (exit {res.returncode})"
+            verdict = "passed" if res.ok else f"FAILED ({res.verdict})"
             click.echo(
                 f"drill in {res.bucket} at {res.snapshot.name or res.snapshot.version}: {verdict}"
             )

@@ -287,8 +287,9 @@ class VersionedProvider(SnapshotProvider):
         if status != "Enabled":
             raise SnapshotError(
                 self.bucket,
-                f"versioning is {status or 'off'}; snapshots need it on "
-                "(backup snapshot enable, or turn it on in the store)",
+                f"versioning is {status or 'off'}; snapshots need it on (aws s3api "
+                f"put-bucket-versioning --bucket {self.bucket} "
+                "--versioning-configuration Status=Enabled, or in the store's console)",
             )
 
     def enable(self) -> None:

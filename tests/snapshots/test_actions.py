@@ -109,16 +109,25 @@ def test_fork_drill_pass_fail_and_expiry(writer: Writer, inv: Inventory, s3: Any
         url, "p", inv, bucket_pattern="{bucket}-bad", check_command="echo broken; exit 3"
     )
     assert not bad.ok and bad.returncode == 3 and "broken" in bad.output
+    assert (ok.verdict, bad.verdict) == ("passed", "the check exited 3: broken")
+    slow = fork_drill(
+        url, "p", inv, bucket_pattern="{bucket}-slow", check_command="sleep 30", timeout=0.5
+    )
+    assert (slow.ok, slow.verdict) == (False, "the check timed out after 0.5 s")
     with inv.session() as db:
         drills = [json.loads(e.data) for e in db.query(Event).filter(Event.kind == "drill")]
-    assert [(d["bucket"], d["ok"]) for d in drills] == [(ok.bucket, True), (bad.bucket, False)]
+    assert [(d["bucket"], d["ok"]) for d in drills] == [
+        (ok.bucket, True),
+        (bad.bucket, False),
+        (slow.bucket, False),
+    ]
     with pytest.raises(SnapshotError, match="not a valid bucket name"):
         fork_drill(url, "p", inv, bucket_pattern="{bucket}_UNDER_{date}", check_command="true")
     # nothing is old enough yet; then both forks go, and only once
     assert expire_drills(inv, timedelta(days=1)) == []
     later = at(0) + timedelta(days=400)
     assert sorted(expire_drills(inv, timedelta(days=1), now=later)) == sorted(
-        [ok.bucket, bad.bucket]
+        [ok.bucket, bad.bucket, slow.bucket]
     )
     names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert ok.bucket not in names and bad.bucket not in names and writer.bucket in names

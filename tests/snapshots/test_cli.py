@@ -93,6 +93,9 @@ def test_errors_are_one_message_and_exit_1(aws_env: Any, inv_url: str, tmp_path:
     assert proc.returncode == 1
     assert f"Bucket {bucket}: versioning is off" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # the command it names exists (there is no `backup snapshot enable`)
+    assert f"aws s3api put-bucket-versioning --bucket {bucket} " in proc.stderr
+    assert "backup snapshot enable" not in proc.stderr
     r = run("bucket", "at", f"s3://{bucket}", "yesterday")
     assert r.exit_code == 2 and "neither a snapshot" in r.output
     r = run("snapshot", "list", "file:///tmp")
@@ -144,3 +147,60 @@ def test_policy_commands_for_a_bucket_source(
     assert r.exit_code == 1 and "overlaps the source" in r.output
     r = run("restore", "m", "--to", str(tmp_path / "local"), "--in-place")
     assert r.exit_code == 1 and "--in-place restores into a bucket source" in r.output
+
+
+def test_bucket_arguments_are_urls_or_names_and_bad_names_one_line(
+    writer: Writer, inv_url: str, s3: Any
+) -> None:
+    writer.put("a", b"1", 10)
+    writer.stamp()
+    name = writer.bucket
+    # the report: both buckets as URLs, through the real entry point
+    new = unique("fork")
+    proc = subprocess.run(
+        [sys.executable, "-m", "backup", "snapshot", "fork", f"s3://{name}", f"s3://{new}"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert s3.get_object(Bucket=new, Key="a")["Body"].read() == b"1"
+    # a bare name is the same bucket everywhere
+    r = run("snapshot", "take", name, "--name", "first", "--json")
+    assert r.exit_code == 0, r.output
+    inv = Inventory(inv_url)
+    with inv.session() as db:
+        assert [x.bucket for x in db.query(Snapshot).all()] == [f"s3://{name}"]
+    inv.close()
+    assert [s["name"] for s in json.loads(run("snapshot", "list", name, "--json").output)] == [
+        "fork-" + new,
+        "first",
+    ]
+    held = json.loads(run("bucket", "at", name, "first", "--json").output)
+    assert [o["key"] for o in held["objects"]] == ["a"]
+    bare = unique("fork")
+    r = run("snapshot", "fork", name, bare, "--snapshot", "first", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["bucket"] == bare, r.output
+
+    def fails(*args: str, says: str) -> None:
+        r = run(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert says in r.output and r.output.count("\n") == 1, (args, r.output)
+
+    for bad in ("Bad Name!", "ab", "s3://a/b", "x" * 256):
+        fails("snapshot", "list", bad, says="not a valid bucket name")
+    for bad in ("gs://x", ""):
+        fails("snapshot", "take", bad, says="not a bucket: write s3://BUCKET")
+    # a fork creates its bucket, so today's rules apply in full
+    for bad, why in (
+        ("s3://New_Fork", "lowercase letters"),
+        ("a..b", "two '.' in a row"),
+        ("10.0.0.1", "IP address"),
+        ("xn--fork", "reserves"),
+        (f"s3://{unique('fork')}/prefix", "a fork is a whole bucket"),
+        (name, "is the bucket being forked"),
+    ):
+        fails("snapshot", "fork", f"s3://{name}", bad, says=why)
+    buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert not {"New_Fork", "a..b", "10.0.0.1", "xn--fork"} & buckets
