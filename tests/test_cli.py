@@ -163,3 +163,23 @@ def test_error_messages_with_brackets_print_as_text(env: Env) -> None:
     assert r.returncode == 1, r.stderr
     assert "No archive matches '[bold]x[/bold]'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_inventory_file_alone_holds_what_a_command_recorded(env: Env, tmp_path: Path) -> None:
+    """Commands end with os._exit, which closes no connection: the inventory is checkpointed
+    first, so a user who copies inventory.db (not its -wal) gets every archive."""
+    import shutil
+
+    make_tree(env.source, big=False)
+    db = tmp_path / "sqlite" / "inventory.db"
+    url = f"sqlite:///{db}"
+    proc = cli(env, "run", "p", "--json", extra_env={"BACKUP_INVENTORY_URL": url})
+    assert proc.returncode == 0, proc.stderr
+    archive_id = json.loads(proc.stdout)["id"]
+    wal = db.with_name("inventory.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    shutil.copyfile(db, tmp_path / "copy.db")
+    copy = Inventory(f"sqlite:///{tmp_path / 'copy.db'}")
+    assert copy.get(archive_id).state == "complete"
+    assert [a.id for a in copy.archives("p")] == [archive_id]
+    copy.close()
