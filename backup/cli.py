@@ -426,8 +426,9 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
     "--notify",
     "notify",
     multiple=True,
-    metavar="URL",
-    help="Apprise URL told when the restore ends (repeatable).",
+    metavar="URL|NAME",
+    help="Told when the restore ends (repeatable): an Apprise URL without credentials, or "
+    "the NAME of a target defined as BACKUP_NOTIFY_<NAME>=URL.",
 )
 @click.option(
     "--tier",
@@ -471,6 +472,16 @@ def restore(
     """
     from . import restore as r
 
+    if notify:
+        from .notify import check_request_targets
+        from .settings import notify_target_variable
+
+        for name in check_request_targets(notify, here=not obj.settings.broker_url):
+            click.echo(
+                f"note: notification target {name} is not defined here "
+                f"({notify_target_variable(name)}); the workers that send it must define it",
+                err=True,
+            )
     into_bucket = to.startswith("s3://")
     if into_bucket and not dry_run and not (obj.settings.broker_url or notify):
         from .snapshots.cli import restore_into_bucket

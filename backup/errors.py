@@ -15,6 +15,7 @@ __all__ = [
     "FileIndexCorrupt",
     "IdentityError",
     "NoArchiveAt",
+    "NotifyTargetError",
     "ObjectNotFound",
     "PolicyError",
     "RestoreDestinationNotEmpty",
@@ -47,6 +48,10 @@ class Error(Exception):
 
 class ConfigError(Error):
     """Configuration error: {}"""
+
+
+class NotifyTargetError(Error):
+    """Notification target {}: {}"""
 
 
 class PolicyError(Error):
