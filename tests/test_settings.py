@@ -42,3 +42,17 @@ def test_named_notification_targets_come_from_the_environment_not_the_settings(
     assert [is_notify_target_name(n) for n in ("ops", "on_call2", "2ops", "a-b", "x" * 65)] == [
         True, True, False, False, False
     ]  # fmt: skip
+
+
+def test_data_directory_is_private_whichever_process_creates_it(tmp_path: Path) -> None:
+    """`backup serve` creates it for its SQLite broker before the inventory is opened."""
+    import stat
+
+    from backup.inventory import Inventory
+    from workers.app import broker_url
+
+    data = tmp_path / "xdg-data" / "backup"
+    assert broker_url(Settings()) == f"sqla+sqlite:///{data / 'broker.sqlite'}"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    Inventory(Settings().inventory_url).close()
+    assert stat.S_IMODE((data / "inventory.db").stat().st_mode) == 0o600
