@@ -149,8 +149,11 @@ class Inventory:
         self.url = url
         try:
             if url.startswith("sqlite:///"):
-                path = url[len("sqlite:///") :]
-                if path and path != ":memory:":
+                from sqlalchemy.engine import make_url
+
+                parsed = make_url(url)  # the file without query options (?timeout=...)
+                path = parsed.database
+                if path and path != ":memory:" and "uri" not in parsed.query:
                     _private_sqlite_file(Path(path))
             self.engine: Engine = create_engine(url, pool_pre_ping=True)
         except Exception as e:  # bad URL or missing driver

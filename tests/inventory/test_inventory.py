@@ -197,6 +197,8 @@ def test_sqlite_inventory_is_private_to_its_owner(tmp_path: pathlib.Path) -> Non
         }  # fmt: skip
         assert _mode(db.parent) == 0o700
         inv.close()
+        Inventory(f"sqlite:///{tmp_path / 'opts.db'}?timeout=5").close()  # options are no name
+        assert _mode(tmp_path / "opts.db") == 0o600 and len(list(tmp_path.iterdir())) == 2
     finally:
         os.umask(old)
 
