@@ -472,16 +472,6 @@ def restore(
     """
     from . import restore as r
 
-    if notify:
-        from .notify import check_request_targets
-        from .settings import notify_target_variable
-
-        for name in check_request_targets(notify, here=not obj.settings.broker_url):
-            click.echo(
-                f"note: notification target {name} is not defined here "
-                f"({notify_target_variable(name)}); the workers that send it must define it",
-                err=True,
-            )
     into_bucket = to.startswith("s3://")
     if into_bucket and not dry_run and not (obj.settings.broker_url or notify):
         from .snapshots.cli import restore_into_bucket
@@ -611,8 +601,17 @@ def _restore_request(
     source is a bucket."""
     from . import cli_jobs
     from .jobs import JobStore
+    from .notify import check_request_targets
     from .restore import resolve_archive
+    from .settings import notify_target_variable
 
+    # the targets are stored with the request: refused now if one holds a credential
+    for name in check_request_targets(notify, here=not obj.settings.broker_url):
+        click.echo(
+            f"note: notification target {name} is not defined here "
+            f"({notify_target_variable(name)}); the workers that send it must define it",
+            err=True,
+        )
     if policy is None:
         raise Error("name the POLICY to restore")
     if str(to).startswith("s3://") and obj.policy(policy).source is None:
