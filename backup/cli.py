@@ -451,8 +451,9 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
     "--notify",
     "notify",
     multiple=True,
-    metavar="URL",
-    help="Apprise URL told when the restore ends (repeatable).",
+    metavar="URL|NAME",
+    help="Told when the restore ends (repeatable): an Apprise URL without credentials, or "
+    "the NAME of a target defined as BACKUP_NOTIFY_<NAME>=URL.",
 )
 @click.option(
     "--tier",
@@ -624,8 +625,17 @@ def _restore_request(
     source is a bucket."""
     from . import cli_jobs
     from .jobs import JobStore
+    from .notify import check_request_targets
     from .restore import resolve_archive
+    from .settings import notify_target_variable
 
+    # the targets are stored with the request: refused now if one holds a credential
+    for name in check_request_targets(notify, here=not obj.settings.broker_url):
+        click.echo(
+            f"note: notification target {name} is not defined here "
+            f"({notify_target_variable(name)}); the workers that send it must define it",
+            err=True,
+        )
     if policy is None:
         raise Error("name the POLICY to restore")
     if identity is not None and obj.settings.broker_url:
@@ -922,6 +932,11 @@ def _exit(code: object) -> None:
     before the command returned. Otherwise (or for a message as exit code) a normal exit."""
     import threading
 
+    inventory = sys.modules.get("backup.inventory")
+    if inventory is not None:
+        # os._exit closes no connection, so SQLite would leave the command's writes in the
+        # -wal file: a copy of inventory.db alone would miss them
+        inventory.checkpoint_all()
     mp = sys.modules.get("multiprocessing")
     if (
         not (code is None or isinstance(code, int))

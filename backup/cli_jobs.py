@@ -267,9 +267,9 @@ def _job_json(j: Job) -> dict[str, Any]:
 
 def _redact(url: str) -> str:
     try:
-        from .notify import redact_url
+        from .notify import shown_target
 
-        return str(redact_url(url))
+        return shown_target(url)
     except ImportError:  # pragma: no cover
         return url.split("://", 1)[0] + "://***"
 

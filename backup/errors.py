@@ -15,6 +15,7 @@ __all__ = [
     "FileIndexCorrupt",
     "IdentityError",
     "NoArchiveAt",
+    "NotifyTargetError",
     "ObjectNotFound",
     "OptionError",
     "PolicyError",
@@ -52,6 +53,10 @@ class ConfigError(Error):
 
 class OptionError(Error):
     """{}: {}"""
+
+
+class NotifyTargetError(Error):
+    """Notification target {}: {}"""
 
 
 class PolicyError(Error):

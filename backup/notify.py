@@ -13,6 +13,11 @@ Invariants:
   handler the application attached.
 - **Messages take plain values** (strings, numbers, datetimes), never ORM rows, so they can
   be built anywhere: in a worker, in a test, in the CLI.
+- **Secrets never enter the inventory.** A restore request's targets are stored with the
+  request so any worker can send them: a URL that carries a credential
+  (:func:`credentials_in`) is refused there and given instead as a *named target*, a name
+  (``--notify ops``) that each process resolves from its own environment
+  (``BACKUP_NOTIFY_OPS``, :func:`backup.settings.notify_target`) when it sends.
 """
 
 from __future__ import annotations
@@ -29,15 +34,24 @@ from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import parse_qsl, unquote
 
+from .errors import NotifyTargetError
+from .settings import is_notify_target_name as is_target_name
+from .settings import notify_target, notify_target_variable
+
 __all__ = [
     "NotifyResult",
     "UrlOutcome",
+    "check_request_targets",
+    "credentials_in",
     "format_backup_message",
     "format_restore_message",
     "human_bytes",
     "human_duration",
+    "is_target_name",
     "redact_url",
+    "resolve_targets",
     "send",
+    "shown_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +64,14 @@ _PLAIN_PARAMS = frozenset(
     {"mode", "format", "overflow", "verify", "cto", "rto", "method", "priority", "port"}
 )
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
+# Query parameters that name addresses or people, not credentials: a URL may be stored with
+# these (and the plain ones); any other query value may be a key, so it may not.
+_ADDRESS_PARAMS = _PLAIN_PARAMS | {"to", "from", "cc", "bcc", "name", "reply", "smtp", "user"}
+# Schemes whose path is where to deliver (an HTTP endpoint, a mail recipient), not a token as
+# it is for ``discord://ID/TOKEN``, ``gotify://host/TOKEN`` or ``ntfy://host/topic``
+_ADDRESS_PATH_SCHEMES = frozenset(
+    {"json", "jsons", "xml", "xmls", "form", "forms", "mailto", "mailtos"}
+)
 _MIN_SECRET = 3  # shorter strings are not scrubbed from log text (it would garble it)
 
 
@@ -158,6 +180,112 @@ def _secrets(url: str) -> set[str]:
         found.add(p.fragment)
     found |= {unquote(s) for s in found}
     return {s for s in found if len(s) >= _MIN_SECRET}
+
+
+def credentials_in(url: str) -> list[str]:
+    """What in an Apprise URL is (or may be) a credential.
+
+    Args:
+        url: an Apprise URL.
+
+    Returns:
+        Descriptions such as ``"a password"`` or ``"a host part that may be a token"``; empty
+        when the URL holds nothing but addresses (``json://host:port/path``,
+        ``mailto://host?to=a@b.c&mode=starttls``).
+    """
+    p = _split(url)
+    if p is None:
+        return ["text that is not a URL"]
+    found = []
+    if p.userinfo is not None and ":" in p.userinfo:
+        found.append("a password")
+    if not _public_host(p.host):
+        found.append("a host part that may be a token")
+    if p.scheme.lower() not in _ADDRESS_PATH_SCHEMES and p.path.strip("/"):
+        found.append(f"path segments, which are tokens for {p.scheme}://")
+    keys = sorted({k for k, _ in p.query if k.lower() not in _ADDRESS_PARAMS})
+    if keys:
+        found.append(f"the query value(s) of {', '.join(keys)}")
+    if p.fragment:
+        found.append("a fragment")
+    return found
+
+
+def shown_target(entry: str) -> str:
+    """Returns: a target as shown to users: a name as it is, a URL redacted."""
+    return entry if is_target_name(entry) else redact_url(entry)
+
+
+def check_request_targets(entries: Sequence[str], *, here: bool) -> list[str]:
+    """Check the targets of a restore request (``--notify``), which are stored with it.
+
+    Args:
+        entries: Apprise URLs without credentials, and names of targets.
+        here: whether this process sends the notification (no broker): then every name
+            must be defined in its environment.
+
+    Returns:
+        The names not defined in this process's environment (left for the workers' own).
+
+    Raises:
+        NotifyTargetError: for a URL with a credential (it would be stored as it is), text
+            that is neither a URL nor a name, or (``here``) a name not defined.
+    """
+    undefined = []
+    for entry in entries:
+        if is_target_name(entry):
+            if notify_target(entry) is None:
+                if here:
+                    raise NotifyTargetError(
+                        entry,
+                        f"no such target: set {notify_target_variable(entry)} to its "
+                        "Apprise URL(s)",
+                    )
+                undefined.append(entry)
+            continue
+        if "://" not in entry:
+            raise NotifyTargetError(
+                "(not shown)",
+                "neither an Apprise URL (scheme://...) nor a target name (a letter, then "
+                "letters, digits or _)",
+            )
+        found = credentials_in(entry)
+        if found:
+            raise NotifyTargetError(
+                redact_url(entry),
+                f"it holds {' and '.join(found)}, and a request's targets are stored in the "
+                "inventory: define it as a named target instead, BACKUP_NOTIFY_<NAME>=URL in "
+                "the environment of the processes that send it, and pass --notify <NAME>",
+            )
+    return undefined
+
+
+def resolve_targets(entries: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Turn target names into their URLs, from this process's environment.
+
+    Args:
+        entries: Apprise URLs and names of targets.
+
+    Returns:
+        ``(urls, undefined)``: the URLs (each once, in order) and the names this process
+        does not define (each logged at ERROR).
+    """
+    urls: list[str] = []
+    undefined: list[str] = []
+    for entry in entries:
+        if not is_target_name(entry):
+            urls.append(entry)
+            continue
+        named = notify_target(entry)
+        if named is None:
+            log.error(
+                "notification target %s is not defined here: set %s to its Apprise URL(s)",
+                entry, notify_target_variable(entry),
+            )  # fmt: skip
+            undefined.append(entry)
+        else:
+            urls += named
+    return list(dict.fromkeys(urls)), undefined
 
 
 class _Secrets:

@@ -113,7 +113,8 @@ class Retention(BaseModel):
 
 class Notify(BaseModel):
     """Where a policy's run reports: Apprise URLs (``mailto://``, ``json://``, ``ntfy://``,
-    Slack, Discord, ...) told when a run succeeds, when it fails, or both."""
+    Slack, Discord, ...) or names of targets defined in the environment (``ops`` for
+    ``BACKUP_NOTIFY_OPS``), told when a run succeeds, when it fails, or both."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -123,9 +124,13 @@ class Notify(BaseModel):
     @field_validator("on_success", "on_failure")
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
+        from .settings import is_notify_target_name
+
         for url in v:
-            if "://" not in url:
-                raise ValueError(f"{url!r} is not an Apprise URL (scheme://...)")
+            if "://" not in url and not is_notify_target_name(url):
+                raise ValueError(
+                    f"{url!r} is neither an Apprise URL (scheme://...) nor a target name"
+                )
         return v
 
 

@@ -641,6 +641,7 @@ class Runner:
     # notifications ----------------------------------------------------------------------
 
     def _urls(self, job: Job) -> list[str]:
+        """Returns: the job's notification targets, URLs and names (resolved when sent)."""
         urls: list[str] = list(json.loads(job.notify or "[]"))
         if job.kind == "backup" and job.policy:
             with suppress(Exception):
@@ -662,19 +663,21 @@ class Runner:
         Returns:
             True when every URL took the message.
         """
-        from .notify import send
+        from .notify import resolve_targets, send
 
         store = self.store
         if not store.claim_notify(job_id):
             return False
         job = store.get(job_id)
         title, body = message_for(job)
-        res = send(self._urls(job), title, body)
-        ok = bool(getattr(res, "ok", res))
+        urls, undefined = resolve_targets(self._urls(job))
+        res = send(urls, title, body)
+        ok = bool(getattr(res, "ok", res)) and not undefined
         store.update(job.id, notify_state="sent" if ok else "failed")
+        missing = f" (targets not defined here: {', '.join(undefined)})" if undefined else ""
         self.inventory.log(
             "notify",
-            f"notification for job {job.id} {'sent' if ok else 'failed'}",
+            f"notification for job {job.id} {'sent' if ok else 'failed'}{missing}",
             level="info" if ok else "warning",
             policy=job.policy,
         )

@@ -2,11 +2,16 @@
 
 Settings say where things are (policy file, inventory, identity); policies say what to back
 up. Settings never hold a secret key's content, only the path of the identity file, so that
-printing the settings can never leak one.
+printing the settings can never leak one. Named notification targets
+(``BACKUP_NOTIFY_<NAME>``), whose URLs carry passwords and tokens, are read by
+:func:`notify_target` when a notification is sent, outside :class:`Settings` for the same
+reason.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +25,9 @@ __all__ = [
     "default_config_path",
     "default_inventory_url",
     "get_settings",
+    "is_notify_target_name",
+    "notify_target",
+    "notify_target_variable",
 ]
 
 #: AWS us-east-1 list prices of a retrieval, per "CLASS/Tier": (USD per GB, USD per 1,000
@@ -117,3 +125,33 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Returns: the settings of this process, read once."""
     return Settings()
+
+
+_NOTIFY_TARGET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def is_notify_target_name(text: str) -> bool:
+    """Returns: whether ``text`` is a notification target's name (``ops``,
+    ``oncall_mail``): a letter, then letters, digits or ``_``, 64 at most."""
+    return bool(_NOTIFY_TARGET_NAME.match(text))
+
+
+def notify_target_variable(name: str) -> str:
+    """Returns: the environment variable defining a named notification target: ``ops`` ->
+    ``BACKUP_NOTIFY_OPS`` (names are not case-sensitive)."""
+    return f"BACKUP_NOTIFY_{name.upper()}"
+
+
+def notify_target(name: str) -> list[str] | None:
+    """The Apprise URLs of a named notification target, read from the environment now (a
+    worker started with it defines it; nothing is cached).
+
+    Args:
+        name: the target's name, as given to ``--notify``.
+
+    Returns:
+        The URLs of ``BACKUP_NOTIFY_<NAME>`` (one or more, separated by whitespace), or None
+        when it is unset or empty.
+    """
+    urls = os.environ.get(notify_target_variable(name), "").split()
+    return urls or None

@@ -140,6 +140,28 @@ def test_failed_run_notifies_on_failure_urls_only(env: Env, receiver: Receiver) 
     assert "FAILED" in payload["title"] and "does not exist" in payload["message"]
 
 
+def test_policy_notifies_named_targets_defined_where_it_is_sent(
+    env: Env, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy may name targets instead of holding their credentials; a name the sending
+    process does not define fails the notification, saying which."""
+    env.config.write_text(
+        env.config.read_text() + '[policy.notify]\non_success = ["ops", "audit"]\n'
+    )
+    monkeypatch.setenv("BACKUP_NOTIFY_OPS", f"json://u:Pa55w0rd@127.0.0.1:{receiver.port}/ops")
+    runner, sent = make_runner(env)
+    job = runner.store.create("backup", policy="p", state="queued")
+    assert job is not None
+    assert runner.run_backup(job.id) == "done"
+    assert sent == [("backup.notify", job.id)]
+    assert runner.notify(job.id) is False  # audit is not defined here
+    assert [r[0] for r in receiver.requests] == ["/ops"]  # ops was told all the same
+    assert runner.store.get(job.id).notify_state == "failed"
+    assert runner.inventory.events(1)[0].message == (
+        f"notification for job {job.id} failed (targets not defined here: audit)"
+    )
+
+
 def test_restore_request_runs_through_its_states(
     env: Env, tree_snapshot: Callable[..., object]
 ) -> None:

@@ -11,13 +11,18 @@ from typing import Any
 
 import pytest
 
+from backup.errors import NotifyTargetError
 from backup.notify import (
+    check_request_targets,
+    credentials_in,
     format_backup_message,
     format_restore_message,
     human_bytes,
     human_duration,
     redact_url,
+    resolve_targets,
     send,
+    shown_target,
 )
 from tests.servers import Mailbox, Receiver, free_port, text_of
 
@@ -172,6 +177,80 @@ def test_secrets_never_reach_logs_or_results(
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# -- named targets: what a restore request may store ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "json://127.0.0.1:8080/hooks/backup",
+        "jsons://hooks.example.org",
+        "mailto://127.0.0.1:2525?from=backup@example.com&to=ops@example.com&mode=insecure",
+        "mailtos://smtp.example.com/ops@example.com?user=me",
+        "ntfy://ntfy.example.com?priority=high",
+    ],
+)
+def test_urls_of_addresses_only_hold_no_credentials(url: str) -> None:
+    assert credentials_in(url) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "found"),
+    [
+        ("mailto://me:hunter22@smtp.example.com?to=a@b.c", ["a password"]),
+        ("tgram://123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/987654",
+         ["a host part that may be a token", "path segments, which are tokens for tgram://"]),
+        ("gotify://push.example.com/AbCdEfToken",
+         ["path segments, which are tokens for gotify://"]),
+        ("ntfy://ntfy.sh/my-secret-topic", ["path segments, which are tokens for ntfy://"]),
+        ("json://hooks.example.org/x?token=abc&to=a", ["the query value(s) of token"]),
+        ("json://u:p@[::1]:9000/x#frag", ["a password", "a fragment"]),
+        ("not a url", ["text that is not a URL"]),
+    ],
+)  # fmt: skip
+def test_credentials_in_urls_are_found(url: str, found: list[str]) -> None:
+    assert credentials_in(url) == found
+
+
+def test_a_request_refuses_a_url_with_credentials_without_showing_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(NotifyTargetError) as e:
+        check_request_targets(["json://127.0.0.1/x", "mailto://me:hunter22@smtp.example.com"],
+                              here=True)  # fmt: skip
+    text = str(e.value)
+    assert "hunter22" not in text and "\n" not in text
+    assert text.startswith("Notification target mailto://***:***@smtp.example.com: it holds a ")
+    assert "BACKUP_NOTIFY_<NAME>=URL" in text and "--notify <NAME>" in text
+    with pytest.raises(NotifyTargetError, match=r"^Notification target \(not shown\): neither"):
+        check_request_targets(["AAHdqTcvCH1v:Gsaw"], here=False)
+    # a name is stored instead; it must be defined where the notification is sent
+    with pytest.raises(NotifyTargetError, match="ops: no such target: set BACKUP_NOTIFY_OPS"):
+        check_request_targets(["ops"], here=True)
+    assert check_request_targets(["ops", "json://127.0.0.1/x"], here=False) == ["ops"]
+    monkeypatch.setenv("BACKUP_NOTIFY_OPS", "mailto://me:hunter22@smtp.example.com")
+    assert check_request_targets(["ops"], here=True) == []
+
+
+def test_named_targets_resolve_from_the_environment_when_sent(
+    receiver: Receiver, smtp: Mailbox, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    hook = f"json://hookuser:Pa55w0rdXYZ@127.0.0.1:{receiver.port}/hook"
+    monkeypatch.setenv("BACKUP_NOTIFY_ONCALL", f"{hook}\n {smtp.url()}")
+    urls, undefined = resolve_targets(["oncall", "json://127.0.0.1:1/x", "OnCall", "nobody"])
+    assert urls == [hook, smtp.url(), "json://127.0.0.1:1/x"]
+    assert undefined == ["nobody"]
+    assert "notification target nobody is not defined here: set BACKUP_NOTIFY_NOBODY" in (
+        caplog.text
+    )
+    assert send(urls[:2], "T", "B").ok
+    assert receiver.requests[0][1]["Authorization"].startswith("Basic ")
+    assert len(smtp.messages) == 1
+    assert shown_target("oncall") == "oncall"
+    assert shown_target(hook) == f"json://***:***@127.0.0.1:{receiver.port}/***"
 
 
 # -- messages ----------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ def broker_url(settings: Settings) -> str:
     if settings.broker_url:
         return settings.broker_url
     path = Path(platformdirs.user_data_dir("backup")) / "broker.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # the inventory's directory too: created here first, it must be as private (0700)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return f"sqla+sqlite:///{path}"
 
 

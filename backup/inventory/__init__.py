@@ -10,9 +10,13 @@ removed, so the history of what existed stays.
 from __future__ import annotations
 
 import json
+import logging
 import marshal
+import os
+import stat
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -48,9 +52,12 @@ __all__ = [
     "Snapshot",
     "TreeCache",
     "TreeState",
+    "checkpoint_all",
     "encode_tree",
     "sig_of",
 ]
+
+log = logging.getLogger(__name__)
 
 #: What a path looked like when an archive recorded it: (type, size, permission bits,
 #: mtime_ns, ctime_ns, inode), with a hard link's type as ``file``. An incremental compares
@@ -89,6 +96,47 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Make the SQLite inventory readable by its owner only: it lists every path backed up
+    and every job's parameters. A new file is created 0600 before SQLite opens it (SQLite
+    gives the ``-wal`` and ``-shm`` files the database file's mode), in a directory created
+    0700; an existing file (or ``-wal``/``-shm``) that others may read is tightened, with a
+    warning. Directories that already exist are the user's and keep their mode."""
+    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        return
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(p.stat().st_mode)
+            if mode & 0o077:
+                p.chmod(mode & 0o700)
+                log.warning(
+                    "inventory file %s was readable by other users (mode %04o): now %04o",
+                    p, mode, mode & 0o700,
+                )  # fmt: skip
+        except FileNotFoundError:
+            continue
+        except OSError as e:  # not ours to change: say so, and go on
+            log.warning("inventory file %s may be readable by other users: %s", p, e.strerror)
+
+
+#: every Inventory of this process, for :func:`checkpoint_all`
+_OPEN: weakref.WeakSet[Inventory] = weakref.WeakSet()
+
+
+def checkpoint_all() -> None:
+    """Checkpoint every SQLite inventory this process opened: for a command about to end
+    with ``os._exit``, which closes no connection, so SQLite would not move the ``-wal``
+    file's pages into the database file, and a copy of the file alone would miss them."""
+    for inv in list(_OPEN):
+        inv.checkpoint()
+
+
 class Inventory:
     """Access to one inventory database.
 
@@ -101,9 +149,12 @@ class Inventory:
         self.url = url
         try:
             if url.startswith("sqlite:///"):
-                path = url[len("sqlite:///") :]
-                if path and path != ":memory:":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                from sqlalchemy.engine import make_url
+
+                parsed = make_url(url)  # the file without query options (?timeout=...)
+                path = parsed.database
+                if path and path != ":memory:" and "uri" not in parsed.query:
+                    _private_sqlite_file(Path(path))
             self.engine: Engine = create_engine(url, pool_pre_ping=True)
         except Exception as e:  # bad URL or missing driver
             raise ConfigError(f"inventory URL {_redact(url)}: {e}") from None
@@ -125,6 +176,7 @@ class Inventory:
                     f"cannot open inventory {_redact(url)}: {type(e).__name__}: {e}"
                 ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        _OPEN.add(self)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -134,6 +186,29 @@ class Inventory:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def checkpoint(self) -> None:
+        """Move SQLite's write-ahead log into the database file and truncate the log, so the
+        file alone holds everything committed (a user copying ``inventory.db`` gets it
+        all). Best effort and never raises: what was committed is safe in the log either
+        way, and a reader holding an old snapshot (a worker) only makes it partial."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        try:
+            with self.engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                cur = raw.cursor()
+                try:
+                    # a busy database must not hold the command's exit for 30 s
+                    cur.execute("PRAGMA busy_timeout=1000")
+                    cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    cur.fetchall()
+                    cur.execute("PRAGMA busy_timeout=30000")
+                finally:
+                    cur.close()
+        except Exception as e:
+            log.debug("checkpoint of inventory %s failed: %s", _redact(self.url), e)
 
     @property
     def _mark(self) -> str:

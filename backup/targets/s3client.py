@@ -7,7 +7,8 @@ endpoint). Credentials always come from boto3's own chain and are never read, lo
 into an error message here.
 
 The environment is read when a client is built, not cached at import, so a process (or a
-test) that changes it gets clients that follow.
+test) that changes it gets clients that follow. boto3 is imported then too: a command that
+only reads policies naming S3 targets never pays for it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
-
 if TYPE_CHECKING:
+    from botocore.config import Config
     from mypy_boto3_glacier import GlacierClient
     from mypy_boto3_s3 import S3Client
 
@@ -67,6 +66,8 @@ def client_config(max_pool_connections: int = 16) -> Config:
         Standard-mode retries (5 attempts with backoff; throttling and 5xx retried),
         connect and read timeouts, and the pool size.
     """
+    from botocore.config import Config
+
     return Config(
         retries={"max_attempts": 5, "mode": "standard"},
         connect_timeout=10,
@@ -76,6 +77,8 @@ def client_config(max_pool_connections: int = 16) -> Config:
 
 
 def _client(service: str, region: str | None, max_pool_connections: int) -> Any:
+    import boto3
+
     # a session per client: boto3 sessions are not thread-safe, clients are
     session = boto3.session.Session()
     return session.client(

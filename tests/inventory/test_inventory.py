@@ -175,6 +175,76 @@ def test_processes_opening_a_new_inventory_together_all_succeed(tmp_path: pathli
     assert errors == []
 
 
+def _mode(p: pathlib.Path) -> int:
+    import stat
+
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_sqlite_inventory_is_private_to_its_owner(tmp_path: pathlib.Path) -> None:
+    """It lists every path backed up: not for other users' eyes under the usual umask."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        db = tmp_path / "data" / "backup" / "inventory.db"
+        inv = Inventory(f"sqlite:///{db}")
+        add(inv, "a1", T0)  # written: the -wal and -shm files exist now
+        wal, shm = db.with_name("inventory.db-wal"), db.with_name("inventory.db-shm")
+        assert wal.exists() and shm.exists()
+        assert {p.name: _mode(p) for p in (db, wal, shm)} == {
+            "inventory.db": 0o600, "inventory.db-wal": 0o600, "inventory.db-shm": 0o600
+        }  # fmt: skip
+        assert _mode(db.parent) == 0o700
+        inv.close()
+        Inventory(f"sqlite:///{tmp_path / 'opts.db'}?timeout=5").close()  # options are no name
+        assert _mode(tmp_path / "opts.db") == 0o600 and len(list(tmp_path.iterdir())) == 2
+    finally:
+        os.umask(old)
+
+
+def test_loose_existing_inventory_is_tightened(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    db = shared / "inv.db"
+    inv = Inventory(f"sqlite:///{db}")
+    add(inv, "a1", T0)
+    inv.close()
+    db.chmod(0o644)
+    with caplog.at_level("WARNING", logger="backup.inventory"):
+        inv = Inventory(f"sqlite:///{db}")
+    assert _mode(db) == 0o600
+    assert [r.getMessage() for r in caplog.records] == [
+        f"inventory file {db} was readable by other users (mode 0644): now 0600"
+    ]
+    assert inv.get("a1").state == "complete"  # nothing lost
+    assert _mode(shared) == 0o755  # a directory that existed is the user's
+    inv.close()
+
+
+def test_checkpoint_leaves_everything_in_the_database_file(tmp_path: pathlib.Path) -> None:
+    """A copy of the .db file alone (no -wal) holds what was committed."""
+    import shutil
+
+    db = tmp_path / "inv.db"
+    inv = Inventory(f"sqlite:///{db}")
+    reader = Inventory(f"sqlite:///{db}")  # another process's connection keeps the log alive
+    assert reader.archives() == []
+    add(inv, "a1", T0)
+    wal = db.with_name("inv.db-wal")
+    assert wal.stat().st_size > 0
+    inv.checkpoint()
+    assert wal.stat().st_size == 0
+    shutil.copyfile(db, tmp_path / "copy.db")
+    copy = Inventory(f"sqlite:///{tmp_path / 'copy.db'}")
+    assert copy.get("a1").state == "complete"
+    for i in (copy, reader, inv):
+        i.close()
+
+
 def manifest_of(rows: list[dict[str, object]], deleted: tuple[bytes, ...] = ()) -> bytes:
     """An archive's manifest as the engine encodes it, holding these index rows."""
     from backup.archive.manifest import encode_manifest

@@ -144,7 +144,9 @@ def test_restore_request_is_carried_out_and_notifies_mail_and_webhook(
     (cluster.env.source / "docs").mkdir()
     (cluster.env.source / "docs" / "a.txt").write_text("alpha\n")
     (cluster.env.source / "b.bin").write_bytes(os.urandom(300_000))
-    cluster.worker()
+    # the webhook's credentials live in the worker's environment only: the request names it
+    hook = f"json://hookuser:Pa55w0rdXYZ@127.0.0.1:{receiver.port}/hook"
+    cluster.worker(BACKUP_NOTIFY_HOOK=hook)
     cluster.scheduler()
     cluster.cli("run", "p", "--wait")
     dest = cluster.env.tmp / "restored"
@@ -157,10 +159,11 @@ def test_restore_request_is_carried_out_and_notifies_mail_and_webhook(
         "--notify",
         smtp.url(),
         "--notify",
-        receiver.url("/hook"),
+        "hook",
         "--json",
     )
     assert time.monotonic() - t0 < 20
+    assert "BACKUP_NOTIFY_HOOK" in r.stderr  # not defined here: a note, and it is queued
     req = json.loads(r.stdout)
     assert req["state"] == "requested"
     job = wait_for(
@@ -175,9 +178,11 @@ def test_restore_request_is_carried_out_and_notifies_mail_and_webhook(
     assert len(smtp.messages) == 1 and len(receiver.requests) == 1
     body = text_of(smtp.messages[0][2])
     assert str(dest) in body and "Files:     2" in body, body
-    path, _headers, hook = receiver.requests[0]
-    assert path == "/hook" and str(dest) in hook["message"]
+    path, headers, message = receiver.requests[0]
+    assert path == "/hook" and str(dest) in message["message"]
+    assert headers["Authorization"].startswith("Basic ")
     assert cluster.store().get(job.id).notify_state == "sent"
+    assert json.loads(cluster.store().get(job.id).notify) == [smtp.url(), "hook"]
 
 
 def test_redis_restart_mid_run_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
