@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -95,10 +95,12 @@ def inline_dispatch(runner_box: list[Runner]) -> Dispatch:
 
 
 def inline_runner(obj: Any) -> Runner:
+    from .jobs import worker_name
     from .runner import Runner
 
     box: list[Runner] = []
-    runner = Runner(obj.inventory, obj.settings, inline_dispatch(box))
+    # "cli@": if this process dies, the job is failed, not handed to a worker later
+    runner = Runner(obj.inventory, obj.settings, inline_dispatch(box), worker_name("cli"))
     box.append(runner)
     return runner
 
@@ -137,9 +139,15 @@ def follow(store: JobStore, job_id: str, progress: Progress, interval: float = 0
         time.sleep(interval)
 
 
-def _job_json(j: Job) -> dict[str, Any]:
+def _job_json(j: Job, stale_after: float | None = None) -> dict[str, Any]:
+    """A job as ``status``, ``job`` and ``run`` print it; with ``stale_after`` (seconds), a
+    running job says whether its process is gone (``process_gone``: why, or null)."""
     from .cli import _iso
+    from .jobs import RUNNING, holder_gone
 
+    extra: dict[str, Any] = {}
+    if stale_after is not None and j.state in RUNNING:
+        extra["process_gone"] = holder_gone(j, timedelta(seconds=stale_after))
     return {
         "id": j.id,
         "kind": j.kind,
@@ -161,6 +169,8 @@ def _job_json(j: Job) -> dict[str, Any]:
         "notify_state": j.notify_state,
         "result": json.loads(j.result or "{}"),
         "error": j.error,
+        "sent_at": _iso(j.sent_at),
+        **extra,
     }
 
 
@@ -395,7 +405,7 @@ def register(cli: click.Group) -> None:
         the active scheduler, and the next scheduled runs."""
         from workers.scheduler import LEASE, next_runs
 
-        from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore
+        from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore, holder_gone
         from .policy import parse_duration
 
         try:
@@ -404,6 +414,7 @@ def register(cli: click.Group) -> None:
             raise click.BadParameter(str(e), param_hint="--since") from None
         store = JobStore(obj.inventory)
         now = datetime.now(UTC)
+        stale_after = obj.settings.stale_after_seconds
         active = store.jobs(states=ACTIVE, limit=1000)
         ended = store.jobs(states=TERMINAL, since=now - window, limit=1000)
         holder = store.lease_holder(LEASE)
@@ -416,7 +427,7 @@ def register(cli: click.Group) -> None:
             "scheduler": {"active": holder[0], "lease_expires": _iso(holder[1])}
             if holder
             else None,
-            "running": [_job_json(j) for j in active if j.state in RUNNING],
+            "running": [_job_json(j, stale_after) for j in active if j.state in RUNNING],
             "queued": [_job_json(j) for j in active if j.kind == "backup" and j.state == "queued"],
             "restores": [
                 _job_json(j) for j in active if j.kind == "restore" and j.state not in RUNNING
@@ -449,17 +460,24 @@ def register(cli: click.Group) -> None:
                 title_justify="left",
             )
             for j in jobs:
+                state = j.state
                 if extra == "progress":
                     ex = _size(j.bytes_done) + (
                         f" / {_size(j.bytes_total)}" if j.bytes_total else ""
                     )
                     ex += f" on {j.worker}"
+                    gone = holder_gone(j, timedelta(seconds=stale_after))
+                    if gone:
+                        state += " (process gone)"
+                        ex += f": {gone}; the next run of the policy or the sweep fails it"
                 elif extra == "error":
                     ex = j.error or ""
                 else:
                     r = json.loads(j.result or "{}")
                     ex = r.get("archive_id") or r.get("destination") or (j.error or "")
-                t.add_row(j.id, j.kind, j.policy or "-", j.state, _iso(j.created) or "", ex)
+                    if j.state == "queued" and j.sent_at is None:
+                        ex = ex or "not sent to the broker yet"
+                t.add_row(j.id, j.kind, j.policy or "-", state, _iso(j.created) or "", ex)
             _table(t)
 
         table("running", [j for j in active if j.state in RUNNING], "progress")
@@ -489,7 +507,7 @@ def register(cli: click.Group) -> None:
         j = store.get(job_id)
         if wait:
             j = follow(store, j.id, _progress(as_json))
-        d = _job_json(j)
+        d = _job_json(j, obj.settings.stale_after_seconds)
         if as_json:
             _dump(d)
         else:
