@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -529,21 +530,83 @@ def queue_restore(obj: Any, params: dict[str, Any], policy: str, notify: tuple[s
     return job
 
 
-def queue_backup(obj: Any, policy: str, full: bool) -> Job:
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A backup run recorded for the workers.
+
+    Attributes:
+        job: the job.
+        again: a retry found this run already queued instead of recording a second one.
+        unsent: why the broker did not take it (it stays queued, and the scheduler's sweep
+            sends it when the broker answers); None once the broker has it.
+    """
+
+    job: Job
+    again: bool = False
+    unsent: str | None = None
+
+    def message(self) -> str:
+        """Returns: one line telling the user where the run is."""
+        j = self.job
+        follow = f"follow it: backup job {j.id} --wait"
+        if self.unsent:
+            head = (
+                f"job {j.id} of {j.policy} is already queued"
+                if self.again
+                else (f"queued job {j.id} ({j.policy})")
+            )
+            return (
+                f"{head}, not sent yet: {self.unsent}; the scheduler sends it when the broker "
+                f"answers; {follow}"
+            )
+        if self.again:
+            return f"job {j.id} of {j.policy} is already queued; {follow}"
+        return f"queued job {j.id} ({j.policy}); {follow}"
+
+
+def queue_backup(obj: Any, policy: str, full: bool) -> Queued:
     """Record a backup run and hand it to the workers (to the policy's own pack queue when
-    it names one)."""
-    from workers.app import make_app, queue_name
+    it names one). A run of the policy already queued with the same options is not recorded
+    twice (a retry after the broker did not answer): it is sent now if it never was.
+
+    Returns:
+        The run, and whether the broker took it.
+    """
+    from workers.app import broker_url, make_app, queue_name, redact
 
     from .jobs import JobStore
     from .runner import task_queue
 
     store = JobStore(obj.inventory)
-    job = store.create("backup", policy=policy, state="queued", params={"full": full})
-    assert job is not None
     queue = queue_name(obj.settings, task_queue("backup.run", obj.policy(policy)))
-    make_app(obj.settings).send_task("backup.run", args=[job.id], queue=queue)
+    waiting = [
+        j
+        for j in store.jobs(states=["queued"], kind="backup", policy=policy)
+        if bool(json.loads(j.params or "{}").get("full")) == full
+    ]
+    if waiting:
+        job = waiting[-1]  # the oldest
+        if job.sent_at is not None:  # its message waits in the broker, or the sweep resends
+            return Queued(job, again=True)
+    else:
+        created = store.create("backup", policy=policy, state="queued", params={"full": full})
+        assert created is not None
+        job = created
+    from kombu.exceptions import OperationalError
+
+    url = redact(broker_url(obj.settings))
+    try:
+        make_app(obj.settings).send_task("backup.run", args=[job.id], queue=queue)
+    except (OperationalError, OSError) as e:  # after kombu's own retries
+        # the job is recorded: the sweep sends jobs that were never sent once the broker answers
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return Queued(job, again=bool(waiting), unsent=f"the broker {url} does not answer ({why})")
+    except Exception as e:  # a broker URL no transport takes: no later send will work either
+        why = f"cannot send to the broker {url}: {type(e).__name__}: {e}"
+        store.cas(job.id, ["queued"], "failed", error=why)
+        raise Error(why) from None
     store.mark_sent([job.id])
-    return job
+    return Queued(job, again=bool(waiting))
 
 
 def wait_seconds(job: Job) -> float:
