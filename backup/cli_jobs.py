@@ -96,12 +96,12 @@ def inline_dispatch(runner_box: list[Runner]) -> Dispatch:
 
 
 def inline_runner(obj: Any) -> Runner:
-    from .jobs import worker_name
+    from .jobs import process_name
     from .runner import Runner
 
     box: list[Runner] = []
     # "cli@": if this process dies, the job is failed, not handed to a worker later
-    runner = Runner(obj.inventory, obj.settings, inline_dispatch(box), worker_name("cli"))
+    runner = Runner(obj.inventory, obj.settings, inline_dispatch(box), process_name("cli"))
     box.append(runner)
     return runner
 

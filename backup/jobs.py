@@ -9,7 +9,7 @@ both are harmless because:
 - a job waiting for a worker records when it was last handed to the broker (``sent_at``),
   and the scheduler's sweep hands it over again when it has waited too long;
 - a running job beats a heartbeat, and records who runs it (``worker``: host, PID and the
-  process's start time, :func:`worker_name`); the sweep resets a job whose worker died to the
+  process's start time, :func:`process_name`); the sweep resets a job whose worker died to the
   state it was claimed from, after removing what the dead attempt left behind (a job that a
   command ran in-process is failed instead: nobody waits on a queue for it);
 - a policy's running job holds the policy's row in ``policy_locks``, so two runs of one
@@ -55,6 +55,7 @@ __all__ = [
     "holder_gone",
     "parse_worker",
     "process_alive",
+    "process_name",
     "worker_name",
 ]
 
@@ -75,7 +76,7 @@ class JobNotFound(Error):
 
 @dataclass(frozen=True, slots=True)
 class WorkerId:
-    """Who runs a job, as :func:`worker_name` wrote it.
+    """Who runs a job, as :func:`process_name` wrote it.
 
     Attributes:
         role: ``cli`` for a command that runs the job in-process; empty for a worker.
@@ -127,7 +128,12 @@ def _this_machine() -> str | None:
     return hashlib.sha256(f"{boot} {ns}".encode()).hexdigest()[:12]
 
 
-def worker_name(role: str = "") -> str:
+def worker_name() -> str:
+    """Returns: ``host:pid`` of this process (a scheduler's name in its lease)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_name(role: str = "") -> str:
     """Returns: ``[role@]host:pid:start.machine`` of this process, as recorded on the jobs
     it claims (``host:pid`` where there is no ``/proc``): enough for :func:`process_alive`
     to tell on this host whether the process still runs, even after its PID was reused.
@@ -145,7 +151,7 @@ def worker_name(role: str = "") -> str:
 
 
 def parse_worker(name: str | None) -> WorkerId | None:
-    """Returns: the parts of a job's ``worker``, or None when it is not one :func:`worker_name`
+    """Returns: the parts of a job's ``worker``, or None when it is not one :func:`process_name`
     wrote (an older inventory's ``host:pid`` parses, without a start time)."""
     m = _WORKER.fullmatch(name or "")
     if m is None:

@@ -31,7 +31,7 @@ from typing import Any
 from .errors import Error
 from .inventory import Inventory
 from .inventory.models import Archive, Job, RetrievalJob
-from .jobs import RESET_TO, JobStore, parse_worker, worker_name
+from .jobs import RESET_TO, JobStore, parse_worker, process_name
 from .policy import Policy, load_policies
 from .progress import Progress
 from .settings import Settings
@@ -120,7 +120,7 @@ class Runner:
     worker: str = ""
 
     def __post_init__(self) -> None:
-        self.worker = self.worker or worker_name()
+        self.worker = self.worker or process_name()
 
     @property
     def store(self) -> JobStore:

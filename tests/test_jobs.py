@@ -283,7 +283,7 @@ def ended_process_worker(env: Env, role: str) -> str:
     import subprocess
     import sys
 
-    code = f"from backup.jobs import worker_name; print(worker_name({role!r}))"
+    code = f"from backup.jobs import process_name; print(process_name({role!r}))"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env.environ(), capture_output=True, text=True, check=True
     )

@@ -18,7 +18,7 @@ import pytest
 
 from backup.engine import archive_keys
 from backup.inventory import Archive, Inventory
-from backup.jobs import JobStore, holder_gone, parse_worker, process_alive, worker_name
+from backup.jobs import JobStore, holder_gone, parse_worker, process_alive, process_name
 from backup.targets import open_target
 from tests.conftest import Env, require_tools, write_policy
 from tests.test_interop import cli
@@ -43,7 +43,7 @@ def policy(env: Env, level: int) -> None:
 
 def dead_cli_worker(env: Env) -> str:
     """The ``worker`` a ``backup run`` process records, of a process that has ended."""
-    code = "from backup.jobs import worker_name; print(worker_name('cli'))"
+    code = "from backup.jobs import process_name; print(process_name('cli'))"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env.environ(), capture_output=True, text=True, check=True
     )
@@ -175,13 +175,13 @@ def test_status_says_nothing_is_gone_while_the_process_runs(env: Env) -> None:
     store = JobStore(Inventory(env.inventory_url))
     job = store.create("backup", policy="p", state="queued")
     assert job is not None
-    assert store.claim(job.id, "queued", "packing", worker_name("cli"))  # this process
+    assert store.claim(job.id, "queued", "packing", process_name("cli"))  # this process
     [running] = json.loads(cli(env, "status", "--json").stdout)["running"]
     assert running["id"] == job.id and running["process_gone"] is None
 
 
 def test_a_reused_pid_is_not_the_holder() -> None:
-    me = parse_worker(worker_name())
+    me = parse_worker(process_name())
     assert me is not None and me.start is not None
     assert process_alive(me) is True
     assert process_alive(me.__class__(me.role, me.host, me.pid, me.start + 1, me.machine)) is False
