@@ -199,6 +199,8 @@ class Runner:
         # a run killed without a word (SIGKILL, the OOM killer) must not lock its policy out
         self._settle_dead_runs(policy.name, job.id)
         holder = store.lock_policy(policy.name, job.id)
+        if holder is not None and store.release_orphan_locks():
+            holder = store.lock_policy(policy.name, job.id)
         if holder is not None:
             store.cas(
                 job.id,
@@ -650,12 +652,11 @@ class Runner:
 
     def _settle_dead_runs(self, policy: str, job_id: str) -> None:
         """Before a run of ``policy`` takes its lock: fail the policy's runs whose process
-        died (this run takes their place), and free locks whose job has ended."""
+        died (this run takes their place)."""
         stale_after = timedelta(seconds=self.settings.stale_after_seconds)
         for dead, why in self.store.dead(stale_after, policy=policy):
             if dead.id != job_id:
                 self._settle_dead(dead, why, requeue=False)
-        self.store.release_orphan_locks()
 
     def _settle_dead(self, job: Job, why: str, *, requeue: bool) -> bool:
         """Clean up after a running job whose worker died: remove what its attempt wrote,
