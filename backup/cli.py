@@ -273,6 +273,14 @@ def run(obj: Ctx, policy: str, full: bool, wait: bool, as_json: bool) -> None:
     else:
         created = store.create("backup", policy=pol.name, state="queued", params={"full": full})
         assert created is not None
+        import signal
+
+        def stop(signum: int, _frame: object) -> None:
+            # `timeout` and service managers stop with SIGTERM: end as Ctrl-C does, so the
+            # run removes what it wrote, records why it failed and releases its lock
+            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+        signal.signal(signal.SIGTERM, stop)
         cli_jobs.inline_runner(obj).run_backup(created.id, progress=_progress(as_json))
         job = store.get(created.id)
     cli_jobs.finish_run(obj, job, as_json)

@@ -202,3 +202,31 @@ def test_a_holder_elsewhere_is_dead_once_its_heartbeat_expired(inventory: Invent
     assert holder_gone(j, timedelta(seconds=60), later) == (
         "no heartbeat from otherhost:7:123.abc for 90 s"
     )
+
+
+def test_a_run_stopped_by_timeout_cleans_up_at_once(env: Env) -> None:
+    """``timeout`` sends SIGTERM: the run ends as on Ctrl-C, leaving nothing behind."""
+    for i in range(3):
+        (env.source / f"blob{i}").write_bytes(os.urandom(4 << 20))
+    policy(env, 19)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "backup", "run", "p"],
+        env=env.environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: any(p.stat().st_size > 0 for p in partials(env)), 60, "packing to write")
+    finally:
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and err.strip() == "interrupted", err
+    inv = Inventory(env.inventory_url)
+    store = JobStore(inv)
+    [job] = store.jobs(kind="backup")
+    assert job.state == "failed" and job.error == "KeyboardInterrupt: stopped by SIGTERM"
+    assert [a.state for a in inv.archives(states=("complete", "failed", "writing"))] == ["failed"]
+    assert partials(env) == [] and not (env.vault / "p").exists()
+    assert store.lock_policy("p", "next") is None
+    inv.close()
