@@ -550,11 +550,9 @@ class Queued:
         j = self.job
         follow = f"follow it: backup job {j.id} --wait"
         if self.unsent:
-            head = (
-                f"job {j.id} of {j.policy} is already queued"
-                if self.again
-                else (f"queued job {j.id} ({j.policy})")
-            )
+            head = f"queued job {j.id} ({j.policy})"
+            if self.again:
+                head = f"job {j.id} of {j.policy} is already queued"
             return (
                 f"{head}, not sent yet: {self.unsent}; the scheduler sends it when the broker "
                 f"answers; {follow}"
