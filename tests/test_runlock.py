@@ -57,7 +57,7 @@ def partials(env: Env) -> list[Path]:
 
 def test_a_run_killed_mid_pack_does_not_lock_the_next_run_out(env: Env) -> None:
     # incompressible data at zstd level 19 packs slowly: the run is killed while it packs
-    for i in range(3):
+    for i in range(2):
         (env.source / f"blob{i}").write_bytes(os.urandom(4 << 20))
     (env.source / "note.txt").write_text("kept")
     policy(env, 19)
@@ -118,7 +118,7 @@ def test_a_run_killed_mid_pack_does_not_lock_the_next_run_out(env: Env) -> None:
     res = cli(env, "restore", "p", "--to", str(out))
     assert res.returncode == 0, res.stderr
     assert (out / "note.txt").read_text() == "kept"
-    assert (out / "blob2").read_bytes() == (env.source / "blob2").read_bytes()
+    assert (out / "blob1").read_bytes() == (env.source / "blob1").read_bytes()
     inv.close()
 
 
@@ -206,7 +206,7 @@ def test_a_holder_elsewhere_is_dead_once_its_heartbeat_expired(inventory: Invent
 
 def test_a_run_stopped_by_timeout_cleans_up_at_once(env: Env) -> None:
     """``timeout`` sends SIGTERM: the run ends as on Ctrl-C, leaving nothing behind."""
-    for i in range(3):
+    for i in range(2):
         (env.source / f"blob{i}").write_bytes(os.urandom(4 << 20))
     policy(env, 19)
     run = subprocess.Popen(
