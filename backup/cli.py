@@ -265,19 +265,32 @@ def run(obj: Ctx, policy: str, full: bool, wait: bool, as_json: bool) -> None:
 
     store = JobStore(obj.inventory)
     if obj.settings.broker_url:
-        job = cli_jobs.queue_backup(obj, pol.name, full)
+        queued = cli_jobs.queue_backup(obj, pol.name, full)
+        job = queued.job
         if not wait:
             if as_json:
-                _dump({"job": job.id, "state": job.state, "policy": pol.name})
-            else:
-                click.echo(
-                    f"queued job {job.id} ({pol.name}); follow it: backup job {job.id} --wait"
+                _dump(
+                    {"job": job.id, "state": job.state, "policy": pol.name}
+                    | {"sent": queued.unsent is None, "already_queued": queued.again}
+                    | ({"not_sent": queued.unsent} if queued.unsent else {})
                 )
+            else:
+                click.echo(queued.message())
             return
+        if queued.unsent:
+            click.echo(queued.message(), err=True)
         job = cli_jobs.follow(store, job.id, _progress(as_json))
     else:
         created = store.create("backup", policy=pol.name, state="queued", params={"full": full})
         assert created is not None
+        import signal
+
+        def stop(signum: int, _frame: object) -> None:
+            # `timeout` and service managers stop with SIGTERM: end as Ctrl-C does, so the
+            # run removes what it wrote, records why it failed and releases its lock
+            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+        signal.signal(signal.SIGTERM, stop)
         cli_jobs.inline_runner(obj).run_backup(created.id, progress=_progress(as_json))
         job = store.get(created.id)
     cli_jobs.finish_run(obj, job, as_json)

@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -95,10 +96,12 @@ def inline_dispatch(runner_box: list[Runner]) -> Dispatch:
 
 
 def inline_runner(obj: Any) -> Runner:
+    from .jobs import process_name
     from .runner import Runner
 
     box: list[Runner] = []
-    runner = Runner(obj.inventory, obj.settings, inline_dispatch(box))
+    # "cli@": if this process dies, the job is failed, not handed to a worker later
+    runner = Runner(obj.inventory, obj.settings, inline_dispatch(box), process_name("cli"))
     box.append(runner)
     return runner
 
@@ -238,9 +241,15 @@ def retrieval_text(p: dict[str, Any]) -> str:
     return text
 
 
-def _job_json(j: Job) -> dict[str, Any]:
+def _job_json(j: Job, stale_after: float | None = None) -> dict[str, Any]:
+    """A job as ``status``, ``job`` and ``run`` print it; with ``stale_after`` (seconds), a
+    running job says whether its process is gone (``process_gone``: why, or null)."""
     from .cli import _iso
+    from .jobs import RUNNING, holder_gone
 
+    extra: dict[str, Any] = {}
+    if stale_after is not None and j.state in RUNNING:
+        extra["process_gone"] = holder_gone(j, timedelta(seconds=stale_after))
     return {
         "id": j.id,
         "kind": j.kind,
@@ -262,6 +271,8 @@ def _job_json(j: Job) -> dict[str, Any]:
         "notify_state": j.notify_state,
         "result": json.loads(j.result or "{}"),
         "error": j.error,
+        "sent_at": _iso(j.sent_at),
+        **extra,
     }
 
 
@@ -496,7 +507,7 @@ def register(cli: click.Group) -> None:
         the active scheduler, and the next scheduled runs."""
         from workers.scheduler import LEASE, next_runs
 
-        from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore
+        from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore, holder_gone
         from .policy import parse_duration
 
         try:
@@ -505,6 +516,7 @@ def register(cli: click.Group) -> None:
             raise OptionError("--since", str(e)) from None
         store = JobStore(obj.inventory)
         now = datetime.now(UTC)
+        stale_after = obj.settings.stale_after_seconds
         active = store.jobs(states=ACTIVE, limit=1000)
         ended = store.jobs(states=TERMINAL, since=now - window, limit=1000)
         holder = store.lease_holder(LEASE)
@@ -517,7 +529,7 @@ def register(cli: click.Group) -> None:
             "scheduler": {"active": holder[0], "lease_expires": _iso(holder[1])}
             if holder
             else None,
-            "running": [_job_json(j) for j in active if j.state in RUNNING],
+            "running": [_job_json(j, stale_after) for j in active if j.state in RUNNING],
             "queued": [_job_json(j) for j in active if j.kind == "backup" and j.state == "queued"],
             "restores": [
                 dict(_job_json(j), retrieval=retrieval_progress(store, j, now))
@@ -552,11 +564,16 @@ def register(cli: click.Group) -> None:
                 title_justify="left",
             )
             for j in jobs:
+                state = j.state
                 if extra == "progress":
                     ex = _size(j.bytes_done) + (
                         f" / {_size(j.bytes_total)}" if j.bytes_total else ""
                     )
                     ex += f" on {j.worker}"
+                    gone = holder_gone(j, timedelta(seconds=stale_after))
+                    if gone:
+                        state += " (process gone)"
+                        ex += f": {gone}; the next run of the policy or the sweep fails it"
                 elif extra == "error":
                     ex = j.error or ""
                 elif extra == "retrieval":
@@ -565,7 +582,9 @@ def register(cli: click.Group) -> None:
                 else:
                     r = json.loads(j.result or "{}")
                     ex = r.get("archive_id") or r.get("destination") or (j.error or "")
-                t.add_row(j.id, j.kind, j.policy or "-", j.state, _iso(j.created) or "", ex)
+                    if j.state == "queued" and j.sent_at is None:
+                        ex = ex or "not sent to the broker yet"
+                t.add_row(j.id, j.kind, j.policy or "-", state, _iso(j.created) or "", ex)
             _table(t)
 
         table("running", [j for j in active if j.state in RUNNING], "progress")
@@ -598,7 +617,7 @@ def register(cli: click.Group) -> None:
                 None if as_json else (lambda line: err.print(line, soft_wrap=True, markup=False))
             )
             j = follow(store, j.id, _progress(as_json), report=report)
-        d = _job_json(j)
+        d = _job_json(j, obj.settings.stale_after_seconds)
         if j.kind == "restore":
             d["retrieval"] = retrieval_progress(store, j)
         if as_json:
@@ -624,21 +643,81 @@ def queue_restore(obj: Any, params: dict[str, Any], policy: str, notify: tuple[s
     return job
 
 
-def queue_backup(obj: Any, policy: str, full: bool) -> Job:
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A backup run recorded for the workers.
+
+    Attributes:
+        job: the job.
+        again: a retry found this run already queued instead of recording a second one.
+        unsent: why the broker did not take it (it stays queued, and the scheduler's sweep
+            sends it when the broker answers); None once the broker has it.
+    """
+
+    job: Job
+    again: bool = False
+    unsent: str | None = None
+
+    def message(self) -> str:
+        """Returns: one line telling the user where the run is."""
+        j = self.job
+        follow = f"follow it: backup job {j.id} --wait"
+        if self.unsent:
+            head = f"queued job {j.id} ({j.policy})"
+            if self.again:
+                head = f"job {j.id} of {j.policy} is already queued"
+            return (
+                f"{head}, not sent yet: {self.unsent}; the scheduler sends it when the broker "
+                f"answers; {follow}"
+            )
+        if self.again:
+            return f"job {j.id} of {j.policy} is already queued; {follow}"
+        return f"queued job {j.id} ({j.policy}); {follow}"
+
+
+def queue_backup(obj: Any, policy: str, full: bool) -> Queued:
     """Record a backup run and hand it to the workers (to the policy's own pack queue when
-    it names one)."""
-    from workers.app import make_app, queue_name
+    it names one). A run of the policy already queued with the same options is not recorded
+    twice (a retry after the broker did not answer): it is sent now if it never was.
+
+    Returns:
+        The run, and whether the broker took it.
+    """
+    from workers.app import broker_url, make_app, queue_name, redact
 
     from .jobs import JobStore
     from .runner import task_queue
 
     store = JobStore(obj.inventory)
-    job = store.create("backup", policy=policy, state="queued", params={"full": full})
-    assert job is not None
     queue = queue_name(obj.settings, task_queue("backup.run", obj.policy(policy)))
-    make_app(obj.settings).send_task("backup.run", args=[job.id], queue=queue)
+    waiting = [
+        j
+        for j in store.jobs(states=["queued"], kind="backup", policy=policy)
+        if bool(json.loads(j.params or "{}").get("full")) == full
+    ]
+    if waiting:
+        job = waiting[-1]  # the oldest
+        if job.sent_at is not None:  # its message waits in the broker, or the sweep resends
+            return Queued(job, again=True)
+    else:
+        created = store.create("backup", policy=policy, state="queued", params={"full": full})
+        assert created is not None
+        job = created
+    from kombu.exceptions import OperationalError
+
+    url = redact(broker_url(obj.settings))
+    try:
+        make_app(obj.settings).send_task("backup.run", args=[job.id], queue=queue)
+    except (OperationalError, OSError) as e:  # after kombu's own retries
+        # the job is recorded: the sweep sends jobs that were never sent once the broker answers
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return Queued(job, again=bool(waiting), unsent=f"the broker {url} does not answer ({why})")
+    except Exception as e:  # a broker URL no transport takes: no later send will work either
+        why = f"cannot send to the broker {url}: {type(e).__name__}: {e}"
+        store.cas(job.id, ["queued"], "failed", error=why)
+        raise Error(why) from None
     store.mark_sent([job.id])
-    return job
+    return Queued(job, again=bool(waiting))
 
 
 def wait_seconds(job: Job) -> float:

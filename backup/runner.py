@@ -31,7 +31,7 @@ from typing import Any
 from .errors import Error
 from .inventory import Inventory
 from .inventory.models import Archive, Job, RetrievalJob
-from .jobs import RESET_TO, JobStore, worker_name
+from .jobs import RESET_TO, JobStore, parse_worker, process_name
 from .policy import Policy, load_policies
 from .progress import Progress
 from .settings import Settings
@@ -121,7 +121,7 @@ class Runner:
     worker: str = ""
 
     def __post_init__(self) -> None:
-        self.worker = self.worker or worker_name()
+        self.worker = self.worker or process_name()
 
     @property
     def store(self) -> JobStore:
@@ -201,7 +201,11 @@ class Runner:
             store.cas(job.id, ["packing"], "failed", error=msg)
             self._notify_after(job.id)
             return "failed"
+        # a run killed without a word (SIGKILL, the OOM killer) must not lock its policy out
+        self._settle_dead_runs(policy.name, job.id)
         holder = store.lock_policy(policy.name, job.id)
+        if holder is not None and store.release_orphan_locks():
+            holder = store.lock_policy(policy.name, job.id)
         if holder is not None:
             store.cas(
                 job.id,
@@ -694,26 +698,55 @@ class Runner:
         """
         store = self.store
         again: list[str] = []
-        for job in store.stale(timedelta(seconds=self.settings.stale_after_seconds)):
-            if job.kind == "backup" and job.archive_id:
-                if self._finish_if_recorded(job):
-                    continue
-                self._discard_attempt(job.archive_id)
-            back = RESET_TO[job.state]
-            if store.cas(job.id, [job.state], back, worker=None, heartbeat=None, sent_at=None):
-                if job.policy:
-                    store.unlock_policy(job.policy, job.id)
-                self.inventory.log(
-                    "requeued",
-                    f"job {job.id}: worker {job.worker} stopped beating in {job.state}; "
-                    f"back to {back}",
-                    level="warning",
-                    policy=job.policy,
-                )
+        for job, why in store.dead(timedelta(seconds=self.settings.stale_after_seconds)):
+            who = parse_worker(job.worker)
+            # a job a command ran in-process has no queue to go back to: it failed
+            if self._settle_dead(job, why, requeue=who is None or who.role != "cli"):
                 again.append(job.id)
         store.release_orphan_locks()
         store.stuck_notifications(timedelta(seconds=self.settings.stale_after_seconds * 5))
         return again
+
+    def _settle_dead_runs(self, policy: str, job_id: str) -> None:
+        """Before a run of ``policy`` takes its lock: fail the policy's runs whose process
+        died (this run takes their place)."""
+        stale_after = timedelta(seconds=self.settings.stale_after_seconds)
+        for dead, why in self.store.dead(stale_after, policy=policy):
+            if dead.id != job_id:
+                self._settle_dead(dead, why, requeue=False)
+
+    def _settle_dead(self, job: Job, why: str, *, requeue: bool) -> bool:
+        """Clean up after a running job whose worker died: remove what its attempt wrote,
+        then put the job back where it was claimed from (``requeue``) or fail it, and
+        release its lock.
+
+        Returns:
+            True when the job was put back and is to be handed out again.
+        """
+        store = self.store
+        if job.kind == "backup" and job.archive_id:
+            if self._finish_if_recorded(job):
+                return False
+            self._discard_attempt(job.archive_id, f"the process writing it died: {why}")
+        if requeue:
+            back = RESET_TO[job.state]
+            if not store.cas(job.id, [job.state], back, worker=None, heartbeat=None, sent_at=None):
+                return False
+            message = f"job {job.id}: worker {job.worker} stopped beating in {job.state} ({why})"
+            message += f"; back to {back}"
+        else:
+            error = f"interrupted in {job.state}: {why}"
+            if not store.cas(job.id, [job.state], "failed", error=error):
+                return False
+            message = f"job {job.id} failed: {error}"
+        if job.policy:
+            store.unlock_policy(job.policy, job.id)
+        self.inventory.log(
+            "requeued" if requeue else "failed", message, level="warning", policy=job.policy
+        )
+        if not requeue:
+            self._notify_after(job.id)
+        return requeue
 
     def _finish_if_recorded(self, job: Job) -> bool:
         """A worker that died after the archive was complete: the archive is not redone.
@@ -758,7 +791,7 @@ class Runner:
                 return "remaining steps"  # the plan cannot be read: the outcome is unknown
         return "restore drill (fork action)" if "fork" in actions else ""
 
-    def _discard_attempt(self, archive_id: str) -> None:
+    def _discard_attempt(self, archive_id: str, why: str = "the worker writing it died") -> None:
         try:
             a = self.inventory.get(archive_id)
         except Error:
@@ -771,9 +804,7 @@ class Runner:
                 target.abandon_partial(key)
             with suppress(Exception):
                 target.delete(key)
-        self.inventory.update_archive(
-            a.id, state="failed", error="the worker writing it died", finished=_now()
-        )
+        self.inventory.update_archive(a.id, state="failed", error=why, finished=_now())
 
 
 def message_for(job: Job) -> tuple[str, str]:
@@ -809,5 +840,5 @@ def message_for(job: Job) -> tuple[str, str]:
         started=job.started,
         finished=job.finished,
         error=None if ok else job.error,
-        host=(job.worker or "").rsplit(":", 1)[0] or None,
+        host=who.host if (who := parse_worker(job.worker)) else None,
     )

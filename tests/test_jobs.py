@@ -298,3 +298,107 @@ def test_restore_request_of_a_bucket_source_into_another_bucket(
     assert got == {"restored/docs/a.txt": b"alpha", "restored/b.bin": b"\0" * 5000}
     assert runner.notify(req.id) is True
     assert f"s3://{dst}/restored" in receiver.requests[0][2]["message"]
+
+
+def ended_process_worker(env: Env, role: str) -> str:
+    """The ``worker`` a process records on the jobs it claims, of a process that has ended."""
+    import subprocess
+    import sys
+
+    code = f"from backup.jobs import process_name; print(process_name({role!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env.environ(), capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def dead_run(runner: Runner, env: Env, worker: str) -> tuple[str, str]:
+    """A run of policy p by ``worker`` that holds the lock and was writing an archive."""
+    from datetime import UTC, datetime
+
+    from backup.engine import archive_keys
+    from backup.inventory import Archive
+    from backup.targets import open_target
+
+    store = runner.store
+    job = store.create("backup", policy="p", state="queued")
+    assert job is not None
+    assert store.claim(job.id, "queued", "packing", worker)
+    assert store.lock_policy("p", job.id) is None
+    aid = "20261121T020000Z-0dead0ff"
+    key, manifest_key = archive_keys("p", aid)
+    runner.inventory.add_archive(
+        Archive(
+            id=aid,
+            policy="p",
+            target=f"file://{env.vault}",
+            location=key,
+            manifest_location=manifest_key,
+            kind="full",
+            created=datetime.now(UTC),
+            state="writing",
+        )
+    )
+    store.update(job.id, archive_id=aid)
+    open_target(f"file://{env.vault}").open_write(key).write(b"half an archive")
+    assert list((env.vault / ".partial").iterdir())
+    return job.id, aid
+
+
+def test_sweep_fails_an_in_process_run_whose_process_is_gone(env: Env) -> None:
+    runner, _ = make_runner(env)
+    worker = ended_process_worker(env, "cli")
+    job_id, aid = dead_run(runner, env, worker)
+    assert runner.sweep_dead() == []  # nothing to hand out again: nobody queued it
+    j = runner.store.get(job_id)
+    pid, host = worker.split("@")[1].split(":")[1], worker.split("@")[1].split(":")[0]
+    assert j.state == "failed"
+    assert j.error == f"interrupted in packing: process {pid} on {host} is gone"
+    assert runner.inventory.get(aid).state == "failed"
+    assert list((env.vault / ".partial").iterdir()) == []
+    assert runner.store.lock_policy("p", "next") is None
+
+
+def test_sweep_requeues_a_dead_worker_of_this_host_without_waiting(env: Env) -> None:
+    runner, _ = make_runner(env)
+    job_id, aid = dead_run(runner, env, ended_process_worker(env, ""))
+    # its heartbeat is fresh, but its process is gone: no need to wait for the heartbeat
+    assert runner.sweep_dead() == [job_id]
+    assert runner.store.get(job_id).state == "queued"
+    assert runner.inventory.get(aid).state == "failed"
+    assert list((env.vault / ".partial").iterdir()) == []
+
+
+def test_next_run_takes_over_from_a_holder_elsewhere_whose_heartbeat_expired(env: Env) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    runner, _ = make_runner(env)
+    job_id, aid = dead_run(runner, env, "otherhost:42:1234.0123456789ab")
+    second = runner.store.create("backup", policy="p", state="queued")
+    assert second is not None
+    assert runner.run_backup(second.id) == "skipped"  # its heartbeat is fresh: it may run
+    runner.store.update(job_id, heartbeat=datetime.now(UTC) - timedelta(seconds=120))
+    third = runner.store.create("backup", policy="p", state="queued")
+    assert third is not None
+    assert runner.run_backup(third.id) == "done"
+    dead = runner.store.get(job_id)
+    assert dead.state == "failed"
+    assert (dead.error or "").startswith(
+        "interrupted in packing: no heartbeat from otherhost:42:1234.0123456789ab for 12"
+    )
+    assert runner.inventory.get(aid).state == "failed"
+    assert list((env.vault / ".partial").iterdir()) == []
+
+
+def test_a_lock_left_by_a_run_that_ended_does_not_skip_the_next(env: Env) -> None:
+    """Killed between recording its end and releasing the lock."""
+    runner, _ = make_runner(env)
+    store = runner.store
+    first = store.create("backup", policy="p", state="queued")
+    assert first is not None
+    assert store.claim(first.id, "queued", "packing", "w:1")
+    assert store.lock_policy("p", first.id) is None
+    assert store.cas(first.id, ["packing"], "failed", error="gone")
+    second = store.create("backup", policy="p", state="queued")
+    assert second is not None
+    assert runner.run_backup(second.id) == "done"

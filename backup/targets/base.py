@@ -16,7 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import BinaryIO
 
@@ -214,6 +214,13 @@ class Target(ABC):
     @abstractmethod
     def abandon_partial(self, key: str) -> int:
         """Remove what interrupted writes of ``key`` left behind; returns how many."""
+
+    @abstractmethod
+    def sweep_partial(self, older_than: timedelta) -> int:
+        """Remove what interrupted writes of any key left behind, started more than
+        ``older_than`` ago (a younger one may be a live write); returns how many. For what
+        nothing recorded: a dead writer whose key is known is cleaned by
+        :meth:`abandon_partial` at once."""
 
     def stat(self, ref: str) -> ObjectInfo:
         """Describe one committed object (size, and storage class where there are classes).

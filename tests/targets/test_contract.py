@@ -168,3 +168,15 @@ def test_file_target_writes_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (max(0, i - 1) * mib, (i + 1) * mib - max(0, i - 1) * mib, os.POSIX_FADV_DONTNEED)
         for i in range(5)
     ]
+
+
+def test_sweep_partial_removes_only_writes_older_than_asked(target: Target) -> None:
+    from datetime import timedelta
+
+    dead = target.open_write("p/dead")
+    dead.write(b"x" * 10_000)  # never committed nor aborted: its writer was killed
+    # young (moto dates every upload 2010): it may be a live write
+    assert target.sweep_partial(timedelta(days=36500)) == 0
+    assert target.sweep_partial(timedelta(0)) >= 1
+    assert target.abandon_partial("p/dead") == 0  # nothing of it is left
+    assert list(target.list()) == []
