@@ -671,16 +671,27 @@ def _restore_request(
     }
     store = JobStore(obj.inventory)
     if obj.settings.broker_url:
-        job = cli_jobs.queue_restore(obj, params, policy, notify)
+        job, unsent = cli_jobs.queue_restore(obj, params, policy, notify)
+        said = f"restore request {job.id} recorded (archive {archive.id} into {to})"
+        if unsent:
+            said += f", not sent yet: {unsent}; the scheduler sends it when the broker answers"
+        said += f"; follow it: backup job {job.id} --wait"
         if not wait:
             if as_json:
-                _dump({"job": job.id, "state": job.state, "archive_id": archive.id})
-            else:
-                click.echo(
-                    f"restore request {job.id} recorded (archive {archive.id} into {to}); "
-                    f"follow it: backup job {job.id} --wait"
+                _dump(
+                    {
+                        "job": job.id,
+                        "state": job.state,
+                        "archive_id": archive.id,
+                        "sent": unsent is None,
+                        "not_sent": unsent,
+                    }
                 )
+            else:
+                click.echo(said)
             return
+        if unsent and not as_json:
+            err.print(said, soft_wrap=True, markup=False)
         report = None if as_json else (lambda line: err.print(line, soft_wrap=True, markup=False))
         job = cli_jobs.follow(store, job.id, _progress(as_json), report=report)
     else:

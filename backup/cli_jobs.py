@@ -632,15 +632,52 @@ def register(cli: click.Group) -> None:
             sys.exit(1)
 
 
-def queue_restore(obj: Any, params: dict[str, Any], policy: str, notify: tuple[str, ...]) -> Job:
-    """Record a restore request and hand it to the workers."""
+def queue_restore(
+    obj: Any, params: dict[str, Any], policy: str, notify: tuple[str, ...]
+) -> tuple[Job, str | None]:
+    """Record a restore request and hand it to the workers.
+
+    Returns:
+        The request, and why the broker did not take it (None once it has): the request
+        stays recorded and the scheduler's sweep sends it when the broker answers.
+    """
     from .jobs import JobStore
+    from .runner import TASK_QUEUES
 
     store = JobStore(obj.inventory)
     job = store.create("restore", policy=policy, state="requested", params=params, notify=notify)
     assert job is not None
-    broker_dispatch(obj.settings, store)("backup.start_restore", job.id)
-    return job
+    task = "backup.start_restore"
+    return job, _send(obj, store, job, task, TASK_QUEUES[task])
+
+
+def _send(obj: Any, store: JobStore, job: Job, task: str, queue: str) -> str | None:
+    """Hand a recorded job to the broker.
+
+    Returns:
+        None once the broker has it; why not when the broker does not answer (the job stays
+        as recorded: the scheduler's sweep sends jobs that were never sent).
+
+    Raises:
+        Error: the broker URL is one no transport takes (the job is failed: no later send
+            would work either).
+    """
+    from kombu.exceptions import OperationalError
+
+    from workers.app import broker_url, make_app, queue_name, redact
+
+    url = redact(broker_url(obj.settings))
+    try:
+        make_app(obj.settings).send_task(task, args=[job.id], queue=queue_name(obj.settings, queue))
+    except (OperationalError, OSError) as e:  # after kombu's own retries
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"the broker {url} does not answer ({why})"
+    except Exception as e:
+        why = f"cannot send to the broker {url}: {type(e).__name__}: {e}"
+        store.cas(job.id, [job.state], "failed", error=why)
+        raise Error(why) from None
+    store.mark_sent([job.id])
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -683,13 +720,11 @@ def queue_backup(obj: Any, policy: str, full: bool) -> Queued:
     Returns:
         The run, and whether the broker took it.
     """
-    from workers.app import broker_url, make_app, queue_name, redact
-
     from .jobs import JobStore
     from .runner import task_queue
 
     store = JobStore(obj.inventory)
-    queue = queue_name(obj.settings, task_queue("backup.run", obj.policy(policy)))
+    queue = task_queue("backup.run", obj.policy(policy))
     waiting = [
         j
         for j in store.jobs(states=["queued"], kind="backup", policy=policy)
@@ -703,21 +738,7 @@ def queue_backup(obj: Any, policy: str, full: bool) -> Queued:
         created = store.create("backup", policy=policy, state="queued", params={"full": full})
         assert created is not None
         job = created
-    from kombu.exceptions import OperationalError
-
-    url = redact(broker_url(obj.settings))
-    try:
-        make_app(obj.settings).send_task("backup.run", args=[job.id], queue=queue)
-    except (OperationalError, OSError) as e:  # after kombu's own retries
-        # the job is recorded: the sweep sends jobs that were never sent once the broker answers
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return Queued(job, again=bool(waiting), unsent=f"the broker {url} does not answer ({why})")
-    except Exception as e:  # a broker URL no transport takes: no later send will work either
-        why = f"cannot send to the broker {url}: {type(e).__name__}: {e}"
-        store.cas(job.id, ["queued"], "failed", error=why)
-        raise Error(why) from None
-    store.mark_sent([job.id])
-    return Queued(job, again=bool(waiting))
+    return Queued(job, again=bool(waiting), unsent=_send(obj, store, job, "backup.run", queue))
 
 
 def wait_seconds(job: Job) -> float:
