@@ -555,3 +555,29 @@ def test_verify_and_restore_of_a_hostile_archive_in_the_target(
     proc = _backup(env, "restore", "p", "--to", str(dest))
     _one_line_error(proc, aid, "entry 'link': size -512 out of range")
     assert not dest.exists()
+
+
+def test_restore_file_applies_what_the_reader_accepts(tmp_path: Path, key: Key) -> None:
+    # the ranges' other side: mtimes beyond 64-bit nanoseconds (a file dated 2300 or 1600,
+    # as GNU tar writes them) and the largest uid restore as they are, not as an overflow
+    require_tools("age", "zstd")
+    y2300 = 10_413_792_000 * 10**9 + 5
+    y1600 = -11_676_096_000 * 10**9
+    plain = tmp_path / "edges.tar"
+    plain.write_bytes(
+        encode_header(name=b"future", type=REGTYPE, size=2, mtime_ns=y2300, uid=2**32 - 2)
+        + b"hi"
+        + padding(2)
+        + encode_header(name=b"past", type=REGTYPE, mtime_ns=y1600)
+        + END_OF_ARCHIVE
+    )
+    archive = tmp_path / "edges.tar.zst.age"
+    encrypt_with_tools(key.recipient, plain, archive)
+    dest = tmp_path / "dest"
+    args = ["restore", "--file", str(archive), "--to", str(dest), "--identity", str(key.path)]
+    proc = _backup(None, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert (dest / "future").read_bytes() == b"hi"
+    assert os.stat(dest / "future").st_mtime_ns == y2300
+    # file systems clamp times they cannot store (ext4: 1901): only that it was set
+    assert os.stat(dest / "past").st_mtime_ns < 0
