@@ -17,7 +17,9 @@
  * - decode(block): the fields TarReader reads from one header block, checksum verified
  *   (tests/archive/test_tarformat.py). None for anything but plain octal fields and a
  *   checksum in the form every POSIX writer uses, and for a checksum that does not match:
- *   the Python reader then parses the block and names what is wrong.
+ *   the Python reader then parses the block and names what is wrong. Every error, the range
+ *   checks of a member's numbers included, is the Python reader's, so both decoders fail
+ *   alike on a hostile header (tests/archive/test_tar_fuzz.py fuzzes the two side by side).
  * - entry_json(record): pack.Record.to_json (tests/archive/test_pack.py). None for a number
  *   that does not fit 64 bits or a field of an unexpected type.
  *

@@ -16,8 +16,10 @@ Design invariants:
   placeholder that pax-aware readers ignore.
 - Names are bytes end to end: the reader never decodes a path, so every name survives a
   round trip exactly, including names that are not UTF-8.
-- The reader never guesses: a bad checksum, a malformed number or pax record, or a stream
-  that ends anywhere except after an end-of-archive block raises ``ArchiveCorrupt``; member
+- The reader never guesses: a bad checksum, a malformed number or pax record, a number
+  outside what a restore can apply (a negative size, a uid beyond 32 bits, ...), a NUL in a
+  pax name, or a stream that ends anywhere except after an end-of-archive block raises
+  ``ArchiveCorrupt``, in one line naming the entry (or the one it follows); member
   kinds it cannot restore faithfully (GNU sparse or multi-volume members, unknown types)
   raise ``ArchiveError`` rather than yielding a wrong file.
 
@@ -92,9 +94,9 @@ _UNSUPPORTED_TYPES = {
     b"D": "GNU incremental dump directory",
     b"N": "GNU old-style long name",
 }
-# Keys of a pax member that continues a file from a previous volume.
 # pax keys whose values are names: text that a NUL byte would cut short
 _PAX_TEXT_KEYS = frozenset((b"path", b"linkpath", b"uname", b"gname"))
+# Keys of a pax member that continues a file from a previous volume.
 _PAX_MULTIVOLUME_KEYS = frozenset(
     (b"GNU.volume.filename", b"GNU.volume.size", b"GNU.volume.offset")
 )
