@@ -17,7 +17,9 @@
  * - decode(block): the fields TarReader reads from one header block, checksum verified
  *   (tests/archive/test_tarformat.py). None for anything but plain octal fields and a
  *   checksum in the form every POSIX writer uses, and for a checksum that does not match:
- *   the Python reader then parses the block and names what is wrong.
+ *   the Python reader then parses the block and names what is wrong. Every error, the range
+ *   checks of a member's numbers included, is the Python reader's, so both decoders fail
+ *   alike on a hostile header (tests/archive/test_tar_fuzz.py fuzzes the two side by side).
  * - entry_json(record): pack.Record.to_json (tests/archive/test_pack.py). None for a number
  *   that does not fit 64 bits or a field of an unexpected type.
  *
@@ -437,9 +439,13 @@ static PyObject *write_new(PyObject *self, PyObject *const *args, Py_ssize_t nar
     long long mode = PyLong_AsLongLong(args[2]);
     long long uid = PyLong_AsLongLong(args[3]);
     long long gid = PyLong_AsLongLong(args[4]);
-    long long mtime_ns = PyLong_AsLongLong(args[5]);
+    int overflow = 0;
+    long long mtime_ns = PyLong_AsLongLongAndOverflow(args[5], &overflow);
     int chown_it = PyObject_IsTrue(args[6]);
     if (PyErr_Occurred() || chown_it < 0) return NULL;
+    /* an mtime a tar header holds but 64-bit nanoseconds do not (before 1677, after 2262):
+       nothing created, and the caller's Python path sets it (os.utime takes any time_t) */
+    if (overflow) return PyLong_FromLong(EOVERFLOW);
     const char *path = PyBytes_AS_STRING(args[0]);
     if (memchr(path, 0, (size_t)PyBytes_GET_SIZE(args[0]))) {
         /* as os.open: a NUL would cut the path short, to another file than the one named */
@@ -498,7 +504,7 @@ static PyMethodDef methods[] = {
     {"write_new", (PyCFunction)(void (*)(void))write_new, METH_FASTCALL,
      "write_new(path, data, mode, uid, gid, mtime_ns, chown) -> int: create a small file "
      "with its content and metadata outside the GIL; 0, or the errno of an open that created "
-     "nothing (EEXIST, ENOENT, ENOTDIR)"},
+     "nothing (EEXIST, ENOENT, ENOTDIR), or EOVERFLOW for an mtime_ns beyond 64 bits"},
     {"decode", decode, METH_O,
      "decode(block) -> (type, name, linkname, mode, uid, gid, size, mtime, uname, gname, "
      "devmajor, devminor) | None: one header block's fields, checksum verified, for the "

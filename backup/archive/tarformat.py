@@ -16,8 +16,10 @@ Design invariants:
   placeholder that pax-aware readers ignore.
 - Names are bytes end to end: the reader never decodes a path, so every name survives a
   round trip exactly, including names that are not UTF-8.
-- The reader never guesses: a bad checksum, a malformed number or pax record, or a stream
-  that ends anywhere except after an end-of-archive block raises ``ArchiveCorrupt``; member
+- The reader never guesses: a bad checksum, a malformed number or pax record, a number
+  outside what a restore can apply (a negative size, a uid beyond 32 bits, ...), a NUL in a
+  pax name, or a stream that ends anywhere except after an end-of-archive block raises
+  ``ArchiveCorrupt``, in one line naming the entry (or the one it follows); member
   kinds it cannot restore faithfully (GNU sparse or multi-volume members, unknown types)
   raise ``ArchiveError`` rather than yielding a wrong file.
 
@@ -92,9 +94,15 @@ _UNSUPPORTED_TYPES = {
     b"D": "GNU incremental dump directory",
     b"N": "GNU old-style long name",
 }
+# pax keys whose values are names: text that a NUL byte would cut short
+_PAX_TEXT_KEYS = frozenset((b"path", b"linkpath", b"uname", b"gname"))
 # Keys of a pax member that continues a file from a previous volume.
 _PAX_MULTIVOLUME_KEYS = frozenset(
     (b"GNU.volume.filename", b"GNU.volume.size", b"GNU.volume.offset")
+)
+# every key the reader acts on (besides the GNU.sparse.* family)
+_PAX_READ_KEYS = (
+    _PAX_TEXT_KEYS | _PAX_MULTIVOLUME_KEYS | frozenset((b"size", b"mtime", b"uid", b"gid"))
 )
 
 _ZERO_BLOCK = bytes(BLOCK)
@@ -106,6 +114,18 @@ _PAX_DIR = b"./PaxHeaders/"
 # Extended headers are read into memory; real ones are at most a few KiB (long paths, xattrs),
 # so anything near this size is a corrupt size field, not metadata.
 _MAX_META = 16 << 20
+# Ranges a member's numbers must lie in, whatever their encoding (octal, base-256, pax
+# decimal): what the file system calls restoring them take (off_t sizes, 32-bit uid_t/gid_t,
+# 64-bit time_t seconds, the int os.makedev takes). Anything outside is a corrupt header, not
+# a value to pass on: a negative size would move the reader backwards (a loop that never
+# ends), the others would overflow where the restore applies them.
+_MAX_SIZE = 2**63 - 1
+_MAX_ID = 2**32 - 1
+_MIN_MTIME_NS = -(2**63) * 10**9
+_MAX_MTIME_NS = 2**63 * 10**9 - 1
+_MAX_DEV = 2**31 - 1
+# more digits than any value in those ranges has (and far below int()'s 4300-digit limit)
+_MAX_DIGITS = 30
 _READ_CHUNK = 64 << 10
 # the buffer refills in large pieces: a decompressor or prefetcher then hands out whole
 # chunks without copying, and headers are parsed from one buffer for many members
@@ -446,9 +466,16 @@ def _parse_number(field: bytes) -> int:
     return int(digits, 8)
 
 
+def _clip(value: bytes) -> str:
+    """``value`` for an error message: a hostile header may hold megabytes."""
+    return repr(value) if len(value) <= 40 else repr(value[:40])[:-1] + "...'"
+
+
 def _parse_decimal(value: bytes, key: bytes) -> int:
     if not value.isdigit():
-        raise ValueError(f"invalid pax {key.decode('ascii', 'replace')} value {value!r}")
+        raise ValueError(f"invalid pax {key.decode('ascii', 'replace')} value {_clip(value)}")
+    if len(value.lstrip(b"0")) > _MAX_DIGITS:
+        raise ValueError(f"pax {key.decode('ascii', 'replace')} value {_clip(value)} out of range")
     return int(value)
 
 
@@ -458,7 +485,9 @@ def _parse_pax_time(value: bytes) -> int:
     digits = value[1:] if negative else value
     whole, dot, fraction = digits.partition(b".")
     if not whole.isdigit() or (dot and not fraction.isdigit()):
-        raise ValueError(f"invalid pax time {value!r}")
+        raise ValueError(f"invalid pax time {_clip(value)}")
+    if len(whole.lstrip(b"0")) > _MAX_DIGITS:
+        raise ValueError(f"pax time {_clip(value)} out of range")
     # Digits beyond nanoseconds are dropped: the file system cannot store them anyway.
     ns = int(whole) * _NS + int(fraction[:9].ljust(9, b"0") if dot else b"0")
     return -ns if negative else ns
@@ -484,6 +513,22 @@ def _parse_pax_records(data: bytes) -> dict[bytes, bytes]:
         records[key] = value
         pos = record_end
     return records
+
+
+def _out_of_range(
+    size: int, uid: int, gid: int, mtime_ns: int, devmajor: int, devminor: int
+) -> str:
+    """Which of a member's numbers is outside the range restoring it can apply."""
+    for what, value, low, high in (
+        ("size", size, 0, _MAX_SIZE),
+        ("uid", uid, 0, _MAX_ID),
+        ("gid", gid, 0, _MAX_ID),
+        ("devmajor", devmajor, 0, _MAX_DEV),
+        ("devminor", devminor, 0, _MAX_DEV),
+    ):
+        if not low <= value <= high:
+            return f"{what} {value} out of range ({low} to {high})"
+    return f"mtime {mtime_ns // _NS} s out of range (a 64-bit time_t)"
 
 
 def _show(name: bytes) -> str:
@@ -524,7 +569,16 @@ class TarReader:
     def _tell(self) -> int:
         return self._base + self._pos
 
-    def _corrupt(self, what: str, offset: int) -> ArchiveCorrupt:
+    def _corrupt(
+        self, what: str, offset: int, entry: bytes | None = None, *, after: bool = False
+    ) -> ArchiveCorrupt:
+        """The error for ``what`` at ``offset``, naming the member it belongs to (``entry``);
+        a header that names none yet (``after``) is placed after the last member read."""
+        if entry is not None:
+            return ArchiveCorrupt(self._name, f"entry {_show(entry)}: {what} at offset {offset}")
+        if after and self._member_name:
+            what = f"{what} at offset {offset}, after entry {_show(self._member_name)}"
+            return ArchiveCorrupt(self._name, what)
         return ArchiveCorrupt(self._name, f"{what} at offset {offset}")
 
     def _fill(self, n: int) -> int:
@@ -553,7 +607,7 @@ class TarReader:
         """Consume exactly ``n`` bytes, or raise ArchiveCorrupt naming ``what``."""
         offset = self._tell()
         if self._fill(n) < n:
-            raise self._corrupt(f"unexpected end of stream in {what}", offset)
+            raise self._corrupt(f"unexpected end of stream in {what}", offset, after=True)
         pos = self._pos
         self._pos = pos + n
         return self._buf[pos : pos + n]
@@ -565,7 +619,7 @@ class TarReader:
         if avail == 0:
             return None
         if avail < BLOCK:
-            raise self._corrupt(f"unexpected end of stream in {what}", offset)
+            raise self._corrupt(f"unexpected end of stream in {what}", offset, after=True)
         pos = self._pos
         self._pos = pos + BLOCK
         return self._buf[pos : pos + BLOCK]
@@ -576,7 +630,7 @@ class TarReader:
         self._view = memoryview(self._buf)
         self._pos = 0
 
-    def _skip(self, n: int, what: str) -> None:
+    def _skip(self, n: int, what: str, *, after: bool = False) -> None:
         avail = len(self._buf) - self._pos
         if n <= avail:
             self._pos += n
@@ -586,7 +640,8 @@ class TarReader:
         while n:
             chunk = self._read(min(n, _SKIP_CHUNK))
             if not chunk:
-                raise self._corrupt(f"unexpected end of stream in {what}", self._tell())
+                what = f"unexpected end of stream in {what}"
+                raise self._corrupt(what, self._tell(), after=after)
             self._base += len(chunk)
             n -= len(chunk)
 
@@ -709,17 +764,21 @@ class TarReader:
         long_name: bytes | None = None
         long_link: bytes | None = None
         start: int | None = None
+        # a malformed pax record is reported once the header it belongs to names the member
+        bad_records: tuple[str, int] | None = None
         while True:
             offset = self._tell()
             block = self._block_or_eof("header")
             if block is None:
-                raise self._corrupt("missing end-of-archive marker (stream ends)", offset)
+                what = "missing end-of-archive marker (stream ends)"
+                raise self._corrupt(what, offset, after=True)
             if block == _ZERO_BLOCK:
                 if start is not None:
-                    raise self._corrupt("end-of-archive marker after an extended header", offset)
+                    what = "end-of-archive marker after an extended header"
+                    raise self._corrupt(what, offset, after=True)
                 following = self._block_or_eof("end-of-archive marker")
                 if following is not None and following != _ZERO_BLOCK:
-                    raise self._corrupt("lone zero block followed by data", offset)
+                    raise self._corrupt("lone zero block followed by data", offset, after=True)
                 self._done = True
                 return None
             fields = c_decode_header(block) if c_decode_header is not None else None
@@ -730,11 +789,15 @@ class TarReader:
                 break
             if start is None and typeflag != _PAX_GLOBAL:
                 start = offset
-            size = self._number(block[124:136], "size", offset) if fields is None else fields[6]
-            if size > _MAX_META:
-                raise self._corrupt(f"extended header of {size} bytes is too large", offset)
+            if fields is None:
+                size = self._number(block[124:136], "size", offset, None)
+            else:
+                size = fields[6]
+            if not 0 <= size <= _MAX_META:
+                what = f"extended header size {size} out of range (0 to {_MAX_META})"
+                raise self._corrupt(what, offset, after=True)
             data = self._take(size, "extended header")
-            self._skip(-size % BLOCK, "extended header padding")
+            self._skip(-size % BLOCK, "extended header padding", after=True)
             if typeflag == _GNU_LONGNAME:
                 long_name = _cstr(data)
             elif typeflag == _GNU_LONGLINK:
@@ -743,13 +806,31 @@ class TarReader:
                 try:
                     records = _parse_pax_records(data)
                 except ValueError as e:
-                    raise self._corrupt(f"{e} of pax header", offset) from None
+                    if typeflag == _PAX_GLOBAL:  # belongs to no one member
+                        raise self._corrupt(
+                            f"{e} of pax global header", offset, after=True
+                        ) from None
+                    bad_records = bad_records or (f"{e} of pax header", offset)
+                    continue
                 if typeflag == _PAX_GLOBAL:
-                    self._global.update(records)
+                    # kept for every later member: only the keys read, or a global header
+                    # of a million unknown keys would be copied once per member
+                    self._global.update(
+                        (k, v)
+                        for k, v in records.items()
+                        if k in _PAX_READ_KEYS or k.startswith(b"GNU.sparse.")
+                    )
                 else:
                     local.update(records)
         return self._decode_member(
-            block, offset, offset if start is None else start, local, long_name, long_link, fields
+            block,
+            offset,
+            offset if start is None else start,
+            local,
+            long_name,
+            long_link,
+            fields,
+            bad_records,
         )
 
     def _verify_checksum(self, block: bytes, offset: int) -> None:
@@ -761,16 +842,16 @@ class TarReader:
             else:
                 recorded = _parse_number(field)
         except ValueError:
-            raise self._corrupt("invalid header checksum field", offset) from None
+            raise self._corrupt("invalid header checksum field", offset, after=True) from None
         unsigned = _block_sum(block) - sum(field) + _CHKSUM_SPACES_SUM
         if recorded == unsigned:
             return
         # Some old tars summed signed chars; GNU tar accepts either, and so do we.
         high = block.translate(_HIGH_BIT_TABLE).count(1) - field.translate(_HIGH_BIT_TABLE).count(1)
         if recorded != unsigned - 256 * high:
-            raise self._corrupt("bad header checksum (not a tar header)", offset)
+            raise self._corrupt("bad header checksum (not a tar header)", offset, after=True)
 
-    def _number(self, field: bytes, what: str, offset: int) -> int:
+    def _number(self, field: bytes, what: str, offset: int, entry: bytes | None) -> int:
         try:
             if field[-1] == 0:
                 # digits then one NUL, as POSIX writers end numbers: the quick path
@@ -779,7 +860,8 @@ class TarReader:
                     return int(digits, 8)
             return _parse_number(field)
         except ValueError:
-            raise self._corrupt(f"invalid {what} field {field!r} in header", offset) from None
+            what = f"invalid {what} field {field!r} in header"
+            raise self._corrupt(what, offset, entry, after=True) from None
 
     def _decode_member(
         self,
@@ -790,7 +872,9 @@ class TarReader:
         long_name: bytes | None,
         long_link: bytes | None,
         fields: tuple[Any, ...] | None = None,
+        bad_records: tuple[str, int] | None = None,
     ) -> Member:
+        records = {**self._global, **local} if self._global else local
         if fields is not None:  # decoded in C (the common case; see c_decode_header)
             typeflag, name, linkname, mode, uid, gid, size, mtime, uname, gname = fields[:10]
             devmajor, devminor = fields[10:]
@@ -799,6 +883,9 @@ class TarReader:
                 name = long_name
             if long_link is not None:
                 linkname = long_link
+            entry = records.get(b"path") or name  # the member's name, for errors
+            if bad_records is not None:
+                raise self._corrupt(*bad_records, entry)
         else:
             typeflag = block[156:157]
             name = _cstr(block[0:100])
@@ -809,24 +896,29 @@ class TarReader:
                     name = prefix + b"/" + name
             if long_name is not None:
                 name = long_name
+            entry = records.get(b"path") or name
+            if bad_records is not None:
+                raise self._corrupt(*bad_records, entry)
             linkname = _cstr(block[157:257]) if long_link is None else long_link
-            mode = self._number(block[100:108], "mode", offset) & 0o7777
-            uid = self._number(block[108:116], "uid", offset)
-            gid = self._number(block[116:124], "gid", offset)
-            size = self._number(block[124:136], "size", offset)
-            mtime_ns = self._number(block[136:148], "mtime", offset) * _NS
+            mode = self._number(block[100:108], "mode", offset, entry) & 0o7777
+            uid = self._number(block[108:116], "uid", offset, entry)
+            gid = self._number(block[116:124], "gid", offset, entry)
+            size = self._number(block[124:136], "size", offset, entry)
+            mtime_ns = self._number(block[136:148], "mtime", offset, entry) * _NS
             uname = _cstr(block[265:297]).decode("utf-8", "surrogateescape")
             gname = _cstr(block[297:329]).decode("utf-8", "surrogateescape")
             devmajor = devminor = 0
             if typeflag in (CHRTYPE, BLKTYPE):
-                devmajor = self._number(block[329:337], "devmajor", offset)
-                devminor = self._number(block[337:345], "devminor", offset)
+                devmajor = self._number(block[329:337], "devmajor", offset, entry)
+                devminor = self._number(block[337:345], "devminor", offset, entry)
 
-        records = {**self._global, **local} if self._global else local
         for key, value in records.items():
             if not value:
                 continue  # an empty value deletes the key: the header field stands
             try:
+                if key in _PAX_TEXT_KEYS and b"\0" in value:
+                    # no header field can hold one: a name would be cut short at it
+                    raise ValueError(f"NUL byte in pax {key.decode()} value {_clip(value)}")
                 if key == b"path":
                     name = value
                 elif key == b"linkpath":
@@ -846,15 +938,25 @@ class TarReader:
                 elif key.startswith(b"GNU.sparse."):
                     raise ArchiveError(
                         self._name,
-                        f"unsupported tar member type (GNU pax sparse file) for {_show(name)}",
+                        f"unsupported tar member type (GNU pax sparse file) for {_show(entry)}",
                     )
                 elif key in _PAX_MULTIVOLUME_KEYS:
                     raise ArchiveError(
                         self._name,
-                        f"unsupported tar member type (GNU multi-volume) for {_show(name)}",
+                        f"unsupported tar member type (GNU multi-volume) for {_show(entry)}",
                     )
             except ValueError as e:
-                raise self._corrupt(f"{e} in pax header", start) from None
+                raise self._corrupt(f"{e} in pax header", start, entry) from None
+        if not (
+            0 <= size <= _MAX_SIZE
+            and 0 <= uid <= _MAX_ID
+            and 0 <= gid <= _MAX_ID
+            and _MIN_MTIME_NS <= mtime_ns <= _MAX_MTIME_NS
+            and 0 <= devmajor <= _MAX_DEV
+            and 0 <= devminor <= _MAX_DEV
+        ):
+            what = _out_of_range(size, uid, gid, mtime_ns, devmajor, devminor)
+            raise self._corrupt(what, start, entry)
 
         if typeflag == _AREGTYPE and name.endswith(b"/"):
             typeflag = DIRTYPE  # pre-POSIX tars mark directories only by the trailing slash
@@ -870,7 +972,7 @@ class TarReader:
             size = 0
             name = name.rstrip(b"/") or name
         if not name:
-            raise self._corrupt("member with an empty name", start)
+            raise self._corrupt("member with an empty name", start, after=True)
 
         self._member_name = name
         self._remaining = size
