@@ -73,8 +73,9 @@ class Settings(BaseSettings):
         queue_prefix: prepended to every queue name, so several installations can share one
             Redis (``BACKUP_QUEUE_PREFIX``).
         heartbeat_seconds: how often a running job proves its worker is alive.
-        stale_after_seconds: a running job whose heartbeat is older is re-queued (its
-            worker died).
+        stale_after_seconds: a running job of another host whose heartbeat is older is
+            taken for dead (on the job's own host, a gone process is seen at once): a
+            worker's job is re-queued, a job a command ran in-process is failed.
         resend_after_seconds: a job waiting this long for a worker is handed to the broker
             again when its queue is empty (the broker lost it, e.g. a Redis restart).
         lease_seconds: the active scheduler's lease; another scheduler takes over this long

@@ -9,11 +9,13 @@ led could not run a slot twice.
 
 Each tick the active scheduler:
 
-1. queues the policies whose latest slot has no job yet: on time if the slot is recent, and
+1. re-queues jobs whose worker died (``Runner.sweep_dead``: a process gone on this host,
+   a heartbeat expired elsewhere) and fails in-process runs whose command died, first, so
+   a slot due now is not skipped for a run that is already dead;
+2. queues the policies whose latest slot has no job yet: on time if the slot is recent, and
    after a downtime only when the policy says ``catch_up = true`` (once, for the latest
    missed slot); a slot whose previous run is still queued or running is recorded
    ``skipped``;
-2. re-queues jobs whose worker stopped beating (``Runner.sweep_dead``);
 3. sends again jobs that waited too long for a worker while their queue is empty (the broker
    lost them: a Redis restart keeps nothing);
 4. sends a ``poll`` task when a pending retrieval is due.
@@ -133,11 +135,13 @@ class Scheduler:
             self.leading = leading
         if not leading:
             return False
-        self._schedule(now)
+        # the sweep first: a slot that comes due in this tick is not skipped for a run whose
+        # process is already gone
         for job_id in self.runner.sweep_dead():
             job = self.store.get(job_id)
             if job.state in _TASK_FOR_STATE:
                 self.send(_TASK_FOR_STATE[job.state], job.id)
+        self._schedule(now)
         self._resend(now)
         self._poll(now)
         self._sweep_partial(now)
@@ -155,12 +159,9 @@ class Scheduler:
 
         for url in sorted({p.target for p in self._policies.values()}):
             try:
-                target = open_target(url)
-                sweep = getattr(target, "sweep_partial", None)
-                if sweep is not None:
-                    n = sweep(older_than=PARTIAL_MAX_AGE)
-                    if n:
-                        log.warning("aborted %d abandoned upload(s) in %s", n, url)
+                n = open_target(url).sweep_partial(older_than=PARTIAL_MAX_AGE)
+                if n:
+                    log.warning("aborted %d abandoned upload(s) in %s", n, url)
             except Exception as e:
                 log.warning("sweep of abandoned uploads in %s failed: %s", url, e)
 
