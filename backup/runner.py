@@ -32,7 +32,7 @@ from .errors import Error
 from .inventory import Inventory
 from .inventory.models import Archive, Job, RetrievalJob
 from .jobs import RESET_TO, JobStore, parse_worker, process_name
-from .policy import Policy, load_policies
+from .policy import Policy, get_policy, load_policies
 from .progress import Progress
 from .settings import Settings
 from .targets import Readiness, RetrievalStatus, open_target
@@ -142,6 +142,12 @@ class Runner:
             _POLICY_CACHE[str(path)] = cached
         return cached[1]
 
+    def policy(self, name: str | None) -> Policy:
+        """Returns: the named policy of the current policy file; a PolicyError naming the
+        file and the policies it has when it is gone (renamed or removed since the job was
+        recorded)."""
+        return get_policy(self.policies(), name or "", Path(self.settings.config))
+
     # heartbeat --------------------------------------------------------------------------
 
     @contextmanager
@@ -195,7 +201,7 @@ class Runner:
             return store.get(job.id).state
         assert job.policy is not None
         try:
-            policy = self.policies()[job.policy]
+            policy = self.policy(job.policy)
         except Exception as e:
             msg = e.get_message() if isinstance(e, Error) else f"no policy {job.policy!r}: {e}"
             store.cas(job.id, ["packing"], "failed", error=msg)
@@ -347,7 +353,7 @@ class Runner:
                 from .snapshots.source import check_bucket_destination
 
                 check_bucket_destination(
-                    self.policies()[job.policy or ""],
+                    self.policy(job.policy),
                     params["to"],
                     in_place=bool(params.get("in_place")),
                 )
@@ -594,7 +600,7 @@ class Runner:
         from .snapshots.source import restore_to_bucket
 
         def work() -> tuple[dict[str, Any], int]:
-            policy = self.policies()[job.policy or ""]
+            policy = self.policy(job.policy)
             t0 = time.monotonic()
             with self._heartbeat(job.id, jp):
                 res = restore_to_bucket(

@@ -187,6 +187,25 @@ def test_restore_request_runs_through_its_states(
     assert json.loads(runner.store.get(req.id).result)["files"] == 1
 
 
+def test_restore_of_a_policy_no_longer_in_the_file_fails_naming_it(env: Env) -> None:
+    """A request recorded for a policy that was removed from the policy file since: the
+    start fails with one line naming the policy and the file (it was a bare KeyError)."""
+    runner, _ = make_runner(env)
+    b = runner.store.create("backup", policy="p", state="queued")
+    assert b is not None
+    runner.run_backup(b.id)
+    aid = runner.inventory.archives()[0].id
+    req = runner.store.create(
+        "restore", policy="gone", state="requested", params={"archive_id": aid, "to": "s3://b"}
+    )
+    assert req is not None
+    runner.settings.identity = env.key.path
+    assert runner.start_restore(req.id) == "failed"
+    error = runner.store.get(req.id).error or ""
+    assert "no policy named 'gone'" in error and str(env.config) in error, error
+    assert runner.store.retrievals(req.id) == []
+
+
 def test_restore_without_an_identity_fails_and_says_so(env: Env) -> None:
     runner, _ = make_runner(env)
     b = runner.store.create("backup", policy="p", state="queued")
