@@ -56,7 +56,7 @@ def test_services_and_images() -> None:
 def test_backup_commands_exist_in_the_cli() -> None:
     group = backup_group()
     services = load()["services"]
-    for name in sorted(BACKUP_SERVICES):
+    for name in sorted(BACKUP_SERVICES | {"restorer"}):
         command = services[name]["command"]
         args = command.split() if isinstance(command, str) else [str(a) for a in command]
         # walk sub-groups, then let click parse the options: unknown ones fail here
@@ -138,6 +138,24 @@ def test_settings_from_environment_and_no_secret_key() -> None:
     assert worker["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
     for path in (COMPOSE, DOCKERFILE):
         assert "AGE-SECRET-KEY" not in path.read_text()
+
+
+def test_only_the_restorer_holds_the_identity_and_it_takes_the_restore_queue() -> None:
+    """Starting a restore proves the identity and extraction needs it, so the ``restore``
+    queue has a service, the only one given the key, as a secret file (never its content),
+    and only when its profile is asked for."""
+    data = load()
+    services = data["services"]
+    restorer = services["restorer"]
+    assert restorer["profiles"] == ["restore"]
+    assert restorer["command"][:3] == ["worker", "--queues", "restore"]
+    assert restorer["environment"]["BACKUP_IDENTITY"] == "/run/secrets/backup-identity"
+    assert restorer["secrets"] == ["backup-identity"]
+    assert "file" in data["secrets"]["backup-identity"]
+    for name, svc in services.items():
+        queues = svc.get("command", [])[2:3] if name in BACKUP_SERVICES else []
+        assert not any("restore" in q.split(",") for q in queues), name
+        assert "BACKUP_IDENTITY" not in svc.get("environment", {}) or name == "restorer"
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
