@@ -32,7 +32,7 @@ from .archive import FORMAT_VERSION, Entry, encode_manifest, pack, scan
 from .archive.manifest import path_to_json
 from .archive.pack import Record
 from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
-from .crypto.age import Recipient, encrypt_bytes, parse_recipient
+from .crypto.age import Recipient, encrypt_bytes, header_of, parse_recipient
 from .errors import Error
 from .gcpause import gc_paused
 from .inventory import Archive, Inventory, TreeState, encode_tree, sig_of
@@ -282,6 +282,8 @@ def _run_backup(
             committed.append(w.commit())
         # the manifest is the file index too: stored as it is, unpacked when first read
         inventory.add_packed_file_records(archive_id, plain)
+        # its header proves a restore's identity where the manifest itself is cold (a vault)
+        inventory.add_manifest_header(archive_id, header_of(blob, name=archive_id))
         inventory.update_archive(
             archive_id,
             state="complete",

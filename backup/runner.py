@@ -381,13 +381,15 @@ class Runner:
 
     def _prove_identity(self, chain: list[Archive]) -> None:
         """Decrypt the manifest of every archive of a restore with the identity the
-        extraction will use. Manifests are kept hot, so this costs no retrieval; a vault's
-        manifest needs one too and is proved when read.
+        extraction will use. Manifests are kept hot, so this costs no retrieval. Where one is
+        not (a vault's manifest needs a retrieval job too), the identity is proved on the
+        manifest's age header, which the backup recorded in the inventory: the file key is
+        unwrapped and authenticates the header, as decrypting the manifest would begin.
 
         Raises:
             IdentityError: no identity, an unreadable one, or one that is not a recipient.
         """
-        from .crypto.age import NoIdentityMatch
+        from .crypto.age import NoIdentityMatch, prove_identity
         from .errors import IdentityError
         from .restore import identities_from, read_manifest
 
@@ -400,10 +402,13 @@ class Runner:
         identities = identities_from(path)
         for a in chain:
             target = open_target(a.target)
-            if target.retrieval_status(a.manifest_location).state is not Readiness.READY:
-                continue
             try:
-                read_manifest(target, a, identities)
+                if target.retrieval_status(a.manifest_location).state is Readiness.READY:
+                    read_manifest(target, a, identities)
+                elif (header := self.inventory.manifest_header(a.id)) is not None:
+                    prove_identity(header, identities, name=a.id)
+                # else: an archive recorded before headers were; its manifest proves it
+                # when read, after the retrieval
             except NoIdentityMatch:
                 raise IdentityError(
                     f"the identity in {path} (on {self.worker}) is not a recipient of archive "

@@ -902,6 +902,36 @@ def _unwrap(stanzas: list[Stanza], identities: Sequence[Identity], name: str) ->
     raise NoIdentityMatch(name)
 
 
+def header_of(data: bytes, *, name: str = "<bytes>") -> bytes:
+    """The header of an age file: its intro, stanzas and MAC line.
+
+    The header holds no secret (the stanzas are the file key wrapped to each recipient), and
+    with it alone :func:`prove_identity` tells whether an identity can decrypt the file.
+
+    Raises:
+        HeaderError: ``data`` does not start with a well-formed age header.
+    """
+    lines = _HeaderLines(io.BytesIO(data), name)
+    _parse_header(lines, name)
+    return b"".join(lines.raw)
+
+
+def prove_identity(header: bytes, identities: Sequence[Identity], *, name: str) -> None:
+    """Prove that one of ``identities`` decrypts the file whose header is ``header``: the
+    file key is unwrapped and authenticates the header, exactly as decrypting it would start.
+
+    Raises:
+        HeaderError, NoIdentityMatch, HMACError: as AgeReader.
+    """
+    parsed = _parse_header(_HeaderLines(io.BytesIO(header), name), name)
+    if not identities:
+        raise AgeError(f"no identities given to decrypt {name}")
+    file_key = _unwrap(parsed.stanzas, identities, name)
+    mac = hmac.digest(_hkdf(file_key, b"", b"header"), parsed.mac_input, "sha256")
+    if not hmac.compare_digest(mac, parsed.mac):
+        raise HMACError(name)
+
+
 class AgeReader(io.RawIOBase):
     """Streaming age decryption as a read-only raw binary stream.
 

@@ -34,6 +34,7 @@ from .models import (
     Base,
     Event,
     FileRecord,
+    ManifestHeader,
     PackedFileIndex,
     RetrievalJob,
     Snapshot,
@@ -275,6 +276,18 @@ class Inventory:
         rows (backup/inventory/packed.py)."""
         with self.session() as s:
             s.add(PackedFileIndex(archive_id=archive_id, format=packed.FORMAT, blob=manifest))
+
+    def add_manifest_header(self, archive_id: str, header: bytes) -> None:
+        """Record the age header of an archive's manifest (see ``ManifestHeader``)."""
+        with self.session() as s:
+            s.merge(ManifestHeader(archive_id=archive_id, header=header))
+
+    def manifest_header(self, archive_id: str) -> bytes | None:
+        """Returns: the age header of the archive's manifest, None when not recorded (an
+        archive made before headers were recorded)."""
+        with self.session() as s:
+            row = s.get(ManifestHeader, archive_id)
+            return None if row is None else bytes(row.header)
 
     def unpack_file_records(self, archive_ids: Sequence[str]) -> int:
         """Move the packed file index rows of these archives into ``file_index``.

@@ -138,6 +138,21 @@ class PackedFileIndex(Base):
     blob: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ManifestHeader(Base):
+    """The age header of an archive's manifest: public (the file key wrapped to each
+    recipient), a few hundred bytes, and enough to prove that an identity decrypts the
+    archive's manifest, and so its archive (same recipients), without reading either: what
+    a restore from a target whose manifests are cold (a Glacier vault) checks before it pays
+    for a retrieval."""
+
+    __tablename__ = "manifest_headers"
+
+    archive_id: Mapped[str] = mapped_column(
+        ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True
+    )
+    header: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class TreeCache(Base):
     """The tree at an archive as one compressed blob: what the next incremental compares the
     sources against, read in one row instead of replaying the chain's file index.

@@ -195,3 +195,28 @@ def test_truncated_age_output_fails(tmp_path: Path) -> None:
     with pytest.raises(PayloadError):
         while reader.read(CHUNK_SIZE):
             pass
+
+
+def test_a_header_alone_proves_an_identity(tmp_path: Path) -> None:
+    """``header_of`` keeps an age file's header (written here by the real ``age``), and
+    ``prove_identity`` tells from it alone which identity decrypts the file: the recipient's
+    passes, a stranger's is no match, a header whose stanza or MAC was altered fails."""
+    from backup.crypto.age import HeaderError, HMACError, NoIdentityMatch, header_of, prove_identity
+
+    key = tmp_path / "key.txt"
+    public = _keygen(key)
+    other = X25519Identity.generate()
+    enc = _age("-r", public, "-r", str(other.recipient()), stdin=os.urandom(200_000))
+    header = header_of(enc, name="f")
+    assert enc.startswith(header) and header.endswith(b"\n") and len(header) < 400
+    assert header.splitlines()[-1].startswith(b"--- ")
+    prove_identity(header, load_identities(key), name="f")
+    prove_identity(header, [other], name="f")
+    with pytest.raises(NoIdentityMatch):
+        prove_identity(header, [X25519Identity.generate()], name="f")
+    mac_at = header.rindex(b"--- ") + 4
+    flipped = header[:mac_at] + (b"A" if header[mac_at : mac_at + 1] != b"A" else b"B")
+    with pytest.raises((HMACError, HeaderError)):
+        prove_identity(flipped + header[mac_at + 1 :], load_identities(key), name="f")
+    with pytest.raises(HeaderError):
+        header_of(b"not an age file", name="f")

@@ -150,3 +150,48 @@ def test_bucket_restore_through_workers_checks_the_destination_first_and_ends_do
     assert len(receiver.requests) == 3
     message = receiver.requests[2][2]["message"]
     assert "succeeded" in message and f"s3://{dest}/copy/" in message
+
+
+def test_a_vault_restore_proves_the_identity_on_the_recorded_header_before_any_job(
+    cluster: Cluster, aws_env: MotoServer, receiver: Receiver
+) -> None:
+    """A vault's manifests are cold too, so the identity is proved on the manifest's age
+    header the backup recorded in the inventory: a worker holding a stranger's key fails the
+    request at once, and the vault is asked for no retrieval job (each is paid for)."""
+    import secrets
+
+    vault = f"v-{secrets.token_hex(4)}"
+    glacier = aws_env.client("glacier")
+    glacier.create_vault(vaultName=vault)
+    env = cluster.env
+    write_policy(
+        env.config,
+        name="p",
+        sources=[str(env.source)],
+        target=f"glacier://{vault}",
+        recipients=[env.key.recipient],
+    )
+    _aws(cluster, aws_env)
+    cluster.environ["BACKUP_GLACIER_ENDPOINT_URL"] = aws_env.endpoint
+    (env.source / "a.txt").write_text("one\n")
+    cluster.environ.pop("BACKUP_IDENTITY")
+    broker = cluster.environ.pop("BACKUP_BROKER_URL")
+    cluster.cli("run", "p")  # in-process: no identity needed to back up
+    cluster.environ["BACKUP_BROKER_URL"] = broker
+    [archive] = cluster.store().inventory.archives()
+    assert cluster.store().inventory.manifest_header(archive.id) is not None
+    stranger = env.tmp / "stranger.txt"
+    stranger.write_text(X25519Identity.generate().to_string() + "\n")
+    cluster.worker(BACKUP_IDENTITY=str(stranger))
+    dest = env.tmp / "restored"
+    req = json.loads(
+        cluster.cli("restore", "p", "--to", str(dest), "--notify", receiver.url(), "--json").stdout
+    )
+    job = _ended(cluster, req["job"])
+    assert job.state == "failed"
+    assert f"the identity in {stranger}" in (job.error or "") and "not a recipient" in job.error
+    assert cluster.store().retrievals(job.id) == []
+    assert glacier.list_jobs(vaultName=vault)["JobList"] == []
+    wait_for(lambda: receiver.requests, 60, "the notification")
+    assert "not a recipient" in receiver.requests[0][2]["message"]
+    assert not dest.exists()
