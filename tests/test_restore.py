@@ -455,6 +455,43 @@ _UNSAFE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes]], str]] = {
         ],
         "t",
     ),
+    # each link harmless by its own text; what it leads through makes it leave
+    "symlink-through-a-link-to-dot": (
+        [_member("a", tarfile.SYMTYPE, link="."), _member("b", tarfile.SYMTYPE, link="a/..")],
+        "b",
+    ),
+    "symlink-through-a-directory-link": (
+        [
+            _member("x", tarfile.DIRTYPE),
+            _member("x/dl", tarfile.SYMTYPE, link=".."),
+            _member("x/s", tarfile.SYMTYPE, link="dl/.."),
+        ],
+        "x/s",
+    ),
+    "symlink-chain": (
+        [
+            _member("a", tarfile.DIRTYPE),
+            _member("a/b", tarfile.DIRTYPE),
+            _member("a/b/up", tarfile.SYMTYPE, link=".."),  # a
+            _member("a/up2", tarfile.SYMTYPE, link="b/up/.."),  # the root
+            _member("top", tarfile.SYMTYPE, link="a/up2/../x"),
+        ],
+        "top",
+    ),
+    "symlink-made-before-the-link-it-leads-through": (
+        [_member("s", tarfile.SYMTYPE, link="z/../x"), _member("z", tarfile.SYMTYPE, link=".")],
+        "s",
+    ),
+    "hardlink-to-a-symlink-through-a-link": (
+        [
+            _member("d", tarfile.DIRTYPE),
+            _member("d/k", tarfile.SYMTYPE, link="."),
+            _member("d/s", tarfile.SYMTYPE, link="k/.."),  # d/k/.. is the root
+            _member("k", tarfile.SYMTYPE, link="."),
+            _member("h", tarfile.LNKTYPE, link="d/s"),  # k/.. from the root: its parent
+        ],
+        "h",
+    ),
 }
 
 
