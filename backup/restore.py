@@ -5,9 +5,11 @@ Invariants:
 - The destination is untouched until everything is authenticated. Every archive of the
   chain is decrypted (age authenticates each 64 KiB chunk and the end of the stream) and
   extracted into a staging directory inside the destination's filesystem; only when the last
-  chunk of the last archive has authenticated does the staging directory move into place.
-  A wrong key, a corrupted or truncated archive, or a full disk removes the staging
-  directory and leaves the destination as it was.
+  chunk of the last archive has authenticated does the staging directory move into place
+  (merged into an existing destination: only what the restore wrote is replaced). A wrong
+  key, a corrupted or truncated archive, a full disk, an interrupt or SIGTERM removes the
+  staging directory and leaves the destination as it was; one that a killed restore left is
+  removed by the next restore into the destination.
 - Restore plans from manifests, never from archive contents: manifests stay readable even
   when archives sit in cold storage.
 - Restore and verify are the only operations that need a secret key.

@@ -3,9 +3,10 @@
 Invariants:
 
 - Nothing outside the staging directory is ever written. Entries with absolute paths or
-  ``..`` are refused; hard links must point inside the archive; symlinks whose target leaves
-  the destination are refused unless explicitly allowed. Symlinks are created only after
-  every other entry of every archive is in place, so no write can ever pass through one.
+  ``..`` are refused; hard links must point inside the archive; symlinks that lead outside
+  the destination, resolved through every other link of the final tree, are refused unless
+  explicitly allowed. Symlinks are created only after every other entry of every archive is
+  in place, so no write can ever pass through one.
 - An existing path is unlinked before it is replaced, never truncated in place: it may be a
   hard link whose other names must keep their old content.
 - Directory modes and mtimes are applied last, deepest first, so a read-only directory
