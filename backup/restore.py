@@ -584,7 +584,10 @@ def _run_staged(
     _check_destination(to, force)
     threads = restore_threads()  # a bad setting fails before anything is made
     with _terminate_unwinds():
-        staging = _Staging(to)
+        try:
+            staging = _Staging(to)
+        except OSError as e:
+            raise RestoreError(f"cannot write into {to}: {e.strerror or e}") from None
         try:
             ex = Extractor(
                 os.fsencode(staging.tree),

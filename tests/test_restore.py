@@ -391,6 +391,15 @@ def test_force_merge_that_cannot_finish_is_undone(tmp_path: Path, key: Key) -> N
         assert staging_left(dest, tmp_path) == []
 
 
+def test_destination_that_cannot_be_made_is_one_clear_error(tmp_path: Path, key: Key) -> None:
+    archive = make_archive(tmp_path, key.recipient, [_OK])
+    (tmp_path / "a-file").write_text("not a directory")
+    dest = tmp_path / "a-file" / "dest"
+    with pytest.raises(RestoreError, match=f"cannot write into {re.escape(str(dest))}"):
+        restore_file(archive, dest, load_identities(key.path))
+    assert (tmp_path / "a-file").read_text() == "not a directory"
+
+
 # unsafe archives --------------------------------------------------------------------------
 
 
