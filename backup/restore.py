@@ -430,6 +430,8 @@ class _Staging:
             os.rmdir(self.path)
             return
         root = os.lstat(self.tree)
+        if stat.S_IMODE(root.st_mode) & 0o700 != 0o700:
+            os.chmod(self.tree, 0o700)  # a restored read-only root: its entries must move out
         try:
             src = os.open(self.tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:
