@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from datetime import timedelta
@@ -389,6 +391,49 @@ def test_force_merge_that_cannot_finish_is_undone(tmp_path: Path, key: Key) -> N
         assert "untouched" in ei.value.get_message()
         assert snapshot_tree(dest) == before
         assert staging_left(dest, tmp_path) == []
+
+
+def test_force_merge_where_permission_bits_bind(tmp_path: Path, key: Key) -> None:
+    """As a user whom permission bits bind (root without the override capabilities):
+    read-only directories the restore writes still give up their entries to the merge and
+    get their modes at the end; a read-only directory of the destination that the restore
+    would write into stops it, undone, in one line."""
+    require_tools("setpriv")
+    root, ro = _member(".", tarfile.DIRTYPE), _member("ro", tarfile.DIRTYPE)
+    root[0].mode = ro[0].mode = 0o555
+    archive = make_archive(
+        tmp_path, key.recipient, [root, ro, _member("ro/f", data=b"f"), _member("top", data=b"t")]
+    )
+    dest = tmp_path / "dest"
+    (dest / "ro").mkdir(parents=True)
+    (dest / "ro" / "mine").write_text("mine")
+    cmd = ["restore", "--file", str(archive), "--to", str(dest), "--identity", str(key.path)]
+    setpriv = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+    run = [*setpriv, sys.executable, "-m", "backup", *cmd, "--force"]
+    proc = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(dest)) == ["ro", "top"]
+    assert sorted(os.listdir(dest / "ro")) == ["f", "mine"]
+    assert os.stat(dest).st_mode & 0o777 == 0o555 == os.stat(dest / "ro").st_mode & 0o777
+
+    dest2 = tmp_path / "dest2"
+    (dest2 / "locked").mkdir(parents=True)
+    (dest2 / "a").write_text("mine")
+    archive = make_archive(
+        tmp_path,
+        key.recipient,
+        [_member("a", data=b"new a"), _member("locked/f", data=b"f")],
+        name="locked",
+    )
+    (dest2 / "locked").chmod(0o555)
+    before = snapshot_tree(dest2)
+    run = [*setpriv, sys.executable, "-m", "backup", *cmd[:2], str(archive), "--to", str(dest2)]
+    proc = subprocess.run([*run, *cmd[5:], "--force"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Permission denied" in proc.stderr, proc.stderr
+    assert "the destination is untouched" in proc.stderr
+    assert snapshot_tree(dest2) == before
+    assert staging_left(dest, dest2, tmp_path) == []
 
 
 def test_destination_that_cannot_be_made_is_one_clear_error(tmp_path: Path, key: Key) -> None:
