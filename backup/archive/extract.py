@@ -90,8 +90,26 @@ def normalize_member_name(name: bytes, archive: str) -> bytes:
 
 #: symlinks followed in one resolution before it fails, as Linux's MAXSYMLINKS
 _MAX_HOPS = 40
+#: the longest symlink target Linux makes (PATH_MAX less the terminating NUL)
+_MAX_LINK = 4095
 
 _LINK, _DIR, _OTHER = 0, 1, 2
+
+# a directory a resolution is in: its path, and whether it is in staging and in the
+# destination (neither: known by name only, as nothing or not a directory is there now)
+_Frame = tuple[bytes, bool, bool]
+_NAMED: _Frame = (b"", False, False)
+
+
+class _Outside(Exception):
+    """A resolution left the root."""
+
+
+class _TooDeep(Exception):
+    """A resolution reached a link nested too deep to resolve from there."""
+
+    def __init__(self, rel: bytes, target: bytes, parent: list[_Frame]) -> None:
+        self.rel, self.target, self.parent = rel, target, parent
 
 
 class _FinalTree:
@@ -113,7 +131,12 @@ class _FinalTree:
         self.symlinks = symlinks
         self.dest = dest
         self.hidden = hidden
+        self._at_root = (True, dest is not None)
         self._cache: dict[tuple[bytes, bool, bool], tuple[int, bytes, bool, bool] | None] = {}
+        # where each symlink leads (None: nowhere) and how deep its links nest, once known
+        self._resolved: dict[bytes, tuple[list[_Frame] | None, int]] = {}
+        self._pending: set[bytes] = set()
+        self._outside: set[bytes] = set()
 
     @staticmethod
     def _kind(path: bytes) -> tuple[int, bytes] | None:
@@ -160,53 +183,102 @@ class _FinalTree:
         """Tell whether the symlink at ``rel``, pointing to ``target``, resolves outside the
         root, following every symlink on the way as the kernel would. Where the path meets
         something that is not a directory (or nothing), it goes on by name: that part of
-        the tree may be made later, and must not then lead outside either."""
-        at_root = (True, self.dest is not None)
-        # the directories the walk is in, with where each one is; the link's parents are
-        # real directories in staging
-        stack: list[tuple[bytes, bool, bool]] = []
-        if target.startswith(b"/"):
+        the tree may be made later, and must not then lead outside either. A link that
+        leads nowhere (a loop, or links nested more than 40 deep: ELOOP) does not leave."""
+        parent: list[_Frame] = []
+        for part in rel.split(b"/")[:-1]:  # real directories in staging
+            entered = self._enter(parent, part)
+            parent.append(entered if isinstance(entered, tuple) else _NAMED)
+        # a chain nested deeper than the recursion goes is resolved from its far end first
+        work = [(rel, target, parent)]
+        waiting = {rel}
+        try:
+            while work:
+                try:
+                    self._follow(*work[-1], 0)
+                except _TooDeep as e:
+                    if e.rel in waiting:  # it needs itself: a loop
+                        self._resolved[e.rel] = (None, _MAX_HOPS + 1)
+                    else:
+                        work.append((e.rel, e.target, e.parent))
+                        waiting.add(e.rel)
+                    continue
+                waiting.discard(work.pop()[0])
+        except _Outside:
+            # each link waiting needs the next one, which leads outside: so does it
+            self._outside.update(waiting)
             return True
-        for part in rel.split(b"/")[:-1]:
-            if self._step(stack, part, at_root) is not None:
-                return True  # never: no entry is made below a symlink
-        pending = target.split(b"/")
-        pending.reverse()
-        hops = 1
-        while pending:
-            part = pending.pop()
-            if part in (b"", b"."):
-                continue
-            if part == b"..":
-                if not stack:
-                    return True
-                stack.pop()
-                continue
-            link = self._step(stack, part, at_root)
-            if link is not None:
-                hops += 1
-                if hops > _MAX_HOPS:
-                    return False  # it resolves nowhere: ELOOP
-                if link.startswith(b"/"):
-                    return True
-                pending.extend(reversed(link.split(b"/")))
         return False
 
-    def _step(
-        self, stack: list[tuple[bytes, bool, bool]], part: bytes, at_root: tuple[bool, bool]
-    ) -> bytes | None:
-        """Enter ``part`` of the directory on top of ``stack``: push it, or return the
-        target of the symlink it is."""
-        in_stage, in_dest = stack[-1][1:] if stack else at_root
-        path = b"/".join([p for p, _, _ in stack] + [part])
-        found = self.lookup(path, in_stage, in_dest) if in_stage or in_dest else None
-        if found is not None and found[0] == _LINK:
-            return found[1]
-        if found is not None and found[0] == _DIR:
-            stack.append((part, found[2], found[3]))
-        else:
-            stack.append((part, False, False))
-        return None
+    def _enter(self, stack: list[_Frame], part: bytes) -> _Frame | bytes:
+        """The frame of ``part`` in the directory on top of ``stack``, or the target of the
+        symlink it is."""
+        in_stage, in_dest = stack[-1][1:] if stack else self._at_root
+        if not (in_stage or in_dest):
+            return _NAMED
+        path = stack[-1][0] + b"/" + part if stack else part
+        found = self.lookup(path, in_stage, in_dest)
+        if found is None or found[0] == _OTHER:
+            return _NAMED
+        if found[0] == _DIR:
+            return (path, found[2], found[3])
+        return found[1]
+
+    def _follow(
+        self, rel: bytes, target: bytes, parent: list[_Frame], depth: int
+    ) -> tuple[list[_Frame] | None, int]:
+        """Where the symlink at ``rel``, in the directory ``parent`` leads to, leads: the
+        frames of that place (None: nowhere), and how deep the links it goes through nest.
+        Each link is resolved once, so a chain costs its length, not its length squared.
+
+        Raises:
+            _Outside: it leads outside the root.
+            _TooDeep: resolving it needs a link nested deeper than ``_MAX_HOPS`` here,
+                which is not resolved yet.
+        """
+        if rel in self._resolved:
+            return self._resolved[rel]
+        if rel in self._outside:
+            raise _Outside
+        if rel in self._pending:
+            return None, 0  # a loop
+        if depth > _MAX_HOPS:
+            raise _TooDeep(rel, target, list(parent))
+        if target.startswith(b"/"):
+            self._outside.add(rel)
+            raise _Outside
+        hops = 1
+        stack: list[_Frame] | None = list(parent)
+        self._pending.add(rel)
+        try:
+            for part in target.split(b"/"):
+                assert stack is not None
+                if part in (b"", b"."):
+                    continue
+                if part == b"..":
+                    if not stack:
+                        raise _Outside
+                    stack.pop()
+                    continue
+                entered = self._enter(stack, part)
+                if isinstance(entered, tuple):
+                    stack.append(entered)
+                    continue
+                path = stack[-1][0] + b"/" + part if stack else part
+                ends, nested = self._follow(path, entered, stack, depth + 1)
+                hops = max(hops, nested + 1)
+                if ends is None or hops > _MAX_HOPS:
+                    stack = None
+                    break
+                stack = list(ends)
+        except _Outside:
+            # known at once the next time (say, for each link of a long chain)
+            self._outside.add(rel)
+            raise
+        finally:
+            self._pending.discard(rel)
+        self._resolved[rel] = (stack, hops)
+        return stack, hops
 
 
 def _leaves_message(target: bytes, how: str) -> str:
@@ -479,6 +551,12 @@ class Extractor:
                 if not self.allow_external_symlinks and m.linkname.startswith(b"/"):
                     raise UnsafeArchiveEntry(
                         archive, os.fsdecode(rel), _leaves_message(m.linkname, "")
+                    )
+                if len(m.linkname) > _MAX_LINK:
+                    raise ArchiveCorrupt(
+                        archive,
+                        f"symlink {os.fsdecode(rel)!r} has a target of {len(m.linkname)} "
+                        f"bytes; no system makes one longer than {_MAX_LINK}",
                     )
                 self._forget_under(rel)
                 self._clear(rel)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from backup.crypto.age import load_identities
-from backup.errors import UnsafeArchiveEntry
+from backup.errors import ArchiveCorrupt, UnsafeArchiveEntry
 from backup.restore import restore_file
 from tests.conftest import Key, require_built, require_tools, snapshot_tree
 from tests.test_interop import staging_left
@@ -131,3 +131,28 @@ def test_links_in_the_destination_count_when_merging(tmp_path: Path, key: Key) -
     _restore(tmp_path, key, [_member("t", tarfile.SYMTYPE, link="d/up/..")], dest, force=True,
              allow_external_symlinks=True)  # fmt: skip
     assert os.readlink(dest / "t") == "d/up/.."
+
+
+def test_a_symlink_target_no_system_can_make_is_refused_at_once(tmp_path: Path, key: Key) -> None:
+    """Not resolved component by component first: one clear error naming the entry."""
+    require_tools("age", "zstd", "tar")
+    with pytest.raises(ArchiveCorrupt, match="symlink 's' has a target of 6000 bytes"):
+        _restore(tmp_path, key, [_OK, _member("s", tarfile.SYMTYPE, link="a/" * 3000)],
+                 tmp_path / "out")  # fmt: skip
+    assert not (tmp_path / "out").exists() and staging_left(tmp_path) == []
+
+
+def test_long_chains_of_links_resolve_without_recursion_limits(tmp_path: Path, key: Key) -> None:
+    """A chain of 1000 links nests deeper than a resolution recurses (and than the
+    kernel follows: each link is judged by where it leads from it); one that ends outside
+    is refused, one that ends inside restores."""
+    require_tools("age", "zstd", "tar")
+    n = 1000
+    chain = [_member(f"l{i}", tarfile.SYMTYPE, link=f"l{i + 1}") for i in range(n)]
+    with pytest.raises(UnsafeArchiveEntry, match="leads outside"):
+        _restore(tmp_path, key, [*chain, _member(f"l{n}", tarfile.SYMTYPE, link="..")],
+                 tmp_path / "out")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    _restore(tmp_path, key, [*chain, _member(f"l{n}", tarfile.SYMTYPE, link="x/..")],
+             tmp_path / "in")  # fmt: skip
+    assert os.readlink(tmp_path / "in" / "l0") == "l1" and len(os.listdir(tmp_path / "in")) == n + 1
