@@ -88,7 +88,7 @@ def normalize_member_name(name: bytes, archive: str) -> bytes:
     return b"/".join(parts)
 
 
-#: symlinks followed in one resolution before it fails, as Linux's MAXSYMLINKS
+#: a link whose links nest deeper leads nowhere (Linux follows at most 40 in one lookup)
 _MAX_HOPS = 40
 #: the longest symlink target Linux makes (PATH_MAX less the terminating NUL)
 _MAX_LINK = 4095
