@@ -5,9 +5,11 @@ Invariants:
 - The destination is untouched until everything is authenticated. Every archive of the
   chain is decrypted (age authenticates each 64 KiB chunk and the end of the stream) and
   extracted into a staging directory inside the destination's filesystem; only when the last
-  chunk of the last archive has authenticated does the staging directory move into place.
-  A wrong key, a corrupted or truncated archive, or a full disk removes the staging
-  directory and leaves the destination as it was.
+  chunk of the last archive has authenticated does the staging directory move into place
+  (merged into an existing destination: only what the restore wrote is replaced). A wrong
+  key, a corrupted or truncated archive, a full disk, an interrupt or SIGTERM removes the
+  staging directory and leaves the destination as it was; one that a killed restore left is
+  removed by the next restore into the destination.
 - Restore plans from manifests, never from archive contents: manifests stay readable even
   when archives sit in cold storage.
 - Restore and verify are the only operations that need a secret key.
@@ -16,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fnmatch
 import functools
@@ -25,8 +28,11 @@ import queue
 import re
 import secrets
 import shutil
+import signal
+import socket
+import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -232,56 +238,342 @@ class RestoreResult:
     seconds: float = 0.0
 
 
+_STAGING = "backup-restore-"
+# what follows the prefix: the owner's host, PID and process start time, and a random tag
+_OWNER = re.compile(r"(?P<host>.+)-(?P<pid>[0-9]+)-(?P<start>[0-9]+)-[0-9a-f]{8}")
+_RENAME_EXCHANGE = 2
+
+
+def _start_time(pid: int) -> int | None:
+    """Returns: the process's start time in clock ticks since boot (``/proc``), 0 where
+    there is no ``/proc``, or None when the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except FileNotFoundError:
+        return None if os.path.isdir("/proc/self") else 0
+    except OSError:
+        return 0
+    # the command name, in parentheses, may hold spaces and parentheses of its own
+    fields = stat_line[stat_line.rindex(b")") + 2 :].split()
+    return None if fields[0] == b"Z" else int(fields[19])
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "_"
+
+
+def _owner_gone(name: str, prefix: str) -> bool:
+    """Tell whether the staging directory ``name`` (``prefix`` then its owner) belongs to a
+    restore whose process has ended: same host, and no live process with that PID and
+    start time. A staging directory of another host, or in an older format, is kept: its
+    owner cannot be asked."""
+    m = _OWNER.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
+    if m is None or m["host"] != _host():
+        return False
+    pid = int(m["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    start = _start_time(pid)
+    # a reused PID has another start time (0: this system cannot tell, so assume alive)
+    return start is None or (start != 0 and start != int(m["start"]))
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a staging directory, whatever modes the restore gave what it holds."""
+    if not os.path.lexists(path):
+        return
+    # restored read-only directories must become writable to be removed
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                with contextlib.suppress(OSError):
+                    os.chmod(p, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _beside_prefix(to: Path) -> str:
+    # a long destination name still leaves room for the owner in NAME_MAX
+    return f".{to.name[:100]}.{_STAGING}"
+
+
 def _check_destination(to: Path, force: bool) -> None:
+    """Refuse a destination that is not a directory, or not empty without ``force``;
+    remove what a killed restore into it left behind first, so it never stands in the way."""
+    with contextlib.suppress(OSError), os.scandir(to.parent) as it:
+        beside = _beside_prefix(to)
+        for e in it:
+            if e.name.startswith(beside) and _owner_gone(e.name, beside):
+                _remove_tree(Path(e.path))
     if to.exists():
         if not to.is_dir():
             raise RestoreError(f"destination {to} exists and is not a directory")
-        if any(to.iterdir()) and not force:
+        inside = "." + _STAGING
+        empty = True
+        with os.scandir(to) as it:
+            for e in it:
+                if e.name.startswith(inside) and _owner_gone(e.name, inside):
+                    _remove_tree(Path(e.path))
+                else:
+                    empty = False
+        if not empty and not force:
             raise RestoreDestinationNotEmpty(str(to))
 
 
+class _Terminated(BaseException):
+    """SIGTERM during a restore: unwinds like an interrupt, so staging is removed."""
+
+
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """Make SIGTERM unwind the restore (removing its staging directory) and then end the
+    process by SIGTERM as it would have. Only where SIGTERM is ours to handle: in the main
+    thread of a process that left it at its default (the CLI; not a worker, whose pool
+    handles it)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut cleanup short
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_renameat2: Any = None
+with contextlib.suppress(OSError, AttributeError):
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+
+
+def _exchange(name: str, src_fd: int, dst_fd: int) -> bool:
+    """Swap two entries of the same name in two directories in one step (Linux
+    ``renameat2(RENAME_EXCHANGE)``). Returns False where the C library or the filesystem
+    cannot."""
+    if _renameat2 is None:
+        return False
+    b = os.fsencode(name)
+    if _renameat2(src_fd, b, dst_fd, b, _RENAME_EXCHANGE) == 0:
+        return True
+    e = ctypes.get_errno()
+    if e in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(e, os.strerror(e), name)
+
+
 class _Staging:
-    """A staging directory in the destination's filesystem, moved into place at the end."""
+    """A staging directory in the destination's filesystem, moved into place at the end.
+
+    Its name carries the owner's host, PID and start time, so that what a killed restore
+    left is recognised and removed by the next restore into the same destination. It holds
+    the restored tree (``tree``) and, while an existing destination is merged, what the
+    merge replaced (``old``).
+    """
 
     def __init__(self, to: Path) -> None:
         self.to = to
-        tag = secrets.token_hex(4)
+        start = _start_time(os.getpid()) or 0
+        owner = f"{_host()}-{os.getpid()}-{start}-{secrets.token_hex(4)}"
         if to.exists():
-            self.path = to / f".backup-restore-{tag}"
+            self.path = to / f".{_STAGING}{owner}"
             self.inside = True
         else:
             to.parent.mkdir(parents=True, exist_ok=True)
-            self.path = to.parent / f".{to.name}.backup-restore-{tag}"
+            self.path = to.parent / f"{_beside_prefix(to)}{owner}"
             self.inside = False
         self.path.mkdir(mode=0o700)
+        self.tree = self.path / "tree"
+        self.tree.mkdir(mode=0o700)
+        self._dev = os.lstat(self.path).st_dev
+        # the merge's steps, to undo them if it fails: (kind, relative path, detail)
+        self._done: list[tuple[str, bytes, Any]] = []
+        self._old = 0
+        self.keep = False
 
-    def commit(self, root_restored: bool = False) -> None:
+    def commit(self, written_dirs: Collection[bytes], restore_owner: bool) -> None:
+        """Move the restored tree into place.
+
+        A new destination is the staging tree, renamed. An existing one is merged: where
+        both hold a directory, the merge descends into it; anything else the restore wrote
+        replaces what is there in one step (a rename, or an exchange where the types
+        differ), and nothing it did not write is touched. Symlinks in the destination are
+        replaced, never followed. Directories in ``written_dirs`` (the restore's own, not
+        parents made for what they hold) take the restored mode, owner and mtime.
+
+        Raises:
+            RestoreError: a step failed; the steps done are undone first, and the message
+                says whether the destination is as it was.
+        """
         if not self.inside:
-            if not root_restored:
+            if b"" not in written_dirs:
                 # staging was private while filling; the new directory gets the usual mode
                 umask = os.umask(0)
                 os.umask(umask)
-                os.chmod(self.path, 0o777 & ~umask)
-            os.rename(self.path, self.to)
+                os.chmod(self.tree, 0o777 & ~umask)
+            os.rename(self.tree, self.to)
+            os.rmdir(self.path)
             return
-        for child in sorted(os.listdir(self.path)):
-            dst = self.to / child
-            if dst.is_dir() and not dst.is_symlink():
-                shutil.rmtree(dst)
-            elif dst.exists() or dst.is_symlink():
-                dst.unlink()
-            os.rename(self.path / child, dst)
-        os.rmdir(self.path)
+        root = os.lstat(self.tree)
+        if stat.S_IMODE(root.st_mode) & 0o700 != 0o700:
+            os.chmod(self.tree, 0o700)  # a restored read-only root: its entries must move out
+        try:
+            src = os.open(self.tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                dst = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    self._merge(src, dst, b"", written_dirs, restore_owner)
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+        except BaseException as e:
+            if not self._undo():
+                self.keep = True  # what the merge replaced is there, and nowhere else
+                why = e.strerror if isinstance(e, OSError) else str(e) or type(e).__name__
+                raise RestoreError(
+                    f"moving the restored files into {self.to} failed ({why}) and could not "
+                    f"be undone: the entries it replaced are kept in {self.path}"
+                ) from None
+            if isinstance(e, OSError):
+                raise RestoreError(
+                    f"moving the restored files into {self.to}: {e.strerror or e}; "
+                    "the destination is untouched"
+                ) from None
+            raise
+        _remove_tree(self.path)
+        if b"" in written_dirs:
+            self._set_meta(self.to, root, restore_owner)
+
+    def _merge(
+        self, src: int, dst: int, rel: bytes, written: Collection[bytes], restore_owner: bool
+    ) -> None:
+        for name in sorted(os.listdir(src)):
+            r = os.fsencode(name) if not rel else rel + b"/" + os.fsencode(name)
+            s = os.lstat(name, dir_fd=src)
+            try:
+                d: os.stat_result | None = os.lstat(name, dir_fd=dst)
+            except FileNotFoundError:
+                d = None
+            if d is None:
+                os.rename(name, name, src_dir_fd=src, dst_dir_fd=dst)
+                self._done.append(("added", r, None))
+            elif stat.S_ISDIR(s.st_mode) and stat.S_ISDIR(d.st_mode):
+                if d.st_dev != self._dev:
+                    raise RestoreError(
+                        f"{os.fsdecode(os.path.join(os.fsencode(self.to), r))} is a mount point "
+                        "(another filesystem): restore what goes there with --to naming it; "
+                        "the destination is untouched"
+                    )
+                if stat.S_IMODE(s.st_mode) & 0o700 != 0o700:
+                    os.chmod(name, 0o700, dir_fd=src)  # ours: its entries must move out
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                s_fd = os.open(name, flags, dir_fd=src)
+                try:
+                    d_fd = os.open(name, flags, dir_fd=dst)
+                    try:
+                        self._merge(s_fd, d_fd, r, written, restore_owner)
+                        if r in written:
+                            self._done.append(("meta", r, d))
+                            self._set_meta(d_fd, s, restore_owner)
+                    finally:
+                        os.close(d_fd)
+                finally:
+                    os.close(s_fd)
+            elif _exchange(name, src, dst):
+                # the replaced entry now sits in staging, removed with it
+                self._done.append(("swapped", r, None))
+            elif (
+                not stat.S_ISDIR(s.st_mode)
+                and not stat.S_ISDIR(d.st_mode)
+                and self._link_aside(name, dst, r)
+            ):
+                os.rename(name, name, src_dir_fd=src, dst_dir_fd=dst)  # one step
+            else:
+                # no exchange here (an old kernel or a network filesystem): a directory and
+                # a non-directory cannot replace each other in one step
+                old = self._old_slot()
+                os.rename(name, old, src_dir_fd=dst)
+                self._done.append(("moved-aside", r, old))
+                os.rename(name, name, src_dir_fd=src, dst_dir_fd=dst)
+                self._done.append(("added", r, None))
+
+    def _link_aside(self, name: str, dst: int, r: bytes) -> bool:
+        """Keep a second name of the entry a rename is about to replace, to undo it."""
+        old = self._old_slot()
+        try:
+            os.link(name, old, src_dir_fd=dst, follow_symlinks=False)
+        except OSError:
+            return False  # hard links refused here: move it aside instead
+        self._done.append(("replaced", r, old))
+        return True
+
+    def _old_slot(self) -> str:
+        old = self.path / "old"
+        if self._old == 0:
+            old.mkdir(mode=0o700, exist_ok=True)
+        self._old += 1
+        return str(old / str(self._old))
+
+    @staticmethod
+    def _set_meta(d: int | Path, s: os.stat_result, restore_owner: bool) -> None:
+        if restore_owner:
+            with contextlib.suppress(OSError):
+                os.chown(d, s.st_uid, s.st_gid)
+        os.chmod(d, stat.S_IMODE(s.st_mode))
+        os.utime(d, ns=(s.st_atime_ns, s.st_mtime_ns))
+
+    def _undo(self) -> bool:
+        """Undo the merge's steps, last first. Returns: whether all were undone."""
+        to = os.fsencode(self.to)
+        tree = os.fsencode(self.tree)
+        ok = True
+        for kind, r, detail in reversed(self._done):
+            live = os.path.join(to, r)
+            staged = os.path.join(tree, r)
+            try:
+                if kind == "added":
+                    os.rename(live, staged)
+                elif kind == "swapped":
+                    parent = os.path.dirname(r)
+                    base = os.path.basename(r)
+                    a = os.open(os.path.join(tree, parent), os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        b = os.open(os.path.join(to, parent), os.O_RDONLY | os.O_DIRECTORY)
+                        try:
+                            if not _exchange(os.fsdecode(base), a, b):
+                                raise OSError(errno.EINVAL, "cannot exchange back")
+                        finally:
+                            os.close(b)
+                    finally:
+                        os.close(a)
+                elif kind in ("replaced", "moved-aside"):
+                    os.rename(detail, live)
+                elif kind == "meta":
+                    self._set_meta(Path(os.fsdecode(live)), detail, os.geteuid() == 0)
+            except OSError:
+                ok = False
+        self._done.clear()
+        return ok
 
     def remove(self) -> None:
-        if self.path.exists():
-            # restored read-only directories must become writable to be removed
-            for dirpath, dirnames, _ in os.walk(self.path):
-                for d in dirnames:
-                    p = os.path.join(dirpath, d)
-                    if not os.path.islink(p):
-                        os.chmod(p, 0o700)
-            shutil.rmtree(self.path, ignore_errors=True)
+        if not self.keep:
+            _remove_tree(self.path)
 
 
 def _run_staged(
@@ -293,33 +585,39 @@ def _run_staged(
 ) -> None:
     _check_destination(to, force)
     threads = restore_threads()  # a bad setting fails before anything is made
-    staging = _Staging(to)
-    ex = Extractor(
-        os.fsencode(staging.path),
-        allow_external_symlinks=allow_external_symlinks,
-        include=make_include(include),
-        threads=threads,
-    )
-    try:
+    with _terminate_unwinds():
         try:
-            with gc_paused():
-                work(ex)
-            ex.finish()
-        finally:
-            ex.close()  # no worker may still write into staging when it moves or goes
-        staging.commit(root_restored=b"" in ex.dirs)
-    except OSError as e:
-        staging.remove()
-        if e.errno == errno.ENOSPC:
+            staging = _Staging(to)
+        except OSError as e:
+            raise RestoreError(f"cannot write into {to}: {e.strerror or e}") from None
+        try:
+            ex = Extractor(
+                os.fsencode(staging.tree),
+                allow_external_symlinks=allow_external_symlinks,
+                include=make_include(include),
+                threads=threads,
+                merge_into=os.fsencode(to) if staging.inside else None,
+                hidden=os.fsencode(staging.path) if staging.inside else None,
+            )
+            try:
+                with gc_paused():
+                    work(ex)
+                ex.finish()
+            finally:
+                ex.close()  # no worker may still write into staging when it moves or goes
+            staging.commit(set(ex.dirs), ex.restore_owner)
+        except OSError as e:
+            staging.remove()
+            if e.errno == errno.ENOSPC:
+                raise RestoreError(
+                    f"no space left on the device of {to}; the destination is untouched"
+                ) from None
             raise RestoreError(
-                f"no space left on the device of {to}; the destination is untouched"
+                f"writing into {to}: {e.strerror or e}; the destination is untouched"
             ) from None
-        raise RestoreError(
-            f"writing into {to}: {e.strerror or e}; the destination is untouched"
-        ) from None
-    except BaseException:
-        staging.remove()
-        raise
+        except BaseException:
+            staging.remove()
+            raise
 
 
 def resolve_archive(

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from datetime import timedelta
@@ -221,6 +223,228 @@ def test_destination_not_empty_needs_force(env: Env, inventory: Inventory) -> No
     assert staging_left(dest, env.tmp) == []
 
 
+# --force merges into what is there ----------------------------------------------------------
+
+
+def test_force_include_replaces_only_the_included_file(env: Env, inventory: Inventory) -> None:
+    """The issue's case: `restore P --to LIVE --include docs/a.txt --force` replaced the whole
+    of LIVE/docs with a directory holding a.txt alone."""
+    src = env.source
+    (src / "docs" / "sub").mkdir(parents=True)
+    for rel in ("docs/a.txt", "docs/b.txt", "docs/sub/c.txt", "top.txt"):
+        (src / rel).write_text(f"{rel} as archived")
+    run_backup(env.policy(), inventory)
+    live = env.tmp / "live"
+    shutil.copytree(src, live, symlinks=True)
+    (live / "docs" / "a.txt").write_text("damaged")
+    (live / "docs" / "b.txt").write_text("edited since")
+    (live / "docs" / "new.txt").write_text("made since")
+    (live / "top.txt").write_text("edited since")
+    before = snapshot_tree(live)
+    proc = cli(env, "restore", "p", "--to", str(live), "--include", "docs/a.txt", "--force")
+    assert proc.returncode == 0, proc.stderr
+    after = snapshot_tree(live)
+    assert after[b"docs/a.txt"] == snapshot_tree(src)[b"docs/a.txt"]
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    # docs was not restored (only what it holds): its mode stays, its mtime is the change's
+    assert changed <= {b"docs/a.txt", b"docs"}
+    assert after[b"docs"][:2] == before[b"docs"][:2]
+    assert staging_left(live, env.tmp) == []
+
+
+def _restore_members(
+    tmp: Path, key: Key, members: list[tuple[tarfile.TarInfo, bytes]], dest: Path, name: str
+) -> None:
+    archive = make_archive(tmp, key.recipient, members, name=name)
+    restore_file(archive, dest, load_identities(key.path), force=True)
+
+
+def test_force_second_archive_over_a_first_keeps_what_it_never_held(
+    tmp_path: Path, key: Key
+) -> None:
+    dest = tmp_path / "dest"
+    first = [
+        _member("docs", tarfile.DIRTYPE),
+        _member("docs/a", data=b"a from the first"),
+        _member("docs/b", data=b"b from the first"),
+        _member("docs/deep", tarfile.DIRTYPE),
+        _member("docs/deep/d", data=b"d from the first"),
+        _member("x", data=b"x from the first"),
+    ]
+    _restore_members(tmp_path, key, first, dest, "first")
+    root, docs = _member(".", tarfile.DIRTYPE), _member("docs", tarfile.DIRTYPE)
+    root[0].mode, root[0].mtime = 0o751, 1_600_000_000
+    docs[0].mode, docs[0].mtime = 0o750, 1_650_000_000
+    second = [
+        root,
+        docs,
+        _member("docs/a", data=b"a from the second"),
+        _member("docs/deep/e", data=b"e from the second"),  # its parent is not in the archive
+        _member("docs/c", data=b"c from the second"),
+        _member("y", data=b"y from the second"),
+    ]
+    (dest / "docs" / "deep").chmod(0o700)
+    _restore_members(tmp_path, key, second, dest, "second")
+    files = {p: v[3] for p, v in snapshot_tree(dest).items() if v[0] == "f"}
+    assert files == {
+        b"docs/a": b"a from the second",
+        b"docs/b": b"b from the first",
+        b"docs/c": b"c from the second",
+        b"docs/deep/d": b"d from the first",
+        b"docs/deep/e": b"e from the second",
+        b"x": b"x from the first",
+        b"y": b"y from the second",
+    }
+    # a directory the archive holds takes its mode and mtime, after what it received; one
+    # made only to hold an entry keeps the destination's
+    st = os.stat(dest / "docs")
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o750, 1_650_000_000 * 10**9)
+    assert os.stat(dest / "docs" / "deep").st_mode & 0o7777 == 0o700
+    st = os.stat(dest)
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o751, 1_600_000_000 * 10**9)
+    assert staging_left(dest, tmp_path) == []
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "without-exchange"])
+def test_force_replaces_across_types_and_never_follows_a_link_in_the_destination(
+    tmp_path: Path, key: Key, exchange: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File, directory and symlink replace one another; a symlink in the destination where
+    the archive has a directory is replaced by it, never followed; other names of a
+    replaced hard link keep their content. Without renameat2's exchange (an old kernel, a
+    network filesystem) the same result."""
+    import importlib
+
+    if not exchange:
+        monkeypatch.setattr(importlib.import_module("backup.restore"), "_renameat2", None)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "theirs").write_text("outside")
+    dest = tmp_path / "dest"
+    t = dest / "t"  # below the top: what the old commit replaced whole
+    t.mkdir(parents=True)
+    (t / "f").write_text("a file, a directory in the archive")
+    (t / "d").mkdir()
+    (t / "d" / "kept?").write_text("under a directory the archive has as a file")
+    (t / "real").mkdir()
+    (t / "real" / "mine").write_text("mine")
+    (t / "l").symlink_to("real")
+    (t / "out").symlink_to(outside)
+    (t / "s").write_text("a file, a symlink in the archive")
+    (t / "dl").mkdir()
+    (t / "h1").write_text("old linked")
+    os.link(t / "h1", t / "h2")
+    (t / "untouched").write_text("untouched")
+    members = [
+        _member("t/d", data=b"now a file"),
+        _member("t/dl", tarfile.SYMTYPE, link="f"),
+        _member("t/f", tarfile.DIRTYPE),
+        _member("t/f/in", data=b"in f"),
+        _member("t/h1", data=b"new h1"),
+        _member("t/l", tarfile.DIRTYPE),
+        _member("t/l/x", data=b"in l"),
+        _member("t/out/f", data=b"in out"),
+        _member("t/s", tarfile.SYMTYPE, link="f/in"),
+    ]
+    _restore_members(tmp_path, key, members, dest, "types")
+    got = snapshot_tree(t)
+    assert {p: v[0] for p, v in got.items()} == {
+        b"d": "f",
+        b"dl": "l",
+        b"f": "d",
+        b"f/in": "f",
+        b"h1": "f",
+        b"h2": "f",
+        b"l": "d",
+        b"l/x": "f",
+        b"out": "d",
+        b"out/f": "f",
+        b"real": "d",
+        b"real/mine": "f",
+        b"s": "l",
+        b"untouched": "f",
+    }
+    assert (t / "d").read_text() == "now a file"
+    assert (t / "s").read_text() == "in f"
+    assert (t / "h1").read_text() == "new h1" and (t / "h2").read_text() == "old linked"
+    assert os.listdir(outside) == ["theirs"] and os.listdir(t / "real") == ["mine"]
+    assert staging_left(dest, tmp_path) == []
+
+
+def test_force_merge_that_cannot_finish_is_undone(tmp_path: Path, key: Key) -> None:
+    """A directory of the destination on another filesystem cannot receive a rename: the
+    merge stops there, undoes what it did, and says why. (It used to delete the mounted
+    filesystem's content, the whole top-level entry being replaced.)"""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "a.txt").write_text("mine")
+    with small_tmpfs(dest / "mnt") as mnt:
+        (mnt / "on-the-mount").write_text("mounted")
+        before = snapshot_tree(dest)
+        archive = make_archive(
+            tmp_path,
+            key.recipient,
+            [_member("a.txt", data=b"new a"), _member("mnt/f", data=b"f"), _OK],
+        )
+        with pytest.raises(RestoreError, match="mnt is a mount point") as ei:
+            restore_file(archive, dest, load_identities(key.path), force=True)
+        assert "untouched" in ei.value.get_message()
+        assert snapshot_tree(dest) == before
+        assert staging_left(dest, tmp_path) == []
+
+
+def test_force_merge_where_permission_bits_bind(tmp_path: Path, key: Key) -> None:
+    """As a user whom permission bits bind (root without the override capabilities):
+    read-only directories the restore writes still give up their entries to the merge and
+    get their modes at the end; a read-only directory of the destination that the restore
+    would write into stops it, undone, in one line."""
+    require_tools("setpriv")
+    root, ro = _member(".", tarfile.DIRTYPE), _member("ro", tarfile.DIRTYPE)
+    root[0].mode = ro[0].mode = 0o555
+    archive = make_archive(
+        tmp_path, key.recipient, [root, ro, _member("ro/f", data=b"f"), _member("top", data=b"t")]
+    )
+    dest = tmp_path / "dest"
+    (dest / "ro").mkdir(parents=True)
+    (dest / "ro" / "mine").write_text("mine")
+    cmd = ["restore", "--file", str(archive), "--to", str(dest), "--identity", str(key.path)]
+    setpriv = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+    run = [*setpriv, sys.executable, "-m", "backup", *cmd, "--force"]
+    proc = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(dest)) == ["ro", "top"]
+    assert sorted(os.listdir(dest / "ro")) == ["f", "mine"]
+    assert os.stat(dest).st_mode & 0o777 == 0o555 == os.stat(dest / "ro").st_mode & 0o777
+
+    dest2 = tmp_path / "dest2"
+    (dest2 / "locked").mkdir(parents=True)
+    (dest2 / "a").write_text("mine")
+    archive = make_archive(
+        tmp_path,
+        key.recipient,
+        [_member("a", data=b"new a"), _member("locked/f", data=b"f")],
+        name="locked",
+    )
+    (dest2 / "locked").chmod(0o555)
+    before = snapshot_tree(dest2)
+    run = [*setpriv, sys.executable, "-m", "backup", *cmd[:2], str(archive), "--to", str(dest2)]
+    proc = subprocess.run([*run, *cmd[5:], "--force"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Permission denied" in proc.stderr, proc.stderr
+    assert "the destination is untouched" in proc.stderr
+    assert snapshot_tree(dest2) == before
+    assert staging_left(dest, dest2, tmp_path) == []
+
+
+def test_destination_that_cannot_be_made_is_one_clear_error(tmp_path: Path, key: Key) -> None:
+    archive = make_archive(tmp_path, key.recipient, [_OK])
+    (tmp_path / "a-file").write_text("not a directory")
+    dest = tmp_path / "a-file" / "dest"
+    with pytest.raises(RestoreError, match=f"cannot write into {re.escape(str(dest))}"):
+        restore_file(archive, dest, load_identities(key.path))
+    assert (tmp_path / "a-file").read_text() == "not a directory"
+
+
 # unsafe archives --------------------------------------------------------------------------
 
 
@@ -284,6 +508,43 @@ _UNSAFE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes]], str]] = {
             _member("t", tarfile.LNKTYPE, link="a/b/s"),
         ],
         "t",
+    ),
+    # each link harmless by its own text; what it leads through makes it leave
+    "symlink-through-a-link-to-dot": (
+        [_member("a", tarfile.SYMTYPE, link="."), _member("b", tarfile.SYMTYPE, link="a/..")],
+        "b",
+    ),
+    "symlink-through-a-directory-link": (
+        [
+            _member("x", tarfile.DIRTYPE),
+            _member("x/dl", tarfile.SYMTYPE, link=".."),
+            _member("x/s", tarfile.SYMTYPE, link="dl/.."),
+        ],
+        "x/s",
+    ),
+    "symlink-chain": (
+        [
+            _member("a", tarfile.DIRTYPE),
+            _member("a/b", tarfile.DIRTYPE),
+            _member("a/b/up", tarfile.SYMTYPE, link=".."),  # a
+            _member("a/up2", tarfile.SYMTYPE, link="b/up/.."),  # the root
+            _member("top", tarfile.SYMTYPE, link="a/up2/../x"),
+        ],
+        "top",
+    ),
+    "symlink-made-before-the-link-it-leads-through": (
+        [_member("s", tarfile.SYMTYPE, link="z/../x"), _member("z", tarfile.SYMTYPE, link=".")],
+        "s",
+    ),
+    "hardlink-to-a-symlink-through-a-link": (
+        [
+            _member("d", tarfile.DIRTYPE),
+            _member("d/k", tarfile.SYMTYPE, link="."),
+            _member("d/s", tarfile.SYMTYPE, link="k/.."),  # d/k/.. is the root
+            _member("k", tarfile.SYMTYPE, link="."),
+            _member("h", tarfile.LNKTYPE, link="d/s"),  # k/.. from the root: its parent
+        ],
+        "h",
     ),
 }
 

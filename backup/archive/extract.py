@@ -3,9 +3,10 @@
 Invariants:
 
 - Nothing outside the staging directory is ever written. Entries with absolute paths or
-  ``..`` are refused; hard links must point inside the archive; symlinks whose target leaves
-  the destination are refused unless explicitly allowed. Symlinks are created only after
-  every other entry of every archive is in place, so no write can ever pass through one.
+  ``..`` are refused; hard links must point inside the archive; symlinks that lead outside
+  the destination, resolved through every other link of the final tree, are refused unless
+  explicitly allowed. Symlinks are created only after every other entry of every archive is
+  in place, so no write can ever pass through one.
 - An existing path is unlinked before it is replaced, never truncated in place: it may be a
   hard link whose other names must keep their old content.
 - Directory modes and mtimes are applied last, deepest first, so a read-only directory
@@ -87,19 +88,205 @@ def normalize_member_name(name: bytes, archive: str) -> bytes:
     return b"/".join(parts)
 
 
-def _escapes(path: bytes, target: bytes) -> bool:
-    """Tell whether a symlink at ``path`` pointing to ``target`` leaves the root."""
-    if target.startswith(b"/"):
-        return True
-    depth = path.count(b"/")  # directories above the link, inside the root
-    for part in target.split(b"/"):
-        if part == b"..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in (b"", b"."):
-            depth += 1
-    return False
+#: a link whose links nest deeper leads nowhere (Linux follows at most 40 in one lookup)
+_MAX_HOPS = 40
+#: the longest symlink target Linux makes (PATH_MAX less the terminating NUL)
+_MAX_LINK = 4095
+
+_LINK, _DIR, _OTHER = 0, 1, 2
+
+# a directory a resolution is in: its path, and whether it is in staging and in the
+# destination (neither: known by name only, as nothing or not a directory is there now)
+_Frame = tuple[bytes, bool, bool]
+_NAMED: _Frame = (b"", False, False)
+
+
+class _Outside(Exception):
+    """A resolution left the root."""
+
+
+class _TooDeep(Exception):
+    """A resolution reached a link nested too deep to resolve from there."""
+
+    def __init__(self, rel: bytes, target: bytes, parent: list[_Frame]) -> None:
+        self.rel, self.target, self.parent = rel, target, parent
+
+
+class _FinalTree:
+    """The tree as it stands once the restore is in place, for resolving symlinks in it:
+    the staging directory (with the symlinks still to be made) laid over the destination
+    it merges into, if any.
+
+    Args:
+        stage: the staging directory.
+        symlinks: the symlinks to be made, by path: their targets.
+        dest: the existing destination the staging merges into (None: a new one).
+        hidden: a path in ``dest`` the final tree does not hold (the staging directory).
+    """
+
+    def __init__(
+        self, stage: bytes, symlinks: dict[bytes, bytes], dest: bytes | None, hidden: bytes | None
+    ) -> None:
+        self.stage = stage
+        self.symlinks = symlinks
+        self.dest = dest
+        self.hidden = hidden
+        self._at_root = (True, dest is not None)
+        self._cache: dict[tuple[bytes, bool, bool], tuple[int, bytes, bool, bool] | None] = {}
+        # where each symlink leads (None: nowhere) and how deep its links nest, once known
+        self._resolved: dict[bytes, tuple[list[_Frame] | None, int]] = {}
+        self._pending: set[bytes] = set()
+        self._outside: set[bytes] = set()
+
+    @staticmethod
+    def _kind(path: bytes) -> tuple[int, bytes] | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            # missing; or unreadable, which the resolution then takes for missing (and goes
+            # on by name, as for any directory it cannot see into)
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return _LINK, os.readlink(path)
+        return (_DIR if stat.S_ISDIR(st.st_mode) else _OTHER), b""
+
+    def lookup(
+        self, rel: bytes, in_stage: bool, in_dest: bool
+    ) -> tuple[int, bytes, bool, bool] | None:
+        """What ``rel`` is, given whether its parent directory is in staging and in the
+        destination: (kind, link target, in staging, in the destination), or None if
+        nothing. Staging wins, except that two directories merge."""
+        key = (rel, in_stage, in_dest)
+        if key in self._cache:
+            return self._cache[key]
+        found: tuple[int, bytes, bool, bool] | None = None
+        staged = None
+        if in_stage:
+            if rel in self.symlinks:
+                staged = (_LINK, self.symlinks[rel])
+            else:
+                staged = self._kind(self.stage + b"/" + rel)
+        there = None
+        if in_dest and self.dest is not None:
+            p = self.dest + b"/" + rel
+            if p != self.hidden:
+                there = self._kind(p)
+        if staged is not None:
+            merged = staged[0] == _DIR and there is not None and there[0] == _DIR
+            found = (staged[0], staged[1], True, merged)
+        elif there is not None:
+            found = (there[0], there[1], False, True)
+        self._cache[key] = found
+        return found
+
+    def leaves(self, rel: bytes, target: bytes) -> bool:
+        """Tell whether the symlink at ``rel``, pointing to ``target``, resolves outside the
+        root, following every symlink on the way as the kernel would. Where the path meets
+        something that is not a directory (or nothing), it goes on by name: that part of
+        the tree may be made later, and must not then lead outside either. A link that
+        leads nowhere (a loop, or links nested more than 40 deep: ELOOP) does not leave."""
+        parent: list[_Frame] = []
+        for part in rel.split(b"/")[:-1]:  # real directories in staging
+            entered = self._enter(parent, part)
+            parent.append(entered if isinstance(entered, tuple) else _NAMED)
+        # a chain nested deeper than the recursion goes is resolved from its far end first
+        work = [(rel, target, parent)]
+        waiting = {rel}
+        try:
+            while work:
+                try:
+                    self._follow(*work[-1], 0)
+                except _TooDeep as e:
+                    if e.rel in waiting:  # it needs itself: a loop
+                        self._resolved[e.rel] = (None, _MAX_HOPS + 1)
+                    else:
+                        work.append((e.rel, e.target, e.parent))
+                        waiting.add(e.rel)
+                    continue
+                waiting.discard(work.pop()[0])
+        except _Outside:
+            # each link waiting needs the next one, which leads outside: so does it
+            self._outside.update(waiting)
+            return True
+        return False
+
+    def _enter(self, stack: list[_Frame], part: bytes) -> _Frame | bytes:
+        """The frame of ``part`` in the directory on top of ``stack``, or the target of the
+        symlink it is."""
+        in_stage, in_dest = stack[-1][1:] if stack else self._at_root
+        if not (in_stage or in_dest):
+            return _NAMED
+        path = stack[-1][0] + b"/" + part if stack else part
+        found = self.lookup(path, in_stage, in_dest)
+        if found is None or found[0] == _OTHER:
+            return _NAMED
+        if found[0] == _DIR:
+            return (path, found[2], found[3])
+        return found[1]
+
+    def _follow(
+        self, rel: bytes, target: bytes, parent: list[_Frame], depth: int
+    ) -> tuple[list[_Frame] | None, int]:
+        """Where the symlink at ``rel``, in the directory ``parent`` leads to, leads: the
+        frames of that place (None: nowhere), and how deep the links it goes through nest.
+        Each link is resolved once, so a chain costs its length, not its length squared.
+
+        Raises:
+            _Outside: it leads outside the root.
+            _TooDeep: resolving it needs a link nested deeper than ``_MAX_HOPS`` here,
+                which is not resolved yet.
+        """
+        if rel in self._resolved:
+            return self._resolved[rel]
+        if rel in self._outside:
+            raise _Outside
+        if rel in self._pending:
+            return None, 0  # a loop
+        if depth > _MAX_HOPS:
+            raise _TooDeep(rel, target, list(parent))
+        if target.startswith(b"/"):
+            self._outside.add(rel)
+            raise _Outside
+        hops = 1
+        stack: list[_Frame] | None = list(parent)
+        self._pending.add(rel)
+        try:
+            for part in target.split(b"/"):
+                assert stack is not None
+                if part in (b"", b"."):
+                    continue
+                if part == b"..":
+                    if not stack:
+                        raise _Outside
+                    stack.pop()
+                    continue
+                entered = self._enter(stack, part)
+                if isinstance(entered, tuple):
+                    stack.append(entered)
+                    continue
+                path = stack[-1][0] + b"/" + part if stack else part
+                ends, nested = self._follow(path, entered, stack, depth + 1)
+                hops = max(hops, nested + 1)
+                if ends is None or hops > _MAX_HOPS:
+                    stack = None
+                    break
+                stack = list(ends)
+        except _Outside:
+            # known at once the next time (say, for each link of a long chain)
+            self._outside.add(rel)
+            raise
+        finally:
+            self._pending.discard(rel)
+        self._resolved[rel] = (stack, hops)
+        return stack, hops
+
+
+def _leaves_message(target: bytes, how: str) -> str:
+    what = f"{how}: symlink" if how else "symlink"
+    return (
+        f"{what} to {os.fsdecode(target)!r} leads outside the destination "
+        "(--allow-external-symlinks restores it as it is)"
+    )
 
 
 @dataclass(slots=True)
@@ -119,6 +306,9 @@ class Extractor:
         include: restore only paths it accepts (and what lies under accepted directories).
         restore_owner: set uid/gid (default: when running as root, as tar does).
         threads: filesystem threads (default: :func:`restore_threads`).
+        merge_into: the existing destination the staging directory will be merged into:
+            a restored symlink may lead through the links it holds, so they count too.
+        hidden: the staging directory's path inside ``merge_into``.
     """
 
     def __init__(
@@ -129,12 +319,17 @@ class Extractor:
         include: Callable[[bytes], bool] | None = None,
         restore_owner: bool | None = None,
         threads: int | None = None,
+        merge_into: bytes | None = None,
+        hidden: bytes | None = None,
     ) -> None:
         self.root = root
+        self.merge_into = merge_into
+        self.hidden = hidden
         self.allow_external_symlinks = allow_external_symlinks
         self.include = include
         self.restore_owner = os.geteuid() == 0 if restore_owner is None else restore_owner
-        self.symlinks: dict[bytes, tuple[bytes, int, int, int]] = {}
+        # path -> target, mtime, uid, gid, archive, how it came (for errors)
+        self.symlinks: dict[bytes, tuple[bytes, int, int, int, str, str]] = {}
         self.dirs: dict[bytes, _DirMeta] = {}
         self.files = 0
         self.bytes = 0
@@ -299,7 +494,8 @@ class Extractor:
         for m in reader:
             rel = normalize_member_name(m.name, archive)
             if not rel:
-                if m.type == tf.DIRTYPE:
+                # the root is the archive's only when all of it is restored
+                if m.type == tf.DIRTYPE and self.include is None:
                     self.dirs[b""] = _DirMeta(m.mode, m.mtime_ns, m.uid, m.gid)
                 continue
             if links and m.type == tf.REGTYPE and rel not in skip and not self._wanted(rel):
@@ -350,16 +546,21 @@ class Extractor:
             # links, FIFOs and devices are few: handle them with nothing else in flight
             self.jobs.drain()
             if t == tf.SYMTYPE:
-                if not self.allow_external_symlinks and _escapes(rel, m.linkname):
+                # where a relative one leads depends on the links made after it: checked
+                # in finish(), with all of them known
+                if not self.allow_external_symlinks and m.linkname.startswith(b"/"):
                     raise UnsafeArchiveEntry(
+                        archive, os.fsdecode(rel), _leaves_message(m.linkname, "")
+                    )
+                if len(m.linkname) > _MAX_LINK:
+                    raise ArchiveCorrupt(
                         archive,
-                        os.fsdecode(rel),
-                        f"symlink to {os.fsdecode(m.linkname)!r} leaves the destination "
-                        "(--allow-external-symlinks restores it as it is)",
+                        f"symlink {os.fsdecode(rel)!r} has a target of {len(m.linkname)} "
+                        f"bytes; no system makes one longer than {_MAX_LINK}",
                     )
                 self._forget_under(rel)
                 self._clear(rel)
-                self.symlinks[rel] = (m.linkname, m.mtime_ns, m.uid, m.gid)
+                self.symlinks[rel] = (m.linkname, m.mtime_ns, m.uid, m.gid, archive, "")
             elif t == tf.LNKTYPE:
                 try:
                     target = normalize_member_name(m.linkname, archive)
@@ -380,16 +581,11 @@ class Extractor:
                 self._forget_under(rel)
                 self._clear(rel)
                 if target in self.symlinks:
-                    link = self.symlinks[target]
-                    # a relative symlink copied to another depth may point elsewhere: check it here
-                    if not self.allow_external_symlinks and _escapes(rel, link[0]):
-                        raise UnsafeArchiveEntry(
-                            archive,
-                            os.fsdecode(rel),
-                            f"hard link to symlink {os.fsdecode(target)!r} would point to "
-                            f"{os.fsdecode(link[0])!r} outside the destination",
-                        )
-                    self.symlinks[rel] = link
+                    # a relative symlink copied to another depth may lead elsewhere: it is
+                    # checked where it lands, in finish()
+                    ln, mtime_ns, uid, gid = self.symlinks[target][:4]
+                    how = f"hard link to symlink {os.fsdecode(target)!r}"
+                    self.symlinks[rel] = (ln, mtime_ns, uid, gid, archive, how)
                     continue
                 try:
                     os.link(self._abs(target), self._abs(rel), follow_symlinks=False)
@@ -504,9 +700,27 @@ class Extractor:
         self.jobs.close()
 
     def finish(self) -> None:
-        """Create the symlinks, then set directory metadata deepest first."""
+        """Check where every symlink leads, create them, then set directory metadata
+        deepest first.
+
+        Raises:
+            UnsafeArchiveEntry: a symlink resolves outside the destination (unless allowed),
+                through whatever chain of links the restore and the destination hold.
+        """
         self.jobs.drain()
-        for rel, (target, mtime_ns, uid, gid) in sorted(self.symlinks.items()):
+        if not self.allow_external_symlinks and self.symlinks:
+            tree = _FinalTree(
+                self.root,
+                {rel: v[0] for rel, v in self.symlinks.items()},
+                self.merge_into,
+                self.hidden,
+            )
+            for rel, (target, _, _, _, archive, how) in sorted(self.symlinks.items()):
+                if tree.leaves(rel, target):
+                    raise UnsafeArchiveEntry(
+                        archive, os.fsdecode(rel), _leaves_message(target, how)
+                    )
+        for rel, (target, mtime_ns, uid, gid, _, _) in sorted(self.symlinks.items()):
             ap = self._abs(rel)
             parent = ap.rsplit(b"/", 1)[0]
             os.makedirs(parent, exist_ok=True)

@@ -1,5 +1,5 @@
-"""Tests of the restore's one-call file creation in C (extract._c_write_new); restores as a
-whole, with and without it, are tested in tests/test_restore.py."""
+"""Tests of the restore's one-call file creation in C (extract._c_write_new), and of where
+restored symlinks lead; restores as a whole are tested in tests/test_restore.py."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ import errno
 import importlib
 import os
 import stat
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import require_built
+from backup.crypto.age import load_identities
+from backup.errors import ArchiveCorrupt, UnsafeArchiveEntry
+from backup.restore import restore_file
+from tests.conftest import Key, require_built, require_tools, snapshot_tree
+from tests.test_interop import staging_left
+from tests.test_restore import _OK, _member, make_archive
 
 extract_mod = importlib.import_module("backup.archive.extract")
 
@@ -61,3 +67,92 @@ def test_other_errors_raise_oserror_naming_the_path(write_new: Any, tmp_path: Pa
     with pytest.raises(OSError) as info:
         write_new(long_name, b"x", 0o600, 0, 0, 0, False)
     assert info.value.errno == errno.ENAMETOOLONG and info.value.filename == long_name
+
+
+# where restored symlinks lead -------------------------------------------------------------
+
+
+def _restore(
+    tmp: Path, key: Key, members: list[tuple[tarfile.TarInfo, bytes]], dest: Path, **kw: Any
+) -> None:
+    archive = make_archive(tmp, key.recipient, members, name=dest.name)
+    restore_file(archive, dest, load_identities(key.path), **kw)
+
+
+def test_symlinks_are_resolved_not_read_as_text(tmp_path: Path, key: Key) -> None:
+    """A link is judged by where it leads through the other links, not by its text alone:
+    links that read as leaving but stay inside restore, and loops (which lead nowhere)."""
+    require_tools("age", "zstd", "tar")
+    members = [
+        _member("x", tarfile.DIRTYPE),
+        _member("x/y", tarfile.DIRTYPE),
+        _member("dl", tarfile.SYMTYPE, link="x/y"),
+        _member("s", tarfile.SYMTYPE, link="dl/../../x"),  # x/y -> x -> the root -> x
+        _member("loop1", tarfile.SYMTYPE, link="loop2/.."),
+        _member("loop2", tarfile.SYMTYPE, link="loop1/.."),
+        _member("gone", tarfile.SYMTYPE, link="missing/../x"),
+    ]
+    dest = tmp_path / "out"
+    _restore(tmp_path, key, members, dest)
+    assert os.readlink(dest / "s") == "dl/../../x" and (dest / "s").resolve() == dest / "x"
+    assert os.readlink(dest / "loop1") == "loop2/.."
+    assert os.readlink(dest / "gone") == "missing/../x"
+
+
+def test_links_in_the_destination_count_when_merging(tmp_path: Path, key: Key) -> None:
+    """With --force the restored links join the destination's: one that leads out through a
+    link already there is refused (and nothing changes); once the archive replaces that
+    link with a directory, the same link stays inside and restores."""
+    require_tools("age", "zstd", "tar")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "ext").symlink_to(outside)
+    (dest / "d").mkdir()
+    (dest / "d" / "up").symlink_to("..")
+    before = snapshot_tree(dest)
+    for name, link in (("s", "ext/f"), ("t", "d/up/..")):
+        with pytest.raises(UnsafeArchiveEntry, match=f"'{name}'.*leads outside") as ei:
+            _restore(
+                tmp_path, key, [_OK, _member(name, tarfile.SYMTYPE, link=link)], dest, force=True
+            )
+        assert "--allow-external-symlinks" in ei.value.get_message()
+        assert snapshot_tree(dest) == before and staging_left(dest, tmp_path) == []
+    # the archive's own ext: a directory where the destination has a link to outside
+    members = [
+        _member("ext", tarfile.DIRTYPE),
+        _member("ext/f", data=b"f"),
+        _member("s", tarfile.SYMTYPE, link="ext/f"),
+    ]
+    _restore(tmp_path, key, members, dest, force=True)
+    assert (dest / "s").read_text() == "f" and os.listdir(outside) == []
+    # allowed: restored as they are, and still never followed while restoring
+    _restore(tmp_path, key, [_member("t", tarfile.SYMTYPE, link="d/up/..")], dest, force=True,
+             allow_external_symlinks=True)  # fmt: skip
+    assert os.readlink(dest / "t") == "d/up/.."
+
+
+def test_a_symlink_target_no_system_can_make_is_refused_at_once(tmp_path: Path, key: Key) -> None:
+    """Not resolved component by component first: one clear error naming the entry."""
+    require_tools("age", "zstd", "tar")
+    with pytest.raises(ArchiveCorrupt, match="symlink 's' has a target of 6000 bytes"):
+        _restore(tmp_path, key, [_OK, _member("s", tarfile.SYMTYPE, link="a/" * 3000)],
+                 tmp_path / "out")  # fmt: skip
+    assert not (tmp_path / "out").exists() and staging_left(tmp_path) == []
+
+
+def test_long_chains_of_links_resolve_without_recursion_limits(tmp_path: Path, key: Key) -> None:
+    """A chain of 1000 links nests deeper than a resolution recurses (and than the
+    kernel follows: each link is judged by where it leads from it); one that ends outside
+    is refused, one that ends inside restores."""
+    require_tools("age", "zstd", "tar")
+    n = 1000
+    chain = [_member(f"l{i}", tarfile.SYMTYPE, link=f"l{i + 1}") for i in range(n)]
+    with pytest.raises(UnsafeArchiveEntry, match="leads outside"):
+        _restore(tmp_path, key, [*chain, _member(f"l{n}", tarfile.SYMTYPE, link="..")],
+                 tmp_path / "out")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    _restore(tmp_path, key, [*chain, _member(f"l{n}", tarfile.SYMTYPE, link="x/..")],
+             tmp_path / "in")  # fmt: skip
+    assert os.readlink(tmp_path / "in" / "l0") == "l1" and len(os.listdir(tmp_path / "in")) == n + 1
