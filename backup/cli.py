@@ -149,6 +149,16 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as e:
+        # The storage layer turns the answers it expects into its own errors; what the AWS
+        # SDK raises beyond those is about the environment (no credentials, an endpoint that
+        # does not answer, a denied call) and its message says which, without secrets.
+        boto = sys.modules.get("botocore.exceptions")
+        if boto is None or not isinstance(e, boto.BotoCoreError | boto.ClientError):
+            raise
+        text = " ".join(str(e).split()) or type(e).__name__
+        err.print(f"[red]error:[/red] {escape(f'S3: {text}')}", markup=True, soft_wrap=True)
+        sys.exit(1)
 
 
 def _handled(f: F) -> F:

@@ -426,3 +426,40 @@ def test_secret_key_stored_nowhere(env: Env, inventory: Inventory) -> None:
     assert vault and secret.encode() not in vault
     # nothing else under the test's directory (config, XDG dirs, restored tree) holds it
     assert secret[:-2].encode() not in tree_bytes(env.tmp, skip=(env.key.path, mangled))
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        # no credentials anywhere: botocore's NoCredentialsError
+        ({"BACKUP_S3_ENDPOINT_URL": "http://127.0.0.1:9"}, "Unable to locate credentials"),
+        # credentials, but an endpoint that does not answer
+        (
+            {
+                "BACKUP_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+                "AWS_ACCESS_KEY_ID": "k",
+                "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+            },
+            "Could not connect to the endpoint URL",
+        ),
+    ],
+)
+def test_cloud_sdk_errors_are_one_line(env: Env, extra: dict[str, str], expect: str) -> None:
+    """What the AWS SDK raises beyond the answers the storage layer expects (no
+    credentials, an endpoint that does not answer) is one line naming it, exit 1: the
+    issue's `backup snapshot fork s3://src s3://new` printed a botocore traceback."""
+    environ = {k: v for k, v in env.environ().items() if not k.startswith("AWS_")}
+    environ.update(extra, AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1")
+    environ["AWS_CONFIG_FILE"] = environ["AWS_SHARED_CREDENTIALS_FILE"] = str(env.tmp / "none")
+    proc = subprocess.run(
+        [sys.executable, "-m", "backup", "snapshot", "fork", "s3://src", "s3://new"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("error: S3: ") and expect in proc.stderr, proc.stderr
+    assert "s3cr3t-value" not in proc.stderr and "Traceback" not in proc.stderr
