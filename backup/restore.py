@@ -27,7 +27,6 @@ import os
 import queue
 import re
 import secrets
-import shutil
 import signal
 import socket
 import stat
@@ -284,17 +283,65 @@ def _owner_gone(name: str, prefix: str) -> bool:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove a staging directory, whatever modes the restore gave what it holds."""
-    if not os.path.lexists(path):
-        return
-    # restored read-only directories must become writable to be removed
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
+    """Remove a staging directory, whatever modes the restore gave what it holds and however
+    deep it goes: a hostile archive can make a tree deeper than PATH_MAX and than Python's
+    recursion limit, which ``os.walk`` and ``shutil.rmtree`` recurse into. Iterative, each
+    directory opened from its parent's descriptor (two open at a time), links never
+    followed. Never raises: it runs while another error is on its way out."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+            return
+        _remove_dir_fd(os.open(path, _DIR_FLAGS))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _remove_dir_fd(fd: int) -> None:
+    """Empty the directory open at ``fd`` (and close it)."""
+    # per level from the top: the name of the directory in its parent, and the subdirectories
+    # it still holds (its files are removed when it is first entered)
+    stack: list[tuple[str, list[str]]] = [("", [])]
+    entered = True
+    try:
+        while stack:
+            name, subdirs = stack[-1]
+            if entered:
                 with contextlib.suppress(OSError):
-                    os.chmod(p, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+                    os.fchmod(fd, 0o700)  # a restored read-only directory gives up its entries
+                with os.scandir(fd) as it:
+                    for e in it:
+                        if e.is_dir(follow_symlinks=False):
+                            subdirs.append(e.name)
+                        else:
+                            with contextlib.suppress(OSError):
+                                os.unlink(e.name, dir_fd=fd)
+            if subdirs:
+                sub = subdirs.pop()
+                try:
+                    child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    entered = False
+                    continue
+                os.close(fd)
+                fd = child
+                stack.append((sub, []))
+                entered = True
+                continue
+            stack.pop()
+            if not stack:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=fd)
+            entered = False
+    finally:
+        os.close(fd)
 
 
 def _beside_prefix(to: Path) -> str:
@@ -613,11 +660,28 @@ def _run_staged(
                     f"no space left on the device of {to}; the destination is untouched"
                 ) from None
             raise RestoreError(
-                f"writing into {to}: {e.strerror or e}; the destination is untouched"
+                f"writing into {to}{_entry_of(e, staging)}: {e.strerror or e}; "
+                "the destination is untouched"
             ) from None
         except BaseException:
             staging.remove()
             raise
+
+
+def _entry_of(e: OSError, staging: _Staging) -> str:
+    """Returns: ``", entry 'PATH'"`` for the archive entry an OSError was about (its path
+    below the staging tree, long ones shortened in the middle), or ``""``."""
+    name = e.filename
+    if not isinstance(name, str | bytes):
+        return ""
+    tree = os.fsencode(staging.tree) + b"/"
+    raw = os.fsencode(name)
+    if not raw.startswith(tree):
+        return ""
+    rel = raw[len(tree) :].decode("utf-8", "backslashreplace")
+    if len(rel) > 120:
+        rel = f"{rel[:50]}…{rel[-50:]}"
+    return f", entry {rel!r}"
 
 
 def resolve_archive(

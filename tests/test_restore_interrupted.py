@@ -172,3 +172,63 @@ def test_only_a_dead_owners_staging_is_removed(tmp_path: Path, key: Key) -> None
     assert sorted(staging_left(dest, tmp_path)) == sorted(
         names[k] for k in ("live", "other-host", "older-version")
     )
+
+
+def test_a_tree_deeper_than_path_max_ends_in_one_line_and_leaves_no_staging(
+    tmp_path: Path, key: Key
+) -> None:
+    """A valid archive whose one path has 3000 components (beyond PATH_MAX): the restore
+    fails in one line naming the destination and the entry, and its staging directory, too
+    deep for os.walk and shutil.rmtree (they recursed past Python's limit and left it), is
+    removed."""
+    import io
+    import tarfile
+
+    deep = "/".join(["d"] * 3000) + "/f.txt"
+    plain = tmp_path / "deep.tar"
+    with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo(deep)
+        info.size = 5
+        t.addfile(info, io.BytesIO(b"deep\n"))
+    archive = tmp_path / "deep.tar.zst.age"
+    encrypt_with_tools(key.recipient, plain, archive)
+    dest = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "backup", "restore", "--file", str(archive), "--to", str(dest)],
+        env={**os.environ, "BACKUP_IDENTITY": str(key.path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr[-2000:]
+    assert f"writing into {dest}, entry 'd/d/" in proc.stderr
+    assert "File name too long" in proc.stderr and "Traceback" not in proc.stderr
+    assert not dest.exists() and staging_left(tmp_path) == []
+
+
+def test_staging_removal_is_iterative_and_makes_read_only_dirs_give_way(tmp_path: Path) -> None:
+    """The removal of a staging tree goes deeper than Python's recursion limit and than
+    PATH_MAX, through read-only directories, and never follows a link out of it."""
+    from backup.restore import _remove_tree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    root = tmp_path / "staging"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fds = [fd]
+    for _ in range(max(sys.getrecursionlimit() + 500, 2500)):  # 5000 bytes of path
+        os.mkdir("d", dir_fd=fd)
+        with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd), "w") as f:
+            f.write("x")
+        os.symlink(str(outside), "link", dir_fd=fd)
+        fd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        fds.append(fd)
+    for fd in reversed(fds):
+        os.fchmod(fd, 0o500)
+        os.close(fd)
+    _remove_tree(root)
+    assert not root.exists()
+    assert (outside / "keep.txt").read_text() == "keep"
