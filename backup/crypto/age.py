@@ -923,13 +923,19 @@ def prove_identity(header: bytes, identities: Sequence[Identity], *, name: str) 
     Raises:
         HeaderError, NoIdentityMatch, HMACError: as AgeReader.
     """
-    parsed = _parse_header(_HeaderLines(io.BytesIO(header), name), name)
+    _file_key(_parse_header(_HeaderLines(io.BytesIO(header), name), name), identities, name)
+
+
+def _file_key(header: _Header, identities: Sequence[Identity], name: str) -> bytes:
+    """Returns: the file key one of ``identities`` unwraps from ``header``, once it has
+    authenticated the header (its MAC)."""
     if not identities:
         raise AgeError(f"no identities given to decrypt {name}")
-    file_key = _unwrap(parsed.stanzas, identities, name)
-    mac = hmac.digest(_hkdf(file_key, b"", b"header"), parsed.mac_input, "sha256")
-    if not hmac.compare_digest(mac, parsed.mac):
+    file_key = _unwrap(header.stanzas, identities, name)
+    mac = hmac.digest(_hkdf(file_key, b"", b"header"), header.mac_input, "sha256")
+    if not hmac.compare_digest(mac, header.mac):
         raise HMACError(name)
+    return file_key
 
 
 class AgeReader(io.RawIOBase):
@@ -972,13 +978,7 @@ class AgeReader(io.RawIOBase):
         lines = _HeaderLines(src, name)
         # The header is checked first, so a malformed file reads as one whatever the
         # identities.
-        header = _parse_header(lines, name)
-        if not identities:
-            raise AgeError(f"no identities given to decrypt {name}")
-        file_key = _unwrap(header.stanzas, identities, name)
-        mac = hmac.digest(_hkdf(file_key, b"", b"header"), header.mac_input, "sha256")
-        if not hmac.compare_digest(mac, header.mac):
-            raise HMACError(name)
+        file_key = _file_key(_parse_header(lines, name), identities, name)
         self._head = lines.leftover()
         nonce = bytearray(_PAYLOAD_NONCE_SIZE)
         if self._read_full(memoryview(nonce)) != _PAYLOAD_NONCE_SIZE:
