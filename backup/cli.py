@@ -969,11 +969,10 @@ def inventory_rebuild(
     """Record every archive of TARGET_URL the inventory lacks, from the manifests beside
     them (no policy file needed; nothing cold is retrieved). Exit 3 when a manifest was
     damaged, a chain's parent is missing, or a known archive's record differs."""
+    from .errors import IdentityError
     from .inventory.rebuild import rebuild
     from .restore import identities_from
     from .targets import open_target
-
-    from .errors import IdentityError
 
     path = identity or obj.settings.identity
     if path is None:
