@@ -335,3 +335,25 @@ def test_split_key() -> None:
     assert split_key("p/x.tar.zst") is None
     assert split_key("a/b/c.tar.zst.age") is None
     assert split_key(".partial/x.tar.zst.age") is None
+
+
+def test_a_chain_is_recorded_parent_first_whatever_the_clocks_said(
+    env: Env, inventory: Inventory, tmp_path: Path
+) -> None:
+    """The clock stepped back between two backups: the incremental was created before its
+    parent. The rebuild still records the parent first, and the chain whole."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
+    (env.source / "f").write_text("one")
+    full = run_backup(env.policy(), inventory, now=t0).archive
+    (env.source / "f").write_text("two!")
+    inc = run_backup(env.policy(), inventory, now=t0 - timedelta(hours=1)).archive
+    assert (inc.kind, inc.parent_id) == ("incremental", full.id) and inc.created < full.created
+    fresh = Inventory(f"sqlite:///{tmp_path / 'fresh.db'}")
+    report = rebuild(fresh, open_target(f"file://{env.vault}"), load_identities(env.key.path))
+    assert report.orphans == [] and report.added == [full.id, inc.id]
+    assert [a.id for a in fresh.chain(inc.id)] == [full.id, inc.id]
+    out = tmp_path / "out"
+    restore("p", fresh, out, load_identities(env.key.path), archive_id=inc.id)
+    assert (out / "f").read_text() == "two!"
