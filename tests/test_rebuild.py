@@ -357,3 +357,32 @@ def test_a_chain_is_recorded_parent_first_whatever_the_clocks_said(
     out = tmp_path / "out"
     restore("p", fresh, out, load_identities(env.key.path), archive_id=inc.id)
     assert (out / "f").read_text() == "two!"
+
+
+def test_a_manifest_that_does_not_match_its_archive_object_is_damaged(
+    env: Env, inventory: Inventory, tmp_path: Path
+) -> None:
+    (env.source / "f").write_text("data" * 1000)
+    a = run_backup(env.policy(), inventory).archive
+    stem = env.vault / "p" / a.id
+    # a manifest copied beside another archive id, and the real archive cut short
+    copy = "20990101T000000Z-c0pyc0py"
+    (env.vault / "p" / f"{copy}.manifest.json.zst.age").write_bytes(
+        Path(f"{stem}.manifest.json.zst.age").read_bytes()
+    )
+    (env.vault / "p" / f"{copy}.tar.zst.age").write_bytes(Path(f"{stem}.tar.zst.age").read_bytes())
+    with open(f"{stem}.tar.zst.age", "r+b") as f:
+        f.truncate(a.size_stored - 1)
+    fresh = Inventory(f"sqlite:///{tmp_path / 'fresh.db'}")
+    report = rebuild(fresh, open_target(f"file://{env.vault}"), load_identities(env.key.path))
+    assert report.added == [] and fresh.archives(states=()) == []
+    reasons = {d.key: d.reason for d in report.damaged}
+    assert (
+        f"describes p/{a.id}, but is stored as p/{copy}"
+        in reasons[f"p/{copy}.manifest.json.zst.age"]
+    )
+    assert (
+        f"archive object is {a.size_stored - 1} bytes, its manifest records {a.size_stored}"
+        in (reasons[f"p/{a.id}.manifest.json.zst.age"])
+    )
+    assert report.exit_code == 3

@@ -292,6 +292,11 @@ def parse_manifest(
             name,
             f"manifest describes {policy}/{archive_id}, but is stored as {expect[0]}/{expect[1]}",
         )
+    archive_key = stored_obj.get("key") if isinstance(stored_obj, dict) else None
+    if expect is not None and archive_key != f"{expect[0]}/{expect[1]}{ARCHIVE_SUFFIX}":
+        raise ArchiveCorrupt(
+            name, f"manifest names archive object {archive_key!r}, not this archive's key"
+        )
     if stored.size is not None and stored.size != size:
         raise ArchiveCorrupt(
             name,
