@@ -320,9 +320,14 @@ def export_inventory(
     info = target.stat(key)
     mine = [e for e in list_exports(target) if e.host == _host() and e.key != key]
     keep = max(1, keep)
-    deleted = [e.key for e in mine[: max(0, len(mine) - (keep - 1))]]
-    for k in deleted:
-        target.delete(k)
+    deleted = []
+    for e in mine[: max(0, len(mine) - (keep - 1))]:
+        try:
+            target.delete(e.key)
+        except TargetError as err:  # the new copy stands; an old one stays (Object Lock)
+            log.warning("older inventory copy %s stays: %s", e.key, err.get_message())
+            continue
+        deleted.append(e.key)
     return ExportInfo(
         key, now.replace(microsecond=0), _host(), info.size, info.storage_class
     ), deleted
