@@ -316,3 +316,27 @@ def test_the_copy_holds_no_secret(env: Env, receiver: Any) -> None:
     secret_key = env.key.identity.to_string()
     assert password.encode() not in plain
     assert secret_key.encode() not in plain and b"AGE-SECRET-KEY" not in plain
+
+
+def test_interval_setting_and_export_on_demand(env: Env) -> None:
+    make_tree(env.source, big=False)
+    target = f"file://{env.vault}"
+    hourly = {"BACKUP_INVENTORY_EXPORT_INTERVAL": "3600"}
+    ok(cli(env, "run", "p", extra_env=hourly))
+    (env.source / "plain.txt").write_bytes(b"changed\n")
+    ok(cli(env, "run", "p", extra_env=hourly))
+    inv = Inventory(env.inventory_url)
+    copies = lambda: [ev for ev in inv.events() if ev.kind == "inventory-export"]  # noqa: E731
+    assert len(copies()) == 1  # the second run was within the hour
+    ok(cli(env, "run", "p", extra_env={"BACKUP_INVENTORY_EXPORT_AFTER_RUN": "false"}))
+    assert len(copies()) == 1
+    ok(cli(env, "run", "p"))  # every run, by default
+    assert len(copies()) == 2
+    inv.close()
+    # on demand: by policy, or by target URL (the recipients of the policies using it)
+    out = json.loads(ok(cli(env, "inventory", "export", "--policy", "p", "--json")).stdout)
+    assert out["target"] == target and out["key"].startswith(PREFIX)
+    one_line_error(cli(env, "inventory", "export"), "TARGET_URL or --policy")
+    one_line_error(cli(env, "inventory", "export", "file:///nowhere"), "no policy uses target")
+    listing = ok(cli(env, "inventory", "exports", target)).stdout.splitlines()
+    assert len(listing) == len(list_exports(open_target(target))) >= 1
