@@ -33,8 +33,10 @@ from tests.test_interop import cli, make_tree
 
 
 @pytest.fixture(autouse=True)
-def _tools() -> None:
+def _tools(monkeypatch: pytest.MonkeyPatch) -> None:
     require_tools("age", "zstd", "tar")
+    # a copy after every run (the default is at most one an hour per target)
+    monkeypatch.setenv("BACKUP_INVENTORY_EXPORT_INTERVAL", "0")
 
 
 def rows(inv: Inventory) -> dict[str, list[str]]:
@@ -330,8 +332,12 @@ def test_interval_setting_and_export_on_demand(env: Env) -> None:
     assert len(copies()) == 1  # the second run was within the hour
     ok(cli(env, "run", "p", extra_env={"BACKUP_INVENTORY_EXPORT_AFTER_RUN": "false"}))
     assert len(copies()) == 1
-    ok(cli(env, "run", "p"))  # every run, by default
+    ok(cli(env, "run", "p"))  # every run, with an interval of 0
     assert len(copies()) == 2
+    from backup.settings import Settings
+
+    os.environ.pop("BACKUP_INVENTORY_EXPORT_INTERVAL")
+    assert Settings().inventory_export_interval == 3600  # by default, at most one an hour
     inv.close()
     # on demand: by policy, or by target URL (the recipients of the policies using it)
     out = json.loads(ok(cli(env, "inventory", "export", "--policy", "p", "--json")).stdout)
