@@ -492,6 +492,7 @@ def _merge(conn: sa.Connection, lines: Iterator[bytes], result: ImportResult) ->
         if isinstance(item, dict):
             if table is not None:
                 state.flush(table, batch)
+                state.end_table(table)
                 batch = []
             if item.get("end") is True:
                 ended = True
@@ -515,7 +516,8 @@ def _merge(conn: sa.Connection, lines: Iterator[bytes], result: ImportResult) ->
             raise InventoryCopyError(result.key, "a row outside a table, or of the wrong width")
         counts[table.name] += 1
         batch.append({c: _decode(v, k) for c, v, k in zip(columns, item, kinds, strict=True)})
-        if len(batch) >= 5000:
+        # an archive may come before its parent: the archives go in at once, parents first
+        if len(batch) >= 5000 and table.name != "archives":
             state.flush(table, batch)
             batch = []
     if not ended:
@@ -529,7 +531,10 @@ class _MergeState:
         self.conn = conn
         self.result = result
         self.new_archives: set[str] = set()
-        self.known_archives: set[str] | None = None
+        #: per serial table: rows whose id another row holds, inserted with a new one
+        self.renumbered: dict[str, list[dict[str, Any]]] = {}
+        #: per serial table: the content of its rows, and the ids taken
+        self.seen: dict[str, tuple[set[tuple[Any, ...]], set[int]]] = {}
 
     def _note(self, name: str, added: int, present: int) -> None:
         self.result.added[name] = self.result.added.get(name, 0) + added
@@ -600,11 +605,14 @@ class _MergeState:
             self._note(name, len(fresh), len(rows) - len(fresh))
         else:  # counters of this database: a row is the same row when its content is
             cols = [c.name for c in table.columns if c.name != "id"]
-            have: set[tuple[Any, ...]] = set()
-            used: set[int] = set()
-            for row in self.conn.execute(sa.select(table)):
-                have.add(tuple(_norm(row._mapping[c]) for c in cols))
-                used.add(row.id)
+            if name not in self.seen:  # read once per table, then kept up to date
+                have: set[tuple[Any, ...]] = set()
+                used: set[int] = set()
+                for row in self.conn.execute(sa.select(table)):
+                    have.add(tuple(_norm(row._mapping[c]) for c in cols))
+                    used.add(row.id)
+                self.seen[name] = (have, used)
+            have, used = self.seen[name]
             keep_id, new_id = [], []
             for r in rows:
                 sig = tuple(_norm(r.get(c)) for c in cols)
@@ -617,10 +625,15 @@ class _MergeState:
                     used.add(r["id"])
                     keep_id.append(r)
             self._insert(table, keep_id)
-            if new_id:
-                _fix_sequence(self.conn, name)
-                self._insert(table, new_id)
+            # after every row that keeps its id, so a counter's next id collides with none
+            self.renumbered.setdefault(name, []).extend(new_id)
             self._note(name, len(keep_id) + len(new_id), len(rows) - len(keep_id) - len(new_id))
+
+    def end_table(self, table: sa.Table) -> None:
+        rows = self.renumbered.pop(table.name, [])
+        if rows:
+            _fix_sequence(self.conn, table.name)
+            self._insert(table, rows)
 
     def _insert(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         if rows:

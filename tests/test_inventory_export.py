@@ -346,3 +346,42 @@ def test_interval_setting_and_export_on_demand(env: Env) -> None:
     one_line_error(cli(env, "inventory", "export", "file:///nowhere"), "no policy uses target")
     listing = ok(cli(env, "inventory", "exports", target)).stdout.splitlines()
     assert len(listing) == len(list_exports(open_target(target))) >= 1
+
+
+def test_merge_into_an_inventory_in_use(env: Env, tmp_path: Path) -> None:
+    """Into an inventory with rows of its own, in the other database: counters that collide
+    are renumbered (past every id the copy keeps), rows it holds differently are kept and
+    reported, and the second import adds nothing."""
+    ids = three_runs(env)
+    a = Inventory(env.inventory_url)
+    _fill(a, 6000)  # more than one batch of events
+    want = rows(a)
+    info, _ = export_inventory(a, f"file://{env.vault}", [env.key.recipient])
+    a.close()
+    schemas = None
+    if env.inventory_url.startswith("sqlite") and POSTGRES_URL:
+        schemas = postgres_schema_url()
+        b = Inventory(next(schemas))
+    else:
+        b = Inventory(f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        for n in range(3):
+            b.log("local", f"this machine's own event {n}")
+        res = import_inventory(b, f"file://{env.vault}", [env.key.identity], key=info.key)
+        assert res.conflicts == []
+        assert res.added["events"] == len(want["events"])
+        got = rows(b)
+        assert {k: v for k, v in got.items() if k != "events"} == {
+            k: v for k, v in want.items() if k != "events"
+        }
+        assert len(got["events"]) == len(want["events"]) + 3
+        b.update_archive(ids[0], state="deleted")
+        again = import_inventory(b, f"file://{env.vault}", [env.key.identity], key=info.key)
+        assert sum(again.added.values()) == 0
+        assert again.conflicts == [f"archives {ids[0]}: kept as it is (state differ)"]
+        assert b.get(ids[0]).state == "deleted"
+        b.log("local", "after the imports")  # the counter goes on past every imported id
+    finally:
+        b.close()
+        if schemas is not None:
+            next(schemas, None)
