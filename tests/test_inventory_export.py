@@ -141,9 +141,8 @@ def test_after_each_run_a_copy_lands_and_imports_into_an_empty_inventory(
 
 
 @pytest.mark.skipif(not POSTGRES_URL, reason="BACKUP_TEST_POSTGRES_URL not set")
+@pytest.mark.parametrize("inventory_url", ["sqlite"], indirect=True)  # and PostgreSQL inside
 def test_sqlite_to_postgresql_and_back(env: Env, tmp_path: Path) -> None:
-    if not env.inventory_url.startswith("sqlite"):
-        pytest.skip("the SQLite run of this test covers both directions")
     three_runs(env)
     target = f"file://{env.vault}"
     src = Inventory(env.inventory_url)
@@ -209,6 +208,9 @@ def test_copy_is_hot_on_a_deep_archive_bucket(
     assert "Restore" not in s3.head_object(Bucket=bucket, Key=archive[0])
 
 
+@pytest.mark.parametrize(
+    "inventory_url", ["sqlite"], indirect=True
+)  # the database is not what these test
 def test_keeps_the_newest_copies_of_each_host(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
@@ -249,6 +251,9 @@ def _fill(inv: Inventory, n: int) -> None:
             )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "inventory_url", ["sqlite"], indirect=True
+)  # the database is not what these test
 def test_wrong_identity_and_damaged_copy_are_one_line_and_import_nothing(
     env: Env, tmp_path: Path
 ) -> None:
@@ -283,6 +288,9 @@ def test_wrong_identity_and_damaged_copy_are_one_line_and_import_nothing(
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "inventory_url", ["sqlite"], indirect=True
+)  # the database is not what these test
 def test_backup_succeeds_when_the_copy_fails(env: Env) -> None:
     # the target refuses the copy: a file stands where its directory would be
     env.vault.mkdir(parents=True, exist_ok=True)
@@ -297,6 +305,9 @@ def test_backup_succeeds_when_the_copy_fails(env: Env) -> None:
     inv.close()
 
 
+@pytest.mark.parametrize(
+    "inventory_url", ["sqlite"], indirect=True
+)  # the database is not what these test
 def test_the_copy_holds_no_secret(env: Env, receiver: Any) -> None:
     password = "s3cr3t-" + secrets.token_hex(8)
     url = f"json://user:{password}@127.0.0.1:{receiver.port}/hook"
@@ -320,6 +331,9 @@ def test_the_copy_holds_no_secret(env: Env, receiver: Any) -> None:
     assert secret_key.encode() not in plain and b"AGE-SECRET-KEY" not in plain
 
 
+@pytest.mark.parametrize(
+    "inventory_url", ["sqlite"], indirect=True
+)  # the database is not what these test
 def test_interval_setting_and_export_on_demand(env: Env) -> None:
     make_tree(env.source, big=False)
     target = f"file://{env.vault}"
