@@ -1016,8 +1016,117 @@ def inventory_rebuild(
             click.echo(
                 f"  {len(report.foreign)} foreign object(s) ignored, e.g. {report.foreign[0]}"
             )
+        if report.copies:
+            click.echo(
+                f"  {len(report.copies)} copy(ies) of an inventory, newest {max(report.copies)}: "
+                f"`backup inventory import {target_url}` brings back the job history too"
+            )
     if report.exit_code:
         sys.exit(report.exit_code)
+
+
+@inventory_group.command("export")
+@click.argument("target_url", required=False)
+@click.option("--policy", "policy_name", help="Copy into this policy's target, to its recipients.")
+@click.option(
+    "--recipient", "recipients", multiple=True, help="Encrypt to this recipient (age1...)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_handled
+def inventory_export(
+    obj: Ctx,
+    target_url: str | None,
+    policy_name: str | None,
+    recipients: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Copy the inventory (jobs and events too) into a target, encrypted to the recipients of
+    the policies that use it, keeping this host's newest $BACKUP_INVENTORY_EXPORT_KEEP."""
+    from .inventory_copy import export_inventory
+
+    if (target_url is None) == (policy_name is None):
+        raise Error("inventory export takes a TARGET_URL or --policy NAME (one of them)")
+    if policy_name is not None:
+        pol = obj.policy(policy_name)
+        target_url, found = pol.target, list(pol.recipients)
+    else:
+        assert target_url is not None
+        found = sorted({r for p in obj.policies.values() if p.target == target_url for r in p.recipients}) if not recipients else []  # fmt: skip
+    chosen = list(recipients) or found
+    if not chosen:
+        raise Error(
+            f"no policy uses target {target_url}: give --recipient age1... (or --policy NAME)"
+        )
+    info, deleted = export_inventory(
+        obj.inventory, target_url, chosen, keep=obj.settings.inventory_export_keep
+    )
+    obj.inventory.log(
+        "inventory-export",
+        f"inventory copied to {target_url} as {info.key} ({info.size} bytes)",
+        target=target_url, key=info.key, size=info.size, deleted=len(deleted),
+    )  # fmt: skip
+    if as_json:
+        _dump({"target": target_url, **info.as_dict(), "deleted": deleted})
+        return
+    click.echo(f"{target_url}: {info.key} ({info.size} bytes)")
+    for k in deleted:
+        click.echo(f"  deleted older copy {k}")
+
+
+@inventory_group.command("exports")
+@click.argument("target_url")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_handled
+def inventory_exports(obj: Ctx, target_url: str, as_json: bool) -> None:
+    """List the copies of inventories in a target, oldest first."""
+    from .inventory_copy import list_exports
+    from .targets import open_target
+
+    found = list_exports(open_target(target_url))
+    if as_json:
+        _dump([e.as_dict() for e in found])
+        return
+    if not found:
+        click.echo(f"{target_url}: no inventory copies")
+    for e in found:
+        cls = f"  {e.storage_class}" if e.storage_class else ""
+        click.echo(f"{e.key}  {_iso(e.created)}  {e.host}  {e.size} bytes{cls}")
+
+
+@inventory_group.command("import")
+@click.argument("target_url")
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path),
+    help="age identity file (default: $BACKUP_IDENTITY).",
+)
+@click.option("--from", "key", help="The copy to import (a key from 'inventory exports').")
+@click.option("--latest", is_flag=True, help="Import the newest copy (the default).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@_handled
+def inventory_import(
+    obj: Ctx, target_url: str, identity: Path | None, key: str | None, latest: bool, as_json: bool
+) -> None:
+    """Merge a copy of an inventory from a target into this one, in one transaction: rows it
+    has are kept (differences reported), jobs, events, snapshots and retrievals come back."""
+    from .inventory_copy import import_inventory
+    from .restore import identities_from
+
+    if key is not None and latest:
+        raise Error("--from and --latest exclude each other")
+    identities = identities_from(identity or obj.settings.identity)
+    res = import_inventory(obj.inventory, target_url, identities, key=key)
+    if as_json:
+        _dump({"target": target_url, **res.as_dict()})
+        return
+    click.echo(f"{target_url}: imported {res.key}")
+    for name in res.added:
+        click.echo(f"  {name}: {res.added[name]} added, {res.present[name]} already present")
+    for c in res.conflicts:
+        click.echo(f"  conflict: {c}")
 
 
 def _register() -> None:

@@ -280,8 +280,26 @@ class Runner:
                 raise
         finally:
             store.unlock_policy(policy.name, job.id)
+        if "archive" in policy.actions and store.get(job.id).state == "done":
+            self._export_inventory(policy)
         self._notify_after(job.id)
         return store.get(job.id).state
+
+    def _export_inventory(self, policy: Policy) -> None:
+        """Copy the inventory, this job's record included, into the policy's target: what
+        brings the job history back on a bare machine. Never fails the backup."""
+        if not self.settings.inventory_export_after_run:
+            return
+        from .inventory_copy import export_after_run
+
+        export_after_run(
+            self.inventory,
+            policy.target,
+            policy.recipients,
+            keep=self.settings.inventory_export_keep,
+            min_interval=self.settings.inventory_export_interval,
+            policy=policy.name,
+        )
 
     def _snapshot_action(self, policy: Policy, job_id: str, jp: JobProgress) -> dict[str, Any]:
         """Snapshot a bucket source and prune the policy's snapshots by its retention

@@ -394,3 +394,20 @@ def test_a_manifest_that_does_not_match_its_archive_object_is_damaged(
         in (reasons[f"p/{a.id}.manifest.json.zst.age"])
     )
     assert report.exit_code == 3
+
+
+def test_copies_of_the_inventory_are_named_not_foreign(env: Env) -> None:
+    """`backup run` leaves a copy of the inventory in the target (.backup-inventory/): a
+    rebuild lists it as a copy to import, not as a foreign object, and records the archive."""
+    (env.source / "a.txt").write_text("a\n")
+    assert cli(env, "run", "p").returncode == 0
+    copies = sorted(p.name for p in (env.vault / ".backup-inventory").iterdir())
+    assert len(copies) == 1
+    fresh = {"BACKUP_INVENTORY_URL": f"sqlite:///{env.tmp / 'fresh.db'}", **_bare(env)}
+    r = cli(env, "inventory", "rebuild", f"file://{env.vault}", "--json", extra_env=fresh)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["foreign"] == [] and len(report["added"]) == 1
+    assert report["copies"] == [f".backup-inventory/{copies[0]}"]
+    text = cli(env, "inventory", "rebuild", f"file://{env.vault}", extra_env=fresh).stdout
+    assert "1 copy(ies) of an inventory" in text and "foreign" not in text, text

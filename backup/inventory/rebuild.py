@@ -60,6 +60,9 @@ __all__ = [
 
 ARCHIVE_SUFFIX = ".tar.zst.age"
 MANIFEST_SUFFIX = ".manifest.json.zst.age"
+#: where copies of the inventory go in a target (backup/inventory_copy.py); a policy name
+#: starts with a letter or digit, so no archive or manifest key starts so
+COPY_PREFIX = ".backup-inventory/"
 #: storage classes an object must be retrieved from before it is read: a manifest found in
 #: one is reported, never read (a rebuild requests no retrieval)
 COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
@@ -168,6 +171,8 @@ class RebuildReport:
         known: archives the inventory already had, identical to the target.
         differing: archives the inventory already had whose record differs from the target.
         foreign: object keys this product did not write, ignored.
+        copies: copies of an inventory found (``backup inventory import`` brings one back,
+            with the job history a rebuild cannot know).
         damaged: manifests that do not decrypt, parse or match their archive object.
         leftovers: what interrupted uploads left.
         orphans: archives skipped because their parent is missing.
@@ -181,6 +186,7 @@ class RebuildReport:
     known: list[str] = field(default_factory=list)
     differing: list[Difference] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
+    copies: list[str] = field(default_factory=list)
     damaged: list[Damaged] = field(default_factory=list)
     leftovers: list[Leftover] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
@@ -470,7 +476,7 @@ def rebuild(
             continue
         parts = split_key(o.key)
         if parts is None:
-            report.foreign.append(o.key)
+            (report.copies if o.key.startswith(COPY_PREFIX) else report.foreign).append(o.key)
             continue
         (archives if parts[2] == "archive" else manifests)[f"{parts[0]}/{parts[1]}"] = o
     for stem in sorted(archives.keys() - manifests.keys()):
