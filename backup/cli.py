@@ -930,6 +930,68 @@ def inventory_sync(
         click.echo(f"  {len(result.foreign)} archive(s) not written by backup")
 
 
+@inventory_group.command("rebuild")
+@click.argument("target_url")
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path),
+    help="age identity file to decrypt the manifests (default: $BACKUP_IDENTITY).",
+)
+@click.option("--policy", "policy", help="Only this policy's archives.")
+@click.option("--dry-run", is_flag=True, help="Read and compare; record nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+@_handled
+def inventory_rebuild(
+    obj: Ctx, target_url: str, identity: Path | None, policy: str | None, dry_run: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Record every archive of TARGET_URL the inventory lacks, from the manifests beside
+    them (no policy file needed; nothing cold is retrieved). Exit 3 when a manifest was
+    damaged, a chain's parent is missing, or a known archive's record differs."""
+    from .inventory.rebuild import rebuild
+    from .restore import identities_from
+    from .targets import open_target
+
+    identities = identities_from(identity or obj.settings.identity)
+    target = open_target(target_url)
+    report = rebuild(
+        obj.inventory,
+        target,
+        identities,
+        policy=policy,
+        dry_run=dry_run,
+        progress=_progress(as_json),
+    )
+    if as_json:
+        _dump(report.to_json())
+    else:
+        would = "would add" if dry_run else "added"
+        click.echo(
+            f"{target_url}: {len(report.added)} archive(s) {would}, {len(report.known)} already "
+            f"known, {report.manifests_read} manifest(s) read"
+        )
+        for aid in report.added:
+            click.echo(f"  {would}:  {aid}")
+        for d in report.differing:
+            fields = ", ".join(
+                f"{k} {a!r} here, {b!r} in the target" for k, (a, b) in d.fields.items()
+            )
+            click.echo(f"  differs:  {d.archive_id}: {fields}")
+        for o in report.orphans:
+            click.echo(f"  orphan:   {o.archive_id}: parent {o.parent_id} is missing; not recorded")
+        for x in report.damaged:
+            click.echo(f"  damaged:  {x.key}: {x.reason}")
+        for lo in report.leftovers:
+            click.echo(f"  leftover: {lo.key}: {lo.reason}")
+        if report.foreign:
+            click.echo(
+                f"  {len(report.foreign)} foreign object(s) ignored, e.g. {report.foreign[0]}"
+            )
+    if report.exit_code:
+        sys.exit(report.exit_code)
+
+
 def _register() -> None:
     from . import cli_jobs
     from .snapshots import cli as snapshots_cli
