@@ -219,7 +219,7 @@ def _pair(
             report.leftovers.append(
                 Leftover(m.key or stem, "manifest without its archive (an interrupted backup)")
             )
-    return sorted(out, key=lambda o: (o.archive.created or datetime.min.replace(tzinfo=UTC)))
+    return sorted(out, key=lambda o: o.archive.created or datetime.min.replace(tzinfo=UTC))
 
 
 def _compare_known(report: RebuildReport, inventory: Inventory, o: VaultObject) -> bool:
@@ -234,9 +234,7 @@ def _compare_known(report: RebuildReport, inventory: Inventory, o: VaultObject) 
         "manifest_location": o.manifest_ref,
         "size_stored": str(o.archive.size),
     }
-    diff = {
-        k: (str(getattr(row, k)), v) for k, v in seen.items() if str(getattr(row, k)) != v
-    }
+    diff = {k: (str(getattr(row, k)), v) for k, v in seen.items() if str(getattr(row, k)) != v}
     if diff:
         report.differing.append(Difference(o.archive_id, diff))
     else:
@@ -350,8 +348,7 @@ def rebuild_vault(
     out.inventory_date, listed = fetch_inventory(target, job_id)
     prefix = f"{policy}/" if policy else ""
     report.leftovers.extend(
-        Leftover(k, "partial upload (an interrupted write)")
-        for k in target.partial_uploads(prefix)
+        Leftover(k, "partial upload (an interrupted write)") for k in target.partial_uploads(prefix)
     )
     out.found = _pair(report, listed, policy)
     todo = [o for o in out.found if not _compare_known(report, inventory, o)]

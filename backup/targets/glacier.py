@@ -774,7 +774,7 @@ class GlacierTarget(Target):
             raise TargetError(self.url, f"cannot abort an upload: {vault_error(e)}") from e
         return True
 
-    def partial_uploads(self, prefix: str = "") -> list[str]:
+    def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
         """Returns: the keys of this product's multipart uploads under ``prefix`` that were
         never completed nor aborted (from their descriptions)."""
         out = []
@@ -782,7 +782,7 @@ class GlacierTarget(Target):
             key = (parse_description(u.get("ArchiveDescription")) or {}).get("key")
             if isinstance(key, str) and key.startswith(prefix):
                 out.append(key)
-        return sorted(out)
+        return tuple(sorted(out))
 
     def abandon_partial(self, key: str) -> int:
         """Abort multipart uploads whose description names ``key``.
