@@ -1151,6 +1151,8 @@ def _rebuild_vault(
         click.echo(f"  leftover: {lo.key}: {lo.reason}")
     if r.foreign:
         click.echo(f"  {len(r.foreign)} foreign archive(s) ignored, e.g. {r.foreign[0]}")
+    for note in out.notes:
+        click.echo(f"  note: {note}")
     _echo_snapshots(snaps, dry_run)
     if out.pending:
         click.echo(

@@ -131,6 +131,7 @@ class VaultRebuild:
         plan: what retrieving those manifests costs.
         requested: manifest retrievals this run started (vault job ids).
         pending: (archive id, job id) of manifest retrievals still running.
+        notes: what could not be looked at (the vault's unfinished uploads), in one line each.
     """
 
     report: RebuildReport
@@ -142,6 +143,7 @@ class VaultRebuild:
     plan: ManifestPlan | None = None
     requested: list[str] = field(default_factory=list)
     pending: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -171,6 +173,7 @@ class VaultRebuild:
             "plan": self.plan.as_dict() if self.plan else None,
             "requested": list(self.requested),
             "pending": [{"archive_id": a, "job_id": j} for a, j in self.pending],
+            "notes": list(self.notes),
         }
 
 
@@ -347,9 +350,14 @@ def rebuild_vault(
         return out
     out.inventory_date, listed = fetch_inventory(target, job_id)
     prefix = f"{policy}/" if policy else ""
-    report.leftovers.extend(
-        Leftover(k, "partial upload (an interrupted write)") for k in target.partial_uploads(prefix)
-    )
+    try:
+        report.leftovers.extend(
+            Leftover(k, "partial upload (an interrupted write)")
+            for k in target.partial_uploads(prefix)
+        )
+    except TargetError as e:
+        # only the report's list of leftovers is missing: the rebuild itself goes on
+        out.notes.append(f"multipart uploads not listed: {e.get_message()}")
     out.found = _pair(report, listed, policy)
     todo = [o for o in out.found if not _compare_known(report, inventory, o)]
     t = (tier or target.tier).capitalize()

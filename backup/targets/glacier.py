@@ -655,9 +655,7 @@ class GlacierTarget(Target):
             if not aid or st.state is Readiness.NOT_REQUESTED:
                 continue
             have = best.get(aid)
-            if have is None or (
-                have.state is Readiness.PENDING and st.state is Readiness.READY
-            ):
+            if have is None or (have.state is Readiness.PENDING and st.state is Readiness.READY):
                 best[aid] = st
         for aid, st in best.items():
             if st.job_id:
