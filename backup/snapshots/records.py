@@ -132,11 +132,16 @@ def rebuild_snapshot_records(
     if not archives:
         return out
     have, linked = _recorded(inventory)
-    if client is None:
-        from ..targets.s3client import s3_client
-
-        client = s3_client()
     want: list[Snapshot] = []
+    clients: list[Any] = [client] if client is not None else []
+
+    def s3() -> Any:
+        # built only when a bucket is to be listed: a file target's rebuild needs none
+        if not clients:
+            from ..targets.s3client import s3_client
+
+            clients.append(s3_client())
+        return clients[0]
 
     def consider(url: str, s: SnapshotInfo, policy: str | None, archive_id: str | None) -> None:
         key = (urlparse(url).netloc, s.version)
@@ -161,7 +166,7 @@ def rebuild_snapshot_records(
         from .actions import _target_bucket
 
         bucket, prefix = _target_bucket(target_url)
-        for s in _list(f"s3://{bucket}", client, out) or ():
+        for s in _list(f"s3://{bucket}", s3(), out) or ():
             m = _ARCHIVE.fullmatch(s.name or "")
             a = archives.get(m["id"]) if m else None
             if a is None:
@@ -190,7 +195,7 @@ def rebuild_snapshot_records(
         if src and isinstance(src.get("bucket"), str) and src.get("snapshot"):
             packed.setdefault(src["bucket"], []).append((a, src))
     for url, items in sorted(packed.items()):
-        listed = _list(url, client, out)
+        listed = _list(url, s3(), out)
         if listed is None:
             continue
         by_version = {s.version: s for s in listed}
