@@ -231,7 +231,8 @@ def parse_manifest(
     what the target says about the archive object.
 
     Args:
-        target_url: the target's URL, recorded as the archive's target.
+        target_url: the target's URL, recorded as the archive's target (the manifest's own,
+            when it names the same place with another query, such as its storage class).
         plain: the decrypted manifest (compressed JSON).
         blob: the encrypted manifest as stored (its header and SHA-256 are recorded).
         stored: what the target says about the archive object.
@@ -260,7 +261,7 @@ def parse_manifest(
         row = Archive(
             id=archive_id,
             policy=policy,
-            target=target_url,
+            target=_target_of(target_url, m.get("target")),
             location=stored.ref,
             manifest_location=manifest_ref,
             kind=kind,
@@ -302,6 +303,27 @@ def parse_manifest(
     except AgeError as e:
         raise ArchiveCorrupt(name, e.get_message()) from None
     return ParsedManifest(row, plain, header)
+
+
+def _target_of(target_url: str, recorded: Any) -> str:
+    """The target URL to record: the one in the manifest (the policy's, as the backup
+    recorded it: the next backup of the policy continues the chain only where the URLs are
+    equal) when it names the same place as the URL rebuilt from, whatever its query
+    (``?storage_class=``); else the URL rebuilt from, which was just read (a bucket copied
+    elsewhere)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(recorded, str):
+        return target_url
+
+    def place(u: str) -> tuple[str, str, str]:
+        p = urlsplit(u)
+        return p.scheme, p.netloc, p.path.rstrip("/")
+
+    try:
+        return recorded if place(recorded) == place(target_url) else target_url
+    except ValueError:
+        return target_url
 
 
 def _decode(plain: bytes, name: str) -> dict[str, Any]:
