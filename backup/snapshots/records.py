@@ -93,6 +93,11 @@ def _recorded(inventory: Inventory) -> tuple[set[tuple[str, str]], set[str]]:
         )
 
 
+def _place(url: str) -> tuple[str, str, str]:
+    p = urlparse(url)
+    return p.scheme, p.netloc, p.path.rstrip("/")
+
+
 def _list(url: str, client: Any, out: SnapshotRecords) -> Sequence[SnapshotInfo] | None:
     from . import open_provider
 
@@ -128,7 +133,9 @@ def rebuild_snapshot_records(
     from ..inventory import Snapshot
 
     out = SnapshotRecords()
-    archives = {a.id: a for a in inventory.archives(None) if a.target == target_url}
+    here = _place(target_url)
+    # a row keeps its policy's target URL, which may differ in its query (a storage class)
+    archives = {a.id: a for a in inventory.archives(None) if _place(a.target) == here}
     if not archives:
         return out
     have, linked = _recorded(inventory)

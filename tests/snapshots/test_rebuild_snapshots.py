@@ -90,7 +90,9 @@ def test_versioned_target_and_source_rebuilt_with_their_snapshot_rows(
         config,
         name="media",
         source=f"s3://{src}/data/",
-        target=f"s3://{vault}",  # no prefix: the snapshot manifests sit beside the archives
+        # no prefix: the snapshot manifests sit beside the archives; rebuilt from the URL
+        # without its query, the rows keep the policy's
+        target=f"s3://{vault}?storage_class=STANDARD_IA",
         target_snapshots=True,
         recipients=[key.recipient],
         full_every="7d",
