@@ -174,6 +174,17 @@ def test_vault_drill_rebuild_then_restore_every_point_in_time(
     assert len(archive_jobs(glacier, vault)) == 4
     assert rows(Inventory(rebuilt)) == before
 
+    # one inventory job served every run, and serves inventory sync too
+    inventory_jobs = [
+        j
+        for j in glacier.list_jobs(vaultName=vault)["JobList"]
+        if j["Action"] == "InventoryRetrieval"
+    ]
+    assert len(inventory_jobs) == 1
+    sync = json.loads(cluster.cli("inventory", "sync", url, "--poll", "0.5", "--json").stdout)
+    assert sync["matched"] == 6 and sync["only_in_inventory"] == []
+    assert len(glacier.list_jobs(vaultName=vault)["JobList"]) == 1 + 4
+
     # every point in time, through the workers' cold path
     cluster.worker()
     cluster.scheduler()
