@@ -275,12 +275,14 @@ def _record(
     (recorded by a later round or run, never reported as orphans)."""
     later = []
     recorded: set[str] = set()
+    waiting = set(waiting)
     for p in sorted(parsed, key=lambda p: (p.archive.created, p.archive.id)):
         row = p.archive
         parent = row.parent_id
         if parent is not None and parent not in recorded and inventory.find(parent) is None:
             if parent in waiting:
                 later.append(p)
+                waiting.add(row.id)  # and so waits every descendant
             else:
                 report.orphans.append(Orphan(row.id, parent))
             continue

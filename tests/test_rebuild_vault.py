@@ -22,7 +22,7 @@ from backup.engine import run_backup
 from backup.inventory import Archive, Inventory
 from backup.jobs import JobStore
 from backup.targets.glacier import GlacierTarget, parse_ref
-from tests.conftest import MotoServer, snapshot_tree, write_policy
+from tests.conftest import Env, MotoServer, snapshot_tree, write_policy
 from tests.workers.conftest import (  # noqa: F401  (fixtures)
     Cluster,
     cluster,
@@ -205,3 +205,52 @@ def test_vault_drill_rebuild_then_restore_every_point_in_time(
         assert job.state == "done", job.error
         assert json.loads(job.result)["archive_id"] == archive.id
         assert snapshot_tree(dest) == tree
+
+
+def test_vault_children_ready_before_their_parent_wait_for_it(
+    env: Env, aws_env: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Manifest jobs finish in any order: an incremental whose manifest is ready while its
+    parent's job still runs is held, not reported as an orphan, and recorded (parents first)
+    by the run that finds the parent's job finished."""
+    import time
+
+    from backup.crypto.age import load_identities
+    from backup.rebuild_vault import rebuild_vault
+
+    vault = f"dr-{secrets.token_hex(4)}"
+    url = f"glacier://{vault}"
+    glacier = aws_env.client("glacier")
+    glacier.create_vault(vaultName=vault)
+    monkeypatch.setenv("BACKUP_GLACIER_ENDPOINT_URL", aws_env.endpoint)
+    write_policy(
+        env.config, name="p", sources=[str(env.source)], target=url,
+        recipients=[env.key.recipient], full_every="7d",
+    )  # fmt: skip
+    inv = Inventory(env.inventory_url)
+    chain = []
+    for i in range(3):
+        (env.source / f"f{i}.txt").write_text(f"file {i}\n")
+        chain.append(run_backup(env.policy(), inv).archive)
+    inv.close()
+    t = GlacierTarget(url)
+    # the full's manifest comes back slowest (moto: Bulk 10 s, Expedited 2 s)
+    t.start_retrieval(chain[0].manifest_location, tier="Bulk")
+    for a in chain[1:]:
+        t.start_retrieval(a.manifest_location, tier="Expedited")
+    rebuilt = Inventory(f"sqlite:///{tmp_path / 'rebuilt.db'}")
+    ids = load_identities(env.key.path)
+    while (first := rebuild_vault(rebuilt, t, ids, wait=False)).state == "inventory-pending":
+        time.sleep(0.5)  # moto's inventory job: 5 s
+    assert first.state == "retrieving"
+    assert first.report.added == [] and first.report.orphans == []
+    assert [aid for aid, _job in first.pending] == [chain[0].id]
+    assert first.report.manifests_read == 2
+    out = rebuild_vault(rebuilt, t, ids, poll_seconds=0.5, timeout=60)
+    assert out.state == "done" and out.requested == [] and out.report.orphans == []
+    got = first.report.added + out.report.added
+    assert got == [a.id for a in chain]
+    assert [(a.id, a.parent_id) for a in rebuilt.archives("p")] == [
+        (a.id, a.parent_id) for a in chain
+    ]
+    rebuilt.close()
