@@ -335,3 +335,54 @@ def test_split_key() -> None:
     assert split_key("p/x.tar.zst") is None
     assert split_key("a/b/c.tar.zst.age") is None
     assert split_key(".partial/x.tar.zst.age") is None
+
+
+def test_a_chain_is_recorded_parent_first_whatever_the_clocks_said(
+    env: Env, inventory: Inventory, tmp_path: Path
+) -> None:
+    """The clock stepped back between two backups: the incremental was created before its
+    parent. The rebuild still records the parent first, and the chain whole."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
+    (env.source / "f").write_text("one")
+    full = run_backup(env.policy(), inventory, now=t0).archive
+    (env.source / "f").write_text("two!")
+    inc = run_backup(env.policy(), inventory, now=t0 - timedelta(hours=1)).archive
+    assert (inc.kind, inc.parent_id) == ("incremental", full.id) and inc.created < full.created
+    fresh = Inventory(f"sqlite:///{tmp_path / 'fresh.db'}")
+    report = rebuild(fresh, open_target(f"file://{env.vault}"), load_identities(env.key.path))
+    assert report.orphans == [] and report.added == [full.id, inc.id]
+    assert [a.id for a in fresh.chain(inc.id)] == [full.id, inc.id]
+    out = tmp_path / "out"
+    restore("p", fresh, out, load_identities(env.key.path), archive_id=inc.id)
+    assert (out / "f").read_text() == "two!"
+
+
+def test_a_manifest_that_does_not_match_its_archive_object_is_damaged(
+    env: Env, inventory: Inventory, tmp_path: Path
+) -> None:
+    (env.source / "f").write_text("data" * 1000)
+    a = run_backup(env.policy(), inventory).archive
+    stem = env.vault / "p" / a.id
+    # a manifest copied beside another archive id, and the real archive cut short
+    copy = "20990101T000000Z-c0pyc0py"
+    (env.vault / "p" / f"{copy}.manifest.json.zst.age").write_bytes(
+        Path(f"{stem}.manifest.json.zst.age").read_bytes()
+    )
+    (env.vault / "p" / f"{copy}.tar.zst.age").write_bytes(Path(f"{stem}.tar.zst.age").read_bytes())
+    with open(f"{stem}.tar.zst.age", "r+b") as f:
+        f.truncate(a.size_stored - 1)
+    fresh = Inventory(f"sqlite:///{tmp_path / 'fresh.db'}")
+    report = rebuild(fresh, open_target(f"file://{env.vault}"), load_identities(env.key.path))
+    assert report.added == [] and fresh.archives(states=()) == []
+    reasons = {d.key: d.reason for d in report.damaged}
+    assert (
+        f"describes p/{a.id}, but is stored as p/{copy}"
+        in reasons[f"p/{copy}.manifest.json.zst.age"]
+    )
+    assert (
+        f"archive object is {a.size_stored - 1} bytes, its manifest records {a.size_stored}"
+        in (reasons[f"p/{a.id}.manifest.json.zst.age"])
+    )
+    assert report.exit_code == 3

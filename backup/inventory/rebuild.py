@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..crypto.age import AgeError, Identity, decrypt_bytes, header_of
-from ..errors import ArchiveCorrupt, Error
+from ..errors import ArchiveCorrupt, ArchiveNotFound, Error
 from ..progress import Progress
 from ..targets import ObjectInfo, Target
 from . import Archive, Inventory
@@ -292,6 +292,11 @@ def parse_manifest(
             name,
             f"manifest describes {policy}/{archive_id}, but is stored as {expect[0]}/{expect[1]}",
         )
+    archive_key = stored_obj.get("key") if isinstance(stored_obj, dict) else None
+    if expect is not None and archive_key != f"{expect[0]}/{expect[1]}{ARCHIVE_SUFFIX}":
+        raise ArchiveCorrupt(
+            name, f"manifest names archive object {archive_key!r}, not this archive's key"
+        )
     if stored.size is not None and stored.size != size:
         raise ArchiveCorrupt(
             name,
@@ -377,11 +382,32 @@ def record_manifest(
 
 
 def record_parsed(
-    inventory: Inventory, parsed: ParsedManifest, *, dry_run: bool = False
+    inventory: Inventory,
+    parsed: ParsedManifest,
+    *,
+    dry_run: bool = False,
+    parent_checked: bool = False,
 ) -> Outcome:
-    """:func:`record_manifest` for a manifest :func:`parse_manifest` already checked."""
+    """:func:`record_manifest` for a manifest :func:`parse_manifest` already checked.
+
+    Args:
+        parent_checked: the caller made sure the parent is recorded (or, in a dry run,
+            would be): not looked up again.
+
+    Raises:
+        ArchiveNotFound: the archive is new and its parent is not in the inventory.
+    """
     row = parsed.archive
     existing = inventory.find(row.id)
+    unknown_parent = (
+        existing is None
+        and row.parent_id is not None
+        and not parent_checked
+        and inventory.find(row.parent_id) is None
+    )
+    if unknown_parent:
+        assert row.parent_id is not None
+        raise ArchiveNotFound(row.parent_id, f" (the parent of {row.id}, not in the inventory)")
     if existing is None and not dry_run:
         existing = inventory.add_rebuilt_archive(row, parsed.plain, parsed.header)
         if existing is None:
@@ -483,33 +509,49 @@ def rebuild(
                     manifest_ref=mo.key,
                     expect=(pol, aid),
                 )
-                parsed[aid] = (p, ao)
+                parsed[stem] = (p, ao)
             except Error as e:
                 report.damaged.append(Damaged(mo.key, e.get_message()))
             progress.advance(mo.size)
     finally:
         progress.finish()
 
-    # parents before children: a chain's creation times increase, and the id breaks ties
-    order = sorted(parsed.values(), key=lambda x: (x[0].archive.created, x[0].archive.id))
+    # parents before children, whatever the clocks said: oldest first, and a child whose
+    # parent is still to be recorded waits for it
+    waiting = sorted(parsed.values(), key=lambda x: (x[0].archive.created, x[0].archive.id))
+    pending_ids = {p.archive.id for p, _ in waiting}
     recorded: set[str] = set()
-    for p, ao in order:
-        row = p.archive
-        parent = row.parent_id
-        if parent is not None and parent not in recorded and inventory.find(parent) is None:
-            report.orphans.append(Orphan(row.id, parent))
-            continue
-        outcome = record_parsed(inventory, p, dry_run=dry_run)
-        recorded.add(row.id)
-        if outcome.result == "added":
-            report.added.append(row.id)
-        elif outcome.result == "known":
-            report.known.append(row.id)
-        else:
-            assert outcome.difference is not None
-            report.differing.append(outcome.difference)
-        cls = ao.storage_class or "-"
-        report.storage_classes[cls] = report.storage_classes.get(cls, 0) + 1
+    while waiting:
+        later: list[tuple[ParsedManifest, ObjectInfo]] = []
+        for p, ao in waiting:
+            row = p.archive
+            parent = row.parent_id
+            if parent is not None and parent not in recorded:
+                if parent in pending_ids:
+                    later.append((p, ao))
+                    continue
+                if inventory.find(parent) is None:
+                    report.orphans.append(Orphan(row.id, parent))
+                    pending_ids.discard(row.id)  # and its children are orphans too
+                    continue
+            outcome = record_parsed(inventory, p, dry_run=dry_run, parent_checked=True)
+            recorded.add(row.id)
+            pending_ids.discard(row.id)
+            if outcome.result == "added":
+                report.added.append(row.id)
+            elif outcome.result == "known":
+                report.known.append(row.id)
+            else:
+                assert outcome.difference is not None
+                report.differing.append(outcome.difference)
+            cls = ao.storage_class or "-"
+            report.storage_classes[cls] = report.storage_classes.get(cls, 0) + 1
+        if len(later) == len(waiting):  # a loop of parents: none can be recorded
+            for p, _ in later:
+                assert p.archive.parent_id is not None
+                report.orphans.append(Orphan(p.archive.id, p.archive.parent_id))
+            break
+        waiting = later
     if report.added and not dry_run:
         inventory.log(
             "rebuild",
