@@ -271,30 +271,45 @@ def _record(
     parsed: Sequence[ParsedManifest],
     waiting: set[str],
 ) -> list[ParsedManifest]:
-    """Record manifests parents first. Returns: those whose parent is still being retrieved
-    (recorded by a later round or run, never reported as orphans)."""
-    later = []
-    recorded: set[str] = set()
+    """Record manifests parents first, by their links (not by creation time: a clock may
+    have stepped back). Returns: those whose chain waits for a manifest still being
+    retrieved (recorded by a later round or run, never reported as orphans)."""
+    later: list[ParsedManifest] = []
     waiting = set(waiting)
-    for p in sorted(parsed, key=lambda p: (p.archive.created, p.archive.id)):
-        row = p.archive
-        parent = row.parent_id
-        if parent is not None and parent not in recorded and inventory.find(parent) is None:
-            if parent in waiting:
-                later.append(p)
-                waiting.add(row.id)  # and so waits every descendant
-            else:
-                report.orphans.append(Orphan(row.id, parent))
-            continue
-        outcome = record_parsed(inventory, p, dry_run=report.dry_run)
-        recorded.add(row.id)
-        if outcome.result == "added":
-            report.added.append(row.id)
-        elif outcome.result == "known":
-            report.known.append(row.id)
-        elif outcome.difference is not None:
-            report.differing.append(outcome.difference)
-        report.storage_classes["VAULT"] = report.storage_classes.get("VAULT", 0) + 1
+    todo = sorted(parsed, key=lambda p: (p.archive.created, p.archive.id))
+    pending = {p.archive.id for p in todo}
+    recorded: set[str] = set()
+    while todo:
+        again = []
+        for p in todo:
+            row = p.archive
+            parent = row.parent_id
+            if parent is not None and parent not in recorded:
+                if parent in pending:
+                    again.append(p)
+                    continue
+                pending.discard(row.id)
+                if parent in waiting:
+                    later.append(p)
+                    waiting.add(row.id)  # and so waits every descendant
+                    continue
+                if inventory.find(parent) is None:
+                    report.orphans.append(Orphan(row.id, parent))
+                    continue
+            outcome = record_parsed(inventory, p, dry_run=report.dry_run, parent_checked=True)
+            recorded.add(row.id)
+            pending.discard(row.id)
+            if outcome.result == "added":
+                report.added.append(row.id)
+            elif outcome.result == "known":
+                report.known.append(row.id)
+            elif outcome.difference is not None:
+                report.differing.append(outcome.difference)
+            report.storage_classes["VAULT"] = report.storage_classes.get("VAULT", 0) + 1
+        if len(again) == len(todo):  # a loop of parents: none can be recorded
+            report.orphans.extend(Orphan(p.archive.id, p.archive.parent_id or "") for p in again)
+            break
+        todo = again
     return later
 
 
