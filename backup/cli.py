@@ -1017,6 +1017,12 @@ def inventory_rebuild(
             retrieve_manifests=retrieve_manifests, tier=tier, wait=wait,
             poll_seconds=poll_seconds, timeout=timeout,
         )  # fmt: skip
+    if retrieve_manifests or tier:
+        # other targets keep their manifests hot: nothing to retrieve, no tier to pick
+        raise OptionError(
+            "--retrieve-manifests" if retrieve_manifests else "--tier",
+            "only a glacier:// vault's rebuild retrieves manifests",
+        )
     report = rebuild(
         obj.inventory,
         target,

@@ -232,3 +232,18 @@ def test_tigris_source_snapshot_rows_rebuilt_from_its_snapshot_listing(
     assert rep["added"] == [] and rep["snapshots"]["added"] == []
     assert rows(inv) == before and snapshot_rows(inv) == snaps_before
     inv.close()
+
+
+def test_retrieving_manifests_is_refused_where_they_are_hot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: Key
+) -> None:
+    monkeypatch.setenv("BACKUP_INVENTORY_URL", f"sqlite:///{tmp_path / 'inv.db'}")
+    monkeypatch.setenv("BACKUP_IDENTITY", str(key.path))
+    (tmp_path / "vault").mkdir()
+    r = CliRunner().invoke(
+        cli, ["inventory", "rebuild", f"file://{tmp_path / 'vault'}", "--retrieve-manifests"]
+    )
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1] == (
+        "error: --retrieve-manifests: only a glacier:// vault's rebuild retrieves manifests"
+    )
