@@ -413,12 +413,18 @@ def rebuild_vault(
     while True:
         parsed: list[ParsedManifest] = list(held)
         for aid, o in sorted(waiting.items()):
-            st = jobs[o.manifest.archive_id]
-            if st.state is not Readiness.READY or st.job_id is None:
+            job = jobs.get(o.manifest.archive_id)
+            if job is None:
+                # its job failed, or its output expired, since it was listed: it is
+                # requested again only by a run that opts in
+                del waiting[aid]
+                out.unrecorded.append(o)
+                continue
+            if job.state is not Readiness.READY or job.job_id is None:
                 continue
             del waiting[aid]
             try:
-                p = _read_manifest(target, o, st.job_id, identities)
+                p = _read_manifest(target, o, job.job_id, identities)
             except Error as e:
                 report.damaged.append(Damaged(o.manifest.key or aid, e.get_message()))
                 continue
@@ -442,7 +448,10 @@ def rebuild_vault(
             )
         time.sleep(poll_seconds)
         jobs = target.retrieval_jobs()
-    out.pending = [(aid, jobs[o.manifest.archive_id].job_id or "") for aid, o in waiting.items()]
+    out.pending = [
+        (aid, getattr(jobs.get(o.manifest.archive_id), "job_id", None) or "")
+        for aid, o in waiting.items()
+    ]
     out.state = "retrieving" if out.pending else ("unretrieved" if out.unrecorded else "done")
     if report.added:
         inventory.log(
