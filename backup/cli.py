@@ -804,6 +804,8 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
     # without its policy (a bare machine, a policy since removed) there are no rules to
     # apply: everything is kept, and the output says why
     pol = obj.policy_if_any(policy)
+    if pol is None and not obj.inventory.archives(policy, states=()):
+        pol = obj.policy(policy)  # a name the inventory does not know either: a typo, say so
     retention = pol.retention if pol is not None else Retention()
     plan = plan_prune(obj.inventory, policy, retention)
     deleted = [] if dry_run else apply_prune(obj.inventory, plan)

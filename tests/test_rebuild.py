@@ -323,6 +323,14 @@ def test_bad_input_is_one_line(env: Env) -> None:
                         "--identity", str(env.key.path)],
                        env=e, capture_output=True, text=True, check=False)  # fmt: skip
     assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    # without a policy file, prune of a name the inventory does not know is a mistake
+    e["BACKUP_CONFIG"] = str(env.tmp / "none.toml")
+    p = subprocess.run([sys.executable, "-m", "backup", "prune", "typo", "--dry-run"],
+                       env=e, capture_output=True, text=True, check=False)  # fmt: skip
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        f"error: {env.tmp / 'none.toml'}: policy file not found (set BACKUP_CONFIG or --config)"
+    ]
 
 
 def test_split_key() -> None:
