@@ -952,6 +952,34 @@ def inventory_sync(
         click.echo(f"  {len(result.foreign)} archive(s) not written by backup")
 
 
+def _vault_rebuild_options(f: F) -> F:
+    """The options only a vault's rebuild takes (backup/rebuild_vault.py)."""
+    for option in (
+        click.option("--timeout", type=float, help="Give up waiting after this many seconds."),
+        click.option(
+            "--poll",
+            "poll_seconds",
+            default=60.0,
+            show_default=True,
+            help="glacier:// only: seconds between looks at the vault's jobs.",
+        ),
+        click.option(
+            "--wait/--no-wait",
+            default=True,
+            help="glacier:// only: wait for the vault's jobs, or return (run again to resume).",
+        ),
+        click.option("--tier", help="glacier:// only: the retrieval tier (default the vault's)."),
+        click.option(
+            "--retrieve-manifests",
+            is_flag=True,
+            help="glacier:// only: start retrieval jobs for the manifests the inventory lacks "
+            "(paid: run without it first to see the cost).",
+        ),
+    ):
+        f = option(f)
+    return f
+
+
 @inventory_group.command("rebuild")
 @click.argument("target_url")
 @click.option(
@@ -962,11 +990,13 @@ def inventory_sync(
 @click.option("--policy", "policy", help="Only this policy's archives.")
 @click.option("--dry-run", is_flag=True, help="Read and compare; record nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_vault_rebuild_options
 @click.pass_obj
 @_handled
 def inventory_rebuild(
     obj: Ctx, target_url: str, identity: Path | None, policy: str | None, dry_run: bool,
-    as_json: bool,
+    as_json: bool, retrieve_manifests: bool, tier: str | None, wait: bool,
+    poll_seconds: float, timeout: float | None,
 ) -> None:  # fmt: skip
     """Record every archive of TARGET_URL the inventory lacks, from the manifests beside
     them (no policy file needed; nothing cold is retrieved). Exit 3 when a manifest was
@@ -983,6 +1013,18 @@ def inventory_rebuild(
         )
     identities = identities_from(path)
     target = open_target(target_url)
+    if target_url.startswith("glacier://"):
+        return _rebuild_vault(
+            obj, target, identities, policy, dry_run, as_json,
+            retrieve_manifests=retrieve_manifests, tier=tier, wait=wait,
+            poll_seconds=poll_seconds, timeout=timeout,
+        )  # fmt: skip
+    if retrieve_manifests or tier:
+        # other targets keep their manifests hot: nothing to retrieve, no tier to pick
+        raise OptionError(
+            "--retrieve-manifests" if retrieve_manifests else "--tier",
+            "only a glacier:// vault's rebuild retrieves manifests",
+        )
     report = rebuild(
         obj.inventory,
         target,
@@ -990,9 +1032,11 @@ def inventory_rebuild(
         policy=policy,
         dry_run=dry_run,
         progress=_progress(as_json),
+        listing=_rebuild_listing(target, policy),
     )
+    snaps = _rebuild_snapshots(obj, target, identities, dry_run)
     if as_json:
-        _dump(report.to_json())
+        _dump(report.to_json() | {"snapshots": snaps.to_json()})
     else:
         would = "would add" if dry_run else "added"
         click.echo(
@@ -1021,6 +1065,7 @@ def inventory_rebuild(
                 f"  {len(report.copies)} copy(ies) of an inventory, newest {max(report.copies)}: "
                 f"`backup inventory import {target_url}` brings back the job history too"
             )
+        _echo_snapshots(snaps, dry_run)
     if report.exit_code:
         sys.exit(report.exit_code)
 
@@ -1127,6 +1172,124 @@ def inventory_import(
         click.echo(f"  {name}: {res.added[name]} added, {res.present[name]} already present")
     for c in res.conflicts:
         click.echo(f"  conflict: {c}")
+
+
+def _rebuild_listing(target: Any, policy: str | None) -> list[Any] | None:
+    """A bucket's objects without the snapshot manifests a versioned bucket keeps under
+    ``.backup-snapshots/`` (the product's own, not foreign objects); None for other targets."""
+    from .snapshots.versioned import RESERVED
+    from .targets.s3 import S3Target
+
+    if not isinstance(target, S3Target):
+        return None
+    return [
+        o for o in target.list(f"{policy}/" if policy else "") if not o.key.startswith(RESERVED)
+    ]
+
+
+def _rebuild_snapshots(obj: Ctx, target: Any, identities: Any, dry_run: bool) -> Any:
+    """The ``snapshots`` rows of the rebuilt archives (docs/snapshots.md)."""
+    from .crypto.age import decrypt_bytes
+    from .snapshots.records import rebuild_snapshot_records
+    from .targets.glacier import GlacierTarget
+
+    def read(a: Archive) -> bytes | None:
+        if isinstance(target, GlacierTarget):
+            return None  # cold: a retrieval, which this never requests
+        with target.open_read(a.manifest_location) as f:
+            return decrypt_bytes(f.read(), identities, name=f"manifest of {a.id}")
+
+    return rebuild_snapshot_records(obj.inventory, target.url, dry_run=dry_run, read_manifest=read)
+
+
+def _echo_snapshots(snaps: Any, dry_run: bool) -> None:
+    for r in snaps.added:
+        click.echo(
+            f"  snapshot {'would add' if dry_run else 'added'}: {r['bucket']} {r['version']}"
+            f" ({r['name'] or '-'}; policy {r['policy'] or '-'}, archive {r['archive_id'] or '-'})"
+        )
+    for u in snaps.unreadable:
+        click.echo(f"  snapshots not read: {u}")
+
+
+def _rebuild_vault(
+    obj: Ctx,
+    target: Any,
+    identities: Any,
+    policy: str | None,
+    dry_run: bool,
+    as_json: bool,
+    *,
+    retrieve_manifests: bool,
+    tier: str | None,
+    wait: bool,
+    poll_seconds: float,
+    timeout: float | None,
+) -> None:
+    """``inventory rebuild glacier://VAULT`` (backup/rebuild_vault.py)."""
+    from .rebuild_vault import rebuild_vault
+
+    out = rebuild_vault(
+        obj.inventory,
+        target,
+        identities,
+        policy=policy,
+        dry_run=dry_run,
+        retrieve_manifests=retrieve_manifests,
+        tier=tier,
+        wait=wait,
+        poll_seconds=poll_seconds,
+        timeout=timeout,
+        prices=obj.settings.retrieval_prices,
+        progress=None if as_json else (lambda msg: err.print(msg)),
+    )
+    snaps = _rebuild_snapshots(obj, target, identities, dry_run)
+    if as_json:
+        _dump(out.as_dict() | {"snapshots": snaps.to_json()})
+        sys.exit(out.exit_code)
+    url, r = target.url, out.report
+    if out.state == "inventory-pending":
+        click.echo(f"{url}: inventory job {out.inventory_job} is running; run again later")
+        return
+    click.echo(
+        f"{url}: vault inventory of {_iso(out.inventory_date)}: {len(out.found)} archive(s) "
+        f"with their manifests; {len(r.added)} added, {len(r.known)} already known"
+    )
+    for aid in r.added:
+        click.echo(f"  added:    {aid}")
+    for d in r.differing:
+        fields = ", ".join(f"{k} {a!r} here, {b!r} in the vault" for k, (a, b) in d.fields.items())
+        click.echo(f"  differs:  {d.archive_id}: {fields}")
+    for o in r.orphans:
+        click.echo(f"  orphan:   {o.archive_id}: parent {o.parent_id} is missing; not recorded")
+    for x in r.damaged:
+        click.echo(f"  damaged:  {x.key}: {x.reason}")
+    for lo in r.leftovers:
+        click.echo(f"  leftover: {lo.key}: {lo.reason}")
+    if r.foreign:
+        click.echo(f"  {len(r.foreign)} foreign archive(s) ignored, e.g. {r.foreign[0]}")
+    for note in out.notes:
+        click.echo(f"  note: {note}")
+    _echo_snapshots(snaps, dry_run)
+    if out.pending:
+        click.echo(
+            f"  {len(out.pending)} manifest retrieval(s) running; run again later "
+            "(the jobs are reused)"
+        )
+    if out.unrecorded and out.plan is not None:
+        p = out.plan
+        first, last = (int(t.total_seconds()) for t in p.ready_in)
+        for u in out.unrecorded:
+            click.echo(
+                f"  not recorded: {u.policy}/{u.archive_id} (manifest {u.manifest.size} bytes)"
+            )
+        click.echo(
+            f"  retrieving their {p.objects} manifest(s) ({p.bytes} bytes, tier {p.tier}) costs "
+            f"about ${p.cost:.4f} and takes {first // 60}-{last // 60} min; to do it: "
+            f"backup inventory rebuild {url} --retrieve-manifests"
+        )
+    if out.exit_code:
+        sys.exit(out.exit_code)
 
 
 def _register() -> None:

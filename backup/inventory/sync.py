@@ -39,6 +39,7 @@ from . import Archive, Inventory
 __all__ = [
     "SyncReport",
     "VaultArchive",
+    "await_inventory_job",
     "fetch_inventory",
     "inventory_job_status",
     "reconcile",
@@ -263,6 +264,53 @@ def reconcile(
     return report
 
 
+def await_inventory_job(
+    target: GlacierTarget,
+    *,
+    wait: bool = True,
+    poll_seconds: float = 60.0,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[str, bool]:
+    """Start or reuse the vault's inventory job (:func:`start_inventory_job`) and wait for it:
+    what ``inventory sync`` and a vault's ``inventory rebuild`` share, so either one reuses
+    the job the other started.
+
+    Args:
+        target: the vault.
+        wait: poll until the job finishes; False returns at once if it has not.
+        poll_seconds: the wait between polls.
+        timeout: give up after this many seconds of waiting (None: no limit).
+        progress: told of each poll.
+
+    Returns:
+        (the job id, whether it finished).
+
+    Raises:
+        TargetError: the job failed, or the wait timed out (the job keeps running: run
+            again later and it is reused).
+    """
+    job_id = start_inventory_job(target)
+    start = time.monotonic()
+    while True:
+        status = inventory_job_status(target, job_id)
+        if status == "Succeeded":
+            return job_id, True
+        if status == "Failed":
+            raise TargetError(target.url, f"inventory job {job_id} failed")
+        if not wait:
+            return job_id, False
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise TargetError(
+                target.url,
+                f"inventory job {job_id} still running after {timeout:.0f} s "
+                "(run again later: the job is reused)",
+            )
+        if progress is not None:
+            progress(f"waiting for inventory job {job_id} ({time.monotonic() - start:.0f} s)")
+        time.sleep(poll_seconds)
+
+
 def sync_vault(
     target: GlacierTarget,
     inventory: Inventory,
@@ -289,25 +337,11 @@ def sync_vault(
         TargetError: the job failed, or the wait timed out (the job keeps running: run
             again later and it is reused).
     """
-    job_id = start_inventory_job(target)
-    start = time.monotonic()
-    while True:
-        status = inventory_job_status(target, job_id)
-        if status == "Succeeded":
-            break
-        if status == "Failed":
-            raise TargetError(target.url, f"inventory job {job_id} failed")
-        if not wait:
-            return job_id
-        if timeout is not None and time.monotonic() - start > timeout:
-            raise TargetError(
-                target.url,
-                f"inventory job {job_id} still running after {timeout:.0f} s "
-                "(run again later: the job is reused)",
-            )
-        if progress is not None:
-            progress(f"waiting for inventory job {job_id} ({time.monotonic() - start:.0f} s)")
-        time.sleep(poll_seconds)
+    job_id, done = await_inventory_job(
+        target, wait=wait, poll_seconds=poll_seconds, timeout=timeout, progress=progress
+    )
+    if not done:
+        return job_id
     date, archives = fetch_inventory(target, job_id)
     rows = [a for a in inventory.archives(None) if a.target == target.url]
     report = reconcile(rows, target.url, date, archives)

@@ -591,13 +591,27 @@ class GlacierTarget(Target):
             ObjectNotFound: the vault has no such archive.
             TargetError: the vault refused (e.g. no Expedited capacity).
         """
+        current = self._best_job(self._aid(ref))
+        if current.state is not Readiness.NOT_REQUESTED:
+            return current
+        return self.start_retrieval(ref, tier=tier)
+
+    def start_retrieval(self, ref: str, *, tier: str | None = None) -> RetrievalStatus:
+        """Start an ``archive-retrieval`` job without looking for one to reuse: for a caller
+        that has just read the vault's job list (:meth:`retrieval_jobs`) and knows there is
+        none, so many archives cost one listing rather than one each.
+
+        Returns:
+            PENDING with the job id.
+
+        Raises:
+            ObjectNotFound: the vault has no such archive.
+            TargetError: the vault refused, or the tier is unknown.
+        """
         aid = self._aid(ref)
         t = (tier or self.tier).capitalize()
         if t not in _TIERS:
             raise TargetError(self.url, f"tier {t!r} is not one of {', '.join(_TIERS)}")
-        current = self._best_job(aid)
-        if current.state is not Readiness.NOT_REQUESTED:
-            return current
         try:
             resp = self.client.initiate_job(
                 accountId=self.account,
@@ -624,6 +638,29 @@ class GlacierTarget(Target):
         return RetrievalStatus(
             Readiness.PENDING, job_id=resp["jobId"], storage_class="VAULT", tier=t
         )
+
+    def retrieval_jobs(self) -> dict[str, RetrievalStatus]:
+        """The usable archive-retrieval job of every archive that has one, from one listing
+        of the vault's jobs: a finished job whose output is still kept wins over a running
+        one, and a newer over an older.
+
+        Returns:
+            Archive id to PENDING or READY (with the job id).
+        """
+        jobs = [j for j in self._job_list() if j.get("Action") == "ArchiveRetrieval"]
+        best: dict[str, RetrievalStatus] = {}
+        for job in sorted(jobs, key=lambda j: str(j.get("CreationDate", "")), reverse=True):
+            aid = str(job.get("ArchiveId") or "")
+            st = self._status_of(job)
+            if not aid or st.state is Readiness.NOT_REQUESTED:
+                continue
+            have = best.get(aid)
+            if have is None or (have.state is Readiness.PENDING and st.state is Readiness.READY):
+                best[aid] = st
+        for aid, st in best.items():
+            if st.job_id:
+                self._jobs[aid] = st.job_id
+        return best
 
     def retrieval_status(self, ref: str) -> RetrievalStatus:
         """The state of the newest usable job for the archive (READY carries ``expires``,
@@ -734,6 +771,16 @@ class GlacierTarget(Target):
                 return False
             raise TargetError(self.url, f"cannot abort an upload: {vault_error(e)}") from e
         return True
+
+    def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
+        """Returns: the keys of this product's multipart uploads under ``prefix`` that were
+        never completed nor aborted (from their descriptions)."""
+        out = []
+        for u in self._uploads():
+            key = (parse_description(u.get("ArchiveDescription")) or {}).get("key")
+            if isinstance(key, str) and key.startswith(prefix):
+                out.append(key)
+        return tuple(sorted(out))
 
     def abandon_partial(self, key: str) -> int:
         """Abort multipart uploads whose description names ``key``.
