@@ -32,7 +32,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from .errors import Error, OptionError
-from .policy import Policy, get_policy, load_policies
+from .policy import Policy, Retention, get_policy, load_policies
 from .progress import Progress
 from .settings import Settings
 
@@ -136,6 +136,14 @@ class Ctx:
 
     def policy(self, name: str) -> Policy:
         return get_policy(self.policies, name, self.settings.config)
+
+    def policy_if_any(self, name: str) -> Policy | None:
+        """The named policy, or None when there is no policy file or it has no such policy:
+        a bare machine, after ``backup inventory rebuild``, restores, lists and verifies
+        from the inventory alone. A policy file that exists but is broken still fails."""
+        if not self.settings.config.exists():
+            return None
+        return self.policies.get(name)
 
 
 @contextmanager
@@ -595,7 +603,7 @@ def _restore_plan(
 
     head = resolve_archive(obj.inventory, policy, at=parse_time(at), archive_id=archive_id)
     archives = archives_for_restore(obj.inventory, archive_ids=[head.id])
-    pol = obj.policies.get(policy)
+    pol = obj.policy_if_any(policy)
     plan = plan_restore(
         archives,
         tier=tier or (pol.restore_tier if pol else "Standard"),
@@ -667,8 +675,12 @@ def _restore_request(
             "their own BACKUP_IDENTITY (secrets never travel through the broker); drop "
             "--identity, or unset BACKUP_BROKER_URL to run this restore here with it"
         )
-    if str(to).startswith("s3://") and obj.policy(policy).source is None:
-        raise Error(f"policy {policy!r} backs up local paths; restore it --to a directory")
+    pol = obj.policy_if_any(policy)
+    if str(to).startswith("s3://") and (pol is None or pol.source is None):
+        # a bucket destination needs the policy's source bucket (checked against it)
+        pol = obj.policy(policy)
+        if pol.source is None:
+            raise Error(f"policy {policy!r} backs up local paths; restore it --to a directory")
     archive = resolve_archive(obj.inventory, policy, at=parse_time(at), archive_id=archive_id)
     params: dict[str, Any] = {
         "archive_id": archive.id,
@@ -676,7 +688,7 @@ def _restore_request(
         "include": list(include),
         "force": force,
         "allow_external_symlinks": allow_external_symlinks,
-        "tier": tier or obj.policy(policy).restore_tier,
+        "tier": tier or (pol.restore_tier if pol else "Standard"),
         "in_place": in_place,
     }
     store = JobStore(obj.inventory)
@@ -789,8 +801,11 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
     """Delete POLICY's archives that its retention does not keep (never one a kept archive needs)."""
     from .retention import apply_prune, plan_prune
 
-    pol = obj.policy(policy)
-    plan = plan_prune(obj.inventory, policy, pol.retention)
+    # without its policy (a bare machine, a policy since removed) there are no rules to
+    # apply: everything is kept, and the output says why
+    pol = obj.policy_if_any(policy)
+    retention = pol.retention if pol is not None else Retention()
+    plan = plan_prune(obj.inventory, policy, retention)
     deleted = [] if dry_run else apply_prune(obj.inventory, plan)
     if as_json:
         _dump(
@@ -817,7 +832,12 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
             click.echo(f"{'would delete' if dry_run else 'deleted'} {a.id}  {a.kind}")
     if plan.locked:
         click.echo(f"{len(plan.locked)} archive(s) kept by Object Lock (retention or legal hold)")
-    if pol.retention.is_empty():
+    if pol is None:
+        click.echo(
+            f"policy {policy!r} is not in a policy file ({obj.settings.config}): no retention "
+            "rules, keeping everything"
+        )
+    elif retention.is_empty():
         click.echo(f"policy {policy!r} has no retention rules: keeping everything")
 
 
@@ -928,6 +948,74 @@ def inventory_sync(
         click.echo(f"  too new to tell:       {aid}  {ref.split('#')[0]}")
     if result.foreign:
         click.echo(f"  {len(result.foreign)} archive(s) not written by backup")
+
+
+@inventory_group.command("rebuild")
+@click.argument("target_url")
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path),
+    help="age identity file to decrypt the manifests (default: $BACKUP_IDENTITY).",
+)
+@click.option("--policy", "policy", help="Only this policy's archives.")
+@click.option("--dry-run", is_flag=True, help="Read and compare; record nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+@_handled
+def inventory_rebuild(
+    obj: Ctx, target_url: str, identity: Path | None, policy: str | None, dry_run: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Record every archive of TARGET_URL the inventory lacks, from the manifests beside
+    them (no policy file needed; nothing cold is retrieved). Exit 3 when a manifest was
+    damaged, a chain's parent is missing, or a known archive's record differs."""
+    from .errors import IdentityError
+    from .inventory.rebuild import rebuild
+    from .restore import identities_from
+    from .targets import open_target
+
+    path = identity or obj.settings.identity
+    if path is None:
+        raise IdentityError(
+            "the manifests are encrypted: pass --identity FILE or set BACKUP_IDENTITY"
+        )
+    identities = identities_from(path)
+    target = open_target(target_url)
+    report = rebuild(
+        obj.inventory,
+        target,
+        identities,
+        policy=policy,
+        dry_run=dry_run,
+        progress=_progress(as_json),
+    )
+    if as_json:
+        _dump(report.to_json())
+    else:
+        would = "would add" if dry_run else "added"
+        click.echo(
+            f"{target_url}: {len(report.added)} archive(s) {would}, {len(report.known)} already "
+            f"known, {report.manifests_read} manifest(s) read"
+        )
+        for aid in report.added:
+            click.echo(f"  {would}:  {aid}")
+        for d in report.differing:
+            fields = ", ".join(
+                f"{k} {a!r} here, {b!r} in the target" for k, (a, b) in d.fields.items()
+            )
+            click.echo(f"  differs:  {d.archive_id}: {fields}")
+        for o in report.orphans:
+            click.echo(f"  orphan:   {o.archive_id}: parent {o.parent_id} is missing; not recorded")
+        for x in report.damaged:
+            click.echo(f"  damaged:  {x.key}: {x.reason}")
+        for lo in report.leftovers:
+            click.echo(f"  leftover: {lo.key}: {lo.reason}")
+        if report.foreign:
+            click.echo(
+                f"  {len(report.foreign)} foreign object(s) ignored, e.g. {report.foreign[0]}"
+            )
+    if report.exit_code:
+        sys.exit(report.exit_code)
 
 
 def _register() -> None:

@@ -329,6 +329,37 @@ class Inventory:
             s.execute(delete(FileRecord).where(FileRecord.archive_id == archive_id))
             s.execute(delete(PackedFileIndex).where(PackedFileIndex.archive_id == archive_id))
 
+    def find(self, archive_id: str) -> Archive | None:
+        """Returns: the archive with exactly this id (any state), None when there is none."""
+        with self.session() as s:
+            return s.get(Archive, archive_id)
+
+    def add_rebuilt_archive(
+        self, archive: Archive, manifest: bytes, header: bytes
+    ) -> Archive | None:
+        """Record a complete archive read back from its target, with its packed file index
+        (the decrypted manifest) and its manifest's age header, in one transaction: a rebuild
+        killed midway leaves whole archives or none.
+
+        Returns:
+            None when recorded; the existing row when the inventory already had the archive
+            (recorded meanwhile by another process), which is left as it is.
+        """
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.session() as s:
+                s.add(archive)
+                s.flush()  # the archive row first: the others refer to it
+                s.add(PackedFileIndex(archive_id=archive.id, format=packed.FORMAT, blob=manifest))
+                s.add(ManifestHeader(archive_id=archive.id, header=header))
+        except IntegrityError:
+            existing = self.find(archive.id)
+            if existing is None:
+                raise  # not a duplicate: the parent is missing
+            return existing
+        return None
+
     def get(self, archive_id: str) -> Archive:
         """Find an archive by id or unique id prefix (any state)."""
         with self.session() as s:

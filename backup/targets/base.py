@@ -222,6 +222,15 @@ class Target(ABC):
         nothing recorded: a dead writer whose key is known is cleaned by
         :meth:`abandon_partial` at once."""
 
+    def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
+        """Name what interrupted writes under ``prefix`` left behind (for reports; see
+        :meth:`sweep_partial` to remove it). The base class knows of none.
+
+        Returns:
+            A description of each, its key where the target keeps it.
+        """
+        return ()
+
     def stat(self, ref: str) -> ObjectInfo:
         """Describe one committed object (size, and storage class where there are classes).
 

@@ -188,6 +188,14 @@ class FileTarget(Target):
                     )
         yield from sorted(found, key=lambda o: o.key)
 
+    def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
+        """Files in ``.partial/`` (named by a hash of their key, so ``prefix`` cannot
+        narrow them)."""
+        d = self.root / PARTIAL
+        if not d.is_dir():
+            return ()
+        return tuple(sorted(f"{PARTIAL}/{p.name}" for p in d.iterdir()))
+
     def abandon_partial(self, key: str) -> int:
         """Remove what interrupted writes of ``key`` left in ``.partial/``.
 

@@ -751,6 +751,14 @@ class S3Target(Target):
             raise TargetError(self.url, f"cannot abort upload of {up['Key']!r}: {_why(e)}") from e
         return True
 
+    def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
+        """The keys of multipart uploads under ``prefix`` that were never completed."""
+        try:
+            keys = sorted(u["Key"][len(self.prefix) :] for u in self._uploads(self.prefix + prefix))
+        except (ClientError, BotoCoreError) as e:
+            raise TargetError(self.url, f"cannot list uploads: {_why(e)}") from e
+        return tuple(keys)
+
     def abandon_partial(self, key: str) -> int:
         """Abort the multipart uploads of ``key`` (a dead writer's; not a live one's).
 

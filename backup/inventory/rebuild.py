@@ -1,0 +1,499 @@
+"""Rebuild the inventory from a target alone (``backup inventory rebuild TARGET_URL``).
+
+Every archive has its manifest beside it (docs/format.md), kept hot whatever the archive's
+storage class, and the manifest holds everything the inventory records about the archive:
+id, policy, kind, parent, creation time, host, the stored object's key, size and SHA-256,
+and every entry. So a rebuild lists the target, pairs each ``POLICY/ID.tar.zst.age`` with
+its ``POLICY/ID.manifest.json.zst.age``, decrypts the manifests (never the archives, and
+never anything that needs a retrieval) and records each archive as the backup that made it
+did.
+
+Contract, for every target kind (a vault's or a snapshot bucket's rebuild feeds the same
+:func:`record_manifest`):
+
+- :func:`record_manifest` is the one place a decrypted manifest becomes an archive row,
+  with its packed file index and its manifest's age header, in one transaction: a rebuild
+  killed at any point leaves whole rows or none, and the next rebuild finishes the work.
+- Idempotent: an archive the inventory already has is compared, never rewritten; fields
+  that differ from the target are named in the report.
+- Never fatal per object: a manifest that does not decrypt, parse or match its archive
+  object is named in the report and skipped, and so are archives whose parent is missing
+  (an incremental cannot be restored without its chain).
+- Only what the target already shows is checked (the archive object's size against the
+  manifest's record); archives are not read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..crypto.age import AgeError, Identity, decrypt_bytes, header_of
+from ..errors import ArchiveCorrupt, Error
+from ..progress import Progress
+from ..targets import ObjectInfo, Target
+from . import Archive, Inventory
+
+__all__ = [
+    "ARCHIVE_SUFFIX",
+    "COLD_CLASSES",
+    "MANIFEST_SUFFIX",
+    "Damaged",
+    "Difference",
+    "Leftover",
+    "Orphan",
+    "Outcome",
+    "ParsedManifest",
+    "RebuildReport",
+    "Stored",
+    "parse_manifest",
+    "rebuild",
+    "record_manifest",
+    "record_parsed",
+    "split_key",
+]
+
+ARCHIVE_SUFFIX = ".tar.zst.age"
+MANIFEST_SUFFIX = ".manifest.json.zst.age"
+#: storage classes an object must be retrieved from before it is read: a manifest found in
+#: one is reported, never read (a rebuild requests no retrieval)
+COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+# POLICY/ARCHIVE_ID + suffix; policy names as policy.py allows them
+_KEY = re.compile(
+    r"^(?P<policy>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]{0,63}?)"
+    r"(?P<suffix>\.tar\.zst\.age|\.manifest\.json\.zst\.age)$"
+)
+#: the archive row fields a rebuild compares with an existing row
+COMPARED = (
+    "policy",
+    "kind",
+    "parent_id",
+    "created",
+    "host",
+    "location",
+    "manifest_location",
+    "size_in",
+    "size_tar",
+    "size_stored",
+    "sha256",
+    "entries",
+    "state",
+)
+
+
+def split_key(key: str) -> tuple[str, str, str] | None:
+    """Returns: (policy, archive id, ``archive`` or ``manifest``) of an object key this
+    product writes, None for any other key."""
+    m = _KEY.match(key)
+    if m is None:
+        return None
+    return m["policy"], m["id"], "archive" if m["suffix"] == ARCHIVE_SUFFIX else "manifest"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the target says about an archive's object, without reading it.
+
+    Attributes:
+        ref: the reference the target names it by (a key; a vault's archive reference).
+        size: its size in bytes, None when the target cannot tell without reading it.
+        storage_class: its class, where the target has classes.
+        modified: when it was stored, if known (recorded as the archive's ``finished``).
+    """
+
+    ref: str
+    size: int | None = None
+    storage_class: str | None = None
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """A manifest (or its archive) that could not be recorded: named and skipped."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """What an interrupted backup left: a partial upload, an archive without its manifest
+    or a manifest without its archive."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """An archive whose parent is neither in the inventory nor recorded by the rebuild:
+    not recorded (it cannot be restored without its chain)."""
+
+    archive_id: str
+    parent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """An archive the inventory knows whose record differs from the target: field name to
+    (inventory's value, target's value), as text."""
+
+    archive_id: str
+    fields: dict[str, tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What :func:`record_manifest` did: ``added`` (or would add, in a dry run), ``known``
+    (and identical), or ``differs``."""
+
+    archive_id: str
+    result: str
+    difference: Difference | None = None
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """The outcome of a rebuild.
+
+    Attributes:
+        target: the target's URL.
+        dry_run: nothing was recorded.
+        added: archives recorded (or that would be), oldest first.
+        known: archives the inventory already had, identical to the target.
+        differing: archives the inventory already had whose record differs from the target.
+        foreign: object keys this product did not write, ignored.
+        damaged: manifests that do not decrypt, parse or match their archive object.
+        leftovers: what interrupted uploads left.
+        orphans: archives skipped because their parent is missing.
+        storage_classes: archives added or known, counted by their object's storage class.
+        manifests_read: how many manifests were downloaded and decrypted.
+    """
+
+    target: str
+    dry_run: bool = False
+    added: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)
+    differing: list[Difference] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
+    damaged: list[Damaged] = field(default_factory=list)
+    leftovers: list[Leftover] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
+    storage_classes: dict[str, int] = field(default_factory=dict)
+    manifests_read: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 3 when something was skipped or differs (damaged manifests, orphans,
+        differing records): the rebuild did what it could, and the report says what not."""
+        return 3 if self.damaged or self.orphans or self.differing else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns: the report as JSON-ready data."""
+        d = asdict(self)
+        d["differing"] = [
+            {"archive_id": x.archive_id, "fields": {k: list(v) for k, v in x.fields.items()}}
+            for x in self.differing
+        ]
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedManifest:
+    """A decrypted manifest, checked, with the archive row it stands for.
+
+    Attributes:
+        archive: the row to record (state ``complete``), not yet added to any session.
+        plain: the manifest as decrypted (compressed JSON): the packed file index.
+        header: the age header of the encrypted manifest.
+    """
+
+    archive: Archive
+    plain: bytes
+    header: bytes
+
+
+def parse_manifest(
+    target_url: str,
+    plain: bytes,
+    blob: bytes,
+    *,
+    stored: Stored,
+    manifest_ref: str,
+    expect: tuple[str, str] | None = None,
+) -> ParsedManifest:
+    """Turn a decrypted manifest into the archive row it stands for, checking it against
+    what the target says about the archive object.
+
+    Args:
+        target_url: the target's URL, recorded as the archive's target.
+        plain: the decrypted manifest (compressed JSON).
+        blob: the encrypted manifest as stored (its header and SHA-256 are recorded).
+        stored: what the target says about the archive object.
+        manifest_ref: the reference the target names the manifest by.
+        expect: (policy, archive id) the object keys name, checked against the manifest.
+
+    Raises:
+        ArchiveCorrupt: the manifest does not parse, lacks a field, or does not match the
+            keys or the archive object (the message says which).
+    """
+    name = expect[1] if expect else manifest_ref
+    m = _decode(plain, name)
+    try:
+        archive_id = str(m["archive_id"])
+        policy = str(m["policy"])
+        kind = str(m["kind"])
+        parent = m["parent"]
+        created = datetime.fromisoformat(str(m["created"]))
+        stored_obj = m["archive"]
+        size = int(stored_obj["size"])
+        sha256 = stored_obj["sha256"]
+        entries = m["entries"]
+        deleted = m["deleted"]
+        unreadable = m.get("unreadable", [])
+        changed = m.get("changed_while_reading", [])
+        row = Archive(
+            id=archive_id,
+            policy=policy,
+            target=target_url,
+            location=stored.ref,
+            manifest_location=manifest_ref,
+            kind=kind,
+            parent_id=None if parent is None else str(parent),
+            created=created if created.tzinfo else created.replace(tzinfo=UTC),
+            finished=stored.modified,
+            state="complete",
+            host=str(m.get("host", "")),
+            format_version=int(m["format"]),
+            size_in=int(m["size_in"]),
+            size_tar=int(m["size_tar"]),
+            size_stored=size,
+            sha256=None if sha256 is None else str(sha256),
+            manifest_sha256=hashlib.sha256(blob).hexdigest(),
+            entries=len(entries),
+            deleted_paths=len(deleted),
+            unreadable=json.dumps(unreadable),
+            changed=json.dumps(changed),
+        )
+    except KeyError as e:
+        raise ArchiveCorrupt(name, f"manifest lacks {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ArchiveCorrupt(name, f"manifest field has the wrong type: {e}") from None
+    if kind not in ("full", "incremental") or (kind == "incremental") == (parent is None):
+        raise ArchiveCorrupt(name, f"manifest kind {kind!r} with parent {parent!r}")
+    if expect is not None and (policy, archive_id) != expect:
+        raise ArchiveCorrupt(
+            name,
+            f"manifest describes {policy}/{archive_id}, but is stored as {expect[0]}/{expect[1]}",
+        )
+    if stored.size is not None and stored.size != size:
+        raise ArchiveCorrupt(
+            name,
+            f"archive object is {stored.size} bytes, its manifest records {size} "
+            "(a truncated or replaced archive)",
+        )
+    try:
+        header = header_of(blob, name=f"manifest of {archive_id}")
+    except AgeError as e:
+        raise ArchiveCorrupt(name, e.get_message()) from None
+    return ParsedManifest(row, plain, header)
+
+
+def _decode(plain: bytes, name: str) -> dict[str, Any]:
+    # slim: entries are only counted here; the inventory keeps the manifest itself
+    from ..archive.manifest import decode_manifest
+
+    return decode_manifest(plain, name, slim=True)
+
+
+def record_manifest(
+    inventory: Inventory,
+    target_url: str,
+    plain: bytes,
+    blob: bytes,
+    *,
+    stored: Stored,
+    manifest_ref: str,
+    expect: tuple[str, str] | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """Record one archive from its decrypted manifest, or compare it with the inventory's
+    record when the inventory has it.
+
+    The row (state ``complete``, with the manifest's id, policy, kind, parent, creation time,
+    host, sizes and SHA-256, and the references the target names the objects by), its
+    packed file index (the manifest itself, unpacked when first read) and its manifest's age
+    header go in together, in one transaction. The parent must already be recorded (the
+    inventory keeps chains whole): record a chain oldest first, as :func:`rebuild` does.
+
+    Args:
+        inventory: where the row goes.
+        target_url: the target's URL, recorded as the archive's target.
+        plain: the decrypted manifest (compressed JSON).
+        blob: the encrypted manifest as stored.
+        stored: what the target says about the archive object.
+        manifest_ref: the reference the target names the manifest by.
+        expect: (policy, archive id) the object keys name, checked against the manifest.
+        dry_run: compare, record nothing.
+
+    Returns:
+        ``added``, ``known`` or ``differs`` (with the fields that differ).
+
+    Raises:
+        ArchiveCorrupt: as :func:`parse_manifest`.
+        ArchiveNotFound: the parent is not in the inventory.
+    """
+    parsed = parse_manifest(
+        target_url, plain, blob, stored=stored, manifest_ref=manifest_ref, expect=expect
+    )
+    return record_parsed(inventory, parsed, dry_run=dry_run)
+
+
+def record_parsed(
+    inventory: Inventory, parsed: ParsedManifest, *, dry_run: bool = False
+) -> Outcome:
+    """:func:`record_manifest` for a manifest :func:`parse_manifest` already checked."""
+    row = parsed.archive
+    existing = inventory.find(row.id)
+    if existing is None and not dry_run:
+        existing = inventory.add_rebuilt_archive(row, parsed.plain, parsed.header)
+        if existing is None:
+            return Outcome(row.id, "added")
+    if existing is None:
+        return Outcome(row.id, "added")
+    diff = {
+        f: (_text(getattr(existing, f)), _text(getattr(row, f)))
+        for f in COMPARED
+        if getattr(existing, f) != getattr(row, f)
+    }
+    if not diff:
+        return Outcome(row.id, "known")
+    return Outcome(row.id, "differs", Difference(row.id, diff))
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).isoformat()
+    return "" if v is None else str(v)
+
+
+def rebuild(
+    inventory: Inventory,
+    target: Target,
+    identities: Sequence[Identity],
+    *,
+    policy: str | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    listing: Iterable[ObjectInfo] | None = None,
+) -> RebuildReport:
+    """Record every archive of a target the inventory lacks, from the manifests alone.
+
+    Args:
+        inventory: where the rows go (SQLite or PostgreSQL; may already hold archives).
+        target: a target whose objects can be listed and whose manifests read at once
+            (``file://``, ``s3://`` in any storage class: manifests are kept hot).
+        identities: to decrypt the manifests.
+        policy: only this policy's archives (``POLICY/`` keys).
+        dry_run: read and compare, record nothing.
+        progress: told of manifest bytes read.
+        listing: the target's objects, when the caller listed them already (a snapshot's
+            view of a bucket); ``target.list`` otherwise.
+
+    Returns:
+        What was added, known, differing, foreign, damaged, left over and orphaned.
+
+    Raises:
+        TargetError: the target cannot be listed.
+    """
+    progress = progress or Progress()
+    report = RebuildReport(target.url, dry_run=dry_run)
+    prefix = f"{policy}/" if policy else ""
+    objects = list(listing) if listing is not None else list(target.list(prefix))
+    archives: dict[str, ObjectInfo] = {}
+    manifests: dict[str, ObjectInfo] = {}
+    for o in objects:
+        if prefix and not o.key.startswith(prefix):
+            continue
+        parts = split_key(o.key)
+        if parts is None:
+            report.foreign.append(o.key)
+            continue
+        (archives if parts[2] == "archive" else manifests)[f"{parts[0]}/{parts[1]}"] = o
+    for stem in sorted(archives.keys() - manifests.keys()):
+        report.leftovers.append(
+            Leftover(archives[stem].key, "archive without its manifest (an interrupted backup)")
+        )
+    for stem in sorted(manifests.keys() - archives.keys()):
+        report.leftovers.append(
+            Leftover(manifests[stem].key, "manifest without its archive (an interrupted backup)")
+        )
+    for key in target.partial_uploads(prefix):
+        report.leftovers.append(Leftover(key, "partial upload (an interrupted write)"))
+
+    pairs = sorted(manifests.keys() & archives.keys())
+    parsed: dict[str, tuple[ParsedManifest, ObjectInfo]] = {}
+    progress.start("reading manifests", sum(manifests[s].size for s in pairs))
+    try:
+        for stem in pairs:
+            mo, ao = manifests[stem], archives[stem]
+            pol, aid = stem.split("/", 1)
+            try:
+                if (mo.storage_class or "").upper() in COLD_CLASSES:
+                    # reading it would need a retrieval, which a rebuild never requests
+                    raise ArchiveCorrupt(
+                        aid, f"manifest is in storage class {mo.storage_class}, not read"
+                    )
+                with target.open_read(mo.key) as f:
+                    blob = f.read()
+                report.manifests_read += 1
+                plain = decrypt_bytes(blob, identities, name=f"manifest {mo.key}")
+                p = parse_manifest(
+                    target.url,
+                    plain,
+                    blob,
+                    stored=Stored(ao.key, ao.size, ao.storage_class, ao.modified),
+                    manifest_ref=mo.key,
+                    expect=(pol, aid),
+                )
+                parsed[aid] = (p, ao)
+            except Error as e:
+                report.damaged.append(Damaged(mo.key, e.get_message()))
+            progress.advance(mo.size)
+    finally:
+        progress.finish()
+
+    # parents before children: a chain's creation times increase, and the id breaks ties
+    order = sorted(parsed.values(), key=lambda x: (x[0].archive.created, x[0].archive.id))
+    recorded: set[str] = set()
+    for p, ao in order:
+        row = p.archive
+        parent = row.parent_id
+        if parent is not None and parent not in recorded and inventory.find(parent) is None:
+            report.orphans.append(Orphan(row.id, parent))
+            continue
+        outcome = record_parsed(inventory, p, dry_run=dry_run)
+        recorded.add(row.id)
+        if outcome.result == "added":
+            report.added.append(row.id)
+        elif outcome.result == "known":
+            report.known.append(row.id)
+        else:
+            assert outcome.difference is not None
+            report.differing.append(outcome.difference)
+        cls = ao.storage_class or "-"
+        report.storage_classes[cls] = report.storage_classes.get(cls, 0) + 1
+    if report.added and not dry_run:
+        inventory.log(
+            "rebuild",
+            f"rebuilt {len(report.added)} archive(s) from {target.url}",
+            archives=len(report.added),
+            damaged=len(report.damaged),
+            orphans=len(report.orphans),
+        )
+    return report
