@@ -9,7 +9,9 @@ reporting medians:
   an empty SQLite inventory, with no policy file (a bare machine), and
 - ``restic rebuild-index`` (0.14's name of ``restic repair index``, renamed in 0.16) with
   ``--no-cache`` on a restic repository holding the same trees as 1,000 snapshots, through
-  restic's s3 backend on the same moto server.
+  restic's s3 backend on the same moto server: as the backups left the repository (its
+  index files put back before each repetition), and with ``--read-all-packs`` (the index
+  made from the pack files alone, as ours is made from the manifests alone).
 
 For each: wall time, CPU time (wait4: the process and its children) and the HTTP requests
 moto served meanwhile, counted from moto's access log (werkzeug's one line per request on
