@@ -70,8 +70,10 @@ AWS = {
 }
 OURS, RESTIC = "backup inventory rebuild", "restic rebuild-index"
 RESTIC_ALL = "restic rebuild-index --read-all-packs"
-# werkzeug's access line: ... "GET /bucket?list-type=2 HTTP/1.1" 200 -
+# werkzeug's access line: ... "GET /bucket?list-type=2 HTTP/1.1" 200 -, in colours (ANSI
+# escapes around the request) when the status is not 200: 206 for restic's ranged reads
 ACCESS_LINE = re.compile(rb'"(GET|PUT|POST|HEAD|DELETE) \S+ HTTP/1\.[01]" \d{3} ')
+ANSI = re.compile(rb"\x1b\[[0-9;]*m")
 
 
 class BenchError(RuntimeError):
@@ -109,12 +111,12 @@ class Moto:
     def requests(self) -> int:
         """Requests served so far (access-log lines)."""
         with open(self.log, "rb") as f:
-            return sum(1 for line in f if ACCESS_LINE.search(line))
+            return sum(1 for line in f if ACCESS_LINE.search(ANSI.sub(b"", line)))
 
     def requests_by_method(self, since_line: int) -> dict[str, int]:
         out: dict[str, int] = {}
         with open(self.log, "rb") as f:
-            lines = [m for line in f if (m := ACCESS_LINE.search(line))]
+            lines = [m for line in f if (m := ACCESS_LINE.search(ANSI.sub(b"", line)))]
         for m in lines[since_line:]:
             out[m.group(1).decode()] = out.get(m.group(1).decode(), 0) + 1
         return out
