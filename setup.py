@@ -10,25 +10,27 @@ import os
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, CompileError, ExecError, PlatformError
 
 PURE_PYTHON = os.environ.get("BACKUP_PURE_PYTHON", "") not in ("", "0")
 
 NO_COMPILER = (
-    "backup: cannot build its C parts ({cause}); install a C compiler and the Python headers "
-    "(Debian: apt-get install build-essential python3-dev), or set BACKUP_PURE_PYTHON=1 "
-    "to install the slower pure-Python fallback"
+    "backup: cannot build its C parts: the C compiler ({cc}) failed or is missing; install one "
+    "and the Python headers (Debian: apt-get install build-essential python3-dev), or set "
+    "BACKUP_PURE_PYTHON=1 to install the slower pure-Python fallback"
 )
 
 
 class BuildExt(build_ext):
-    """Stop with one clear line instead of a compiler's traceback."""
+    """Stop with one clear line instead of a compiler's traceback (the compiler's own
+    messages, printed above it, say what it lacked)."""
 
     def run(self) -> None:
         try:
             super().run()
-        except Exception as e:  # CCompilerError, DistutilsExecError, DistutilsPlatformError...
-            cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise SystemExit(NO_COMPILER.format(cause=cause)) from None
+        except (CCompilerError, CompileError, ExecError, PlatformError):
+            command = getattr(self.compiler, "compiler_so", None) or ["cc"]
+            raise SystemExit(NO_COMPILER.format(cc=command[0])) from None
 
 
 FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
