@@ -193,11 +193,45 @@ def _dump(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+NATIVE_MODULES = ("_fastwalk", "_speedups")
+
+
+def native_status() -> str:
+    """Which C parts this process really uses: an import that fails here fails for the scan
+    and the encoders too, and they fall back to Python."""
+    import importlib
+
+    active = []
+    for name in NATIVE_MODULES:
+        try:
+            importlib.import_module(f"backup.archive.{name}")
+        except ImportError:
+            continue
+        active.append(name)
+    return f"native: {', '.join(active)}" if active else "native: none; pure-Python fallback"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    click.echo(f"backup {version('backup')} ({native_status()})")
+    ctx.exit()
+
+
 @click.group()
 @click.option(
     "--config", type=click.Path(path_type=Path), help="Policy file (default: $BACKUP_CONFIG)."
 )
-@click.version_option(package_name="backup")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and which native (C) parts are active, then exit.",
+)
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
     """Encrypted, compressed backups that restore with standard tools:

@@ -169,20 +169,86 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            stages.append([])
+        assert stages, "the Dockerfile starts with FROM"
+        stages[-1].append((word, rest))
+    return stages
+
+
+def dockerignored(path: str) -> bool:
+    """Docker's rule: the last pattern matching the path, or a directory above it, decides."""
+
+    def regex(pattern: str) -> str:
+        out = re.escape(pattern.rstrip("/"))
+        out = out.replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        return out.replace(r"\?", "[^/]")
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = regex(line.removeprefix("!"))
+        if any(re.fullmatch(pattern, p) for p in prefixes):
+            ignored = not negated
+    return ignored
+
+
 def test_dockerfile() -> None:
-    ins = dockerfile_instructions()
-    assert ins[0] == ("FROM", "python:3.11-slim")
-    (entry,) = [rest for word, rest in ins if word == "ENTRYPOINT"]
+    build, runtime = dockerfile_stages()  # exactly two stages
+    assert build[0] == ("FROM", "python:3.11-slim AS build")
+    assert runtime[0] == ("FROM", "python:3.11-slim")
+    (entry,) = [rest for word, rest in runtime if word == "ENTRYPOINT"]
     assert json.loads(entry) == ["backup"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["backup"] == "backup.cli:main"  # the entry point the image runs
-    users = [rest for word, rest in ins if word == "USER"]
+    users = [rest for word, rest in runtime if word == "USER"]
     assert users and users[-1] not in ("root", "0")
-    runs = " ".join(rest for word, rest in ins if word == "RUN")
+    runs = " ".join(rest for word, rest in runtime if word == "RUN")
     assert re.search(r"apt-get install [^&]*\bage\b[^&]*\bzstd\b[^&]*\btar\b", runs)
-    assert not any(word == "ENV" and "IDENTITY" in rest for word, rest in ins)
-    ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    assert "*" in ignore and "!backup/" in ignore  # only the package goes into the image
+    for stage in (build, runtime):
+        assert not any(word == "ENV" and "IDENTITY" in rest for word, rest in stage)
+
+
+def test_dockerfile_builds_the_native_parts_and_the_image_runs_them() -> None:
+    """The image runs the C parts: compiled in the build stage only, with setup.py and the C
+    sources in its context; the runtime stage installs the wheel and fails to build unless
+    the C parts import."""
+    build, runtime = dockerfile_stages()
+    build_runs = " ".join(rest for word, rest in build if word == "RUN")
+    runtime_runs = " ".join(rest for word, rest in runtime if word == "RUN")
+    compiler = r"\b(build-essential|gcc|clang|cc)\b"
+    assert re.search(r"apt-get install [^&]*" + compiler, build_runs)
+    assert not re.search(compiler, runtime_runs)  # no compiler where the image runs
+    copied = [rest.split() for word, rest in build if word == "COPY"]
+    sources = {src for args in copied for src in args[:-1] if not src.startswith("--")}
+    assert "setup.py" in sources and "backup" in sources
+    c_sources = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "backup").rglob("*.c"))
+    assert c_sources == ["backup/archive/_fastwalk.c", "backup/archive/_speedups.c"]
+    for path in ["setup.py", *c_sources]:
+        assert not dockerignored(path), f".dockerignore leaves {path} out of the build"
+    assert dockerignored("backup/archive/_fastwalk.cpython-311-x86_64-linux-gnu.so")
+    assert re.search(r"\bpip wheel --no-deps\b", build_runs)
+    assert any(word == "COPY" and rest.startswith("--from=build ") for word, rest in runtime)
+    assert re.search(r"\bpip install [^&]*/wheels/backup-\*\.whl", runtime_runs)
+    (check,) = [rest for word, rest in runtime if word == "RUN" and "python -c" in rest]
+    imported = re.search(r'python -c "import ([^"]+)"', check)
+    assert imported is not None
+    assert sorted(m.strip() for m in imported.group(1).split(",")) == [
+        "backup.archive._fastwalk",
+        "backup.archive._speedups",
+    ]
+    # the check runs after the install, before the image is finished
+    assert runtime.index(("RUN", check)) > next(
+        i for i, (word, rest) in enumerate(runtime) if word == "RUN" and "pip install" in rest
+    )
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
