@@ -4,7 +4,7 @@ Invariants:
 
 - Nothing is destroyed: every write is a new version, every delete a delete marker (on a
   versioned bucket); out of place by default, the destination never overlaps the source.
-- The destination is checked (:func:`~backup.snapshots.source.check_bucket_destination`)
+- The destination is checked (:func:`check_bucket_destination`)
   before anything is read or retrieved.
 - Each object carries its source time (the archived LastModified) in
   ``x-amz-meta-backup-source-time``.
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .crypto.age import Identity
 from .errors import SnapshotError
@@ -29,10 +29,11 @@ from .inventory import Inventory
 from .policy import Policy
 from .progress import Progress
 from .restore import restore
-from .snapshots.source import SOURCE_TIME_META, check_bucket_destination
+from .snapshots import parse_bucket_url
+from .snapshots.source import SOURCE_TIME_META
 from .targets.s3client import s3_client
 
-__all__ = ["BucketRestoreResult", "restore_to_bucket"]
+__all__ = ["BucketRestoreResult", "check_bucket_destination", "restore_to_bucket"]
 
 
 @dataclass(slots=True)
@@ -54,6 +55,57 @@ class BucketRestoreResult:
     unchanged: int = 0
     deleted: int = 0
     bytes: int = 0
+
+
+def check_bucket_destination(
+    policy: Policy, dest_url: str, *, in_place: bool = False, client: Any = None
+) -> tuple[str, str]:
+    """Check where a bucket restore would write, before anything is read or retrieved: out
+    of place, the destination must not overlap the source; in place, it must be the source;
+    and the bucket must exist and answer.
+
+    Args:
+        policy: a policy whose ``source`` is a bucket.
+        dest_url: ``s3://bucket[/prefix]``.
+        in_place: the restore writes into the source itself.
+        client: an S3 client (default: the shared factory's).
+
+    Returns:
+        (bucket, prefix ending in "/" or empty).
+
+    Raises:
+        SnapshotError: one line naming what is wrong.
+    """
+    if policy.source is None:
+        raise SnapshotError(policy.name, "the policy has no bucket source")
+    dbucket, dprefix, _ = parse_bucket_url(dest_url)
+    sbucket, sprefix, _ = parse_bucket_url(policy.source)
+    if dprefix and not dprefix.endswith("/"):
+        dprefix += "/"
+    overlaps = dbucket == sbucket and (dprefix.startswith(sprefix) or sprefix.startswith(dprefix))
+    if overlaps and not in_place:
+        raise SnapshotError(
+            dbucket,
+            f"s3://{dbucket}/{dprefix} overlaps the source {policy.source}; restores are out "
+            "of place by default (give --in-place to write new versions into the source)",
+        )
+    if in_place and (dbucket, dprefix.rstrip("/")) != (sbucket, sprefix.rstrip("/")):
+        raise SnapshotError(dbucket, f"--in-place restores into the source {policy.source} only")
+    if client is None:
+        client = s3_client()
+    try:
+        client.head_bucket(Bucket=dbucket)
+    except ClientError as e:
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if status == 404 or code in ("404", "NoSuchBucket"):
+            raise SnapshotError(dbucket, "the destination bucket does not exist") from None
+        if status == 403 or code in ("403", "AccessDenied"):
+            raise SnapshotError(dbucket, "access to the destination bucket is denied") from None
+        raise SnapshotError(dbucket, f"the destination bucket does not answer ({code})") from None
+    except BotoCoreError as e:
+        raise SnapshotError(dbucket, f"the destination bucket does not answer: {e}") from None
+    return dbucket, dprefix
 
 
 def restore_to_bucket(

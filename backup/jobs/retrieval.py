@@ -16,13 +16,13 @@ import logging
 from contextlib import suppress
 from datetime import datetime, timedelta
 
+from ..bucket_restore import check_bucket_destination
 from ..coldplan import next_check as coldplan_next_check
 from ..coldplan import read_restore_events, refs_ready
 from ..crypto.age import NoIdentityMatch, prove_identity
 from ..errors import IdentityError
 from ..inventory.models import Archive, RetrievalJob
 from ..restore import identities_from, read_manifest
-from ..snapshots.source import check_bucket_destination
 from ..targets import Readiness, RetrievalStatus, open_target
 from .context import JobContext, error_message, now
 from .notifying import notify_after

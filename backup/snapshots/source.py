@@ -14,8 +14,8 @@ reported as unreadable, never silently dropped; a zero-byte ``…/`` folder mark
 directory.
 
 Archiving a bucket (take a snapshot, scan it, hand it to the engine, record the snapshot) is
-the jobs layer's (:func:`backup.jobs.backups.back_up`); restoring into a bucket is
-:mod:`backup.bucket_restore`'s. This module only lists and checks.
+the jobs layer's (:func:`backup.jobs.backups.back_up`); restoring into a bucket (and checking its destination) is
+:mod:`backup.bucket_restore`'s. This module only lists.
 
 An entry's signature is what the engine compares for incrementals: size, the object's
 LastModified as mtime, and as "inode" a stable 63-bit hash of its version id (or, where the
@@ -36,22 +36,17 @@ import os
 import stat
 import tarfile
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import urllib3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from ..archive.scan import DIR, FILE, Entry, ScanResult, Unreadable, compile_excludes
 from ..errors import SnapshotError
-from ..targets.s3client import s3_client
-from . import parse_bucket_url
 from .base import SnapshotInfo, SnapshotProvider, to_ns
 from .tigris import TigrisProvider
 
-if TYPE_CHECKING:
-    from ..policy import Policy
-
-__all__ = ["SOURCE_TIME_META", "bucket_scan", "check_bucket_destination"]
+__all__ = ["SOURCE_TIME_META", "bucket_scan"]
 
 #: object metadata naming the source's own time of a restored object (ISO 8601 UTC)
 SOURCE_TIME_META = "backup-source-time"
@@ -224,54 +219,3 @@ def bucket_scan(
             )
         )
     return result
-
-
-def check_bucket_destination(
-    policy: Policy, dest_url: str, *, in_place: bool = False, client: Any = None
-) -> tuple[str, str]:
-    """Check where a bucket restore would write, before anything is read or retrieved: out
-    of place, the destination must not overlap the source; in place, it must be the source;
-    and the bucket must exist and answer.
-
-    Args:
-        policy: a policy whose ``source`` is a bucket.
-        dest_url: ``s3://bucket[/prefix]``.
-        in_place: the restore writes into the source itself.
-        client: an S3 client (default: the shared factory's).
-
-    Returns:
-        (bucket, prefix ending in "/" or empty).
-
-    Raises:
-        SnapshotError: one line naming what is wrong.
-    """
-    if policy.source is None:
-        raise SnapshotError(policy.name, "the policy has no bucket source")
-    dbucket, dprefix, _ = parse_bucket_url(dest_url)
-    sbucket, sprefix, _ = parse_bucket_url(policy.source)
-    if dprefix and not dprefix.endswith("/"):
-        dprefix += "/"
-    overlaps = dbucket == sbucket and (dprefix.startswith(sprefix) or sprefix.startswith(dprefix))
-    if overlaps and not in_place:
-        raise SnapshotError(
-            dbucket,
-            f"s3://{dbucket}/{dprefix} overlaps the source {policy.source}; restores are out "
-            "of place by default (give --in-place to write new versions into the source)",
-        )
-    if in_place and (dbucket, dprefix.rstrip("/")) != (sbucket, sprefix.rstrip("/")):
-        raise SnapshotError(dbucket, f"--in-place restores into the source {policy.source} only")
-    if client is None:
-        client = s3_client()
-    try:
-        client.head_bucket(Bucket=dbucket)
-    except ClientError as e:
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if status == 404 or code in ("404", "NoSuchBucket"):
-            raise SnapshotError(dbucket, "the destination bucket does not exist") from None
-        if status == 403 or code in ("403", "AccessDenied"):
-            raise SnapshotError(dbucket, "access to the destination bucket is denied") from None
-        raise SnapshotError(dbucket, f"the destination bucket does not answer ({code})") from None
-    except BotoCoreError as e:
-        raise SnapshotError(dbucket, f"the destination bucket does not answer: {e}") from None
-    return dbucket, dprefix
