@@ -1224,7 +1224,7 @@ def _rebuild_listing(target: Any, policy: str | None) -> list[Any] | None:
 def _rebuild_snapshots(obj: Ctx, target: Any, identities: Any, dry_run: bool) -> Any:
     """The ``snapshots`` rows of the rebuilt archives (docs/snapshots.md)."""
     from .crypto.age import decrypt_bytes
-    from .snapshots.records import rebuild_snapshot_records
+    from .snapshot_records import rebuild_snapshot_records
     from .targets.glacier import GlacierTarget
 
     def read(a: Archive) -> bytes | None:

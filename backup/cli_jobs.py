@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     # before paying for those imports (backup/archive/scan.py, prefetch)
     from .inventory.models import Job
     from .jobs import JobStore
-    from .runner import Dispatch, Runner
+    from .jobs.dispatch import Dispatch
+    from .jobs.runner import Runner
 
 __all__ = ["register"]
 
@@ -65,39 +66,23 @@ def _logging(level: str) -> None:
 
 def broker_dispatch(settings: Settings, store: JobStore) -> Dispatch:
     """Returns: a Dispatch sending tasks through the configured broker."""
-    from workers.app import make_app, queue_name
+    from .jobs.dispatch import Dispatcher, client_app
 
-    app = make_app(settings)
-
-    def dispatch(task: str, job_id: str) -> None:
-        from .runner import TASK_QUEUES
-
-        app.send_task(task, args=[job_id], queue=queue_name(settings, TASK_QUEUES[task]))
-        store.mark_sent([job_id])
-
-    return dispatch
+    return Dispatcher(settings, store, client_app(settings))
 
 
 def inline_dispatch(runner_box: list[Runner]) -> Dispatch:
     """Returns: a Dispatch that carries follow-up tasks out at once, in this process."""
 
     def dispatch(task: str, job_id: str) -> None:
-        r = runner_box[0]
-        if task == "backup.notify":
-            r.notify(job_id)
-        elif task == "backup.extract":
-            r.extract(job_id)
-        elif task == "backup.start_restore":
-            r.start_restore(job_id)
-        elif task == "backup.run":
-            r.run_backup(job_id)
+        runner_box[0].run_task(task, job_id)
 
     return dispatch
 
 
 def inline_runner(obj: Any) -> Runner:
     from .jobs import process_name
-    from .runner import Runner
+    from .jobs.runner import Runner
 
     box: list[Runner] = []
     # "cli@": if this process dies, the job is failed, not handed to a worker later
@@ -331,7 +316,7 @@ def finish_run(obj: Any, job: Job, as_json: bool) -> None:
 
 
 def _queues(text: str) -> list[str]:
-    from workers.app import QUEUES
+    from .jobs.dispatch import QUEUES
 
     names = [q.strip() for q in text.split(",") if q.strip()]
     bad = [q for q in names if q not in QUEUES and not re.fullmatch(r"pack-[\w.-]+", q)]
@@ -347,7 +332,7 @@ def _queues(text: str) -> list[str]:
 def _worker_argv(
     settings: Settings, queues: list[str], concurrency: int, pool: str, level: str
 ) -> list[str]:
-    from workers.app import queue_name
+    from .jobs.dispatch import queue_name
 
     return [
         "worker",
@@ -405,8 +390,9 @@ def register(cli: click.Group) -> None:
         backup workers need only the policies' recipients."""
         names = _queues(queues)
         _export_settings(obj.settings)
-        from workers.app import broker_url, redact
         from workers.tasks import app
+
+        from .jobs.dispatch import broker_url, redact
 
         _logging(loglevel)
         logging.getLogger("backup").info(
@@ -439,9 +425,10 @@ def register(cli: click.Group) -> None:
         """Worker and scheduler in one process, for a single machine. Without
         BACKUP_BROKER_URL it needs no server: the queue is a SQLite file."""
         _export_settings(obj.settings)
-        from workers.app import QUEUES, broker_url, redact
         from workers.scheduler import Scheduler
         from workers.tasks import app
+
+        from .jobs.dispatch import QUEUES, broker_url, redact
 
         _logging(loglevel)
         logging.getLogger("backup").info("serving on %s", redact(broker_url(obj.settings)))
@@ -463,7 +450,7 @@ def register(cli: click.Group) -> None:
     @_handled
     def schedule(obj: Any, count: int, as_json: bool) -> None:
         """List each policy's next run times."""
-        from workers.scheduler import next_runs
+        from .jobs.schedule import next_runs
 
         now = datetime.now(UTC)
         rows = []
@@ -505,9 +492,8 @@ def register(cli: click.Group) -> None:
     def status(obj: Any, since: str, as_json: bool) -> None:
         """Running, queued, failed and recent jobs, pending restore requests with their phase,
         the active scheduler, and the next scheduled runs."""
-        from workers.scheduler import LEASE, next_runs
-
         from .jobs import ACTIVE, RUNNING, TERMINAL, JobStore, holder_gone
+        from .jobs.schedule import LEASE, next_runs
         from .policy import parse_duration
 
         try:
@@ -642,16 +628,14 @@ def queue_restore(
         stays recorded and the scheduler's sweep sends it when the broker answers.
     """
     from .jobs import JobStore
-    from .runner import TASK_QUEUES
 
     store = JobStore(obj.inventory)
     job = store.create("restore", policy=policy, state="requested", params=params, notify=notify)
     assert job is not None
-    task = "backup.start_restore"
-    return job, _send(obj, store, job, task, TASK_QUEUES[task])
+    return job, _send(obj, store, job, "backup.start_restore")
 
 
-def _send(obj: Any, store: JobStore, job: Job, task: str, queue: str) -> str | None:
+def _send(obj: Any, store: JobStore, job: Job, task: str, policy: Any = None) -> str | None:
     """Hand a recorded job to the broker.
 
     Returns:
@@ -662,22 +646,11 @@ def _send(obj: Any, store: JobStore, job: Job, task: str, queue: str) -> str | N
         Error: the broker URL is one no transport takes (the job is failed: no later send
             would work either).
     """
-    from kombu.exceptions import OperationalError
+    from .jobs.dispatch import Dispatcher, client_app
 
-    from workers.app import broker_url, make_app, queue_name, redact
-
-    url = redact(broker_url(obj.settings))
-    try:
-        make_app(obj.settings).send_task(task, args=[job.id], queue=queue_name(obj.settings, queue))
-    except (OperationalError, OSError) as e:  # after kombu's own retries
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"the broker {url} does not answer ({why})"
-    except Exception as e:
-        why = f"cannot send to the broker {url}: {type(e).__name__}: {e}"
-        store.cas(job.id, [job.state], "failed", error=why)
-        raise Error(why) from None
-    store.mark_sent([job.id])
-    return None
+    return Dispatcher(obj.settings, store, client_app(obj.settings)).try_send(
+        job, task, policy=policy
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -721,10 +694,9 @@ def queue_backup(obj: Any, policy: str, full: bool) -> Queued:
         The run, and whether the broker took it.
     """
     from .jobs import JobStore
-    from .runner import task_queue
 
     store = JobStore(obj.inventory)
-    queue = task_queue("backup.run", obj.policy(policy))
+    pol = obj.policy(policy)
     waiting = [
         j
         for j in store.jobs(states=["queued"], kind="backup", policy=policy)
@@ -738,7 +710,7 @@ def queue_backup(obj: Any, policy: str, full: bool) -> Queued:
         created = store.create("backup", policy=policy, state="queued", params={"full": full})
         assert created is not None
         job = created
-    return Queued(job, again=bool(waiting), unsent=_send(obj, store, job, "backup.run", queue))
+    return Queued(job, again=bool(waiting), unsent=_send(obj, store, job, "backup.run", pol))
 
 
 def wait_seconds(job: Job) -> float:

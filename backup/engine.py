@@ -11,6 +11,9 @@ Invariants:
   read are carried over, never recorded as deleted. If one name of a hard-linked file is
   packed, all its names are, so the link survives ``tar -x`` of any single archive.
 - Backing up needs recipients only, never a secret key.
+- The engine is given its source (a local tree it walks, or a bucket's objects as of a
+  snapshot, listed by the caller) and calls nothing above it: what comes before and after
+  an archive (snapshots, protection of the target, drills) is the jobs layer's.
 """
 
 from __future__ import annotations
@@ -146,24 +149,24 @@ def run_backup(
             so the sweep can clean up after a worker that died); a new one by default.
         on_phase: told ``uploading`` once the archive stream is stored and ``recorded``
             once the inventory row is complete.
-        scanned: entries listed elsewhere instead of a walk of the sources (a bucket
-            source's objects as of a snapshot: backup/snapshots/source.py).
+        scanned: the source, listed elsewhere, instead of a walk of the policy's local
+            sources: a bucket's objects as of a snapshot (backup/snapshots/source.py; the
+            jobs layer takes the snapshot, :func:`backup.jobs.backups.back_up`).
         source_info: recorded in the manifest as ``bucket_source`` (the snapshot packed).
 
     Returns:
         The archive recorded, and what could not be read.
 
     Raises:
+        ValueError: the policy backs up a bucket and ``scanned`` was not given.
         SourceError: a source is missing (nothing is written).
         TargetError: the target refused the write (the row is marked failed).
     """
     if policy.source is not None and scanned is None:
-        from .snapshots.source import archive_bucket  # snapshots it, then comes back here
-
-        return archive_bucket(
-            policy, inventory, full=full, progress=progress, now=now,
-            archive_id=archive_id, on_phase=on_phase,
-        )  # fmt: skip
+        # the engine is given its source; a bucket's snapshot is taken by the jobs layer
+        raise ValueError(
+            f"policy {policy.name!r} backs up a bucket: run it with backup.jobs.backups.back_up"
+        )
     with gc_paused():  # from the parent's tree to the tree cache: per-path objects throughout
         return _run_backup(
             policy, inventory, full=full, progress=progress, now=now, archive_id=archive_id,
@@ -338,26 +341,7 @@ def _run_backup(
         unreadable=len(unreadable),
         changed=len(res.changed),
     )
-    if policy.target_snapshots:
-        _protect(policy, archive_id, inventory)
     return BackupResult(inventory.get(archive_id), unreadable, res.changed, len(deleted))
-
-
-def _protect(policy: Policy, archive_id: str, inventory: Inventory) -> None:
-    """Snapshot the target bucket now that the archive landed (docs/snapshots.md). The
-    archive is complete either way; a failed snapshot is logged as an error."""
-    from .snapshots.actions import protect_archive
-
-    try:
-        protect_archive(policy.target, policy.name, archive_id, inventory)
-    except Error as e:
-        inventory.log(
-            "snapshot",
-            f"archive {archive_id} landed but the target snapshot failed: {e.get_message()}",
-            level="error",
-            policy=policy.name,
-            archive_id=archive_id,
-        )
 
 
 def _cache_tree(

@@ -97,7 +97,7 @@ def main() -> int:
     from backup.errors import ArchiveNotFound
     from backup.inventory import Inventory
     from backup.jobs import JobStore
-    from backup.runner import Runner
+    from backup.jobs.runner import Runner
     from backup.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-workers-"))

@@ -32,7 +32,7 @@ from backup.coldplan import VaultRefs, read_restore_events, refs_ready
 from backup.inventory import Inventory
 from backup.inventory.models import RetrievalJob
 from backup.inventory.sync import start_inventory_job
-from backup.runner import Runner
+from backup.jobs.runner import Runner
 from backup.settings import Settings
 from backup.targets import Readiness, open_target
 from backup.targets.glacier import GlacierTarget, parse_ref

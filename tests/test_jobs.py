@@ -12,7 +12,7 @@ import pytest
 
 from backup.inventory import Inventory
 from backup.jobs import JobNotFound, JobStore
-from backup.runner import Runner
+from backup.jobs.runner import Runner
 from backup.settings import Settings
 from tests.conftest import Env, MotoServer, write_policy
 from tests.servers import Receiver

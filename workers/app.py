@@ -1,9 +1,11 @@
-"""The Celery application.
+"""The Celery application of the workers.
 
 Design (docs/cluster.md):
 
 - The broker carries job ids as JSON and nothing else: no pickle, no bytes, no secrets. The
-  inventory database holds every job's state; the broker is a doorbell.
+  inventory database holds every job's state; the broker is a doorbell. What every process
+  that talks to the broker shares (serializers, transport, queues) is
+  :func:`backup.jobs.dispatch.broker_config`; this module adds the worker's own settings.
 - Tasks are acknowledged early (``task_acks_late = False``). With the Redis broker a task
   not acknowledged within ``visibility_timeout`` is delivered again even while it still
   runs (celery 5935, 4766, 2481; kombu 337), and a backup or a restore can run for hours,
@@ -20,49 +22,12 @@ Design (docs/cluster.md):
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import platformdirs
 from celery import Celery
 
-from backup.runner import TASK_QUEUES
+from backup.jobs.dispatch import QUEUES, broker_config, broker_url, queue_name, redact
 from backup.settings import Settings, get_settings
 
 __all__ = ["QUEUES", "app", "broker_url", "make_app", "queue_name", "redact"]
-
-#: every queue, in the order ``backup worker`` lists them
-QUEUES = ("pack", "restore", "poll", "notify", "default")
-
-#: seconds; see the module docstring for why it barely matters here
-VISIBILITY_TIMEOUT = 3600
-
-
-def queue_name(settings: Settings, queue: str) -> str:
-    """Returns: the broker's name of a queue, with the installation's prefix."""
-    return f"{settings.queue_prefix}{queue}"
-
-
-def broker_url(settings: Settings) -> str:
-    """Returns: the configured broker, or the embedded one: Kombu's SQLAlchemy transport
-    over a SQLite file in the data directory, which survives a restart."""
-    if settings.broker_url:
-        return settings.broker_url
-    path = Path(platformdirs.user_data_dir("backup")) / "broker.sqlite"
-    # the inventory's directory too: created here first, it must be as private (0700)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return f"sqla+sqlite:///{path}"
-
-
-def redact(url: str) -> str:
-    """Returns: a broker URL fit for a log line (any password masked)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -75,33 +40,14 @@ def make_app(settings: Settings | None = None) -> Celery:
         The application, with the tasks of :mod:`workers.tasks` registered.
     """
     settings = settings or get_settings()
-    url = broker_url(settings)
-    # (the SQLAlchemy transport hands its options to create_engine, which takes no such key)
-    transport: dict[str, Any] = (
-        {} if url.startswith("sqla+") else {"visibility_timeout": VISIBILITY_TIMEOUT}
-    )
-    app = Celery("backup", broker=url, include=["workers.tasks"])
+    config = broker_config(settings)
+    app = Celery("backup", broker=config["broker_url"], include=["workers.tasks"])
     app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        event_serializer="json",
-        result_accept_content=["json"],
-        task_ignore_result=True,
-        result_backend=None,
+        **config,
         task_acks_late=False,
         worker_prefetch_multiplier=1,
-        broker_transport_options=transport,
-        result_backend_transport_options=transport,
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        broker_channel_error_retry=True,
-        task_default_queue=queue_name(settings, "default"),
-        task_routes={name: {"queue": queue_name(settings, q)} for name, q in TASK_QUEUES.items()},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
-        enable_utc=True,
-        timezone="UTC",
     )
     return app
 

@@ -1,24 +1,22 @@
-"""Tasks: each takes a job id, and calls :class:`backup.runner.Runner`. Nothing else lives
-here; the state, the checks and the work are the library's."""
+"""Tasks: each takes a job id and is one call into :class:`backup.jobs.runner.Runner`.
+Nothing else lives here; the state, the checks and the work are the library's."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from celery import Celery
 from celery.signals import worker_process_init
 
 from backup.inventory import Inventory
-from backup.jobs import JobStore
-from backup.runner import TASK_QUEUES, Runner
+from backup.jobs.dispatch import Dispatcher
+from backup.jobs.runner import Runner
+from backup.jobs.store import JobStore
 from backup.settings import get_settings
 
-from .app import app, queue_name
+from .app import app
 
-__all__ = ["app", "dispatcher", "extract", "notify", "poll", "run", "runner", "start_restore"]
+__all__ = ["app", "extract", "notify", "poll", "run", "runner", "start_restore"]
 
-log = logging.getLogger("backup.worker")
 _inventory: Inventory | None = None
 
 
@@ -31,25 +29,14 @@ def _forget_parent_connections(**_: Any) -> None:
     _inventory = None
 
 
-def dispatcher(celery_app: Celery, inventory: Inventory) -> Any:
-    """Returns: a Dispatch that sends a follow-up task through the broker and records that
-    it did (``sent_at``), so the sweep knows when to send it again."""
-    settings = get_settings()
-
-    def dispatch(task: str, job_id: str) -> None:
-        celery_app.send_task(task, args=[job_id], queue=queue_name(settings, TASK_QUEUES[task]))
-        JobStore(inventory).mark_sent([job_id])
-
-    return dispatch
-
-
 def runner() -> Runner:
-    """Returns: this process's runner (one inventory connection pool per process)."""
+    """Returns: this process's runner (one inventory connection pool per process), whose
+    follow-up tasks go through the broker."""
     global _inventory
     settings = get_settings()
     if _inventory is None:
         _inventory = Inventory(settings.inventory_url)
-    return Runner(_inventory, settings, dispatcher(app, _inventory))
+    return Runner(_inventory, settings, Dispatcher(settings, JobStore(_inventory), app))
 
 
 @app.task(name="backup.run")

@@ -25,13 +25,12 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import zstandard
 
 from ..crypto.age import AgeWriter, Recipient
 from ..progress import Progress
-from ..targets.base import ObjectWriter
 from . import tarformat as tf
 from .scan import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, Unreadable
 from .tarformat import header
@@ -216,12 +215,19 @@ class PackResult:
     sha256: str = ""
 
 
+class Writable(Protocol):
+    """Where a packed stream goes: a target's object writer, or any file (the packer writes
+    only; committing is the caller's). A protocol, so the packer needs no storage layer."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
 class _Sink:
     """Hashes and counts the stored bytes on their way to the target."""
 
     __slots__ = ("h", "n", "out")
 
-    def __init__(self, out: ObjectWriter) -> None:
+    def __init__(self, out: Writable) -> None:
         self.out = out
         self.h = hashlib.sha256()
         self.n = 0
@@ -300,7 +306,7 @@ def _readinto(stream: BinaryIO, buf: memoryview) -> int:
 
 def pack(
     entries: Iterable[Entry],
-    out: ObjectWriter,
+    out: Writable,
     recipients: Sequence[Recipient],
     *,
     level: int = 3,

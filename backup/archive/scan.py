@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib
 import os
 import re
 import stat
@@ -27,12 +28,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
 from ..errors import ConfigError, SourceError
 
 try:
-    from . import _fastwalk  # type: ignore[attr-defined]
+    # by name, not `from . import`: that form reads (to grimp and import-linter) as an import
+    # of this package's __init__, which re-exports this module, a cycle that is not there
+    _fastwalk: Any = importlib.import_module("._fastwalk", __package__)
 except ImportError:  # not compiled here: the Python walk gives the same result, more slowly
     _fastwalk = None
 

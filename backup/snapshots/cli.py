@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .actions import record_snapshot
+from ..snapshot_actions import record_snapshot
 from .base import ObjectState, SnapshotInfo, SnapshotProvider, from_ns, parse_at
 
 __all__ = ["bucket", "record_snapshot", "resolve_point", "snapshot"]
@@ -229,7 +229,7 @@ def delete(bucket_url: str, name_or_version: str, as_json: bool) -> None:
     p.delete(s)
     inv = _inventory()
     if inv is not None:
-        from .actions import forget_snapshot
+        from ..snapshot_actions import forget_snapshot
 
         forget_snapshot(p.bucket, s.version, inventory=inv)
     if as_json:
@@ -336,7 +336,7 @@ def _bucket_policy(name: str) -> Any:
 @_handled
 def snapshot_run(policy: str, as_json: bool) -> None:
     """The snapshot action of POLICY: snapshot its source bucket, prune by its retention."""
-    from .actions import snapshot_source
+    from ..snapshot_actions import snapshot_source
 
     pol, inv = _bucket_policy(policy)
     r = snapshot_source(pol.source, pol.name, pol.retention, inv)
@@ -360,7 +360,7 @@ def snapshot_drill(policy: str, expire_only: bool, as_json: bool) -> None:
     1 when the check fails."""
     import sys
 
-    from .actions import expire_drills, fork_drill
+    from ..snapshot_actions import expire_drills, fork_drill
 
     pol, inv = _bucket_policy(policy)
     if pol.drill is None:
@@ -430,9 +430,9 @@ def restore_into_bucket(
         as_json: print JSON.
     """
     from .. import restore as r
+    from ..bucket_restore import restore_to_bucket
     from ..cli import _progress, parse_time
     from ..errors import Error
-    from .source import restore_to_bucket
 
     if policy is None:
         raise Error("name the POLICY whose bucket source to restore")

@@ -13,8 +13,8 @@ import pytest
 from backup.errors import SnapshotError
 from backup.inventory import Archive, Event, Inventory, Snapshot
 from backup.policy import Retention
+from backup.snapshot_actions import expire_drills, fork_drill, protect_archive, snapshot_source
 from backup.snapshots import VersionedProvider
-from backup.snapshots.actions import expire_drills, fork_drill, protect_archive, snapshot_source
 
 from .conftest import Writer, at, unique
 

@@ -17,11 +17,11 @@ from click.testing import CliRunner
 
 from backup.cli import cli
 from backup.crypto.age import load_identities
-from backup.engine import run_backup
 from backup.inventory import Inventory, Snapshot
+from backup.jobs.backups import back_up as run_backup
 from backup.policy import Retention, load_policies
 from backup.restore import restore
-from backup.snapshots.actions import snapshot_source
+from backup.snapshot_actions import snapshot_source
 from tests.conftest import Key, write_policy
 
 from .conftest import at, unique

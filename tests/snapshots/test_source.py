@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from backup.archive.scan import DIR, FILE
+from backup.bucket_restore import restore_to_bucket
 from backup.errors import SnapshotError
 from backup.inventory import Inventory, Snapshot
 from backup.restore import restore
 from backup.snapshots import VersionedProvider, to_ns
-from backup.snapshots.source import SOURCE_TIME_META, bucket_scan, restore_to_bucket
+from backup.snapshots.source import SOURCE_TIME_META, bucket_scan
 from tests.conftest import Key, require_tools, write_policy
 
 from .conftest import Writer, at, unique
@@ -95,7 +96,7 @@ def _at_snapshot(p: VersionedProvider, snap: Any) -> dict[str, bytes]:
 def test_bucket_source_archived_in_incrementals_and_restored(
     bucket_policy: Any, writer: Writer, s3: Any, key: Key, tmp_path: Path
 ) -> None:
-    from backup.engine import run_backup
+    from backup.jobs.backups import back_up as run_backup
 
     policy, inv, vault = bucket_policy
     b = writer.bucket
@@ -175,7 +176,7 @@ def test_bucket_source_archived_in_incrementals_and_restored(
 def test_target_bucket_snapshot_after_each_archive(
     tmp_path: Path, key: Key, s3: Any, aws_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backup.engine import run_backup
+    from backup.jobs.backups import back_up as run_backup
     from backup.policy import load_policies
 
     vault = unique("vault")
@@ -241,7 +242,7 @@ def test_bucket_source_to_a_deep_archive_target(
     """The issue's scenario: a source bucket archived to a DEEP_ARCHIVE bucket in
     incrementals, then restored to a point in time, compared key by key and byte by byte."""
     from backup.crypto.age import load_identities
-    from backup.engine import run_backup
+    from backup.jobs.backups import back_up as run_backup
     from backup.policy import load_policies
     from backup.targets import Readiness, open_target
     from tests.targets.s3util import set_restore_transition

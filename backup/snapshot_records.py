@@ -23,14 +23,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import Error
-from .base import SnapshotInfo, from_ns
-
-if TYPE_CHECKING:
-    from ..inventory import Archive, Inventory
+from .archive.manifest import decode_manifest
+from .errors import Error
+from .inventory import Archive, Inventory, PackedFileIndex, Snapshot
+from .snapshot_actions import _target_bucket
+from .snapshots import open_provider
+from .snapshots.base import SnapshotInfo, from_ns
+from .targets.s3client import s3_client
 
 __all__ = ["SnapshotRecords", "bucket_source_of", "rebuild_snapshot_records"]
 
@@ -67,7 +69,6 @@ class SnapshotRecords:
 def bucket_source_of(plain: bytes, name: str) -> dict[str, Any] | None:
     """Returns: the ``bucket_source`` a decrypted manifest records (the bucket and snapshot
     an archive of a bucket source packed), or None."""
-    from ..archive.manifest import decode_manifest
 
     m = decode_manifest(plain, name, slim=True)
     src = m.get("bucket_source")
@@ -75,7 +76,6 @@ def bucket_source_of(plain: bytes, name: str) -> dict[str, Any] | None:
 
 
 def _packed_manifest(inventory: Inventory, archive_id: str) -> bytes | None:
-    from ..inventory import PackedFileIndex
 
     with inventory.session() as db:
         row = db.get(PackedFileIndex, archive_id)
@@ -83,7 +83,6 @@ def _packed_manifest(inventory: Inventory, archive_id: str) -> bytes | None:
 
 
 def _recorded(inventory: Inventory) -> tuple[set[tuple[str, str]], set[str]]:
-    from ..inventory import Snapshot
 
     with inventory.session() as db:
         rows = db.query(Snapshot).all()
@@ -99,7 +98,6 @@ def _place(url: str) -> tuple[str, str, str]:
 
 
 def _list(url: str, client: Any, out: SnapshotRecords) -> Sequence[SnapshotInfo] | None:
-    from . import open_provider
 
     try:
         return open_provider(url, client=client).list()
@@ -130,7 +128,6 @@ def rebuild_snapshot_records(
     Returns:
         What was recorded.
     """
-    from ..inventory import Snapshot
 
     out = SnapshotRecords()
     here = _place(target_url)
@@ -145,8 +142,6 @@ def rebuild_snapshot_records(
     def s3() -> Any:
         # built only when a bucket is to be listed: a file target's rebuild needs none
         if not clients:
-            from ..targets.s3client import s3_client
-
             clients.append(s3_client())
         return clients[0]
 
@@ -170,8 +165,6 @@ def rebuild_snapshot_records(
 
     target = urlparse(target_url)
     if target.scheme == "s3":
-        from .actions import _target_bucket
-
         bucket, prefix = _target_bucket(target_url)
         for s in _list(f"s3://{bucket}", s3(), out) or ():
             m = _ARCHIVE.fullmatch(s.name or "")

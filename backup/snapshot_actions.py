@@ -16,17 +16,17 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import ClientError
 
-from ..errors import Error, SnapshotError
-from .base import SnapshotInfo
-
-if TYPE_CHECKING:
-    from ..inventory import Inventory
-    from ..policy import Retention
+from .errors import Error, SnapshotError
+from .inventory import Event, Inventory, Snapshot
+from .policy import Retention
+from .retention import select_keep
+from .snapshots import VersionedProvider, check_bucket_name, open_provider, parse_bucket_url
+from .snapshots.base import SnapshotInfo
 
 __all__ = [
     "DrillFailed",
@@ -59,7 +59,6 @@ def record_snapshot(
         archive_id: the archive it protects (a target bucket's snapshot).
         inventory: an open :class:`~backup.inventory.Inventory`.
     """
-    from ..inventory import Snapshot
 
     with inventory.session() as db:
         db.add(
@@ -85,7 +84,6 @@ def forget_snapshot(bucket: str, version: str, *, inventory: Any) -> int:
     Returns:
         How many rows were removed.
     """
-    from ..inventory import Snapshot
 
     with inventory.session() as db:
         rows = db.query(Snapshot).filter(Snapshot.version == version).all()
@@ -140,8 +138,6 @@ def snapshot_source(
     Returns:
         The snapshot taken and those deleted.
     """
-    from ..retention import select_keep
-    from . import open_provider
 
     now = now or datetime.now(UTC)
     p = open_provider(url)
@@ -198,7 +194,6 @@ def protect_archive(
         objects (``PREFIX/POLICY/ARCHIVE_ID*``), not every key of the bucket; a Tigris
         snapshot is whole-bucket and O(1).
     """
-    from . import VersionedProvider, open_provider
 
     bucket, prefix = _target_bucket(target_url)
     p = open_provider(f"s3://{bucket}")
@@ -249,7 +244,6 @@ class DrillFailed(Error):
 
 
 def _drill_name(pattern: str, policy: str, bucket: str, now: datetime) -> str:
-    from . import check_bucket_name
 
     try:
         name = pattern.format(
@@ -301,7 +295,6 @@ def fork_drill(
     Raises:
         SnapshotError: the source has no snapshot, or the fork failed.
     """
-    from . import open_provider, parse_bucket_url
 
     now = now or datetime.now(UTC)
     started = time.monotonic()
@@ -387,8 +380,6 @@ def expire_drills(
     Returns:
         The buckets removed.
     """
-    from ..inventory import Event
-    from . import open_provider, parse_bucket_url
 
     now = now or datetime.now(UTC)
     with inventory.session() as db:
