@@ -1,6 +1,7 @@
 """The context every ``backup`` command is given (``click.pass_obj``): settings, the policy
 file and the inventory, each opened on first use, so a command that needs no inventory
-never imports SQLAlchemy and one that needs no policy runs without a policy file.
+never imports SQLAlchemy and one that needs no policy runs without a policy file; and the
+options many commands take the same way (``--json``, ``--identity``).
 
 Nothing here imports a command module or the package's ``__init__``.
 """
@@ -8,8 +9,12 @@ Nothing here imports a command module or the package's ``__init__``.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import click
+from click.decorators import FC
 
 from ..errors import PolicyError
 from ..policy import Policy, get_policy, load_policies
@@ -18,7 +23,7 @@ from ..settings import Settings
 if TYPE_CHECKING:
     from ..inventory import Inventory
 
-__all__ = ["Ctx"]
+__all__ = ["Ctx", "identity_option", "json_option"]
 
 
 class Ctx:
@@ -76,3 +81,15 @@ class Ctx:
                 f"policy {name!r} has no bucket source (source = s3://...)",
             )
         return pol
+
+
+def json_option(help: str = "Print JSON.") -> Callable[[FC], FC]:
+    """Returns: the ``--json`` flag (``as_json``) every listing and result has."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def identity_option(
+    help: str = "age identity file (default: $BACKUP_IDENTITY).",
+) -> Callable[[FC], FC]:
+    """Returns: the ``--identity FILE`` option of the commands that decrypt."""
+    return click.option("--identity", type=click.Path(path_type=Path), help=help)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import Error, OptionError
-from .context import Ctx
+from .context import Ctx, identity_option, json_option
 from .output import (
     dump,
     err,
@@ -52,7 +52,7 @@ def inventory_group() -> None:
     "--poll", "poll_seconds", default=60.0, show_default=True, help="Seconds between checks."
 )
 @click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 @handled
 def inventory_sync(
@@ -137,14 +137,10 @@ def _vault_rebuild_options(f: F) -> F:
 
 @inventory_group.command("rebuild")
 @click.argument("target_url")
-@click.option(
-    "--identity",
-    type=click.Path(path_type=Path),
-    help="age identity file to decrypt the manifests (default: $BACKUP_IDENTITY).",
-)
+@identity_option("age identity file to decrypt the manifests (default: $BACKUP_IDENTITY).")
 @click.option("--policy", "policy", help="Only this policy's archives.")
 @click.option("--dry-run", is_flag=True, help="Read and compare; record nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 @_vault_rebuild_options
 @click.pass_obj
 @handled
@@ -316,7 +312,7 @@ def _rebuild_vault(
 @click.option(
     "--recipient", "recipients", multiple=True, help="Encrypt to this recipient (age1...)."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 @handled
 def inventory_export(
@@ -361,7 +357,7 @@ def inventory_export(
 
 @inventory_group.command("exports")
 @click.argument("target_url")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 @handled
 def inventory_exports(obj: Ctx, target_url: str, as_json: bool) -> None:
@@ -382,14 +378,10 @@ def inventory_exports(obj: Ctx, target_url: str, as_json: bool) -> None:
 
 @inventory_group.command("import")
 @click.argument("target_url")
-@click.option(
-    "--identity",
-    type=click.Path(path_type=Path),
-    help="age identity file (default: $BACKUP_IDENTITY).",
-)
+@identity_option()
 @click.option("--from", "key", help="The copy to import (a key from 'inventory exports').")
 @click.option("--latest", is_flag=True, help="Import the newest copy (the default).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 @handled
 def inventory_import(

@@ -16,7 +16,7 @@ import click
 from rich.table import Table
 
 from ..errors import Error, OptionError
-from .context import Ctx
+from .context import Ctx, json_option
 from .output import dump, err, handled, iso, out, progress, size, table
 from .queueing import follow, job_json, retrieval_progress, retrieval_text
 
@@ -28,7 +28,7 @@ __all__ = ["register"]
 
 @click.command()
 @click.option("--count", type=click.IntRange(1, 100), default=3, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option("Print as JSON.")
 @click.pass_obj
 @handled
 def schedule(obj: Ctx, count: int, as_json: bool) -> None:
@@ -68,7 +68,7 @@ def schedule(obj: Ctx, count: int, as_json: bool) -> None:
 
 @click.command()
 @click.option("--since", default="24h", show_default=True, help="Finished jobs this recent.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option("Print as JSON.")
 @click.pass_obj
 @handled
 def status(obj: Ctx, since: str, as_json: bool) -> None:
@@ -163,7 +163,7 @@ def status(obj: Ctx, since: str, as_json: bool) -> None:
 @click.command("job")
 @click.argument("job_id")
 @click.option("--wait", is_flag=True, help="Follow the job until it ends.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option("Print as JSON.")
 @click.pass_obj
 @handled
 def job_(obj: Ctx, job_id: str, wait: bool, as_json: bool) -> None:

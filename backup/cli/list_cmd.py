@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import click
 from rich.table import Table
 
-from .context import Ctx
+from .context import Ctx, json_option
 from .output import archive_json, dump, handled, iso, object_url, size, table
 
 __all__ = ["register"]
@@ -22,7 +22,7 @@ __all__ = ["register"]
 @click.command("list")
 @click.argument("policy", required=False)
 @click.option("--all", "all_states", is_flag=True, help="Include failed and deleted archives.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 @handled
 def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None:
@@ -53,7 +53,7 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
 
 @click.command()
 @click.argument("archive_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 @handled
 def show(obj: Ctx, archive_id: str, as_json: bool) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from ..policy import Retention
-from .context import Ctx
+from .context import Ctx, json_option
 from .output import dump, handled, iso
 
 __all__ = ["register"]
@@ -20,7 +20,7 @@ __all__ = ["register"]
 @click.command()
 @click.argument("policy")
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 @handled
 def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
@@ -72,7 +72,7 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
 @click.command()
 @click.argument("archive_id")
 @click.argument("state", type=click.Choice(["on", "off"]), required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 @handled
 def hold(obj: Ctx, archive_id: str, state: str | None, as_json: bool) -> None:

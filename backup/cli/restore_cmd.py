@@ -30,7 +30,7 @@ from rich.table import Table
 from ..errors import Error
 from ..policy import Policy
 from . import queueing
-from .context import Ctx
+from .context import Ctx, identity_option, json_option
 from .output import dump, err, handled, parse_time, progress, size, table
 
 if TYPE_CHECKING:
@@ -95,11 +95,7 @@ class RestoreOptions:
 @click.option(
     "--include", multiple=True, help="Restore only paths matching this glob (repeatable)."
 )
-@click.option(
-    "--identity",
-    type=click.Path(path_type=Path),
-    help="age identity file (default: $BACKUP_IDENTITY).",
-)
+@identity_option()
 @click.option("--force", is_flag=True, help="Restore into a non-empty destination.")
 @click.option(
     "--allow-external-symlinks",
@@ -127,7 +123,7 @@ class RestoreOptions:
     is_flag=True,
     help="Show what the restore would retrieve (objects, bytes, class, tier, time, cost).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 @click.pass_obj
 @handled
 def restore(obj: Ctx, /, **options: Any) -> None:
@@ -174,10 +170,7 @@ def _local(obj: Ctx, o: RestoreOptions) -> None:
         identities,
         at=parse_time(o.at),
         archive_id=o.archive_id,
-        include=o.include,
-        force=o.force,
-        allow_external_symlinks=o.allow_external_symlinks,
-        progress=progress(o.as_json),
+        **_extract_options(o),
     )
     _print_result(res, o.as_json)
 
@@ -190,16 +183,18 @@ def _from_file(obj: Ctx, o: RestoreOptions) -> None:
     identities = r.identities_from(o.identity or obj.settings.identity)
     if o.policy or o.at is not None or o.archive_id:
         raise Error("--file restores one file; it takes no POLICY, --at or --archive")
-    res = r.restore_file(
-        o.file,
-        o.destination(),
-        identities,
-        include=o.include,
-        force=o.force,
-        allow_external_symlinks=o.allow_external_symlinks,
-        progress=progress(o.as_json),
-    )
+    res = r.restore_file(o.file, o.destination(), identities, **_extract_options(o))
     _print_result(res, o.as_json)
+
+
+def _extract_options(o: RestoreOptions) -> dict[str, Any]:
+    """Returns: the keyword arguments of a restore into a directory, from the options."""
+    return {
+        "include": o.include,
+        "force": o.force,
+        "allow_external_symlinks": o.allow_external_symlinks,
+        "progress": progress(o.as_json),
+    }
 
 
 def _print_result(res: RestoreResult, as_json: bool) -> None:

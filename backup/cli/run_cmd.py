@@ -15,7 +15,7 @@ import click
 
 from ..errors import Error
 from . import queueing
-from .context import Ctx
+from .context import Ctx, json_option
 from .output import archive_json, dump, handled, progress, size
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ __all__ = ["register"]
 @click.argument("policy")
 @click.option("--full", is_flag=True, help="Start a new chain with a full archive.")
 @click.option("--wait", is_flag=True, help="With a broker: follow the queued run until it ends.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 @click.pass_obj
 @handled
 def run(obj: Ctx, policy: str, full: bool, wait: bool, as_json: bool) -> None:

@@ -17,12 +17,10 @@ from rich.table import Table
 from ..errors import SnapshotError
 from ..snapshots.actions import record_snapshot
 from ..snapshots.base import ObjectState, SnapshotInfo, SnapshotProvider, from_ns, parse_at
-from .context import Ctx
+from .context import Ctx, json_option
 from .output import dump, handled, iso, table
 
 __all__ = ["register", "resolve_point"]
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 def _rows(*columns: str, rows: list[list[str]]) -> None:
@@ -131,7 +129,7 @@ def snapshot() -> None:
 @snapshot.command("take")
 @click.argument("bucket_url", metavar="BUCKET")
 @click.option("--name", help="Name the snapshot (letters, digits, '.', '_', '-').")
-@json_option
+@json_option()
 @handled
 def take(bucket_url: str, name: str | None, as_json: bool) -> None:
     """Take a snapshot of BUCKET now."""
@@ -152,7 +150,7 @@ def take(bucket_url: str, name: str | None, as_json: bool) -> None:
 
 @snapshot.command("list")
 @click.argument("bucket_url", metavar="BUCKET")
-@json_option
+@json_option()
 @handled
 def list_(bucket_url: str, as_json: bool) -> None:
     """List BUCKET's snapshots, oldest first."""
@@ -172,7 +170,7 @@ def list_(bucket_url: str, as_json: bool) -> None:
 @click.argument("bucket_url", metavar="BUCKET")
 @click.argument("new_bucket")
 @click.option("--snapshot", "which", help="Snapshot name or version (default: now).")
-@json_option
+@json_option()
 @handled
 def fork(bucket_url: str, new_bucket: str, which: str | None, as_json: bool) -> None:
     """Fork BUCKET into NEW_BUCKET as of a snapshot (default: as it is now)."""
@@ -202,7 +200,7 @@ def fork(bucket_url: str, new_bucket: str, which: str | None, as_json: bool) -> 
 @snapshot.command("delete")
 @click.argument("bucket_url", metavar="BUCKET")
 @click.argument("name_or_version")
-@json_option
+@json_option()
 @handled
 def delete(bucket_url: str, name_or_version: str, as_json: bool) -> None:
     """Delete one snapshot of BUCKET (the objects' history stays)."""
@@ -222,7 +220,7 @@ def delete(bucket_url: str, name_or_version: str, as_json: bool) -> None:
 
 @snapshot.command("run")
 @click.argument("policy")
-@json_option
+@json_option()
 @click.pass_obj
 @handled
 def snapshot_run(obj: Ctx, policy: str, as_json: bool) -> None:
@@ -244,7 +242,7 @@ def snapshot_run(obj: Ctx, policy: str, as_json: bool) -> None:
 @snapshot.command("drill")
 @click.argument("policy")
 @click.option("--expire-only", is_flag=True, help="Only remove forks older than keep_for.")
-@json_option
+@json_option()
 @click.pass_obj
 @handled
 def snapshot_drill(obj: Ctx, policy: str, expire_only: bool, as_json: bool) -> None:
@@ -308,7 +306,7 @@ def bucket() -> None:
 @bucket.command("at")
 @click.argument("bucket_url", metavar="BUCKET")
 @click.argument("when", metavar="TIME")
-@json_option
+@json_option()
 @handled
 def bucket_at(bucket_url: str, when: str, as_json: bool) -> None:
     """List what BUCKET held at TIME (ISO 8601, a 19-digit version, or a snapshot name)."""
@@ -338,7 +336,7 @@ def bucket_at(bucket_url: str, when: str, as_json: bool) -> None:
 @click.argument("bucket_url", metavar="BUCKET")
 @click.argument("t1")
 @click.argument("t2")
-@json_option
+@json_option()
 @handled
 def bucket_slice(bucket_url: str, t1: str, t2: str, as_json: bool) -> None:
     """List what was created, changed and deleted in BUCKET in (T1, T2]."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .context import Ctx
+from .context import Ctx, identity_option, json_option
 from .output import dump, handled, progress, size
 
 __all__ = ["register"]
@@ -17,12 +17,8 @@ __all__ = ["register"]
 
 @click.command()
 @click.argument("archive_id")
-@click.option(
-    "--identity",
-    type=click.Path(path_type=Path),
-    help="age identity file (default: $BACKUP_IDENTITY).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@identity_option()
+@json_option("Print the result as JSON.")
 @click.pass_obj
 @handled
 def verify(obj: Ctx, archive_id: str, identity: Path | None, as_json: bool) -> None:
