@@ -143,8 +143,8 @@ def restore(obj: Ctx, /, **options: Any) -> None:
     if o.dry_run:
         return _plan(obj, o)
     if o.file is None and as_job:
-        params = _job_params(obj, o)
-        job = _queued(obj, o, params) if obj.settings.broker_url else _job_here(obj, o, params)
+        req = _job_params(obj, o)
+        job = _queued(obj, o, req) if obj.settings.broker_url else _job_here(obj, o, req)
         if job is not None:
             _print_job_result(job, o.as_json)
         return None
