@@ -92,7 +92,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from backup.cli_jobs import broker_dispatch
+    from backup.cli.queueing import broker_dispatch
     from backup.crypto.age import X25519Identity
     from backup.errors import ArchiveNotFound
     from backup.inventory import Inventory

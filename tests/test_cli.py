@@ -250,7 +250,7 @@ def test_list_shows_each_object_url_with_the_query_at_the_end(
     assert "DEEP_ARCHIVE/" not in proc.stdout
 
     # a vault's reference KEY#ARCHIVE_ID#TREE_HASH: the query goes before the fragment
-    from backup.cli import _object_url
+    from backup.cli.output import object_url as _object_url
 
     assert (
         _object_url("glacier://v?region=eu-west-1", "p/a.tar.zst.age#AID#TH")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from backup.cli import parse_time
+from backup.cli.output import parse_time
 from backup.crypto.age import PayloadError, load_identities
 from backup.engine import run_backup
 from backup.errors import (

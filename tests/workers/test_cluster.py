@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.cli_jobs import broker_dispatch
+from backup.cli.queueing import broker_dispatch
 from backup.inventory import Inventory
 from tests.conftest import snapshot_tree, write_policy
 from tests.servers import Mailbox, Receiver, text_of

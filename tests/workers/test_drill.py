@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from backup.cli_jobs import broker_dispatch
+from backup.cli.queueing import broker_dispatch
 from backup.inventory import Inventory
 from backup.inventory.models import PolicyLock
 from tests.conftest import MotoServer

@@ -1,0 +1,5 @@
+"""``python -m backup.cli``, as ``python -m backup``."""
+
+from . import main
+
+main()

@@ -1,0 +1,104 @@
+"""``backup list`` and ``backup show``: the archives and their entries, from the inventory
+alone (no key, no target).
+
+A table by default, ``--json`` on both; an archive's location is printed as the URL of the
+object in its target.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import click
+from rich.table import Table
+
+from .context import Ctx, json_option
+from .output import archive_json, dump, handled, iso, object_url, size, table
+
+__all__ = ["register"]
+
+
+@click.command("list")
+@click.argument("policy", required=False)
+@click.option("--all", "all_states", is_flag=True, help="Include failed and deleted archives.")
+@json_option()
+@click.pass_obj
+@handled
+def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None:
+    """List archives, oldest first."""
+    rows = obj.inventory.archives(policy, states=() if all_states else ("complete",))
+    if as_json:
+        dump([archive_json(a) for a in rows])
+        return
+    t = Table("id", "policy", "kind", "parent", "created", "size", "entries", "location", box=None)
+    if all_states:
+        t.add_column("state")
+    for a in rows:
+        cells = [
+            a.id,
+            a.policy,
+            a.kind,
+            a.parent_id or "-",
+            iso(a.created) or "",
+            size(a.size_stored),
+            str(a.entries),
+            object_url(a.target, a.location),
+        ]
+        if all_states:
+            cells.append(a.state)
+        t.add_row(*cells)
+    table(t)
+
+
+@click.command()
+@click.argument("archive_id")
+@json_option()
+@click.pass_obj
+@handled
+def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
+    """List the entries of an archive (from the inventory; no key needed)."""
+    import stat as st
+
+    a = obj.inventory.get(archive_id)
+    recs = obj.inventory.records(a.id)
+    if as_json:
+        d = archive_json(a)
+        d["entries_list"] = [
+            {
+                "path": os.fsdecode(r.path),
+                "type": r.type,
+                "size": r.size,
+                "mode": f"{r.mode:04o}",
+                "mtime": iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC))
+                if r.type != "deleted"
+                else None,
+                "mtime_ns": r.mtime_ns,
+                "sha256": r.sha256,
+                "link": os.fsdecode(r.link) if r.link else None,
+                "offset": r.offset,
+            }
+            for r in recs
+        ]
+        dump(d)
+        return
+    t = Table("type", "mode", "size", "mtime", "path", box=None)
+    for r in recs:
+        if r.type == "deleted":
+            t.add_row("deleted", "", "", "", os.fsdecode(r.path))
+            continue
+        link = f" -> {os.fsdecode(r.link)}" if r.link else ""
+        t.add_row(
+            r.type,
+            st.filemode(r.mode)[1:],
+            str(r.size),
+            iso(datetime.fromtimestamp(r.mtime_ns / 1e9, UTC)) or "",
+            os.fsdecode(r.path) + link,
+        )
+    table(t)
+
+
+def register(cli: click.Group) -> None:
+    """Add ``list`` and ``show`` to the ``backup`` group."""
+    cli.add_command(list_)
+    cli.add_command(show)

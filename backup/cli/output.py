@@ -1,0 +1,266 @@
+"""What the ``backup`` command shows: the consoles, the progress bar, the formatters of
+times, sizes and URLs, ``--json`` output, tables, the shared report printers, and the
+mapping of an error to one line on stderr and an exit code.
+
+Invariants: tables go to stdout at their natural width (ids and paths are copied from them,
+so nothing is folded or dropped); progress goes to stderr on a terminal only; an error
+prints exactly one line ``error: MESSAGE`` (its text never read as markup) and exits with
+the error's own code; every time printed, in a table or in JSON, is ISO 8601 UTC and is
+accepted back by ``--at`` (:func:`parse_time`).
+
+Nothing here imports a command module or the package's ``__init__``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.progress import Progress as RichBar
+from rich.table import Table
+
+from ..errors import Error, OptionError
+from ..progress import Progress
+
+if TYPE_CHECKING:
+    from ..inventory import Archive
+    from ..inventory.rebuild import RebuildReport
+
+__all__ = [
+    "archive_json",
+    "dump",
+    "err",
+    "errors",
+    "handled",
+    "iso",
+    "object_url",
+    "out",
+    "parse_time",
+    "print_rebuild_report",
+    "print_snapshot_records",
+    "progress",
+    "size",
+    "table",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# a table piped to a file or `less` keeps whole ids and paths instead of folding at 80 columns
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
+err = Console(stderr=True, highlight=False)
+
+
+class _Bar(Progress):
+    """A rich progress bar on stderr."""
+
+    def __init__(self) -> None:
+        self.bar = RichBar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
+        self.task: Any = None
+
+    def start(self, description: str, total_bytes: int | None) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(description, total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        self.bar.advance(self.task, nbytes)
+
+    def finish(self) -> None:
+        self.bar.stop()
+
+
+def progress(quiet: bool = False) -> Progress:
+    """Returns: a progress bar on a terminal (not with ``--json``), else one that shows nothing."""
+    return _Bar() if sys.stderr.isatty() and not quiet else Progress()
+
+
+# formatters ---------------------------------------------------------------------------------
+
+
+def iso(t: datetime | None) -> str | None:
+    """Returns: ``t`` as ISO 8601 UTC with a ``Z``; None for None."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
+
+
+def parse_time(text: str | None, option: str = "--at") -> datetime | None:
+    """Parse a time option such as ``--at``: ISO 8601; a time without a zone is local time.
+
+    Returns:
+        The time, or None when the option was not given.
+
+    Raises:
+        OptionError: naming the option, for any other text; an empty one too (it does not
+            mean "the newest": that is leaving the option out).
+    """
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+        return t.astimezone() if t.tzinfo is None else t
+    except (ValueError, OverflowError):
+        raise OptionError(
+            option, f"{text!r} is not an ISO 8601 time such as 2026-11-21T02:00:00Z"
+        ) from None
+
+
+def size(n: int) -> str:
+    """Returns: ``n`` bytes in binary units (``512 B``, ``1.5 MiB``)."""
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1024
+    return str(n)
+
+
+def object_url(target: str, ref: str) -> str:
+    """Returns: the URL of an object in a target: the target's URL with ``ref`` added to its
+    path, and the target's query (``?storage_class=...``, how the object is stored) after the
+    whole path instead of inside it."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(target)
+    # a vault's reference is KEY#ARCHIVE_ID#TREE_HASH: what follows the key is a fragment,
+    # which a URL puts after its query
+    key, hash_, fragment = ref.partition("#")
+    url = f"{u.scheme}://{u.netloc}{u.path.rstrip('/')}/{key}"
+    return url + (f"?{u.query}" if u.query else "") + hash_ + fragment
+
+
+def archive_json(a: Archive) -> dict[str, Any]:
+    """Returns: an archive as ``list``, ``show`` and ``run`` print it with ``--json``."""
+    return {
+        "id": a.id,
+        "policy": a.policy,
+        "kind": a.kind,
+        "parent": a.parent_id,
+        "created": iso(a.created),
+        "state": a.state,
+        "size": a.size_stored,
+        "size_in": a.size_in,
+        "entries": a.entries,
+        "sha256": a.sha256,
+        "target": a.target,
+        "location": a.location,
+        "url": object_url(a.target, a.location),
+        "manifest": a.manifest_location,
+        "unreadable": len(json.loads(a.unreadable or "[]")),
+    }
+
+
+# output -------------------------------------------------------------------------------------
+
+
+def table(t: Table) -> None:
+    """Print a table at its natural width: ids and paths are copied from it, so folding or
+    dropping columns to fit a narrow terminal would make it useless."""
+    natural = out.measure(t, options=out.options.update(max_width=100_000)).maximum
+    Console(highlight=False, width=max(out.width, natural), force_terminal=out.is_terminal).print(
+        t, crop=False
+    )
+
+
+def dump(obj: Any) -> None:
+    """Print ``obj`` as the indented JSON every ``--json`` prints."""
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def print_rebuild_report(
+    report: RebuildReport, *, added: str, differs_in: str, foreign: str
+) -> None:
+    """Print the archive lines of a rebuild's report, the same for a bucket's and a vault's.
+
+    Args:
+        report: what the rebuild found.
+        added: the prefix of a line naming an archive added (or that would be).
+        differs_in: where the other side of a differing record is ("the target").
+        foreign: what the objects not written by backup are ("object(s)").
+    """
+    for aid in report.added:
+        click.echo(f"{added}{aid}")
+    for d in report.differing:
+        fields = ", ".join(
+            f"{k} {a!r} here, {b!r} in {differs_in}" for k, (a, b) in d.fields.items()
+        )
+        click.echo(f"  differs:  {d.archive_id}: {fields}")
+    for o in report.orphans:
+        click.echo(f"  orphan:   {o.archive_id}: parent {o.parent_id} is missing; not recorded")
+    for x in report.damaged:
+        click.echo(f"  damaged:  {x.key}: {x.reason}")
+    for lo in report.leftovers:
+        click.echo(f"  leftover: {lo.key}: {lo.reason}")
+    if report.foreign:
+        click.echo(f"  {len(report.foreign)} foreign {foreign} ignored, e.g. {report.foreign[0]}")
+
+
+def print_snapshot_records(snaps: Any, dry_run: bool) -> None:
+    """Print the ``snapshots`` rows a rebuild added (or would add) and what it could not read."""
+    for r in snaps.added:
+        click.echo(
+            f"  snapshot {'would add' if dry_run else 'added'}: {r['bucket']} {r['version']}"
+            f" ({r['name'] or '-'}; policy {r['policy'] or '-'}, archive {r['archive_id'] or '-'})"
+        )
+    for u in snaps.unreadable:
+        click.echo(f"  snapshots not read: {u}")
+
+
+# errors -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn an error into one line on stderr and the process's exit code: an
+    :class:`~backup.errors.Error` its own code, Ctrl-C 130, an AWS SDK error 1. Anything
+    else is a bug and keeps its traceback."""
+    try:
+        yield
+    except Error as e:
+        # the message is text, not markup: a path like "a[1]" must print as it is
+        err.print(f"[red]error:[/red] {escape(e.get_message())}", markup=True, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:
+        # The storage layer turns the answers it expects into its own errors; what the AWS
+        # SDK raises beyond those is about the environment (no credentials, an endpoint that
+        # does not answer, a denied call) and its message says which, without secrets.
+        boto = sys.modules.get("botocore.exceptions")
+        if boto is None or not isinstance(e, boto.BotoCoreError | boto.ClientError):
+            raise
+        text = " ".join(str(e).split()) or type(e).__name__
+        err.print(f"[red]error:[/red] {escape(f'S3: {text}')}", markup=True, soft_wrap=True)
+        sys.exit(1)
+
+
+def handled(f: F) -> F:
+    """Decorate a command so that its errors end it as :func:`errors` says."""
+
+    @functools.wraps(f)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        with errors():
+            return f(*a, **kw)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,175 @@
+"""``backup worker``, ``backup scheduler`` and ``backup serve``: the long-running processes
+that carry jobs out (Celery workers) and start them (the scheduler).
+
+Invariants: a ``--config`` given on the command line reaches the worker processes (they
+read settings from the environment); the queue names given are checked before Celery
+starts; the scheduler stops cleanly on SIGTERM and SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..settings import Settings
+from .context import Ctx
+from .output import handled
+
+__all__ = ["register"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ALL_QUEUES = "pack,restore,poll,notify,default"
+
+
+def _export_settings(settings: Settings) -> None:
+    """Worker processes read settings from the environment: pass on a ``--config``."""
+    os.environ["BACKUP_CONFIG"] = str(settings.config)
+    from ..settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _queues(text: str) -> list[str]:
+    from ..jobs.dispatch import QUEUES
+
+    names = [q.strip() for q in text.split(",") if q.strip()]
+    bad = [q for q in names if q not in QUEUES and not re.fullmatch(r"pack-[\w.-]+", q)]
+    if bad or not names:
+        raise click.BadParameter(
+            f"unknown queue(s) {', '.join(bad) or '(none)'}; queues are {', '.join(QUEUES)}, "
+            "and pack-NAME for policies with queue = NAME",
+            param_hint="--queues",
+        )
+    return names
+
+
+def _worker_argv(
+    settings: Settings, queues: list[str], concurrency: int, pool: str, level: str
+) -> list[str]:
+    from ..jobs.dispatch import queue_name
+
+    return [
+        "worker",
+        "-Q",
+        ",".join(queue_name(settings, q) for q in queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-l",
+        level,
+        "-n",
+        f"backup-{os.getpid()}@%h",
+        "-O",
+        "fair",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def _worker_options(f: F) -> F:
+    """The options of the commands that run a Celery worker (worker, serve)."""
+    f = click.option("--loglevel", default="info", show_default=True)(f)
+    f = click.option(
+        "--pool",
+        type=click.Choice(["prefork", "threads", "solo"]),
+        default="prefork",
+        show_default=True,
+    )(f)
+    return click.option(
+        "--concurrency",
+        type=click.IntRange(1),
+        default=os.cpu_count() or 1,
+        show_default="CPU count",
+    )(f)
+
+
+@click.command()
+@click.option("--queues", default=ALL_QUEUES, show_default=True, help="Queues to consume.")
+@_worker_options
+@click.pass_obj
+@handled
+def worker(obj: Ctx, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
+    """Run a Celery worker. Restore workers (queue 'restore') need BACKUP_IDENTITY;
+    backup workers need only the policies' recipients."""
+    names = _queues(queues)
+    _export_settings(obj.settings)
+    from workers.tasks import app
+
+    from ..jobs.dispatch import broker_url, redact
+
+    _logging(loglevel)
+    logging.getLogger("backup").info(
+        "worker on %s, queues %s", redact(broker_url(obj.settings)), ",".join(names)
+    )
+    app.worker_main(_worker_argv(obj.settings, names, concurrency, pool, loglevel))
+
+
+@click.command()
+@click.option("--loglevel", default="info", show_default=True)
+@click.pass_obj
+@handled
+def scheduler(obj: Ctx, loglevel: str) -> None:
+    """Run the scheduler: policies on their schedules, and the sweep that re-queues lost
+    and orphaned jobs. Start several for availability: one is active at a time."""
+    _export_settings(obj.settings)
+    from workers.scheduler import Scheduler
+    from workers.tasks import app
+
+    _logging(loglevel)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Scheduler(obj.settings, app).run(stop)
+
+
+@click.command()
+@_worker_options
+@click.pass_obj
+@handled
+def serve(obj: Ctx, concurrency: int, pool: str, loglevel: str) -> None:
+    """Worker and scheduler in one process, for a single machine. Without
+    BACKUP_BROKER_URL it needs no server: the queue is a SQLite file."""
+    _export_settings(obj.settings)
+    from workers.scheduler import Scheduler
+    from workers.tasks import app
+
+    from ..jobs.dispatch import QUEUES, broker_url, redact
+
+    _logging(loglevel)
+    logging.getLogger("backup").info("serving on %s", redact(broker_url(obj.settings)))
+    stop = threading.Event()
+    t = threading.Thread(
+        target=Scheduler(obj.settings, app).run, args=(stop,), name="scheduler", daemon=True
+    )
+    t.start()
+    try:
+        app.worker_main(_worker_argv(obj.settings, list(QUEUES), concurrency, pool, loglevel))
+    finally:
+        stop.set()
+        t.join(timeout=10)
+
+
+def register(cli: click.Group) -> None:
+    """Add ``worker``, ``scheduler`` and ``serve`` to the ``backup`` group."""
+    cli.add_command(worker)
+    cli.add_command(scheduler)
+    cli.add_command(serve)

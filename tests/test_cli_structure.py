@@ -1,0 +1,74 @@
+"""The CLI package's shape: imports flow one way (``__init__`` → ``*_cmd`` → ``queueing`` →
+``context``/``output``), and starting the command imports none of the heavy libraries."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import backup.cli
+
+PACKAGE = Path(backup.cli.__file__).parent
+
+#: what each kind of module of the package may import from the package itself
+ALLOWED = {
+    "context": set(),
+    "output": set(),
+    "queueing": {"context", "output"},
+    "cmd": {"context", "output", "queueing"},
+}
+
+
+def _package_imports(path: Path) -> set[str]:
+    """Returns: the modules of ``backup.cli`` that ``path`` imports ("" for ``__init__``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:  # from . import x, y
+                found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "backup.cli" or node.module.startswith("backup.cli."):
+                found.add(node.module.removeprefix("backup.cli").lstrip(".").split(".")[0])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("backup.cli"):
+                    found.add(a.name.removeprefix("backup.cli").lstrip(".").split(".")[0])
+    return found
+
+
+def test_imports_flow_one_way() -> None:
+    modules = sorted(p for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    commands = [p for p in modules if p.stem.endswith("_cmd")]
+    assert len(commands) >= 8
+    for p in modules:
+        kind = "cmd" if p.stem.endswith("_cmd") else p.stem
+        assert kind in ALLOWED, f"{p.name}: a module of a kind this test does not know"
+        imported = _package_imports(p)
+        assert imported <= ALLOWED[kind], f"{p.name} imports {sorted(imported - ALLOWED[kind])}"
+
+
+def test_every_command_module_registers_its_commands() -> None:
+    from backup.cli import cli
+
+    names = set()
+    for p in sorted(PACKAGE.glob("*_cmd.py")):
+        tree = ast.parse(p.read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "register" for n in tree.body), p
+        names.add(p.stem)
+    assert set(cli.commands) == {
+        "bucket", "hold", "inventory", "job", "keys", "list", "prune", "restore", "run",
+        "schedule", "scheduler", "serve", "show", "snapshot", "status", "verify", "worker",
+    }  # fmt: skip
+
+
+def test_starting_the_command_imports_no_heavy_library() -> None:
+    heavy = ("sqlalchemy", "celery", "kombu", "apprise", "boto3", "workers")
+    code = f"import sys, backup.cli\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert proc.stdout.strip() == "[]"
