@@ -38,6 +38,7 @@ from .errors import ArchiveNotFound, NoArchiveAt, TargetError
 from .inventory import Archive, Inventory
 from .settings import DEFAULT_RETRIEVAL_PRICES
 from .targets import Readiness, Target, open_target
+from .times import parse_service_time
 
 __all__ = [
     "COLD_CLASSES",
@@ -507,7 +508,7 @@ def _s3_events(doc: dict[str, Any]) -> list[RestoreEvent]:
             RestoreEvent(
                 bucket=str(s3.get("bucket", {}).get("name", "")),
                 key=unquote_plus(str(s3.get("object", {}).get("key", ""))),
-                expires=_parse_time(restore.get("lifecycleRestorationExpiryTime")),
+                expires=parse_service_time(restore.get("lifecycleRestorationExpiryTime")),
                 storage_class=restore.get("lifecycleRestoreStorageClass"),
             )
         )
@@ -523,7 +524,7 @@ def _vault_event(doc: dict[str, Any]) -> RestoreEvent | None:
     status = doc.get("StatusCode")
     if status not in ("Succeeded", "Failed"):
         return None
-    done = _parse_time(doc.get("CompletionDate"))
+    done = parse_service_time(doc.get("CompletionDate"))
     return RestoreEvent(
         bucket="",
         key="",
@@ -544,15 +545,6 @@ def _events(body: str) -> list[RestoreEvent]:
         return _s3_events(doc)
     ev = _vault_event(doc)
     return [ev] if ev is not None else []
-
-
-def _parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 def read_restore_events(

@@ -34,6 +34,7 @@ from ..targets.glacier import (
     parse_ref,
     vault_error,
 )
+from ..times import parse_service_time
 from . import Archive, Inventory
 
 __all__ = [
@@ -124,15 +125,6 @@ class SyncReport:
         }
 
 
-def _time(text: Any) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
-
-
 def start_inventory_job(target: GlacierTarget) -> str:
     """Start an inventory-retrieval job, or reuse one running or finished (output kept).
 
@@ -204,12 +196,12 @@ def fetch_inventory(
                 archive_id=str(a["ArchiveId"]),
                 key=parsed["key"] if parsed else None,
                 size=int(a.get("Size", 0)),
-                created=_time(a.get("CreationDate")),
+                created=parse_service_time(a.get("CreationDate")),
                 tree_hash=a.get("SHA256TreeHash"),
                 description=desc,
             )
         )
-    return _time(doc.get("InventoryDate")), out
+    return parse_service_time(doc.get("InventoryDate")), out
 
 
 def reconcile(

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlparse
 from botocore.exceptions import ClientError
 
 from ..errors import SnapshotError
+from ..targets.awserrors import error_code, http_status, response_headers
 from .base import (
     At,
     ForkResult,
@@ -159,11 +160,11 @@ def probe(client: Any, bucket: str) -> str:
         resp = client.head_bucket(Bucket=bucket)
         headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     except ClientError as e:
-        headers = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if status != 404:
-            code = e.response.get("Error", {}).get("Code", "") or status
-            raise SnapshotError(bucket, f"HeadBucket failed: {code}") from None
+        headers = response_headers(e)
+        if http_status(e) != 404:
+            raise SnapshotError(
+                bucket, f"HeadBucket failed: {error_code(e, or_status=True)}"
+            ) from None
     return "tigris" if any(k.lower().startswith("x-tigris-") for k in headers) else "versioned"
 
 

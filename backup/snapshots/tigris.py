@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from botocore.exceptions import ClientError
 
 from ..errors import SnapshotError
+from ..targets.awserrors import error_code, is_missing
 from .base import (
     At,
     ForkResult,
@@ -96,12 +97,6 @@ def install_header_hooks(client: Any) -> Any:
 
 def _headers(resp: dict[str, Any]) -> dict[str, str]:
     return cast(dict[str, str], resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", "")) or str(
-        e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
-    )
 
 
 def parse_snapshot_name(bucket: str, raw: str, created: Any) -> SnapshotInfo | None:
@@ -181,7 +176,7 @@ class TigrisProvider(SnapshotProvider):
         self.list_requests = 0
 
     def _fail(self, e: ClientError, doing: str) -> SnapshotError:
-        return SnapshotError(self.bucket, f"{doing} failed: {_code(e)}")
+        return SnapshotError(self.bucket, f"{doing} failed: {error_code(e, or_status=True)}")
 
     @staticmethod
     def _version(at: At) -> str:
@@ -199,7 +194,10 @@ class TigrisProvider(SnapshotProvider):
             )
             return
         except ClientError as e:
-            if _code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            if error_code(e, or_status=True) not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
                 raise self._fail(e, "creating the bucket with snapshots") from None
         if not self.lineage().snapshots_enabled:
             raise SnapshotError(
@@ -269,7 +267,7 @@ class TigrisProvider(SnapshotProvider):
         try:
             return cast(BinaryIO, self.client.get_object(**kw)["Body"])
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404"):
+            if is_missing(e, "NoSuchKey", "404"):
                 when = "now" if at is None else self._version(at)
                 raise SnapshotError(self.bucket, f"no object {key!r} at {when}") from None
             raise self._fail(e, f"reading {key!r}") from None

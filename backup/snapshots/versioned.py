@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from botocore.exceptions import ClientError
 
 from ..errors import SnapshotError
+from ..targets.awserrors import error_code, http_status, is_missing
 from .base import (
     At,
     ForkResult,
@@ -105,14 +106,6 @@ class _History:
     key: str
     entries: list[_Entry]
     ties: set[int]
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
-
-
-def _status(e: ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
 def _merge(key: str, versions: list[_Entry], markers: list[_Entry]) -> _History:
@@ -273,7 +266,7 @@ class VersionedProvider(SnapshotProvider):
     # snapshots ----------------------------------------------------------------------------
 
     def _error(self, e: ClientError, doing: str) -> SnapshotError:
-        code = _code(e) or str(_status(e))
+        code = error_code(e) or str(http_status(e))
         return SnapshotError(self.bucket, f"{doing} failed: {code}")
 
     def _versioning(self) -> str:
@@ -297,7 +290,7 @@ class VersionedProvider(SnapshotProvider):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as e:
-            if _status(e) != 404:
+            if http_status(e) != 404:
                 raise self._error(e, "HeadBucket") from None
             region = self.client.meta.region_name
             try:
@@ -509,7 +502,7 @@ class VersionedProvider(SnapshotProvider):
         try:
             return cast(BinaryIO, self.client.get_object(**kw)["Body"])
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "NoSuchVersion") or _status(e) == 404:
+            if is_missing(e, "NoSuchKey", "NoSuchVersion"):
                 raise SnapshotError(self.bucket, f"no object {key!r} at {_label(at)}") from None
             raise self._error(e, f"reading {key!r}") from None
 
@@ -528,7 +521,7 @@ class VersionedProvider(SnapshotProvider):
                 self.client.get_object(Bucket=self.bucket, Key=_LINEAGE)["Body"].read()
             )
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404") or _status(e) == 404:
+            if is_missing(e, "NoSuchKey", "404"):
                 return Lineage(self.bucket, enabled)
             raise self._error(e, "reading the lineage") from None
         return Lineage(
@@ -573,7 +566,7 @@ class VersionedProvider(SnapshotProvider):
             self.client.head_bucket(Bucket=new_bucket)
             exists = True
         except ClientError as e:
-            if _status(e) != 404:
+            if http_status(e) != 404:
                 raise self._error(e, f"HeadBucket {new_bucket}") from None
             exists = False
         done: dict[str, int] = {}
@@ -664,7 +657,7 @@ class VersionedProvider(SnapshotProvider):
         except ClientError as e:
             raise SnapshotError(
                 self.bucket,
-                f"copying {st.key!r} into {dest} failed: {_code(e) or _status(e)} "
+                f"copying {st.key!r} into {dest} failed: {error_code(e) or http_status(e)} "
                 "(run the fork again to resume)",
             ) from None
         return st

@@ -51,6 +51,8 @@ from urllib.parse import parse_qs, urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ObjectNotFound, TargetError
+from ..times import parse_service_time
+from .awserrors import error_code
 from .base import ObjectInfo, ObjectWriter, Readiness, RetrievalStatus, Target, WriteOptions
 from .s3client import glacier_client
 from .treehash import TreeHasher, chunk_hashes, tree_hash_of_hashes
@@ -177,7 +179,7 @@ def vault_error(e: BaseException) -> str:
 
 
 def _missing(e: ClientError) -> bool:
-    return e.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
+    return error_code(e) == "ResourceNotFoundException"
 
 
 class _Verified(io.RawIOBase):
@@ -517,16 +519,6 @@ class GlacierTarget(Target):
         ]
         return sorted(jobs, key=lambda j: str(j.get("CreationDate", "")), reverse=True)
 
-    @staticmethod
-    def _completed_at(job: dict[str, Any]) -> datetime | None:
-        text = job.get("CompletionDate")
-        if not text:
-            return None
-        try:
-            return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(UTC)
-        except ValueError:
-            return None
-
     def _status_of(self, job: dict[str, Any]) -> RetrievalStatus:
         code = job.get("StatusCode")
         tier = job.get("Tier")
@@ -535,7 +527,7 @@ class GlacierTarget(Target):
                 Readiness.PENDING, job_id=job["JobId"], storage_class="VAULT", tier=tier
             )
         if code == "Succeeded":
-            done = self._completed_at(job)
+            done = parse_service_time(job.get("CompletionDate"))
             expires = done + OUTPUT_KEPT if done else None
             if expires is None or expires > datetime.now(UTC):
                 return RetrievalStatus(
@@ -806,11 +798,7 @@ class GlacierTarget(Target):
         for u in self._uploads():
             if parse_description(u.get("ArchiveDescription")) is None:
                 continue
-            created = str(u.get("CreationDate", ""))
-            try:
-                when = datetime.fromisoformat(created.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if when < cutoff:
+            when = parse_service_time(u.get("CreationDate"))
+            if when is not None and when < cutoff:
                 stale.append(u)
         return sum(self._abort(u) for u in stale)

@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ObjectNotFound, TargetError
+from .awserrors import error_code, error_line, http_status, is_missing
 from .base import (
     ObjectInfo,
     ObjectLock,
@@ -165,25 +166,6 @@ def status_from_head(head: Mapping[str, Any], now: datetime) -> RetrievalStatus:
     return RetrievalStatus(Readiness.NOT_REQUESTED, storage_class=cls, expires=expires)
 
 
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
-
-
-def _status(e: ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def _is_missing(e: ClientError) -> bool:
-    return _code(e) in ("NoSuchKey", "404", "NotFound") or _status(e) == 404
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, ClientError):
-        err = e.response.get("Error", {})
-        return f"{err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
-    return f"{type(e).__name__}: {e}"
-
-
 class _Reader(io.RawIOBase):
     """A GET body that resumes (``Range`` from where it stopped, pinned by ``If-Match`` to
     the same ETag) when the connection breaks mid-stream, which botocore does not retry."""
@@ -207,7 +189,7 @@ class _Reader(io.RawIOBase):
                 break
             except (BotoCoreError, OSError) as e:
                 if self._retries <= 0:
-                    raise TargetError(self._t.url, f"reading {self._key!r}: {_why(e)}") from e
+                    raise TargetError(self._t.url, f"reading {self._key!r}: {error_line(e)}") from e
                 self._retries -= 1
                 self._body.close()
                 extra = {"IfMatch": self._etag} if self._etag else {}
@@ -219,7 +201,9 @@ class _Reader(io.RawIOBase):
                         **extra,
                     )
                 except ClientError as ce:
-                    raise TargetError(self._t.url, f"reading {self._key!r}: {_why(ce)}") from ce
+                    raise TargetError(
+                        self._t.url, f"reading {self._key!r}: {error_line(ce)}"
+                    ) from ce
                 self._body = resp["Body"]
         n = len(data)
         view[:n] = data
@@ -264,7 +248,7 @@ class S3Writer(ObjectWriter):
             resp = target.client.create_multipart_upload(**args)
         except (ClientError, BotoCoreError) as e:
             self._pool.shutdown(wait=False)
-            raise TargetError(target.url, f"cannot start upload of {key!r}: {_why(e)}") from e
+            raise TargetError(target.url, f"cannot start upload of {key!r}: {error_line(e)}") from e
         self._upload_id = resp["UploadId"]
 
     def _object_args(self) -> dict[str, Any]:
@@ -307,7 +291,9 @@ class S3Writer(ObjectWriter):
         if self._error is not None:
             err = self._error
             self.abort()
-            raise TargetError(self._t.url, f"cannot store {self._key!r}: {_why(err)}") from err
+            raise TargetError(
+                self._t.url, f"cannot store {self._key!r}: {error_line(err)}"
+            ) from err
 
     def _too_large(self) -> None:
         self.abort()
@@ -379,7 +365,7 @@ class S3Writer(ObjectWriter):
             try:
                 t.client.put_object(Body=b"", **args)
             except (ClientError, BotoCoreError) as e:
-                raise TargetError(t.url, f"cannot store {self._key!r}: {_why(e)}") from e
+                raise TargetError(t.url, f"cannot store {self._key!r}: {error_line(e)}") from e
             return self._key
         if self._buf or self.parts == 0:
             self._send_part()
@@ -396,7 +382,7 @@ class S3Writer(ObjectWriter):
             )
         except (ClientError, BotoCoreError) as e:
             self.abort()
-            raise TargetError(t.url, f"cannot store {self._key!r}: {_why(e)}") from e
+            raise TargetError(t.url, f"cannot store {self._key!r}: {error_line(e)}") from e
         self._finished = True
         o = self._opts
         if o.lock_mode is not None and o.retain_until is not None:
@@ -415,7 +401,7 @@ class S3Writer(ObjectWriter):
                 # an unlocked archive is not what the policy asked for: remove it
                 with contextlib.suppress(TargetError):
                     t.delete(self._key)
-                raise TargetError(t.url, f"cannot lock {self._key!r}: {_why(e)}") from e
+                raise TargetError(t.url, f"cannot lock {self._key!r}: {error_line(e)}") from e
         self._pool.shutdown(wait=False)
         return self._key
 
@@ -435,13 +421,13 @@ class S3Writer(ObjectWriter):
                 Bucket=self._t.bucket, Key=self._okey, UploadId=self._upload_id
             )
         except (ClientError, BotoCoreError) as e:
-            if not (isinstance(e, ClientError) and _code(e) == "NoSuchUpload"):
+            if not (isinstance(e, ClientError) and error_code(e) == "NoSuchUpload"):
                 # sweep_partial removes it later; say so rather than fail the caller's abort
                 log.warning(
                     "%s: could not abort the upload of %r (%s); sweep_partial will",
                     self._t.url,
                     self._key,
-                    _why(e),
+                    error_line(e),
                 )
 
 
@@ -552,9 +538,9 @@ class S3Target(Target):
         return self.prefix + key
 
     def _fail(self, ref: str, what: str, e: BaseException) -> TargetError:
-        if isinstance(e, ClientError) and _is_missing(e):
+        if isinstance(e, ClientError) and is_missing(e):
             return ObjectNotFound(self.url, ref)
-        return TargetError(self.url, f"{what} {ref!r}: {_why(e)}")
+        return TargetError(self.url, f"{what} {ref!r}: {error_line(e)}")
 
     def _head(self, ref: str) -> dict[str, Any]:
         try:
@@ -600,8 +586,8 @@ class S3Target(Target):
                 },
             )
         except ClientError as e:
-            code = _code(e)
-            if code == "RestoreAlreadyInProgress" or _status(e) == 409:
+            code = error_code(e)
+            if code == "RestoreAlreadyInProgress" or http_status(e) == 409:
                 return RetrievalStatus(Readiness.PENDING, tier=tier)
             if code == "InvalidObjectState":
                 return self.retrieval_status(ref)
@@ -634,7 +620,7 @@ class S3Target(Target):
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self.object_key(ref))
         except ClientError as e:
-            if _code(e) == "InvalidObjectState":
+            if error_code(e) == "InvalidObjectState":
                 raise TargetError(
                     self.url,
                     f"{ref!r} is in a cold storage class: request a retrieval and wait for it",
@@ -662,7 +648,7 @@ class S3Target(Target):
                     if v.get("Key") == okey:
                         versions.append((okey, v.get("VersionId")))
         except ClientError as e:
-            if _code(e) not in ("AccessDenied", "NotImplemented"):
+            if error_code(e) not in ("AccessDenied", "NotImplemented"):
                 raise self._fail(ref, "cannot delete", e) from e
             versions = [(okey, None)]  # no permission to list versions: a plain delete
         except BotoCoreError as e:
@@ -674,9 +660,9 @@ class S3Target(Target):
                 else:
                     self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid)
             except ClientError as e:
-                if _is_missing(e):
+                if is_missing(e):
                     continue
-                if _code(e) == "AccessDenied":
+                if error_code(e) == "AccessDenied":
                     raise TargetError(
                         self.url,
                         f"cannot delete {ref!r}: refused (Object Lock retention or a legal "
@@ -702,7 +688,7 @@ class S3Target(Target):
                 for o in page.get("Contents", [])
             ]
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list {prefix!r}: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list {prefix!r}: {error_line(e)}") from e
         yield from sorted(found, key=lambda o: o.key)
 
     def exists(self, ref: str) -> bool:
@@ -746,9 +732,11 @@ class S3Target(Target):
                 Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
             )
         except ClientError as e:
-            if _code(e) == "NoSuchUpload":
+            if error_code(e) == "NoSuchUpload":
                 return False
-            raise TargetError(self.url, f"cannot abort upload of {up['Key']!r}: {_why(e)}") from e
+            raise TargetError(
+                self.url, f"cannot abort upload of {up['Key']!r}: {error_line(e)}"
+            ) from e
         return True
 
     def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
@@ -756,7 +744,7 @@ class S3Target(Target):
         try:
             keys = sorted(u["Key"][len(self.prefix) :] for u in self._uploads(self.prefix + prefix))
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list uploads: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list uploads: {error_line(e)}") from e
         return tuple(keys)
 
     def abandon_partial(self, key: str) -> int:
@@ -772,7 +760,7 @@ class S3Target(Target):
         try:
             return sum(self._abort(u) for u in list(self._uploads(okey)) if u["Key"] == okey)
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list uploads of {key!r}: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list uploads of {key!r}: {error_line(e)}") from e
 
     def sweep_partial(self, older_than: timedelta = timedelta(hours=24)) -> int:
         """Abort multipart uploads under the target's prefix started more than
@@ -789,7 +777,7 @@ class S3Target(Target):
             stale = [u for u in self._uploads(self.prefix) if u["Initiated"] < cutoff]
             return sum(self._abort(u) for u in stale)
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list uploads: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list uploads: {error_line(e)}") from e
 
     # Object Lock -----------------------------------------------------------------------
 
