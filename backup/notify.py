@@ -7,9 +7,10 @@ Invariants:
   returned as a :class:`NotifyResult` and logged.
 - **Secrets in Apprise URLs never reach a log or a result.** Apprise URLs carry passwords
   and tokens in the user info, the host (``tgram://BOT_TOKEN/...``), the path
-  (``discord://ID/TOKEN``) and the query. Only :func:`redact_url`'s form of a URL is logged
-  or returned, and while a URL is being sent its secret parts are scrubbed from every
-  record of Apprise's ``apprise`` logger and of the HTTP client's loggers, whichever
+  (``discord://ID/TOKEN``) and the query. Only :func:`privacy_url`'s form of a URL is logged
+  or returned (Apprise's own privacy form for the scheme, with every part that may be a
+  token masked as well), and while a URL is being sent its secret parts are scrubbed from
+  every record of Apprise's ``apprise`` logger and of the HTTP client's loggers, whichever
   handler the application attached.
 - **Messages take plain values** (strings, numbers, datetimes), never ORM rows, so they can
   be built anywhere: in a worker, in a test, in the CLI.
@@ -29,7 +30,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 from .errors import NotifyTargetError
 from .redact import (
@@ -55,6 +57,7 @@ __all__ = [
     "human_bytes",
     "human_duration",
     "is_target_name",
+    "privacy_url",
     "redact_url",
     "resolve_targets",
     "send",
@@ -106,9 +109,50 @@ def credentials_in(url: str) -> list[str]:
     return found
 
 
+def _instantiate(url: str) -> Any:
+    """Returns: Apprise's plugin for ``url`` (its secrets kept in memory only), or None
+    when Apprise does not understand it."""
+    import apprise
+
+    asset = apprise.AppriseAsset(storage_mode="memory")
+    return apprise.Apprise.instantiate(url, asset=asset, suppress_exceptions=True)
+
+
+def privacy_url(url: str) -> str:
+    """An Apprise URL fit for logs, as Apprise's plugin for its scheme writes it with privacy
+    on (each scheme's passwords and tokens masked as that plugin knows them), keeping of the
+    query only what the URL gave; then, because a plugin may take a secret for an address
+    (``json://host/TOKEN``'s path), every part :func:`backup.redact.redact_url` would mask
+    is masked too. A URL Apprise cannot parse gets :func:`~backup.redact.redact_url`'s form.
+
+    Args:
+        url: an Apprise URL.
+
+    Returns:
+        e.g. ``discord://1...6/***/`` for ``discord://112233445566/TokenAbCdEf``.
+    """
+    _install_filter()  # Apprise logs the URL it loads: scrubbed like a send's records
+    with _active.active(url_secrets(url)):
+        try:
+            plugin = _instantiate(url)
+            shown = str(plugin.url(privacy=True)) if plugin is not None else ""
+        except Exception:  # a plugin bug: the generic form is always safe
+            shown = ""
+    if not shown:
+        return redact_url(url)
+    given = split_url(url)
+    keys = {k.lower() for k, _ in given.query} if given else set()
+    base, _, query = shown.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() in keys]
+    shown = base + ("?" + "&".join(f"{k}={v}" for k, v in kept) if kept else "")
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        shown = shown.replace(secret, MASK)
+    return shown
+
+
 def shown_target(entry: str) -> str:
-    """Returns: a target as shown to users: a name as it is, a URL redacted."""
-    return entry if is_target_name(entry) else redact_url(entry)
+    """Returns: a target as shown to users: a name as it is, a URL as :func:`privacy_url`."""
+    return entry if is_target_name(entry) else privacy_url(entry)
 
 
 def check_request_targets(entries: Sequence[str], *, here: bool) -> list[str]:
@@ -147,7 +191,7 @@ def check_request_targets(entries: Sequence[str], *, here: bool) -> list[str]:
         found = credentials_in(entry)
         if found:
             raise NotifyTargetError(
-                redact_url(entry),
+                privacy_url(entry),
                 f"it holds {' and '.join(found)}, and a request's targets are stored in the "
                 "inventory: define it as a named target instead, BACKUP_NOTIFY_<NAME>=URL in "
                 "the environment of the processes that send it, and pass --notify <NAME>",
@@ -318,10 +362,7 @@ def _attempt(url: str, title: str, body: str, level: Level, timeout: float) -> s
     Raises:
         _Unusable: the URL is not one Apprise can send to.
     """
-    import apprise
-
-    asset = apprise.AppriseAsset(storage_mode="memory")
-    plugin = apprise.Apprise.instantiate(url, asset=asset, suppress_exceptions=True)
+    plugin = _instantiate(url)
     if plugin is None:
         raise _Unusable("not a URL Apprise understands (unknown scheme or missing parts)")
     plugin.socket_connect_timeout = timeout
@@ -371,7 +412,7 @@ def send(
     outcomes: list[UrlOutcome] = []
     tries = max(1, attempts)
     for url in dict.fromkeys(urls):
-        shown = redact_url(url)
+        shown = privacy_url(url)
         secrets = url_secrets(url)
         error: str | None = None
         n = 0
