@@ -49,6 +49,7 @@ from .units import human_bytes, human_duration, short_bytes
 
 __all__ = [
     "NotifyResult",
+    "RetryLater",
     "UrlOutcome",
     "check_request_targets",
     "credentials_in",
@@ -317,12 +318,14 @@ class UrlOutcome:
         ok: whether it took the message.
         attempts: how many times it was tried.
         error: why the last attempt failed (secrets masked), or None.
+        retryable: it failed in a way a later try may not (not a URL Apprise cannot parse).
     """
 
     url: str
     ok: bool
     attempts: int
     error: str | None = None
+    retryable: bool = False
 
 
 @dataclass(frozen=True)
@@ -345,8 +348,27 @@ class NotifyResult:
         """Returns: the URLs that did not take the message."""
         return [o for o in self.outcomes if not o.ok]
 
+    @property
+    def retryable(self) -> list[int]:
+        """Returns: the positions (in the URLs sent, duplicates dropped) of the URLs that
+        failed in a way a later try may not."""
+        return [i for i, o in enumerate(self.outcomes) if o.retryable]
+
     def __bool__(self) -> bool:
         return self.ok
+
+
+class RetryLater(Exception):
+    """Some URLs failed and are to be tried again later, by the task queue's retry.
+
+    Attributes:
+        pending: the positions of those URLs in the job's list of URLs (no URL itself: the
+            retry travels through the broker).
+    """
+
+    def __init__(self, pending: list[int]) -> None:
+        super().__init__(f"{len(pending)} notification URL(s) to try again")
+        self.pending = pending
 
 
 class _Unusable(Exception):
@@ -394,8 +416,11 @@ def send(
     """Send one message to every URL; never raises.
 
     Each URL is tried on its own, up to ``attempts`` times, waiting ``backoff``, then twice
-    that, and so on between tries (a URL Apprise cannot parse is not retried). Failed tries are logged at WARNING and a URL given up on at
-    ERROR, always with the URL redacted.
+    that, and so on between tries (a URL Apprise cannot parse is not retried): the bounded
+    retry of a send in the process that asked for it (a command's ``--notify``). A worker
+    tries once (``attempts=1``) and leaves the rest to the task queue's retry with backoff
+    (:class:`RetryLater`, ``workers/tasks.py``), so no worker process sleeps. Failed tries
+    are logged at WARNING and a URL given up on at ERROR, always with the URL redacted.
 
     Args:
         urls: Apprise URLs (duplicates are sent once).
@@ -415,13 +440,14 @@ def send(
         shown = privacy_url(url)
         secrets = url_secrets(url)
         error: str | None = None
+        unusable = False
         n = 0
         with _active.active(secrets):
             for n in range(1, tries + 1):
                 try:
                     error = _attempt(url, title, body, level, timeout)
                 except _Unusable as e:
-                    error = str(e)
+                    error, unusable = str(e), True
                     break
                 except Exception as e:  # never raise, whatever Apprise does
                     error = f"{type(e).__name__}: {e}"
@@ -439,7 +465,9 @@ def send(
             log.info("notification sent to %s", shown)
         else:
             log.error("notification to %s failed after %d tries: %s", shown, n, error)
-        outcomes.append(UrlOutcome(shown, error is None, n, error))
+        outcomes.append(
+            UrlOutcome(shown, error is None, n, error, error is not None and not unusable)
+        )
     return NotifyResult(outcomes)
 
 

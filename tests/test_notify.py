@@ -393,3 +393,64 @@ def test_human_units() -> None:
     assert human_duration(0.42) == "0.4 s" and human_duration(59) == "59 s"
     assert human_duration(125) == "2 min 5 s" and human_duration(3600) == "1 h 0 min"
     assert human_duration(2 * 86400 + 3 * 3600) == "2 d 3 h"
+
+
+# -- the worker's retry: Celery's, not sleeps -------------------------------------------------
+
+
+def _notify_task_env(env: Any, urls: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A finished backup job whose policy notifies ``urls``, the notify task using a runner
+    on the test inventory, run with ``apply`` (eager: a retry runs at once, in this process,
+    its countdown recorded)."""
+    from backup.inventory import Inventory
+    from backup.runner import Runner
+    from backup.settings import Settings
+    from workers import tasks
+
+    listed = ", ".join(f'"{u}"' for u in urls)
+    env.config.write_text(env.config.read_text() + f"[policy.notify]\non_success = [{listed}]\n")
+    settings = Settings(config=env.config, inventory_url=env.inventory_url)
+    runner = Runner(Inventory(env.inventory_url), settings, lambda t, j: None, "w:1")
+    job = runner.store.create("backup", policy="p", state="queued")
+    assert job is not None and runner.run_backup(job.id) == "done"
+    monkeypatch.setattr(tasks, "runner", lambda: runner)
+    waits: list[float] = []
+    real_retry = tasks.notify.retry
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        waits.append(kwargs["countdown"])
+        return real_retry(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.notify, "retry", spy)
+    return tasks, runner, job.id, waits
+
+
+def test_worker_retries_only_the_failed_urls_with_celery_backoff(
+    env: Any, receiver: Receiver, smtp: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver.statuses = [500, 503]
+    tasks, runner, job_id, waits = _notify_task_env(
+        env, [receiver.url("/hook"), smtp.url()], monkeypatch
+    )
+    t0 = time.monotonic()
+    tasks.notify.apply(args=[job_id])
+    assert time.monotonic() - t0 < 2  # no sleeps in the worker: the backoff is Celery's
+    assert waits == [2, 4]  # two retries, exponential backoff
+    assert len(receiver.requests) == 3  # failed twice, then took it
+    assert len(smtp.messages) == 1  # took it at once: not sent again on the retries
+    assert runner.store.get(job_id).notify_state == "sent"
+    # a second delivery of the task sends nothing
+    assert tasks.notify.apply(args=[job_id]).get() is False
+    assert len(receiver.requests) == 3
+
+
+def test_worker_gives_up_after_its_retries(
+    env: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver.statuses = [500] * 20
+    tasks, runner, job_id, waits = _notify_task_env(env, [receiver.url("/hook")], monkeypatch)
+    tasks.notify.apply(args=[job_id])
+    assert waits == [2, 4, 8, 16, 32][: tasks.NOTIFY_RETRIES]
+    assert len(receiver.requests) == tasks.NOTIFY_RETRIES + 1
+    assert runner.store.get(job_id).notify_state == "failed"
+    assert "failed" in runner.inventory.events(1)[0].message
