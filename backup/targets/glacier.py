@@ -41,7 +41,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -53,7 +53,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import ObjectNotFound, TargetError
 from ..times import parse_service_time
 from .awserrors import error_code
-from .base import ObjectInfo, ObjectWriter, Readiness, RetrievalStatus, Target, WriteOptions
+from .base import (
+    ObjectInfo,
+    ObjectWriter,
+    Readiness,
+    RestoreNotice,
+    RetrievalStatus,
+    Target,
+    WriteOptions,
+    check_key,
+)
 from .s3client import glacier_client
 from .treehash import TreeHasher, chunk_hashes, tree_hash_of_hashes
 
@@ -395,6 +404,30 @@ class GlacierWriter(ObjectWriter):
                 )
 
 
+class VaultRefs(set[str]):
+    """Archive ids of a vault that events name, as references (a bare archive id is one).
+
+    A job-completion message names the archive, not the key nor the tree hash the
+    inventory's reference (``KEY#ARCHIVE_ID#TREE_HASH``) also carries: ``ref in refs`` is
+    therefore true for any reference to a named archive, whatever its form. Only ``in``
+    looks at archive ids; other set operations compare the ids as strings.
+    """
+
+    def __init__(self, url: str, archive_ids: Iterable[str] = ()) -> None:
+        super().__init__(archive_ids)
+        self.url = url
+
+    def __contains__(self, ref: object) -> bool:
+        if not isinstance(ref, str):
+            return False
+        if super().__contains__(ref):
+            return True
+        try:
+            return super().__contains__(parse_ref(self.url, ref)[1])
+        except TargetError:
+            return False
+
+
 class GlacierTarget(Target):
     """One Glacier vault.
 
@@ -478,15 +511,37 @@ class GlacierTarget(Target):
         if isinstance(job, dict) and self.sns_topic:
             job.setdefault("SNSTopic", self.sns_topic)
 
+    reads_need_retrieval = True  # an archive is read from a retrieval job's output
+    lists_at_once = False  # listing a vault is an inventory job (backup inventory sync)
+    refs_are_keys = False  # KEY#ARCHIVE_ID#TREE_HASH: the vault names archives itself
+
+    def restored_refs(self, notices: Iterable[RestoreNotice]) -> VaultRefs:
+        """The archives of this vault whose job-completion messages are among ``notices``
+        (the vault's name, and its region and account where the target names them, match
+        the message's ``VaultARN``)."""
+        region = getattr(getattr(self.client, "meta", None), "region_name", None)
+        ids = []
+        for n in notices:
+            vault = n.vault
+            if n.archive_id is None or vault is None:
+                continue
+            v_region, v_account, v_name = vault
+            if v_name != self.vault:
+                continue
+            if self.account != "-" and v_account != self.account:
+                continue
+            if region and v_region and v_region != region:
+                continue
+            ids.append(n.archive_id)
+        return VaultRefs(self.url, ids)
+
     def _aid(self, ref: str) -> str:
         return parse_ref(self.url, ref)[1]
 
     def open_write(self, key: str, options: WriteOptions | None = None) -> GlacierWriter:
         """Start an upload. Of the options, tags go into the archive description; ``hot``
         and Object Lock do not apply to a vault (vault lock policies are set on the vault)."""
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise TargetError(self.url, f"invalid object key {key!r}")
+        check_key(self.url, key)
         if "#" in key:
             raise TargetError(self.url, f"invalid object key {key!r}: '#' is not allowed")
         return GlacierWriter(self, key, options or WriteOptions())

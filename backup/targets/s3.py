@@ -32,7 +32,7 @@ import io
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -47,9 +47,11 @@ from .base import (
     ObjectLock,
     ObjectWriter,
     Readiness,
+    RestoreNotice,
     RetrievalStatus,
     Target,
     WriteOptions,
+    check_key,
 )
 from .s3client import s3_client
 
@@ -91,7 +93,6 @@ COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 #: retrieval tiers, fastest first
 TIERS = ("Expedited", "Standard", "Bulk")
 _CHECKSUMS = ("SHA256", "CRC32", "CRC32C", "SHA1")
-_PARTIAL = ".partial"
 _ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
 _EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"')
 
@@ -517,6 +518,16 @@ class S3Target(Target):
 
     # keys ------------------------------------------------------------------------------
 
+    def restored_refs(self, notices: Iterable[RestoreNotice]) -> set[str]:
+        """The references (keys without this target's prefix) of the objects in this bucket
+        whose restores the notices say completed."""
+        p = self.prefix
+        return {
+            n.key[len(p) :]
+            for n in notices
+            if n.archive_id is None and n.bucket == self.bucket and n.key.startswith(p)
+        }
+
     def object_key(self, key: str) -> str:
         """Args:
             key: a target key (``policy/id.tar.zst.age``).
@@ -527,14 +538,7 @@ class S3Target(Target):
         Raises:
             TargetError: for an invalid key.
         """
-        parts = key.split("/")
-        if (
-            not key
-            or key.startswith("/")
-            or any(p in ("", ".", "..") for p in parts)
-            or parts[0] == _PARTIAL
-        ):
-            raise TargetError(self.url, f"invalid object key {key!r}")
+        check_key(self.url, key)
         return self.prefix + key
 
     def _fail(self, ref: str, what: str, e: BaseException) -> TargetError:
