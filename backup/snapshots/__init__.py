@@ -16,18 +16,9 @@ from botocore.exceptions import ClientError
 
 from ..errors import SnapshotError
 from ..targets.awserrors import error_code, http_status, response_headers
-from .base import (
-    At,
-    ForkResult,
-    Lineage,
-    ObjectState,
-    Slice,
-    SnapshotInfo,
-    SnapshotProvider,
-    from_ns,
-    parse_at,
-    to_ns,
-)
+from . import base
+from .base import *  # noqa: F403  (the package is the contract's public face)
+from .base import SnapshotProvider
 from .tigris import TigrisProvider
 from .versioned import VersionedProvider
 
@@ -35,23 +26,14 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = [
-    "At",
-    "ForkResult",
-    "Lineage",
-    "ObjectState",
-    "Slice",
-    "SnapshotInfo",
-    "SnapshotProvider",
     "TigrisProvider",
     "VersionedProvider",
     "bucket_url",
     "check_bucket_name",
-    "from_ns",
     "open_provider",
-    "parse_at",
     "parse_bucket_url",
     "probe",
-    "to_ns",
+    *base.__all__,
 ]
 
 _MODES = ("tigris", "versioned")
