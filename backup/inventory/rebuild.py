@@ -199,6 +199,18 @@ class RebuildReport:
         differing records): the rebuild did what it could, and the report says what not."""
         return 3 if self.damaged or self.orphans or self.differing else 0
 
+    def log_event(self, inventory: Inventory) -> None:
+        """Record in the inventory's event log what the rebuild added (nothing when it added
+        nothing, or only would have: a dry run)."""
+        if self.added and not self.dry_run:
+            inventory.log(
+                "rebuild",
+                f"rebuilt {len(self.added)} archive(s) from {self.target}",
+                archives=len(self.added),
+                damaged=len(self.damaged),
+                orphans=len(self.orphans),
+            )
+
     def to_json(self) -> dict[str, Any]:
         """Returns: the report as JSON-ready data."""
         d = asdict(self)
@@ -558,12 +570,5 @@ def rebuild(
                 report.orphans.append(Orphan(p.archive.id, p.archive.parent_id))
             break
         waiting = later
-    if report.added and not dry_run:
-        inventory.log(
-            "rebuild",
-            f"rebuilt {len(report.added)} archive(s) from {target.url}",
-            archives=len(report.added),
-            damaged=len(report.damaged),
-            orphans=len(report.orphans),
-        )
+    report.log_event(inventory)
     return report

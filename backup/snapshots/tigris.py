@@ -49,6 +49,7 @@ from .base import (
     check_name,
     from_ns,
 )
+from .s3listing import S3Listing
 from .versioned import diff_states
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class BundleStream:
         self.body.close()
 
 
-class TigrisProvider(SnapshotProvider):
+class TigrisProvider(S3Listing, SnapshotProvider):
     """A Tigris bucket with snapshots enabled.
 
     Args:
@@ -174,9 +175,6 @@ class TigrisProvider(SnapshotProvider):
         # Any: the typed client does not know the TigrisHeaders keyword the hooks add
         self.client: Any = install_header_hooks(client)
         self.list_requests = 0
-
-    def _fail(self, e: ClientError, doing: str) -> SnapshotError:
-        return SnapshotError(self.bucket, f"{doing} failed: {error_code(e, or_status=True)}")
 
     @staticmethod
     def _version(at: At) -> str:
@@ -241,19 +239,7 @@ class TigrisProvider(SnapshotProvider):
         kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
         if at is not None:
             kw[HEADERS_PARAM] = {"X-Tigris-Snapshot-Version": self._version(at)}
-        while True:
-            try:
-                page = self.client.list_objects_v2(**kw)
-            except ClientError as e:
-                raise self._fail(e, "listing objects") from None
-            self.list_requests += 1
-            for o in page.get("Contents", []):
-                yield ObjectState(
-                    o["Key"], int(o.get("Size", 0)), o.get("ETag", "").strip('"'), o["LastModified"]
-                )
-            if not page.get("IsTruncated"):
-                return
-            kw["ContinuationToken"] = page["NextContinuationToken"]
+        yield from self._objects(**kw)
 
     def read(self, key: str, at: At | None = None) -> BinaryIO:
         """Open ``key`` as of ``at`` (GetObject with the version header).

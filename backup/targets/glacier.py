@@ -64,6 +64,7 @@ from .base import (
     check_key,
 )
 from .s3client import glacier_client
+from .streams import BodyReader
 from .treehash import TreeHasher, chunk_hashes, tree_hash_of_hashes
 
 if TYPE_CHECKING:
@@ -191,24 +192,18 @@ def _missing(e: ClientError) -> bool:
     return error_code(e) == "ResourceNotFoundException"
 
 
-class _Verified(io.RawIOBase):
+class _Verified(BodyReader):
     """Job output, tree-hashed as it is read; the read that reaches the end raises if the
     hash differs from the archive's."""
 
     def __init__(self, url: str, ref: str, body: Any, expected: str | None) -> None:
-        self._url, self._ref, self._body, self._expected = url, ref, body, expected
+        super().__init__(body)
+        self._url, self._ref, self._expected = url, ref, expected
         self._hasher = TreeHasher()
         self._checked = False
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        data = self._body.read(len(view))
-        n = len(data)
-        view[:n] = data
-        if n:
+    def _seen(self, data: bytes) -> None:
+        if data:
             self._hasher.update(data)
         elif not self._checked:
             self._checked = True
@@ -219,12 +214,6 @@ class _Verified(io.RawIOBase):
                     f"retrieved {self._ref!r} does not match its tree hash "
                     f"({got} != {self._expected}): download corrupted",
                 )
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
 
 
 class GlacierWriter(ObjectWriter):
@@ -535,6 +524,13 @@ class GlacierTarget(Target):
             ids.append(n.archive_id)
         return VaultRefs(self.url, ids)
 
+    def _fail(self, ref: str, doing: str, e: BaseException) -> TargetError:
+        """Returns: the error for a failed request about ``ref``: ObjectNotFound when the
+        vault has no such archive (or job), else what the vault answered."""
+        if isinstance(e, ClientError) and _missing(e):
+            return ObjectNotFound(self.url, ref)
+        return TargetError(self.url, f"{doing} {ref!r}: {vault_error(e)}")
+
     def _aid(self, ref: str) -> str:
         return parse_ref(self.url, ref)[1]
 
@@ -606,11 +602,9 @@ class GlacierTarget(Target):
                 st = self._status_of(job)
                 if st.state is not Readiness.NOT_REQUESTED:
                     return st
-            except ClientError as e:
-                if not _missing(e):
+            except (ClientError, BotoCoreError) as e:
+                if not (isinstance(e, ClientError) and _missing(e)):
                     raise TargetError(self.url, f"cannot describe job: {vault_error(e)}") from e
-            except BotoCoreError as e:
-                raise TargetError(self.url, f"cannot describe job: {vault_error(e)}") from e
         best = RetrievalStatus(Readiness.NOT_REQUESTED, storage_class="VAULT")
         for job in self._archive_jobs(aid):  # newest first: a ready one wins, then a running
             st = self._status_of(job)
@@ -670,16 +664,8 @@ class GlacierTarget(Target):
                     "Description": f"backup restore of {parse_ref(self.url, ref)[0]}"[:1024],
                 },
             )
-        except ClientError as e:
-            if _missing(e):
-                raise ObjectNotFound(self.url, ref) from e
-            raise TargetError(
-                self.url, f"cannot start retrieval of {ref!r}: {vault_error(e)}"
-            ) from e
-        except BotoCoreError as e:
-            raise TargetError(
-                self.url, f"cannot start retrieval of {ref!r}: {vault_error(e)}"
-            ) from e
+        except (ClientError, BotoCoreError) as e:
+            raise self._fail(ref, "cannot start retrieval of", e) from e
         self._jobs[aid] = resp["jobId"]
         # the class lets pollers ask on the vault's schedule (hours), not every minute
         return RetrievalStatus(
@@ -749,16 +735,8 @@ class GlacierTarget(Target):
             resp = self.client.get_job_output(
                 accountId=self.account, vaultName=self.vault, jobId=job_id
             )
-        except ClientError as e:
-            if _missing(e):
-                raise ObjectNotFound(self.url, ref) from e
-            raise TargetError(
-                self.url, f"cannot read job output of {ref!r}: {vault_error(e)}"
-            ) from e
-        except BotoCoreError as e:
-            raise TargetError(
-                self.url, f"cannot read job output of {ref!r}: {vault_error(e)}"
-            ) from e
+        except (ClientError, BotoCoreError) as e:
+            raise self._fail(ref, "cannot read job output of", e) from e
         expected = str(job.get("SHA256TreeHash") or tree_hash or "") or None
         raw = _Verified(self.url, ref, resp["body"], expected)
         return io.BufferedReader(raw, MiB)
@@ -770,11 +748,10 @@ class GlacierTarget(Target):
             self.client.delete_archive(
                 accountId=self.account, vaultName=self.vault, archiveId=self._aid(ref)
             )
-        except ClientError as e:
-            if not _missing(e):
-                raise TargetError(self.url, f"cannot delete {ref!r}: {vault_error(e)}") from e
-        except BotoCoreError as e:
-            raise TargetError(self.url, f"cannot delete {ref!r}: {vault_error(e)}") from e
+        except (ClientError, BotoCoreError) as e:
+            err = self._fail(ref, "cannot delete", e)
+            if not isinstance(err, ObjectNotFound):  # deleting an absent archive is not an error
+                raise err from e
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         raise TargetError(

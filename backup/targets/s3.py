@@ -54,6 +54,7 @@ from .base import (
     check_key,
 )
 from .s3client import s3_client
+from .streams import BodyReader
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -167,27 +168,22 @@ def status_from_head(head: Mapping[str, Any], now: datetime) -> RetrievalStatus:
     return RetrievalStatus(Readiness.NOT_REQUESTED, storage_class=cls, expires=expires)
 
 
-class _Reader(io.RawIOBase):
+class _Reader(BodyReader):
     """A GET body that resumes (``Range`` from where it stopped, pinned by ``If-Match`` to
     the same ETag) when the connection breaks mid-stream, which botocore does not retry."""
 
     def __init__(self, target: S3Target, key: str, first: dict[str, Any]) -> None:
+        super().__init__(first["Body"])
         self._t = target
         self._key = key
-        self._body = first["Body"]
         self._etag = first.get("ETag")
         self._pos = 0
         self._retries = 5
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
+    def _read(self, n: int) -> bytes:
         while True:
             try:
-                data = self._body.read(len(view))
-                break
+                return bytes(self._body.read(n))
             except (BotoCoreError, OSError) as e:
                 if self._retries <= 0:
                     raise TargetError(self._t.url, f"reading {self._key!r}: {error_line(e)}") from e
@@ -206,15 +202,9 @@ class _Reader(io.RawIOBase):
                         self._t.url, f"reading {self._key!r}: {error_line(ce)}"
                     ) from ce
                 self._body = resp["Body"]
-        n = len(data)
-        view[:n] = data
-        self._pos += n
-        return n
 
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
+    def _seen(self, data: bytes) -> None:
+        self._pos += len(data)
 
 
 class S3Writer(ObjectWriter):
