@@ -99,6 +99,20 @@ class _Entry:
         return ObjectState(self.key, self.size, self.etag, from_ns(self.ns), self.version_id)
 
 
+def _entry(item: dict[str, Any], *, deleted: bool) -> _Entry:
+    """One ``Versions`` or ``DeleteMarkers`` item of a version listing (a marker has no
+    ETag nor size)."""
+    return _Entry(
+        item["Key"],
+        item.get("VersionId") or "null",
+        deleted,
+        bool(item.get("IsLatest")),
+        to_ns(item["LastModified"]),
+        "" if deleted else item.get("ETag", "").strip('"'),
+        0 if deleted else int(item.get("Size", 0)),
+    )
+
+
 @dataclass(slots=True)
 class _History:
     """A key's versions and delete markers, newest first, and the seconds in which a
@@ -198,29 +212,9 @@ class VersionedProvider(S3Listing, SnapshotProvider):
         for page in self._pages("list_object_versions", "listing versions", **kw):
             # a page holding only delete markers has no "Versions" at all, and vice versa
             for v in page.get("Versions", []):
-                pending.setdefault(v["Key"], ([], []))[0].append(
-                    _Entry(
-                        v["Key"],
-                        v.get("VersionId") or "null",
-                        False,
-                        bool(v.get("IsLatest")),
-                        to_ns(v["LastModified"]),
-                        v.get("ETag", "").strip('"'),
-                        int(v.get("Size", 0)),
-                    )
-                )
+                pending.setdefault(v["Key"], ([], []))[0].append(_entry(v, deleted=False))
             for m in page.get("DeleteMarkers", []):
-                pending.setdefault(m["Key"], ([], []))[1].append(
-                    _Entry(
-                        m["Key"],
-                        m.get("VersionId") or "null",
-                        True,
-                        bool(m.get("IsLatest")),
-                        to_ns(m["LastModified"]),
-                        "",
-                        0,
-                    )
-                )
+                pending.setdefault(m["Key"], ([], []))[1].append(_entry(m, deleted=True))
             truncated = bool(page.get("IsTruncated"))
             boundary = page.get("NextKeyMarker", "") if truncated else None
             # the key at the page boundary may continue on the next page, in either array

@@ -243,20 +243,13 @@ class Target(ABC):
         """Start an atomic streamed write of object ``key``, stored as ``options`` say."""
 
     def request_retrieval(self, ref: str, *, tier: str | None = None) -> RetrievalStatus:
-        """Ask for ``ref`` to be made readable; returns at once with its status. Default:
-        an always-readable target has nothing to ask for (:meth:`retrieval_status`).
-
-        Raises:
-            ObjectNotFound: when it is absent.
-        """
+        """Ask for ``ref`` to be made readable (ObjectNotFound if absent); returns at once
+        with its status. Default: an always-readable target has nothing to ask for."""
         return self.retrieval_status(ref)
 
     def retrieval_status(self, ref: str) -> RetrievalStatus:
-        """Tell whether ``ref`` can be opened now. Default: READY when it exists.
-
-        Raises:
-            ObjectNotFound: when it is absent.
-        """
+        """Tell whether ``ref`` can be opened now (ObjectNotFound if absent). Default: READY
+        when it exists."""
         if not self.exists(ref):
             raise ObjectNotFound(self.url, ref)
         return RetrievalStatus(Readiness.READY)
@@ -300,72 +293,30 @@ class Target(ABC):
         :meth:`abandon_partial` at once."""
 
     def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
-        """Name what interrupted writes under ``prefix`` left behind (for reports; see
-        :meth:`sweep_partial` to remove it). The base class knows of none.
-
-        Returns:
-            A description of each, its key where the target keeps it.
-        """
+        """Name what interrupted writes under ``prefix`` left (for reports; removing it is
+        :meth:`sweep_partial`'s), its key where the target keeps it. Default: none."""
         return ()
 
     def stat(self, ref: str) -> ObjectInfo:
-        """Describe one committed object (size, and storage class where there are classes).
-
-        Args:
-            ref: the object's reference.
-
-        Returns:
-            Its listing entry.
-
-        Raises:
-            ObjectNotFound: when it is absent.
-        """
+        """Describe one committed object, or raise ObjectNotFound. Default: from :meth:`list`."""
         for info in self.list(ref):
             if info.key == ref:
                 return info
         raise ObjectNotFound(self.url, ref)
 
     def describe(self, ref: str) -> tuple[ObjectInfo, RetrievalStatus]:
-        """An object's listing entry and retrieval status together (one request where the
-        target can answer both at once, as S3's HEAD does).
-
-        Args:
-            ref: the object's reference.
-
-        Returns:
-            (:meth:`stat`, :meth:`retrieval_status`).
-
-        Raises:
-            ObjectNotFound: when it is absent.
-        """
+        """:meth:`stat` and :meth:`retrieval_status` together (one request where the target
+        can answer both, as S3's HEAD does). Default: the two calls."""
         return self.stat(ref), self.retrieval_status(ref)
 
     def _no_lock(self) -> TargetError:
         return TargetError(self.url, "this target does not support object lock or legal holds")
 
     def set_legal_hold(self, ref: str, on: bool) -> None:
-        """Put a legal hold on an object (it cannot be deleted until the hold is off), or
-        take it off.
-
-        Args:
-            ref: the object's reference.
-            on: True to hold, False to release.
-
-        Raises:
-            TargetError: the target has no Object Lock.
-        """
+        """Put a legal hold on an object (no delete until it is off), or take it off.
+        Default: TargetError, no Object Lock (:attr:`supports_object_lock`)."""
         raise self._no_lock()
 
     def object_lock(self, ref: str) -> ObjectLock:
-        """Read an object's retention and legal hold.
-
-        Args:
-            ref: the object's reference.
-
-        Returns:
-            Its lock state.
-
-        Raises:
-            TargetError: the target has no Object Lock.
-        """
+        """Read an object's retention and legal hold. Default: TargetError, no Object Lock."""
         raise self._no_lock()

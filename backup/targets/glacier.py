@@ -55,7 +55,6 @@ from ..times import parse_service_time
 from .awserrors import error_code
 from .base import (
     ObjectInfo,
-    ObjectWriter,
     Readiness,
     RestoreNotice,
     RetrievalStatus,
@@ -64,7 +63,7 @@ from .base import (
     check_key,
 )
 from .s3client import glacier_client
-from .streams import BodyReader
+from .streams import BodyReader, PartWriter
 from .treehash import TreeHasher, chunk_hashes, tree_hash_of_hashes
 
 if TYPE_CHECKING:
@@ -216,7 +215,7 @@ class _Verified(BodyReader):
                 )
 
 
-class GlacierWriter(ObjectWriter):
+class GlacierWriter(PartWriter):
     """A streamed upload of one archive (see the module's description).
 
     Attributes:
@@ -225,8 +224,8 @@ class GlacierWriter(ObjectWriter):
     """
 
     def __init__(self, target: GlacierTarget, key: str, options: WriteOptions) -> None:
+        super().__init__(target.url, key)
         self._t = target
-        self._key = key
         self._desc = describe_archive(key, dict(options.tags))
         self._buf = bytearray()
         self._hashes: list[bytes] = []
@@ -238,20 +237,8 @@ class GlacierWriter(ObjectWriter):
         self._slots = threading.Semaphore(target.workers + 1)
         self._held = 0
         self.peak_parts_buffered = 0
-        self._lock = threading.Lock()
-        self._error: BaseException | None = None
-        self._finished = False
 
-    def _fail(self, e: BaseException) -> TargetError:
-        return TargetError(self._t.url, f"cannot store {self._key!r}: {vault_error(e)}")
-
-    def _check(self) -> None:
-        if self._finished:
-            raise TargetError(self._t.url, f"write to {self._key!r} after commit or abort")
-        if self._error is not None:
-            err = self._error
-            self.abort()
-            raise self._fail(err) from err
+    _why = staticmethod(vault_error)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._check()
@@ -298,7 +285,7 @@ class GlacierWriter(ObjectWriter):
         hashes = chunk_hashes(buf)
         self._hashes.extend(hashes)
         self._slots.acquire()  # bounded: at most workers + 1 parts held
-        with self._lock:
+        with self._cond:
             self._held += 1
             self.peak_parts_buffered = max(self.peak_parts_buffered, self._held)
         self._futures.append(
@@ -319,11 +306,9 @@ class GlacierWriter(ObjectWriter):
                     body=bytes(buf),
                 )
         except BaseException as e:
-            with self._lock:
-                if self._error is None:
-                    self._error = e
+            self._keep(e)
         finally:
-            with self._lock:
+            with self._cond:
                 self._held -= 1
             self._slots.release()
 
@@ -370,12 +355,8 @@ class GlacierWriter(ObjectWriter):
         return format_ref(self._key, resp["archiveId"], checksum)
 
     def abort(self) -> None:
-        if self._finished:
+        if not self._end():
             return
-        self._finished = True
-        with self._lock:
-            if self._error is None:
-                self._error = TargetError(self._t.url, f"upload of {self._key!r} aborted")
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._buf = bytearray()
@@ -385,12 +366,7 @@ class GlacierWriter(ObjectWriter):
                     accountId=self._t.account, vaultName=self._t.vault, uploadId=self._upload_id
                 )
             except (ClientError, BotoCoreError) as e:
-                log.warning(
-                    "%s: could not abort the upload of %r (%s); sweep_partial will",
-                    self._t.url,
-                    self._key,
-                    vault_error(e),
-                )
+                self._abort_failed(e)
 
 
 class VaultRefs(set[str]):

@@ -45,7 +45,6 @@ from .awserrors import error_code, error_line, http_status, is_missing
 from .base import (
     ObjectInfo,
     ObjectLock,
-    ObjectWriter,
     Readiness,
     RestoreNotice,
     RetrievalStatus,
@@ -54,7 +53,7 @@ from .base import (
     check_key,
 )
 from .s3client import s3_client
-from .streams import BodyReader
+from .streams import BodyReader, PartWriter
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -207,7 +206,7 @@ class _Reader(BodyReader):
         self._pos += len(data)
 
 
-class S3Writer(ObjectWriter):
+class S3Writer(PartWriter):
     """A streamed multipart upload of one object (see the module's description).
 
     Attributes:
@@ -217,8 +216,8 @@ class S3Writer(ObjectWriter):
     """
 
     def __init__(self, target: S3Target, key: str, options: WriteOptions) -> None:
+        super().__init__(target.url, key)
         self._t = target
-        self._key = key
         self._okey = target.object_key(key)
         self._opts = options
         self._buf = bytearray()
@@ -226,13 +225,10 @@ class S3Writer(ObjectWriter):
         self.parts = 0
         self._done_parts: dict[int, dict[str, Any]] = {}
         self._futures: list[Future[None]] = []
-        self._cond = threading.Condition()
         self._buffered = 0
         self._uploading = 0
         self.peak_buffered = 0
         self.peak_uploading = 0
-        self._error: BaseException | None = None
-        self._finished = False
         self._pool = ThreadPoolExecutor(target.workers, thread_name_prefix="s3-part")
         args = self._object_args()
         try:
@@ -275,16 +271,6 @@ class S3Writer(ObjectWriter):
                 self._send_part()
         self._size += n
         return n
-
-    def _check(self) -> None:
-        if self._finished:
-            raise TargetError(self._t.url, f"write to {self._key!r} after commit or abort")
-        if self._error is not None:
-            err = self._error
-            self.abort()
-            raise TargetError(
-                self._t.url, f"cannot store {self._key!r}: {error_line(err)}"
-            ) from err
 
     def _too_large(self) -> None:
         self.abort()
@@ -337,9 +323,7 @@ class S3Writer(ObjectWriter):
                 part[ck] = resp[ck]  # type: ignore[literal-required]
             self._done_parts[number] = part
         except BaseException as e:
-            with self._cond:
-                if self._error is None:
-                    self._error = e
+            self._keep(e)
         finally:
             with self._cond:
                 self._uploading = max(0, self._uploading - 1)
@@ -397,13 +381,8 @@ class S3Writer(ObjectWriter):
         return self._key
 
     def abort(self) -> None:
-        if self._finished:
+        if not self._end():
             return
-        self._finished = True
-        with self._cond:
-            if self._error is None:
-                self._error = TargetError(self._t.url, f"upload of {self._key!r} aborted")
-            self._cond.notify_all()
         # parts still uploading finish first, or an abort could leave them stored
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._buf = bytearray()
@@ -413,13 +392,7 @@ class S3Writer(ObjectWriter):
             )
         except (ClientError, BotoCoreError) as e:
             if not (isinstance(e, ClientError) and error_code(e) == "NoSuchUpload"):
-                # sweep_partial removes it later; say so rather than fail the caller's abort
-                log.warning(
-                    "%s: could not abort the upload of %r (%s); sweep_partial will",
-                    self._t.url,
-                    self._key,
-                    error_line(e),
-                )
+                self._abort_failed(e)
 
 
 class S3Target(Target):
