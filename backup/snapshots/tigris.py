@@ -38,7 +38,6 @@ from botocore.exceptions import ClientError
 from ..errors import SnapshotError
 from ..targets.awserrors import error_code, is_missing
 from .base import (
-    At,
     ForkResult,
     Lineage,
     ObjectState,
@@ -54,6 +53,8 @@ from .versioned import diff_states
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from .base import At
 
 __all__ = ["HEADERS_PARAM", "BundleStream", "TigrisProvider", "install_header_hooks"]
 

@@ -56,7 +56,6 @@ from botocore.exceptions import ClientError
 from ..errors import SnapshotError
 from ..targets.awserrors import error_code, http_status, is_missing
 from .base import (
-    At,
     ForkResult,
     Lineage,
     ObjectState,
@@ -72,6 +71,8 @@ from .s3listing import S3Listing
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from .base import At
 
 __all__ = ["RESERVED", "VersionedProvider"]
 

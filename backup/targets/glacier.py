@@ -53,21 +53,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import ObjectNotFound, TargetError
 from ..times import parse_service_time
 from .awserrors import error_code
-from .base import (
-    ObjectInfo,
-    Readiness,
-    RestoreNotice,
-    RetrievalStatus,
-    Target,
-    WriteOptions,
-    check_key,
-)
+from .base import ObjectInfo, Readiness, RetrievalStatus, Target, WriteOptions, check_key
 from .s3client import glacier_client
 from .streams import BodyReader, PartWriter
 from .treehash import TreeHasher, chunk_hashes, tree_hash_of_hashes
 
 if TYPE_CHECKING:
     from mypy_boto3_glacier import GlacierClient
+
+    from .base import RestoreNotice
 
 __all__ = [
     "MAX_DESCRIPTION",

@@ -46,7 +46,6 @@ from .base import (
     ObjectInfo,
     ObjectLock,
     Readiness,
-    RestoreNotice,
     RetrievalStatus,
     Target,
     WriteOptions,
@@ -57,6 +56,8 @@ from .streams import BodyReader, PartWriter
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from .base import RestoreNotice
 
 __all__ = [
     "COLD_CLASSES",
