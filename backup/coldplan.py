@@ -38,7 +38,7 @@ from .errors import ArchiveNotFound, NoArchiveAt, TargetError
 from .inventory import Archive, Inventory
 from .settings import DEFAULT_RETRIEVAL_PRICES
 from .targets import Readiness, Target, open_target
-from .targets.glacier import VaultRefs
+from .targets.vaultrefs import VaultRefs
 from .times import parse_service_time
 
 __all__ = [
