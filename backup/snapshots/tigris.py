@@ -40,8 +40,6 @@ from ..targets.awserrors import error_code, is_missing
 from .base import (
     ForkResult,
     Lineage,
-    ObjectState,
-    Slice,
     SnapshotInfo,
     SnapshotProvider,
     at_ns,
@@ -54,7 +52,7 @@ from .versioned import diff_states
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from .base import At
+    from .base import At, ObjectState, Slice
 
 __all__ = ["HEADERS_PARAM", "BundleStream", "TigrisProvider", "install_header_hooks"]
 
