@@ -419,6 +419,9 @@ def _notify_task_env(env: Any, urls: list[str], monkeypatch: pytest.MonkeyPatch)
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         waits.append(kwargs["countdown"])
+        # what goes through the broker: the job's id and the URLs' positions, never a URL
+        assert set(kwargs["kwargs"]) == {"again"}
+        assert all(type(i) is int for i in kwargs["kwargs"]["again"])
         return real_retry(*args, **kwargs)
 
     monkeypatch.setattr(tasks.notify, "retry", spy)
