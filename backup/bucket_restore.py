@@ -31,6 +31,7 @@ from .progress import Progress
 from .restore import restore
 from .snapshots import parse_bucket_url
 from .snapshots.source import SOURCE_TIME_META
+from .targets.awserrors import error_code, http_status
 from .targets.s3client import s3_client
 
 __all__ = ["BucketRestoreResult", "check_bucket_destination", "restore_to_bucket"]
@@ -96,8 +97,7 @@ def check_bucket_destination(
     try:
         client.head_bucket(Bucket=dbucket)
     except ClientError as e:
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = str(e.response.get("Error", {}).get("Code", ""))
+        status, code = http_status(e), error_code(e)
         if status == 404 or code in ("404", "NoSuchBucket"):
             raise SnapshotError(dbucket, "the destination bucket does not exist") from None
         if status == 403 or code in ("403", "AccessDenied"):

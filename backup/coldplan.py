@@ -38,6 +38,8 @@ from .errors import ArchiveNotFound, NoArchiveAt, TargetError
 from .inventory import Archive, Inventory
 from .settings import DEFAULT_RETRIEVAL_PRICES
 from .targets import Readiness, Target, open_target
+from .targets.vaultrefs import VaultRefs
+from .times import parse_service_time
 
 __all__ = [
     "COLD_CLASSES",
@@ -507,7 +509,7 @@ def _s3_events(doc: dict[str, Any]) -> list[RestoreEvent]:
             RestoreEvent(
                 bucket=str(s3.get("bucket", {}).get("name", "")),
                 key=unquote_plus(str(s3.get("object", {}).get("key", ""))),
-                expires=_parse_time(restore.get("lifecycleRestorationExpiryTime")),
+                expires=parse_service_time(restore.get("lifecycleRestorationExpiryTime")),
                 storage_class=restore.get("lifecycleRestoreStorageClass"),
             )
         )
@@ -523,7 +525,7 @@ def _vault_event(doc: dict[str, Any]) -> RestoreEvent | None:
     status = doc.get("StatusCode")
     if status not in ("Succeeded", "Failed"):
         return None
-    done = _parse_time(doc.get("CompletionDate"))
+    done = parse_service_time(doc.get("CompletionDate"))
     return RestoreEvent(
         bucket="",
         key="",
@@ -544,15 +546,6 @@ def _events(body: str) -> list[RestoreEvent]:
         return _s3_events(doc)
     ev = _vault_event(doc)
     return [ev] if ev is not None else []
-
-
-def _parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 def read_restore_events(
@@ -614,70 +607,18 @@ def read_restore_events(
     return out
 
 
-class VaultRefs(set[str]):
-    """Archive ids of a vault that events name, as references (a bare archive id is one).
-
-    A job-completion message names the archive, not the key nor the tree hash the
-    inventory's reference (``KEY#ARCHIVE_ID#TREE_HASH``) also carries: ``ref in refs`` is
-    therefore true for any reference to a named archive, whatever its form. Only ``in``
-    looks at archive ids; other set operations compare the ids as strings.
-    """
-
-    def __init__(self, url: str, archive_ids: Iterable[str] = ()) -> None:
-        super().__init__(archive_ids)
-        self.url = url
-
-    def __contains__(self, ref: object) -> bool:
-        if not isinstance(ref, str):
-            return False
-        if super().__contains__(ref):
-            return True
-        from .targets.glacier import parse_ref
-
-        try:
-            return super().__contains__(parse_ref(self.url, ref)[1])
-        except TargetError:
-            return False
-
-
 def refs_ready(target: Target, events: Iterable[RestoreEvent]) -> set[str]:
     """The references in ``target`` that events say are restored (S3), or whose retrieval
     job finished (a vault: succeeded or failed, either way worth checking now; a failed
-    job's archive is requested again by the check).
+    job's archive is requested again by the check): :meth:`Target.restored_refs`.
 
     Args:
-        target: an S3 target or a Glacier vault target (others: nothing is ever announced).
+        target: any target (one whose retrievals are never announced: nothing).
         events: from :func:`read_restore_events`.
 
     Returns:
         For S3, target references (keys without the target's prefix) in the target's bucket.
-        For a vault, a :class:`VaultRefs` of the archives jobs of this vault finished for
-        (the vault's name, and its region and account where the target names them, match
-        the message's ``VaultARN``): ``ref in`` it matches on the archive id.
+        For a vault, a :class:`VaultRefs` of the archives jobs of this vault finished for:
+        ``ref in`` it matches on the archive id.
     """
-    from .targets.glacier import GlacierTarget
-
-    events = list(events)
-    if isinstance(target, GlacierTarget):
-        region = getattr(getattr(target.client, "meta", None), "region_name", None)
-        ids = []
-        for e in events:
-            vault = e.vault
-            if e.archive_id is None or vault is None:
-                continue
-            v_region, v_account, v_name = vault
-            if v_name != target.vault:
-                continue
-            if target.account != "-" and v_account != target.account:
-                continue
-            if region and v_region and v_region != region:
-                continue
-            ids.append(e.archive_id)
-        return VaultRefs(target.url, ids)
-    bucket = getattr(target, "bucket", None)
-    prefix = getattr(target, "prefix", "")
-    return {
-        e.key[len(prefix) :]
-        for e in events
-        if e.archive_id is None and e.bucket == bucket and e.key.startswith(prefix)
-    }
+    return target.restored_refs(list(events))

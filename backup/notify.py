@@ -7,9 +7,10 @@ Invariants:
   returned as a :class:`NotifyResult` and logged.
 - **Secrets in Apprise URLs never reach a log or a result.** Apprise URLs carry passwords
   and tokens in the user info, the host (``tgram://BOT_TOKEN/...``), the path
-  (``discord://ID/TOKEN``) and the query. Only :func:`redact_url`'s form of a URL is logged
-  or returned, and while a URL is being sent its secret parts are scrubbed from every
-  record of Apprise's ``apprise`` logger and of the HTTP client's loggers, whichever
+  (``discord://ID/TOKEN``) and the query. Only :func:`privacy_url`'s form of a URL is logged
+  or returned (Apprise's own privacy form for the scheme, with every part that may be a
+  token masked as well), and while a URL is being sent its secret parts are scrubbed from
+  every record of Apprise's ``apprise`` logger and of the HTTP client's loggers, whichever
   handler the application attached.
 - **Messages take plain values** (strings, numbers, datetimes), never ORM rows, so they can
   be built anywhere: in a worker, in a test, in the CLI.
@@ -22,24 +23,33 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
-from urllib.parse import parse_qsl, unquote
+from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 from .errors import NotifyTargetError
+from .redact import (
+    MASK,
+    PLAIN_PARAMS,
+    hide_password,
+    public_host,
+    redact_url,
+    split_url,
+    url_secrets,
+)
 from .settings import is_notify_target_name as is_target_name
 from .settings import notify_target, notify_target_variable
+from .units import human_bytes, human_duration, short_bytes
 
 __all__ = [
     "NotifyResult",
+    "RetryLater",
     "UrlOutcome",
     "check_request_targets",
     "credentials_in",
@@ -48,6 +58,7 @@ __all__ = [
     "human_bytes",
     "human_duration",
     "is_target_name",
+    "privacy_url",
     "redact_url",
     "resolve_targets",
     "send",
@@ -57,129 +68,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Level = Literal["info", "success", "warning", "failure"]
-MASK = "***"
 
-# Query parameters whose values say how to deliver, never who may: shown as they are.
-_PLAIN_PARAMS = frozenset(
-    {"mode", "format", "overflow", "verify", "cto", "rto", "method", "priority", "port"}
-)
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")
 # Query parameters that name addresses or people, not credentials: a URL may be stored with
 # these (and the plain ones); any other query value may be a key, so it may not.
-_ADDRESS_PARAMS = _PLAIN_PARAMS | {"to", "from", "cc", "bcc", "name", "reply", "smtp", "user"}
+_ADDRESS_PARAMS = PLAIN_PARAMS | {"to", "from", "cc", "bcc", "name", "reply", "smtp", "user"}
 # Schemes whose path is where to deliver (an HTTP endpoint, a mail recipient), not a token as
 # it is for ``discord://ID/TOKEN``, ``gotify://host/TOKEN`` or ``ntfy://host/topic``
 _ADDRESS_PATH_SCHEMES = frozenset(
     {"json", "jsons", "xml", "xmls", "form", "forms", "mailto", "mailtos"}
 )
-_MIN_SECRET = 3  # shorter strings are not scrubbed from log text (it would garble it)
-
 
 # -- redaction ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Parts:
-    scheme: str
-    userinfo: str | None
-    host: str
-    port: str | None
-    path: str
-    query: list[tuple[str, str]]
-    fragment: str
-
-
-def _split(url: str) -> _Parts | None:
-    """Split an Apprise URL by hand: tokens make ``urllib`` choke (a bot token's ``:`` is not a
-    port), so the only structure trusted is ``scheme://[userinfo@]host[:port][/path][?q][#f]``."""
-    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", url.strip(), re.S)
-    if not m:
-        return None
-    scheme, rest = m.group(1), m.group(2)
-    rest, _, fragment = rest.partition("#")
-    rest, _, query = rest.partition("?")
-    slash = rest.find("/")
-    netloc, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
-    userinfo: str | None = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-    host, port = netloc, None
-    if netloc.startswith("[") and "]" in netloc:  # [IPv6]:port
-        end = netloc.index("]") + 1
-        host, tail = netloc[:end], netloc[end:]
-        port = tail[1:] if tail.startswith(":") and tail[1:].isdigit() else None
-        if tail and port is None:
-            host = netloc
-    elif ":" in netloc:
-        h, _, p = netloc.rpartition(":")
-        if p.isdigit() and ":" not in h:
-            host, port = h, p
-    pairs = parse_qsl(query, keep_blank_values=True)
-    return _Parts(scheme, userinfo, host, port, path, pairs, fragment)
-
-
-def _public_host(host: str) -> bool:
-    """Whether a host is a real host name or address (kept) rather than a token (masked)."""
-    if host.lower() == "localhost" or _HOSTNAME.match(host):
-        return True
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def redact_url(url: str) -> str:
-    """An Apprise URL fit for logs: the scheme, and the host when it is a real host name or
-    address, with every user name, password, path segment, query value (but a few harmless
-    ones such as ``mode``) and fragment masked.
-
-    Args:
-        url: an Apprise URL.
-
-    Returns:
-        e.g. ``mailto://***:***@smtp.example.com:587?to=***&mode=starttls`` for
-        ``mailto://me:pw@smtp.example.com:587?to=a@b.c&mode=starttls``, and ``tgram://***/***``
-        for ``tgram://123456:ABC-token/4242``. Text that is not a URL becomes ``***``.
-    """
-    p = _split(url)
-    if p is None:
-        return MASK
-    out = f"{p.scheme}://"
-    if p.userinfo is not None:
-        out += ":".join(MASK for _ in p.userinfo.split(":", 1)) + "@"
-    out += p.host if _public_host(p.host) else MASK
-    if p.port is not None:
-        out += f":{p.port}"
-    segments = [s for s in p.path.split("/") if s]
-    if segments:
-        out += "/" + "/".join(MASK for _ in segments)
-    if p.query:
-        out += "?" + "&".join(
-            f"{k}={v if k.lower() in _PLAIN_PARAMS else MASK}" for k, v in p.query
-        )
-    if p.fragment:
-        out += "#" + MASK
-    return out
-
-
-def _secrets(url: str) -> set[str]:
-    """The strings of a URL that :func:`redact_url` masks, raw and percent-decoded."""
-    p = _split(url)
-    if p is None:
-        return {url.strip()} if url.strip() else set()
-    found: set[str] = set()
-    if p.userinfo:
-        found.update(p.userinfo.split(":", 1))
-    if not _public_host(p.host):
-        found.add(p.host)
-        found.update(p.host.split(":"))
-    found.update(s for s in p.path.split("/") if s)
-    found.update(v for k, v in p.query if k.lower() not in _PLAIN_PARAMS)
-    if p.fragment:
-        found.add(p.fragment)
-    found |= {unquote(s) for s in found}
-    return {s for s in found if len(s) >= _MIN_SECRET}
 
 
 def credentials_in(url: str) -> list[str]:
@@ -193,13 +92,13 @@ def credentials_in(url: str) -> list[str]:
         when the URL holds nothing but addresses (``json://host:port/path``,
         ``mailto://host?to=a@b.c&mode=starttls``).
     """
-    p = _split(url)
+    p = split_url(url)
     if p is None:
         return ["text that is not a URL"]
     found = []
     if p.userinfo is not None and ":" in p.userinfo:
         found.append("a password")
-    if not _public_host(p.host):
+    if not public_host(p.host):
         found.append("a host part that may be a token")
     if p.scheme.lower() not in _ADDRESS_PATH_SCHEMES and p.path.strip("/"):
         found.append(f"path segments, which are tokens for {p.scheme}://")
@@ -211,9 +110,50 @@ def credentials_in(url: str) -> list[str]:
     return found
 
 
+def _instantiate(url: str) -> Any:
+    """Returns: Apprise's plugin for ``url`` (its secrets kept in memory only), or None
+    when Apprise does not understand it."""
+    import apprise
+
+    asset = apprise.AppriseAsset(storage_mode="memory")
+    return apprise.Apprise.instantiate(url, asset=asset, suppress_exceptions=True)
+
+
+def privacy_url(url: str) -> str:
+    """An Apprise URL fit for logs, as Apprise's plugin for its scheme writes it with privacy
+    on (each scheme's passwords and tokens masked as that plugin knows them), keeping of the
+    query only what the URL gave; then, because a plugin may take a secret for an address
+    (``json://host/TOKEN``'s path), every part :func:`backup.redact.redact_url` would mask
+    is masked too. A URL Apprise cannot parse gets :func:`~backup.redact.redact_url`'s form.
+
+    Args:
+        url: an Apprise URL.
+
+    Returns:
+        e.g. ``discord://1...6/***/`` for ``discord://112233445566/TokenAbCdEf``.
+    """
+    _install_filter()  # Apprise logs the URL it loads: scrubbed like a send's records
+    with _active.active(url_secrets(url)):
+        try:
+            plugin = _instantiate(url)
+            shown = str(plugin.url(privacy=True)) if plugin is not None else ""
+        except Exception:  # a plugin bug: the generic form is always safe
+            shown = ""
+    if not shown:
+        return redact_url(url)
+    given = split_url(url)
+    keys = {k.lower() for k, _ in given.query} if given else set()
+    base, _, query = shown.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() in keys]
+    shown = base + ("?" + "&".join(f"{k}={v}" for k, v in kept) if kept else "")
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        shown = shown.replace(secret, MASK)
+    return shown
+
+
 def shown_target(entry: str) -> str:
-    """Returns: a target as shown to users: a name as it is, a URL redacted."""
-    return entry if is_target_name(entry) else redact_url(entry)
+    """Returns: a target as shown to users: a name as it is, a URL as :func:`privacy_url`."""
+    return entry if is_target_name(entry) else privacy_url(entry)
 
 
 def check_request_targets(entries: Sequence[str], *, here: bool) -> list[str]:
@@ -252,7 +192,7 @@ def check_request_targets(entries: Sequence[str], *, here: bool) -> list[str]:
         found = credentials_in(entry)
         if found:
             raise NotifyTargetError(
-                redact_url(entry),
+                privacy_url(entry),
                 f"it holds {' and '.join(found)}, and a request's targets are stored in the "
                 "inventory: define it as a named target instead, BACKUP_NOTIFY_<NAME>=URL in "
                 "the environment of the processes that send it, and pass --notify <NAME>",
@@ -378,12 +318,14 @@ class UrlOutcome:
         ok: whether it took the message.
         attempts: how many times it was tried.
         error: why the last attempt failed (secrets masked), or None.
+        retryable: it failed in a way a later try may not (not a URL Apprise cannot parse).
     """
 
     url: str
     ok: bool
     attempts: int
     error: str | None = None
+    retryable: bool = False
 
 
 @dataclass(frozen=True)
@@ -406,8 +348,27 @@ class NotifyResult:
         """Returns: the URLs that did not take the message."""
         return [o for o in self.outcomes if not o.ok]
 
+    @property
+    def retryable(self) -> list[int]:
+        """Returns: the positions (in the URLs sent, duplicates dropped) of the URLs that
+        failed in a way a later try may not."""
+        return [i for i, o in enumerate(self.outcomes) if o.retryable]
+
     def __bool__(self) -> bool:
         return self.ok
+
+
+class RetryLater(Exception):
+    """Some URLs failed and are to be tried again later, by the task queue's retry.
+
+    Attributes:
+        pending: the positions of those URLs in the job's list of URLs (no URL itself: the
+            retry travels through the broker).
+    """
+
+    def __init__(self, pending: list[int]) -> None:
+        super().__init__(f"{len(pending)} notification URL(s) to try again")
+        self.pending = pending
 
 
 class _Unusable(Exception):
@@ -423,10 +384,7 @@ def _attempt(url: str, title: str, body: str, level: Level, timeout: float) -> s
     Raises:
         _Unusable: the URL is not one Apprise can send to.
     """
-    import apprise
-
-    asset = apprise.AppriseAsset(storage_mode="memory")
-    plugin = apprise.Apprise.instantiate(url, asset=asset, suppress_exceptions=True)
+    plugin = _instantiate(url)
     if plugin is None:
         raise _Unusable("not a URL Apprise understands (unknown scheme or missing parts)")
     plugin.socket_connect_timeout = timeout
@@ -458,8 +416,11 @@ def send(
     """Send one message to every URL; never raises.
 
     Each URL is tried on its own, up to ``attempts`` times, waiting ``backoff``, then twice
-    that, and so on between tries (a URL Apprise cannot parse is not retried). Failed tries are logged at WARNING and a URL given up on at
-    ERROR, always with the URL redacted.
+    that, and so on between tries (a URL Apprise cannot parse is not retried): the bounded
+    retry of a send in the process that asked for it (a command's ``--notify``). A worker
+    tries once (``attempts=1``) and leaves the rest to the task queue's retry with backoff
+    (:class:`RetryLater`, ``workers/tasks.py``), so no worker process sleeps. Failed tries
+    are logged at WARNING and a URL given up on at ERROR, always with the URL redacted.
 
     Args:
         urls: Apprise URLs (duplicates are sent once).
@@ -476,16 +437,17 @@ def send(
     outcomes: list[UrlOutcome] = []
     tries = max(1, attempts)
     for url in dict.fromkeys(urls):
-        shown = redact_url(url)
-        secrets = _secrets(url)
+        shown = privacy_url(url)
+        secrets = url_secrets(url)
         error: str | None = None
+        unusable = False
         n = 0
         with _active.active(secrets):
             for n in range(1, tries + 1):
                 try:
                     error = _attempt(url, title, body, level, timeout)
                 except _Unusable as e:
-                    error = str(e)
+                    error, unusable = str(e), True
                     break
                 except Exception as e:  # never raise, whatever Apprise does
                     error = f"{type(e).__name__}: {e}"
@@ -503,39 +465,13 @@ def send(
             log.info("notification sent to %s", shown)
         else:
             log.error("notification to %s failed after %d tries: %s", shown, n, error)
-        outcomes.append(UrlOutcome(shown, error is None, n, error))
+        outcomes.append(
+            UrlOutcome(shown, error is None, n, error, error is not None and not unusable)
+        )
     return NotifyResult(outcomes)
 
 
 # -- messages ----------------------------------------------------------------------------------
-
-
-def human_bytes(n: int) -> str:
-    """Args: n: a byte count. Returns: e.g. ``"1.5 MiB (1,572,864 bytes)"``, ``"12 bytes"``."""
-    if abs(n) < 1024:
-        return f"{n:,} bytes" if n != 1 else "1 byte"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if abs(value) < 1024 or unit == "PiB":
-            break
-    return f"{value:.1f} {unit} ({n:,} bytes)"
-
-
-def human_duration(seconds: float) -> str:
-    """Args: seconds: a duration. Returns: e.g. ``"0.4 s"``, ``"2 min 5 s"``, ``"1 h 0 min"``,
-    ``"2 d 3 h"``."""
-    if seconds < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    s = round(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d} d {h} h"
-    if h:
-        return f"{h} h {m} min"
-    return f"{m} min {s} s"
 
 
 def _when(t: datetime) -> str:
@@ -554,14 +490,6 @@ def _timing(started: datetime | None, finished: datetime | None) -> list[str]:
         b = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
         lines.append(f"Took:      {human_duration(max(0.0, (b - a).total_seconds()))}")
     return lines
-
-
-def _where(url: str) -> str:
-    """A target or destination as shown: any password in user info masked."""
-    p = _split(url)
-    if p is None or p.userinfo is None:
-        return url
-    return url.replace(p.userinfo + "@", MASK + "@", 1)
 
 
 def format_backup_message(
@@ -600,7 +528,7 @@ def format_backup_message(
         ``(title, body)``: plain text, one fact per line.
     """
     if ok:
-        facts = [x for x in (kind, size_bytes is not None and _short(size_bytes)) if x]
+        facts = [x for x in (kind, size_bytes is not None and short_bytes(size_bytes)) if x]
         files_part = f"{files:,} files" if files is not None else None
         facts += [files_part] if files_part else []
         title = f"Backup {policy}: done" + (f" ({', '.join(map(str, facts))})" if facts else "")
@@ -629,7 +557,7 @@ def format_backup_message(
         lines.append(f"Stored:    {human_bytes(size_bytes)}")
     lines += _timing(started, finished)
     if target:
-        lines.append(f"Target:    {_where(target)}")
+        lines.append(f"Target:    {hide_password(target, keep_user=False)}")
     return title, "\n".join(lines) + "\n"
 
 
@@ -672,7 +600,7 @@ def format_restore_message(
             x
             for x in (
                 files is not None and f"{files:,} files",
-                size_bytes is not None and _short(size_bytes),
+                size_bytes is not None and short_bytes(size_bytes),
             )
             if x
         ]
@@ -697,13 +625,8 @@ def format_restore_message(
         lines.append(f"Restored:  {human_bytes(size_bytes)}")
     lines += _timing(started, finished)
     if source:
-        lines.append(f"From:      {_where(source)}")
+        lines.append(f"From:      {hide_password(source, keep_user=False)}")
     lines.append(
         f"Into:      {destination}" if ok else f"Into:      {destination} (left as it was)"
     )
     return title, "\n".join(lines) + "\n"
-
-
-def _short(n: int) -> str:
-    text = human_bytes(n)
-    return text.split(" (")[0]

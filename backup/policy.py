@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import PolicyError
+from .times import parse_duration
 
 __all__ = [
     "Drill",
@@ -39,36 +40,7 @@ __all__ = [
     "parse_duration",
 ]
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse ``"7d"``, ``"12h"``, ``"2w"``, ``"30m"`` or ``"90s"``.
-
-    Args:
-        text: a whole number above zero followed by one unit letter.
-
-    Returns:
-        The duration.
-
-    Raises:
-        ValueError: naming the accepted form.
-    """
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like '7d', '12h', '2w', '30m' or '90s'")
-    digits = m.group(1).lstrip("0")
-    if not digits:
-        raise ValueError(f"{text!r} is zero; give a duration above zero, like '7d' or '12h'")
-    try:
-        # the length check first: int() of thousands of digits is itself an error
-        if len(digits) > 12:
-            raise OverflowError
-        return timedelta(**{_UNITS[m.group(2)]: int(digits)})
-    except OverflowError:
-        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def _duration(v: Any) -> Any:

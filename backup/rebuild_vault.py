@@ -47,7 +47,7 @@ from .inventory.rebuild import (
     record_parsed,
     split_key,
 )
-from .inventory.sync import VaultArchive, await_inventory_job, fetch_inventory
+from .inventory.sync import VaultArchive, await_inventory_job, fetch_inventory, poll_pause
 from .targets import Readiness
 from .targets.glacier import GlacierTarget, format_ref
 
@@ -435,30 +435,20 @@ def rebuild_vault(
             break
         if not wait:
             break
-        if timeout is not None and time.monotonic() - start > timeout:
-            raise TargetError(
-                target.url,
-                f"{len(waiting)} manifest retrieval(s) still running after {timeout:.0f} s "
-                "(run the rebuild again later: the jobs are reused)",
-            )
-        if progress is not None:
-            progress(
-                f"waiting for {len(waiting)} manifest retrieval(s) "
-                f"({time.monotonic() - start:.0f} s)"
-            )
-        time.sleep(poll_seconds)
+        poll_pause(
+            target.url,
+            f"{len(waiting)} manifest retrieval(s)",
+            "run the rebuild again later: the jobs are reused",
+            start=start,
+            timeout=timeout,
+            poll_seconds=poll_seconds,
+            progress=progress,
+        )
         jobs = target.retrieval_jobs()
     out.pending = [
         (aid, getattr(jobs.get(o.manifest.archive_id), "job_id", None) or "")
         for aid, o in waiting.items()
     ]
     out.state = "retrieving" if out.pending else ("unretrieved" if out.unrecorded else "done")
-    if report.added:
-        inventory.log(
-            "rebuild",
-            f"rebuilt {len(report.added)} archive(s) from {target.url}",
-            archives=len(report.added),
-            damaged=len(report.damaged),
-            orphans=len(report.orphans),
-        )
+    report.log_event(inventory)
     return out

@@ -19,6 +19,7 @@ from backup.notify import (
     format_restore_message,
     human_bytes,
     human_duration,
+    privacy_url,
     redact_url,
     resolve_targets,
     send,
@@ -111,7 +112,7 @@ def test_each_url_independent_and_duplicates_sent_once(smtp: Mailbox, receiver: 
     res = send([dead, receiver.url(), smtp.url(), receiver.url()], "T", "B", attempts=1)
     assert [o.ok for o in res.outcomes] == [False, True, True]
     assert len(receiver.requests) == 1 and len(smtp.messages) == 1
-    assert [o.url for o in res.failed] == [redact_url(dead)]
+    assert [o.url for o in res.failed] == [privacy_url(dead)]
     assert send([], "T", "B").ok  # nothing to tell is not a failure
 
 
@@ -143,7 +144,9 @@ def test_secrets_never_reach_logs_or_results(
     for secret in ("Pa55w0rdXYZ", "hookuser", "t0kenSECRET", "qSecretVal"):
         assert secret not in caplog.text
         assert secret not in repr(res)
-    assert res.outcomes[0].url == f"json://***:***@127.0.0.1:{receiver.port}/***?key=***"
+    # Apprise's privacy form (the password masked by its json plugin), the path token masked
+    # too; the query Apprise drops (it does not send ``key``) is not shown
+    assert res.outcomes[0].url == f"json://***:****@127.0.0.1:{receiver.port}/***"
 
     # a dead endpoint's connection error (which names the URL's path) is scrubbed too
     dead = f"json://u:Pa55w0rdXYZ@127.0.0.1:{free_port()}/t0kenSECRET"
@@ -177,6 +180,75 @@ def test_secrets_never_reach_logs_or_results(
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# Real-looking tokens for four schemes whose secrets sit in different places: Slack's three
+# webhook tokens in the path, Telegram's bot token in the host, Discord's webhook token in the
+# path, and an SMTP password in the user info.
+_SECRET_URLS = {
+    "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ": [
+        "T1JJ3T3L2", "A1BRTD4JD", "TIiajkdnlazkcOXrIdevi7FQ"
+    ],
+    "tgram://123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/987654321": [
+        "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw", "123456789:AAH", "987654321"
+    ],
+    "discord://112233445566/TokenAbCdEfGhIjKlMn": ["112233445566", "TokenAbCdEfGhIjKlMn"],
+    "mailtos://backupbot:Hunter2Hunter2@smtp.example.com?to=ops@example.com": [
+        "Hunter2Hunter2"
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("url", list(_SECRET_URLS))
+def test_privacy_url_uses_apprise_and_shows_no_secret(url: str) -> None:
+    shown = privacy_url(url)
+    assert shown.split("://")[0] in url  # Apprise parsed it (its scheme, not our "***")
+    assert shown != redact_url(url)  # ...and wrote it (the generic form is only a fallback)
+    for secret in _SECRET_URLS[url]:
+        assert secret not in shown
+
+
+def test_privacy_url_falls_back_for_what_apprise_cannot_parse() -> None:
+    assert privacy_url("nosuchscheme://tok3n/s3cret") == "nosuchscheme://***/***"
+    assert privacy_url("not a url") == "***"
+
+
+def test_secrets_never_reach_logs_errors_or_results(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each URL is sent (the plugin fails, logging its full URL as a careless plugin might,
+    and raising on the retry), refused as a stored request target, and shown: no secret
+    anywhere."""
+    import apprise
+
+    calls: list[str] = []
+
+    def failing_send(self: Any, *args: Any, **kwargs: Any) -> bool:
+        full = self.url(privacy=False)
+        calls.append(full)
+        logging.getLogger("apprise").warning("cannot reach %s", full)
+        if len(calls) % 2 == 0:
+            raise RuntimeError(f"connection to {full} reset")
+        return False
+
+    for url in _SECRET_URLS:
+        plugin = apprise.Apprise.instantiate(url)
+        assert plugin is not None
+        monkeypatch.setattr(type(plugin), "send", failing_send)
+    caplog.set_level(logging.DEBUG)
+    res = send(list(_SECRET_URLS), "T", "B", attempts=2, backoff=0)
+    assert len(calls) == 2 * len(_SECRET_URLS)  # every URL really went to its plugin
+    assert not res.ok and all(o.attempts == 2 and o.error for o in res.outcomes)
+    errors = []
+    for url in _SECRET_URLS:
+        with pytest.raises(NotifyTargetError) as e:
+            check_request_targets([url], here=False)
+        errors.append(str(e.value))
+    shown = [shown_target(u) for u in _SECRET_URLS]
+    for secret in (s for secrets in _SECRET_URLS.values() for s in secrets):
+        assert secret not in caplog.text
+        assert secret not in repr(res)
+        assert not any(secret in text for text in errors + shown)
 
 
 # -- named targets: what a restore request may store ------------------------------------------
@@ -222,7 +294,7 @@ def test_a_request_refuses_a_url_with_credentials_without_showing_them(
                               here=True)  # fmt: skip
     text = str(e.value)
     assert "hunter22" not in text and "\n" not in text
-    assert text.startswith("Notification target mailto://***:***@smtp.example.com: it holds a ")
+    assert text.startswith("Notification target mailto://me:****@smtp.example.com/: it holds a ")
     assert "BACKUP_NOTIFY_<NAME>=URL" in text and "--notify <NAME>" in text
     with pytest.raises(NotifyTargetError, match=r"^Notification target \(not shown\): neither"):
         check_request_targets(["AAHdqTcvCH1v:Gsaw"], here=False)
@@ -250,7 +322,7 @@ def test_named_targets_resolve_from_the_environment_when_sent(
     assert receiver.requests[0][1]["Authorization"].startswith("Basic ")
     assert len(smtp.messages) == 1
     assert shown_target("oncall") == "oncall"
-    assert shown_target(hook) == f"json://***:***@127.0.0.1:{receiver.port}/***"
+    assert shown_target(hook) == f"json://***:****@127.0.0.1:{receiver.port}/***"
 
 
 # -- messages ----------------------------------------------------------------------------------
@@ -321,3 +393,67 @@ def test_human_units() -> None:
     assert human_duration(0.42) == "0.4 s" and human_duration(59) == "59 s"
     assert human_duration(125) == "2 min 5 s" and human_duration(3600) == "1 h 0 min"
     assert human_duration(2 * 86400 + 3 * 3600) == "2 d 3 h"
+
+
+# -- the worker's retry: Celery's, not sleeps -------------------------------------------------
+
+
+def _notify_task_env(env: Any, urls: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A finished backup job whose policy notifies ``urls``, the notify task using a runner
+    on the test inventory, run with ``apply`` (eager: a retry runs at once, in this process,
+    its countdown recorded)."""
+    from backup.inventory import Inventory
+    from backup.jobs.runner import Runner
+    from backup.settings import Settings
+    from workers import tasks
+
+    listed = ", ".join(f'"{u}"' for u in urls)
+    env.config.write_text(env.config.read_text() + f"[policy.notify]\non_success = [{listed}]\n")
+    settings = Settings(config=env.config, inventory_url=env.inventory_url)
+    runner = Runner(Inventory(env.inventory_url), settings, lambda t, j: None, "w:1")
+    job = runner.store.create("backup", policy="p", state="queued")
+    assert job is not None and runner.run_backup(job.id) == "done"
+    monkeypatch.setattr(tasks, "runner", lambda: runner)
+    waits: list[float] = []
+    real_retry = tasks.notify.retry
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        waits.append(kwargs["countdown"])
+        # what goes through the broker: the job's id and the URLs' positions, never a URL
+        assert set(kwargs["kwargs"]) == {"again"}
+        assert all(type(i) is int for i in kwargs["kwargs"]["again"])
+        return real_retry(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.notify, "retry", spy)
+    return tasks, runner, job.id, waits
+
+
+def test_worker_retries_only_the_failed_urls_with_celery_backoff(
+    env: Any, receiver: Receiver, smtp: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver.statuses = [500, 503]
+    tasks, runner, job_id, waits = _notify_task_env(
+        env, [receiver.url("/hook"), smtp.url()], monkeypatch
+    )
+    t0 = time.monotonic()
+    tasks.notify.apply(args=[job_id])
+    assert time.monotonic() - t0 < 2  # no sleeps in the worker: the backoff is Celery's
+    assert waits == [2, 4]  # two retries, exponential backoff
+    assert len(receiver.requests) == 3  # failed twice, then took it
+    assert len(smtp.messages) == 1  # took it at once: not sent again on the retries
+    assert runner.store.get(job_id).notify_state == "sent"
+    # a second delivery of the task sends nothing
+    assert tasks.notify.apply(args=[job_id]).get() is False
+    assert len(receiver.requests) == 3
+
+
+def test_worker_gives_up_after_its_retries(
+    env: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver.statuses = [500] * 20
+    tasks, runner, job_id, waits = _notify_task_env(env, [receiver.url("/hook")], monkeypatch)
+    tasks.notify.apply(args=[job_id])
+    assert waits == [2, 4, 8, 16, 32][: tasks.NOTIFY_RETRIES]
+    assert len(receiver.requests) == tasks.NOTIFY_RETRIES + 1
+    assert runner.store.get(job_id).notify_state == "failed"
+    assert "failed" in runner.inventory.events(1)[0].message

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
 from celery.signals import worker_process_init
 
 from backup.inventory import Inventory
 from backup.jobs.dispatch import Dispatcher
 from backup.jobs.runner import Runner
 from backup.jobs.store import JobStore
+from backup.notify import RetryLater
 from backup.settings import get_settings
 
 from .app import app
@@ -63,7 +65,19 @@ def poll(_: str = "") -> int:
     return runner().poll()
 
 
-@app.task(name="backup.notify")
-def notify(job_id: str) -> bool:
-    """Send a finished job's notification."""
-    return runner().notify(job_id)
+#: how often Celery tries a notification's failed URLs again, after 2, 4, 8, 16, 32 s (well
+#: inside the five heartbeat periods after which the sweep takes a ``sending`` one back)
+NOTIFY_RETRIES = 5
+
+
+@app.task(name="backup.notify", bind=True, max_retries=NOTIFY_RETRIES)
+def notify(self: Task, job_id: str, again: list[int] | None = None) -> bool:
+    """Send a finished job's notification: each URL once; those that failed are sent again
+    by Celery's retry with exponential backoff (no worker sleeps; the broker carries their
+    positions, never a URL)."""
+    final = self.request.retries >= NOTIFY_RETRIES
+    try:
+        return runner().notify(job_id, attempts=1, again=again, final=final)
+    except RetryLater as e:
+        wait = 2 ** (self.request.retries + 1)
+        raise self.retry(kwargs={"again": e.pending}, countdown=wait) from None

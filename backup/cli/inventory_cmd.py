@@ -224,10 +224,9 @@ def _rebuild_snapshots(obj: Ctx, target: Any, identities: Any, dry_run: bool) ->
     """The ``snapshots`` rows of the rebuilt archives (docs/snapshots.md)."""
     from ..crypto.age import decrypt_bytes
     from ..snapshot_records import rebuild_snapshot_records
-    from ..targets.glacier import GlacierTarget
 
     def read(a: Archive) -> bytes | None:
-        if isinstance(target, GlacierTarget):
+        if target.reads_need_retrieval:
             return None  # cold: a retrieval, which this never requests
         with target.open_read(a.manifest_location) as f:
             return decrypt_bytes(f.read(), identities, name=f"manifest of {a.id}")

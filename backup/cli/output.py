@@ -34,8 +34,10 @@ from rich.progress import (
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from ..errors import Error, OptionError
+from ..errors import Error
 from ..progress import Progress
+from ..times import parse_time
+from ..units import compact_bytes as size
 
 if TYPE_CHECKING:
     from ..inventory import Archive
@@ -102,37 +104,6 @@ def progress(quiet: bool = False) -> Progress:
 def iso(t: datetime | None) -> str | None:
     """Returns: ``t`` as ISO 8601 UTC with a ``Z``; None for None."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
-
-
-def parse_time(text: str | None, option: str = "--at") -> datetime | None:
-    """Parse a time option such as ``--at``: ISO 8601; a time without a zone is local time.
-
-    Returns:
-        The time, or None when the option was not given.
-
-    Raises:
-        OptionError: naming the option, for any other text; an empty one too (it does not
-            mean "the newest": that is leaving the option out).
-    """
-    if text is None:
-        return None
-    try:
-        t = datetime.fromisoformat(text)
-        return t.astimezone() if t.tzinfo is None else t
-    except (ValueError, OverflowError):
-        raise OptionError(
-            option, f"{text!r} is not an ISO 8601 time such as 2026-11-21T02:00:00Z"
-        ) from None
-
-
-def size(n: int) -> str:
-    """Returns: ``n`` bytes in binary units (``512 B``, ``1.5 MiB``)."""
-    f = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if f < 1024 or unit == "TiB":
-            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
-        f /= 1024
-    return str(n)
 
 
 def object_url(target: str, ref: str) -> str:

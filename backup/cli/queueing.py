@@ -308,6 +308,7 @@ def job_json(j: Job, stale_after: float | None = None) -> dict[str, Any]:
     """A job as ``status``, ``job`` and ``run`` print it; with ``stale_after`` (seconds), a
     running job says whether its process is gone (``process_gone``: why, or null)."""
     from ..jobs import RUNNING, holder_gone
+    from ..notify import shown_target
 
     extra: dict[str, Any] = {}
     if stale_after is not None and j.state in RUNNING:
@@ -329,19 +330,10 @@ def job_json(j: Job, stale_after: float | None = None) -> dict[str, Any]:
         "bytes_done": j.bytes_done,
         "bytes_total": j.bytes_total,
         "params": json.loads(j.params or "{}"),
-        "notify": [_redact(u) for u in json.loads(j.notify or "[]")],
+        "notify": [shown_target(u) for u in json.loads(j.notify or "[]")],
         "notify_state": j.notify_state,
         "result": json.loads(j.result or "{}"),
         "error": j.error,
         "sent_at": iso(j.sent_at),
         **extra,
     }
-
-
-def _redact(url: str) -> str:
-    try:
-        from ..notify import shown_target
-
-        return shown_target(url)
-    except ImportError:  # pragma: no cover
-        return url.split("://", 1)[0] + "://***"

@@ -4,48 +4,7 @@ Archives are age files so that ``age -d -i key.txt`` decrypts them without this 
 see :mod:`backup.crypto.age` for the format's invariants.
 """
 
-from backup.crypto.age import (
-    CHUNK_SIZE,
-    AgeError,
-    AgeReader,
-    AgeWriter,
-    HeaderError,
-    HMACError,
-    Identity,
-    NoIdentityMatch,
-    PayloadError,
-    Recipient,
-    ScryptIdentity,
-    ScryptRecipient,
-    Stanza,
-    X25519Identity,
-    X25519Recipient,
-    decrypt_bytes,
-    encrypt_bytes,
-    load_identities,
-    parse_identities,
-    parse_recipient,
-)
+from . import age
+from .age import *  # noqa: F403  (the package is the format module's public face)
 
-__all__ = [
-    "CHUNK_SIZE",
-    "AgeError",
-    "AgeReader",
-    "AgeWriter",
-    "HMACError",
-    "HeaderError",
-    "Identity",
-    "NoIdentityMatch",
-    "PayloadError",
-    "Recipient",
-    "ScryptIdentity",
-    "ScryptRecipient",
-    "Stanza",
-    "X25519Identity",
-    "X25519Recipient",
-    "decrypt_bytes",
-    "encrypt_bytes",
-    "load_identities",
-    "parse_identities",
-    "parse_recipient",
-]
+__all__ = list(age.__all__)

@@ -227,6 +227,41 @@ class Identity(abc.ABC):
         """
 
 
+def _recipient_hrp(hrp: str) -> str:
+    return "not an X25519 recipient: it must start with 'age1', in lowercase"
+
+
+def _identity_hrp(hrp: str) -> str:
+    if hrp == "AGE-SECRET-KEY-PQ-":
+        return "post-quantum (ML-KEM) identities are not supported"
+    if hrp.startswith("AGE-PLUGIN-"):
+        return "age plugin identities are not supported"
+    return "not an age X25519 secret key: it must start with 'AGE-SECRET-KEY-1'"
+
+
+def _key_bytes(s: str, hrp: str, what: str, wrong_hrp: Callable[[str], str]) -> bytes:
+    """The 32 key bytes of a bech32 key string (a recipient or an identity).
+
+    Args:
+        s: the string.
+        hrp: the human-readable part it must have.
+        what: what it is, for messages (``secret key``).
+        wrong_hrp: the message for another human-readable part.
+
+    Raises:
+        AgeError: naming what is wrong, never quoting the input (it may be a secret).
+    """
+    try:
+        got, data = bech32.decode(s)
+    except bech32.Bech32Error as e:
+        raise AgeError(f"malformed {what}: {e}") from None
+    if got != hrp:
+        raise AgeError(wrong_hrp(got))
+    if len(data) != 32:
+        raise AgeError(f"malformed {what}: wrong key length")
+    return data
+
+
 class X25519Recipient(Recipient):
     """A native age X25519 recipient, ``age1...``."""
 
@@ -256,14 +291,7 @@ class X25519Recipient(Recipient):
         Raises:
             AgeError: naming what is wrong, without quoting the input.
         """
-        try:
-            hrp, data = bech32.decode(s)
-        except bech32.Bech32Error as e:
-            raise AgeError(f"malformed X25519 recipient: {e}") from None
-        if hrp != "age":
-            raise AgeError("not an X25519 recipient: it must start with 'age1', in lowercase")
-        if len(data) != 32:
-            raise AgeError("malformed X25519 recipient: wrong key length")
+        data = _key_bytes(s, "age", "X25519 recipient", _recipient_hrp)
         return cls(data)
 
     def to_string(self) -> str:
@@ -345,18 +373,7 @@ class X25519Identity(Identity):
         Raises:
             AgeError: naming what is wrong, never quoting the input.
         """
-        try:
-            hrp, data = bech32.decode(s)
-        except bech32.Bech32Error as e:
-            raise AgeError(f"malformed secret key: {e}") from None
-        if hrp != "AGE-SECRET-KEY-":
-            if hrp == "AGE-SECRET-KEY-PQ-":
-                raise AgeError("post-quantum (ML-KEM) identities are not supported")
-            if hrp.startswith("AGE-PLUGIN-"):
-                raise AgeError("age plugin identities are not supported")
-            raise AgeError("not an age X25519 secret key: it must start with 'AGE-SECRET-KEY-1'")
-        if len(data) != 32:
-            raise AgeError("malformed secret key: wrong key length")
+        data = _key_bytes(s, "AGE-SECRET-KEY-", "secret key", _identity_hrp)
         return cls(X25519PrivateKey.from_private_bytes(data))
 
     def to_string(self) -> str:

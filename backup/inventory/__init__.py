@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ArchiveNotFound, ConfigError
+from ..redact import hide_password
 from . import packed
 from .models import (
     Archive,
@@ -158,7 +159,7 @@ class Inventory:
                     _private_sqlite_file(Path(path))
             self.engine: Engine = create_engine(url, pool_pre_ping=True)
         except Exception as e:  # bad URL or missing driver
-            raise ConfigError(f"inventory URL {_redact(url)}: {e}") from None
+            raise ConfigError(f"inventory URL {hide_password(url)}: {e}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         for attempt in range(5):
@@ -174,7 +175,7 @@ class Inventory:
                     time.sleep(0.05 * (attempt + 1))
                     continue
                 raise ConfigError(
-                    f"cannot open inventory {_redact(url)}: {type(e).__name__}: {e}"
+                    f"cannot open inventory {hide_password(url)}: {type(e).__name__}: {e}"
                 ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         _OPEN.add(self)
@@ -209,7 +210,7 @@ class Inventory:
                 finally:
                     cur.close()
         except Exception as e:
-            log.debug("checkpoint of inventory %s failed: %s", _redact(self.url), e)
+            log.debug("checkpoint of inventory %s failed: %s", hide_password(self.url), e)
 
     @property
     def _mark(self) -> str:
@@ -566,13 +567,3 @@ class Inventory:
         """The newest events, newest first."""
         with self.session() as s:
             return list(s.scalars(select(Event).order_by(Event.id.desc()).limit(limit)).all())
-
-
-def _redact(url: str) -> str:
-    """An inventory URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"

@@ -9,9 +9,9 @@ never anything that needs a retrieval) and records each archive as the backup th
 did.
 
 Contract, for every target kind (a vault's or a snapshot bucket's rebuild feeds the same
-:func:`record_manifest`):
+:func:`parse_manifest` and :func:`record_parsed`):
 
-- :func:`record_manifest` is the one place a decrypted manifest becomes an archive row,
+- :func:`record_parsed` is the one place a decrypted manifest becomes an archive row,
   with its packed file index and its manifest's age header, in one transaction: a rebuild
   killed at any point leaves whole rows or none, and the next rebuild finishes the work.
 - Idempotent: an archive the inventory already has is compared, never rewritten; fields
@@ -53,7 +53,6 @@ __all__ = [
     "Stored",
     "parse_manifest",
     "rebuild",
-    "record_manifest",
     "record_parsed",
     "split_key",
 ]
@@ -152,7 +151,7 @@ class Difference:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What :func:`record_manifest` did: ``added`` (or would add, in a dry run), ``known``
+    """What :func:`record_parsed` did: ``added`` (or would add, in a dry run), ``known``
     (and identical), or ``differs``."""
 
     archive_id: str
@@ -198,6 +197,18 @@ class RebuildReport:
         """0, or 3 when something was skipped or differs (damaged manifests, orphans,
         differing records): the rebuild did what it could, and the report says what not."""
         return 3 if self.damaged or self.orphans or self.differing else 0
+
+    def log_event(self, inventory: Inventory) -> None:
+        """Record in the inventory's event log what the rebuild added (nothing when it added
+        nothing, or only would have: a dry run)."""
+        if self.added and not self.dry_run:
+            inventory.log(
+                "rebuild",
+                f"rebuilt {len(self.added)} archive(s) from {self.target}",
+                archives=len(self.added),
+                damaged=len(self.damaged),
+                orphans=len(self.orphans),
+            )
 
     def to_json(self) -> dict[str, Any]:
         """Returns: the report as JSON-ready data."""
@@ -344,19 +355,15 @@ def _decode(plain: bytes, name: str) -> dict[str, Any]:
     return decode_manifest(plain, name, slim=True)
 
 
-def record_manifest(
+def record_parsed(
     inventory: Inventory,
-    target_url: str,
-    plain: bytes,
-    blob: bytes,
+    parsed: ParsedManifest,
     *,
-    stored: Stored,
-    manifest_ref: str,
-    expect: tuple[str, str] | None = None,
     dry_run: bool = False,
+    parent_checked: bool = False,
 ) -> Outcome:
-    """Record one archive from its decrypted manifest, or compare it with the inventory's
-    record when the inventory has it.
+    """Record one archive from its manifest (as :func:`parse_manifest` checked it), or
+    compare it with the inventory's record when the inventory has it.
 
     The row (state ``complete``, with the manifest's id, policy, kind, parent, creation time,
     host, sizes and SHA-256, and the references the target names the objects by), its
@@ -366,39 +373,13 @@ def record_manifest(
 
     Args:
         inventory: where the row goes.
-        target_url: the target's URL, recorded as the archive's target.
-        plain: the decrypted manifest (compressed JSON).
-        blob: the encrypted manifest as stored.
-        stored: what the target says about the archive object.
-        manifest_ref: the reference the target names the manifest by.
-        expect: (policy, archive id) the object keys name, checked against the manifest.
+        parsed: the checked manifest.
         dry_run: compare, record nothing.
+        parent_checked: the caller made sure the parent is recorded (or, in a dry run,
+            would be): not looked up again.
 
     Returns:
         ``added``, ``known`` or ``differs`` (with the fields that differ).
-
-    Raises:
-        ArchiveCorrupt: as :func:`parse_manifest`.
-        ArchiveNotFound: the parent is not in the inventory.
-    """
-    parsed = parse_manifest(
-        target_url, plain, blob, stored=stored, manifest_ref=manifest_ref, expect=expect
-    )
-    return record_parsed(inventory, parsed, dry_run=dry_run)
-
-
-def record_parsed(
-    inventory: Inventory,
-    parsed: ParsedManifest,
-    *,
-    dry_run: bool = False,
-    parent_checked: bool = False,
-) -> Outcome:
-    """:func:`record_manifest` for a manifest :func:`parse_manifest` already checked.
-
-    Args:
-        parent_checked: the caller made sure the parent is recorded (or, in a dry run,
-            would be): not looked up again.
 
     Raises:
         ArchiveNotFound: the archive is new and its parent is not in the inventory.
@@ -558,12 +539,5 @@ def rebuild(
                 report.orphans.append(Orphan(p.archive.id, p.archive.parent_id))
             break
         waiting = later
-    if report.added and not dry_run:
-        inventory.log(
-            "rebuild",
-            f"rebuilt {len(report.added)} archive(s) from {target.url}",
-            archives=len(report.added),
-            damaged=len(report.damaged),
-            orphans=len(report.orphans),
-        )
+    report.log_event(inventory)
     return report

@@ -34,6 +34,7 @@ from ..targets.glacier import (
     parse_ref,
     vault_error,
 )
+from ..times import parse_service_time
 from . import Archive, Inventory
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "await_inventory_job",
     "fetch_inventory",
     "inventory_job_status",
+    "poll_pause",
     "reconcile",
     "start_inventory_job",
     "sync_vault",
@@ -124,13 +126,33 @@ class SyncReport:
         }
 
 
-def _time(text: Any) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
+def poll_pause(
+    url: str,
+    waiting: str,
+    again: str,
+    *,
+    start: float,
+    timeout: float | None,
+    poll_seconds: float,
+    progress: Callable[[str], None] | None,
+) -> None:
+    """One pause of a loop waiting for vault jobs: give up once ``timeout`` seconds have
+    passed since ``start`` (``time.monotonic()``), else say so and sleep.
+
+    Args:
+        url: the vault's URL (for the error).
+        waiting: what is waited for (``inventory job X``, ``3 manifest retrieval(s)``).
+        again: how to carry on after giving up (the jobs keep running).
+
+    Raises:
+        TargetError: ``... still running after N s (again)``.
+    """
+    elapsed = time.monotonic() - start
+    if timeout is not None and elapsed > timeout:
+        raise TargetError(url, f"{waiting} still running after {timeout:.0f} s ({again})")
+    if progress is not None:
+        progress(f"waiting for {waiting} ({elapsed:.0f} s)")
+    time.sleep(poll_seconds)
 
 
 def start_inventory_job(target: GlacierTarget) -> str:
@@ -204,12 +226,12 @@ def fetch_inventory(
                 archive_id=str(a["ArchiveId"]),
                 key=parsed["key"] if parsed else None,
                 size=int(a.get("Size", 0)),
-                created=_time(a.get("CreationDate")),
+                created=parse_service_time(a.get("CreationDate")),
                 tree_hash=a.get("SHA256TreeHash"),
                 description=desc,
             )
         )
-    return _time(doc.get("InventoryDate")), out
+    return parse_service_time(doc.get("InventoryDate")), out
 
 
 def reconcile(
@@ -300,15 +322,15 @@ def await_inventory_job(
             raise TargetError(target.url, f"inventory job {job_id} failed")
         if not wait:
             return job_id, False
-        if timeout is not None and time.monotonic() - start > timeout:
-            raise TargetError(
-                target.url,
-                f"inventory job {job_id} still running after {timeout:.0f} s "
-                "(run again later: the job is reused)",
-            )
-        if progress is not None:
-            progress(f"waiting for inventory job {job_id} ({time.monotonic() - start:.0f} s)")
-        time.sleep(poll_seconds)
+        poll_pause(
+            target.url,
+            f"inventory job {job_id}",
+            "run again later: the job is reused",
+            start=start,
+            timeout=timeout,
+            poll_seconds=poll_seconds,
+            progress=progress,
+        )
 
 
 def sync_vault(

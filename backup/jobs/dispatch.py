@@ -17,12 +17,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
 from ..errors import Error
 from ..policy import Policy
+from ..redact import hide_password
 from ..settings import Settings
 from .store import Job, JobStore
 
@@ -101,11 +101,7 @@ def broker_url(settings: Settings) -> str:
 
 def redact(url: str) -> str:
     """Returns: a broker URL fit for a log line (any password masked)."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return hide_password(url)
 
 
 def broker_config(settings: Settings) -> dict[str, Any]:

@@ -10,11 +10,17 @@ Invariants:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import suppress
-from typing import Any
 
 from ..inventory.models import Job
-from ..notify import format_backup_message, format_restore_message, resolve_targets, send
+from ..notify import (
+    RetryLater,
+    format_backup_message,
+    format_restore_message,
+    resolve_targets,
+    send,
+)
 from .context import JobContext
 from .process import parse_worker
 from .states import BackupOutcome, JobState, RestoreOutcome, RestoreParams
@@ -41,21 +47,42 @@ def notify_after(ctx: JobContext, job_id: str) -> None:
         ctx.dispatch("backup.notify", job.id)
 
 
-def notify(ctx: JobContext, job_id: str) -> bool:
+def notify(
+    ctx: JobContext,
+    job_id: str,
+    *,
+    attempts: int = 3,
+    again: Sequence[int] | None = None,
+    final: bool = True,
+) -> bool:
     """Send a finished job's notification once (``pending`` -> ``sending`` -> ``sent`` or
-    ``failed``). A failure is retried inside, logged, and never raised.
+    ``failed``). A failure is logged and never raised.
+
+    Args:
+        attempts: tries per URL here, with backoff between them (a worker gives 1).
+        again: a retry of a send already claimed: the positions of the URLs still to send
+            (the ones that took the message are not sent twice).
+        final: False while the task queue may retry: URLs that failed but may take it
+            later raise :class:`~backup.notify.RetryLater` (the job stays ``sending``).
 
     Returns:
         True when every URL took the message.
     """
     store = ctx.store
-    if not store.claim_notify(job_id):
-        return False
+    if again is None:
+        if not store.claim_notify(job_id):
+            return False
+    elif store.get(job_id).notify_state != "sending":
+        return False  # the sweep gave it back as pending: a fresh send has it
     job = store.get(job_id)
     title, body = message_for(job)
     urls, undefined = resolve_targets(_urls(ctx, job))
-    res: Any = send(urls, title, body)
-    ok = bool(getattr(res, "ok", res)) and not undefined
+    chosen = [i for i in range(len(urls)) if again is None or i in again]
+    res = send([urls[i] for i in chosen], title, body, attempts=attempts)
+    if not final and res.retryable:
+        store.update(job.id)  # still sending: the sweep leaves a fresh one alone
+        raise RetryLater([chosen[i] for i in res.retryable])
+    ok = res.ok and not undefined
     store.update(job.id, notify_state="sent" if ok else "failed")
     missing = f" (targets not defined here: {', '.join(undefined)})" if undefined else ""
     ctx.inventory.log(

@@ -11,6 +11,7 @@ into a Celery task (:class:`~.dispatch.Dispatcher`) and the in-process mode runs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..progress import Progress
@@ -42,9 +43,17 @@ class Runner(JobContext):
         """Restore a request whose objects are ready; returns its state afterwards."""
         return extract.extract(self, job_id, progress)
 
-    def notify(self, job_id: str) -> bool:
-        """Send a finished job's notification once; returns whether every URL took it."""
-        return notifying.notify(self, job_id)
+    def notify(
+        self,
+        job_id: str,
+        *,
+        attempts: int = 3,
+        again: Sequence[int] | None = None,
+        final: bool = True,
+    ) -> bool:
+        """Send a finished job's notification once; returns whether every URL took it (see
+        :func:`backup.jobs.notifying.notify`)."""
+        return notifying.notify(self, job_id, attempts=attempts, again=again, final=final)
 
     def sweep_dead(self) -> list[str]:
         """Reset running jobs whose worker died; returns the ids handed out again."""

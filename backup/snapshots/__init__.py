@@ -15,18 +15,10 @@ from urllib.parse import parse_qs, urlparse
 from botocore.exceptions import ClientError
 
 from ..errors import SnapshotError
-from .base import (
-    At,
-    ForkResult,
-    Lineage,
-    ObjectState,
-    Slice,
-    SnapshotInfo,
-    SnapshotProvider,
-    from_ns,
-    parse_at,
-    to_ns,
-)
+from ..targets.awserrors import error_code, http_status, response_headers
+from . import base
+from .base import *  # noqa: F403  (the package is the contract's public face)
+from .base import SnapshotProvider
 from .tigris import TigrisProvider
 from .versioned import VersionedProvider
 
@@ -34,23 +26,14 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = [
-    "At",
-    "ForkResult",
-    "Lineage",
-    "ObjectState",
-    "Slice",
-    "SnapshotInfo",
-    "SnapshotProvider",
     "TigrisProvider",
     "VersionedProvider",
     "bucket_url",
     "check_bucket_name",
-    "from_ns",
     "open_provider",
-    "parse_at",
     "parse_bucket_url",
     "probe",
-    "to_ns",
+    *base.__all__,
 ]
 
 _MODES = ("tigris", "versioned")
@@ -159,11 +142,11 @@ def probe(client: Any, bucket: str) -> str:
         resp = client.head_bucket(Bucket=bucket)
         headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     except ClientError as e:
-        headers = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if status != 404:
-            code = e.response.get("Error", {}).get("Code", "") or status
-            raise SnapshotError(bucket, f"HeadBucket failed: {code}") from None
+        headers = response_headers(e)
+        if http_status(e) != 404:
+            raise SnapshotError(
+                bucket, f"HeadBucket failed: {error_code(e, or_status=True)}"
+            ) from None
     return "tigris" if any(k.lower().startswith("x-tigris-") for k in headers) else "versioned"
 
 

@@ -36,22 +36,23 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from botocore.exceptions import ClientError
 
 from ..errors import SnapshotError
+from ..targets.awserrors import error_code, is_missing
 from .base import (
-    At,
     ForkResult,
     Lineage,
-    ObjectState,
-    Slice,
     SnapshotInfo,
     SnapshotProvider,
     at_ns,
     check_name,
     from_ns,
 )
+from .s3listing import S3Listing
 from .versioned import diff_states
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from .base import At, ObjectState, Slice
 
 __all__ = ["HEADERS_PARAM", "BundleStream", "TigrisProvider", "install_header_hooks"]
 
@@ -96,12 +97,6 @@ def install_header_hooks(client: Any) -> Any:
 
 def _headers(resp: dict[str, Any]) -> dict[str, str]:
     return cast(dict[str, str], resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", "")) or str(
-        e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
-    )
 
 
 def parse_snapshot_name(bucket: str, raw: str, created: Any) -> SnapshotInfo | None:
@@ -155,7 +150,7 @@ class BundleStream:
         self.body.close()
 
 
-class TigrisProvider(SnapshotProvider):
+class TigrisProvider(S3Listing, SnapshotProvider):
     """A Tigris bucket with snapshots enabled.
 
     Args:
@@ -180,9 +175,6 @@ class TigrisProvider(SnapshotProvider):
         self.client: Any = install_header_hooks(client)
         self.list_requests = 0
 
-    def _fail(self, e: ClientError, doing: str) -> SnapshotError:
-        return SnapshotError(self.bucket, f"{doing} failed: {_code(e)}")
-
     @staticmethod
     def _version(at: At) -> str:
         return at.version if isinstance(at, SnapshotInfo) else str(at_ns(at))
@@ -199,7 +191,10 @@ class TigrisProvider(SnapshotProvider):
             )
             return
         except ClientError as e:
-            if _code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            if error_code(e, or_status=True) not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
                 raise self._fail(e, "creating the bucket with snapshots") from None
         if not self.lineage().snapshots_enabled:
             raise SnapshotError(
@@ -243,19 +238,7 @@ class TigrisProvider(SnapshotProvider):
         kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
         if at is not None:
             kw[HEADERS_PARAM] = {"X-Tigris-Snapshot-Version": self._version(at)}
-        while True:
-            try:
-                page = self.client.list_objects_v2(**kw)
-            except ClientError as e:
-                raise self._fail(e, "listing objects") from None
-            self.list_requests += 1
-            for o in page.get("Contents", []):
-                yield ObjectState(
-                    o["Key"], int(o.get("Size", 0)), o.get("ETag", "").strip('"'), o["LastModified"]
-                )
-            if not page.get("IsTruncated"):
-                return
-            kw["ContinuationToken"] = page["NextContinuationToken"]
+        yield from self._objects(**kw)
 
     def read(self, key: str, at: At | None = None) -> BinaryIO:
         """Open ``key`` as of ``at`` (GetObject with the version header).
@@ -269,7 +252,7 @@ class TigrisProvider(SnapshotProvider):
         try:
             return cast(BinaryIO, self.client.get_object(**kw)["Body"])
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404"):
+            if is_missing(e, "NoSuchKey", "404"):
                 when = "now" if at is None else self._version(at)
                 raise SnapshotError(self.bucket, f"no object {key!r} at {when}") from None
             raise self._fail(e, f"reading {key!r}") from None

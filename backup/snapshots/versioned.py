@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from botocore.exceptions import ClientError
 
 from ..errors import SnapshotError
+from ..targets.awserrors import error_code, http_status, is_missing
 from .base import (
-    At,
     ForkResult,
     Lineage,
     ObjectState,
@@ -67,9 +67,12 @@ from .base import (
     from_ns,
     to_ns,
 )
+from .s3listing import S3Listing
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from .base import At
 
 __all__ = ["RESERVED", "VersionedProvider"]
 
@@ -97,6 +100,20 @@ class _Entry:
         return ObjectState(self.key, self.size, self.etag, from_ns(self.ns), self.version_id)
 
 
+def _entry(item: dict[str, Any], *, deleted: bool) -> _Entry:
+    """One ``Versions`` or ``DeleteMarkers`` item of a version listing (a marker has no
+    ETag nor size)."""
+    return _Entry(
+        item["Key"],
+        item.get("VersionId") or "null",
+        deleted,
+        bool(item.get("IsLatest")),
+        to_ns(item["LastModified"]),
+        "" if deleted else item.get("ETag", "").strip('"'),
+        0 if deleted else int(item.get("Size", 0)),
+    )
+
+
 @dataclass(slots=True)
 class _History:
     """A key's versions and delete markers, newest first, and the seconds in which a
@@ -105,14 +122,6 @@ class _History:
     key: str
     entries: list[_Entry]
     ties: set[int]
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
-
-
-def _status(e: ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
 def _merge(key: str, versions: list[_Entry], markers: list[_Entry]) -> _History:
@@ -137,7 +146,7 @@ def _merge(key: str, versions: list[_Entry], markers: list[_Entry]) -> _History:
     return _History(key, out, ties)
 
 
-class VersionedProvider(SnapshotProvider):
+class VersionedProvider(S3Listing, SnapshotProvider):
     """Snapshots over an S3 bucket with versioning (AWS, MinIO, Ceph, Tigris and others).
 
     Args:
@@ -201,37 +210,12 @@ class VersionedProvider(SnapshotProvider):
             "MaxKeys": self.page_size,
         }
         pending: dict[str, tuple[list[_Entry], list[_Entry]]] = {}
-        while True:
-            try:
-                page = self.client.list_object_versions(**kw)
-            except ClientError as e:
-                raise self._error(e, "listing versions") from None
-            self.list_requests += 1
+        for page in self._pages("list_object_versions", "listing versions", **kw):
             # a page holding only delete markers has no "Versions" at all, and vice versa
             for v in page.get("Versions", []):
-                pending.setdefault(v["Key"], ([], []))[0].append(
-                    _Entry(
-                        v["Key"],
-                        v.get("VersionId") or "null",
-                        False,
-                        bool(v.get("IsLatest")),
-                        to_ns(v["LastModified"]),
-                        v.get("ETag", "").strip('"'),
-                        int(v.get("Size", 0)),
-                    )
-                )
+                pending.setdefault(v["Key"], ([], []))[0].append(_entry(v, deleted=False))
             for m in page.get("DeleteMarkers", []):
-                pending.setdefault(m["Key"], ([], []))[1].append(
-                    _Entry(
-                        m["Key"],
-                        m.get("VersionId") or "null",
-                        True,
-                        bool(m.get("IsLatest")),
-                        to_ns(m["LastModified"]),
-                        "",
-                        0,
-                    )
-                )
+                pending.setdefault(m["Key"], ([], []))[1].append(_entry(m, deleted=True))
             truncated = bool(page.get("IsTruncated"))
             boundary = page.get("NextKeyMarker", "") if truncated else None
             # the key at the page boundary may continue on the next page, in either array
@@ -240,13 +224,6 @@ class VersionedProvider(SnapshotProvider):
                 vs, ms = pending.pop(k)
                 if not k.startswith(RESERVED):
                     yield _merge(k, vs, ms)
-            if not truncated:
-                return
-            kw["KeyMarker"] = page["NextKeyMarker"]
-            if page.get("NextVersionIdMarker"):
-                kw["VersionIdMarker"] = page["NextVersionIdMarker"]
-            else:
-                kw.pop("VersionIdMarker", None)
 
     def state_at(self, h: _History, t_ns: int) -> tuple[_Entry | None, bool]:
         """A key's state at a time.
@@ -272,15 +249,11 @@ class VersionedProvider(SnapshotProvider):
 
     # snapshots ----------------------------------------------------------------------------
 
-    def _error(self, e: ClientError, doing: str) -> SnapshotError:
-        code = _code(e) or str(_status(e))
-        return SnapshotError(self.bucket, f"{doing} failed: {code}")
-
     def _versioning(self) -> str:
         try:
             return str(self.client.get_bucket_versioning(Bucket=self.bucket).get("Status", ""))
         except ClientError as e:
-            raise self._error(e, "reading the versioning status") from None
+            raise self._fail(e, "reading the versioning status") from None
 
     def _require_versioning(self) -> None:
         status = self._versioning()
@@ -297,8 +270,8 @@ class VersionedProvider(SnapshotProvider):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as e:
-            if _status(e) != 404:
-                raise self._error(e, "HeadBucket") from None
+            if http_status(e) != 404:
+                raise self._fail(e, "HeadBucket") from None
             region = self.client.meta.region_name
             try:
                 if region and region != "us-east-1":
@@ -309,13 +282,13 @@ class VersionedProvider(SnapshotProvider):
                 else:
                     self.client.create_bucket(Bucket=self.bucket)
             except ClientError as e2:
-                raise self._error(e2, "CreateBucket") from None
+                raise self._fail(e2, "CreateBucket") from None
         try:
             self.client.put_bucket_versioning(
                 Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
             )
         except ClientError as e:
-            raise self._error(e, "turning versioning on") from None
+            raise self._fail(e, "turning versioning on") from None
 
     def take(self, name: str | None = None) -> SnapshotInfo:
         """Record the exact version of every key under the prefix.
@@ -358,28 +331,21 @@ class VersionedProvider(SnapshotProvider):
                 ContentType="application/json",
             )
         except ClientError as e:
-            raise self._error(e, "storing the snapshot manifest") from None
+            raise self._fail(e, "storing the snapshot manifest") from None
         self._manifests[version] = manifest
         return SnapshotInfo(self.bucket, version, name, from_ns(start))
 
     def list(self) -> Sequence[SnapshotInfo]:
         """Returns: the snapshots whose manifests the bucket holds, oldest first."""
         out: list[SnapshotInfo] = []
-        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": RESERVED}
-        while True:
-            try:
-                page = self.client.list_objects_v2(**kw)
-            except ClientError as e:
-                raise self._error(e, "listing snapshots") from None
-            self.list_requests += 1
+        for page in self._pages(
+            "list_objects_v2", "listing snapshots", Bucket=self.bucket, Prefix=RESERVED
+        ):
             for o in page.get("Contents", []):
                 m = _MANIFEST.match(o["Key"])
                 if m:
                     v = m.group(1)
                     out.append(SnapshotInfo(self.bucket, v, m.group(2), from_ns(int(v))))
-            if not page.get("IsTruncated"):
-                break
-            kw["ContinuationToken"] = page["NextContinuationToken"]
         return sorted(out, key=lambda s: s.version)
 
     def _manifest_key(self, snap: SnapshotInfo) -> str:
@@ -403,7 +369,7 @@ class VersionedProvider(SnapshotProvider):
                 body = self.client.get_object(Bucket=self.bucket, Key=self._manifest_key(snap))
                 m = cast(dict[str, Any], json.loads(body["Body"].read()))
             except ClientError as e:
-                raise self._error(e, f"reading snapshot {snap.name or snap.version}") from None
+                raise self._fail(e, f"reading snapshot {snap.name or snap.version}") from None
             self._manifests[snap.version] = m
         if not self.prefix.startswith(m.get("prefix", "")):
             raise SnapshotError(
@@ -451,24 +417,8 @@ class VersionedProvider(SnapshotProvider):
     def list_objects(self, at: At | None = None) -> Iterator[ObjectState]:
         """List the objects under the prefix as they were at ``at`` (None: now), in key order."""
         if at is None:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
-            while True:
-                try:
-                    page = self.client.list_objects_v2(**kw)
-                except ClientError as e:
-                    raise self._error(e, "listing objects") from None
-                self.list_requests += 1
-                for o in page.get("Contents", []):
-                    if not o["Key"].startswith(RESERVED):
-                        yield ObjectState(
-                            o["Key"],
-                            int(o.get("Size", 0)),
-                            o.get("ETag", "").strip('"'),
-                            o["LastModified"],
-                        )
-                if not page.get("IsTruncated"):
-                    return
-                kw["ContinuationToken"] = page["NextContinuationToken"]
+            yield from self._objects(RESERVED, Bucket=self.bucket, Prefix=self.prefix)
+            return
         if isinstance(at, SnapshotInfo):
             yield from self._snapshot_states(at).values()
             return
@@ -509,9 +459,9 @@ class VersionedProvider(SnapshotProvider):
         try:
             return cast(BinaryIO, self.client.get_object(**kw)["Body"])
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "NoSuchVersion") or _status(e) == 404:
+            if is_missing(e, "NoSuchKey", "NoSuchVersion"):
                 raise SnapshotError(self.bucket, f"no object {key!r} at {_label(at)}") from None
-            raise self._error(e, f"reading {key!r}") from None
+            raise self._fail(e, f"reading {key!r}") from None
 
     def slice(self, t1: At, t2: At) -> Slice:
         """Say which keys were created, changed (another version) and deleted in (t1, t2]."""
@@ -528,9 +478,9 @@ class VersionedProvider(SnapshotProvider):
                 self.client.get_object(Bucket=self.bucket, Key=_LINEAGE)["Body"].read()
             )
         except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404") or _status(e) == 404:
+            if is_missing(e, "NoSuchKey", "404"):
                 return Lineage(self.bucket, enabled)
-            raise self._error(e, "reading the lineage") from None
+            raise self._fail(e, "reading the lineage") from None
         return Lineage(
             self.bucket,
             enabled,
@@ -573,8 +523,8 @@ class VersionedProvider(SnapshotProvider):
             self.client.head_bucket(Bucket=new_bucket)
             exists = True
         except ClientError as e:
-            if _status(e) != 404:
-                raise self._error(e, f"HeadBucket {new_bucket}") from None
+            if http_status(e) != 404:
+                raise self._fail(e, f"HeadBucket {new_bucket}") from None
             exists = False
         done: dict[str, int] = {}
         if exists:
@@ -650,7 +600,7 @@ class VersionedProvider(SnapshotProvider):
                     Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]
                 )
         except ClientError as e:
-            raise self._error(e, f"aborting unfinished copies in {bucket}") from None
+            raise self._fail(e, f"aborting unfinished copies in {bucket}") from None
 
     def _copy(self, st: ObjectState, dest: str) -> ObjectState:
         src: dict[str, str] = {"Bucket": self.bucket, "Key": st.key}
@@ -664,7 +614,7 @@ class VersionedProvider(SnapshotProvider):
         except ClientError as e:
             raise SnapshotError(
                 self.bucket,
-                f"copying {st.key!r} into {dest} failed: {_code(e) or _status(e)} "
+                f"copying {st.key!r} into {dest} failed: {error_code(e) or http_status(e)} "
                 "(run the fork again to resume)",
             ) from None
         return st
@@ -718,7 +668,7 @@ class VersionedProvider(SnapshotProvider):
                 raise SnapshotError(self.bucket, f"no snapshot {snapshot.name or snapshot.version}")
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objs})
         except ClientError as e:
-            raise self._error(e, "deleting the snapshot") from None
+            raise self._fail(e, "deleting the snapshot") from None
         self._manifests.pop(snapshot.version, None)
 
 

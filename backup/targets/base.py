@@ -7,6 +7,19 @@ contract test suite (``tests/targets/test_contract.py``).
 
 Invariant: a write is atomic. Nothing is visible under a key until :meth:`ObjectWriter.commit`
 returns, so a crashed backup never leaves a half archive that looks complete.
+
+The contract is the abstract methods (what only the target can do) and, for everything else
+a caller may ask, a method with a slow-but-correct default that a target overrides where it
+can do better (one HEAD instead of a listing). Callers ask the contract, never the type:
+no ``isinstance`` of a target class, no ``getattr`` for a method a target may lack. Where a
+target legitimately differs, a class attribute says how, and the contract suite checks it:
+
+- :attr:`Target.reads_need_retrieval`: every read needs a retrieval first (a Glacier vault):
+  request it, wait until :meth:`Target.retrieval_status` is READY, then open.
+- :attr:`Target.lists_at_once`: False where listing takes an inventory job (a vault):
+  :meth:`Target.list` raises TargetError saying so, and :meth:`Target.exists` cannot look.
+- :attr:`Target.refs_are_keys`: False where :meth:`ObjectWriter.commit` returns an opaque
+  reference (a vault's archive id) rather than the key.
 """
 
 from __future__ import annotations
@@ -14,24 +27,27 @@ from __future__ import annotations
 import enum
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from ..errors import ObjectNotFound, TargetError
 
 __all__ = [
     "LOCK_MODES",
     "MAX_TAGS",
+    "PARTIAL",
     "ObjectInfo",
     "ObjectLock",
     "ObjectWriter",
     "Readiness",
+    "RestoreNotice",
     "RetrievalStatus",
     "Target",
     "WriteOptions",
+    "check_key",
 ]
 
 #: Object Lock retention modes (S3's names)
@@ -39,6 +55,25 @@ LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 #: S3 allows at most this many tags on an object
 MAX_TAGS = 10
 _TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$")
+
+
+#: the first path segment no key may have: where targets keep interrupted writes
+PARTIAL = ".partial"
+
+
+def check_key(url: str, key: str) -> None:
+    """Refuse a key no target may store: empty, absolute, with an empty, ``.`` or ``..``
+    segment, or under :data:`PARTIAL` (keys are portable: one valid anywhere is valid
+    everywhere, so an inventory can be copied between targets).
+
+    Raises:
+        TargetError: ``invalid object key ...``.
+    """
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise TargetError(url, f"invalid object key {key!r}")
+    if parts[0] == PARTIAL:
+        raise TargetError(url, f"invalid object key {key!r}")
 
 
 class Readiness(enum.StrEnum):
@@ -149,6 +184,20 @@ class ObjectLock:
         )
 
 
+class RestoreNotice(Protocol):
+    """A service's message that a retrieval finished (an S3 restore, a vault job), as
+    :meth:`Target.restored_refs` reads it (``backup.coldplan.RestoreEvent`` is one)."""
+
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def archive_id(self) -> str | None: ...
+    @property
+    def vault(self) -> tuple[str, str, str] | None: ...
+
+
 class ObjectWriter(ABC):
     """A streamed write of one object. Use as a context manager: leaving the block with an
     exception aborts the write; committing is explicit."""
@@ -182,18 +231,33 @@ class Target(ABC):
     url: str
     #: whether the target implements Object Lock (retention and legal holds)
     supports_object_lock: bool = False
+    #: whether every read needs a retrieval first (request, wait for READY, then open)
+    reads_need_retrieval: bool = False
+    #: whether :meth:`list` answers at once (else it raises TargetError naming the way)
+    lists_at_once: bool = True
+    #: whether :meth:`ObjectWriter.commit` returns the key itself as the reference
+    refs_are_keys: bool = True
 
     @abstractmethod
     def open_write(self, key: str, options: WriteOptions | None = None) -> ObjectWriter:
         """Start an atomic streamed write of object ``key``, stored as ``options`` say."""
 
-    @abstractmethod
     def request_retrieval(self, ref: str, *, tier: str | None = None) -> RetrievalStatus:
-        """Ask for ``ref`` to be made readable; returns at once with its status."""
+        """Ask for ``ref`` to be made readable (ObjectNotFound if absent); returns at once
+        with its status. Default: an always-readable target has nothing to ask for."""
+        return self.retrieval_status(ref)
 
-    @abstractmethod
     def retrieval_status(self, ref: str) -> RetrievalStatus:
-        """Tell whether ``ref`` can be opened now."""
+        """Tell whether ``ref`` can be opened now (ObjectNotFound if absent). Default: READY
+        when it exists."""
+        if not self.exists(ref):
+            raise ObjectNotFound(self.url, ref)
+        return RetrievalStatus(Readiness.READY)
+
+    def restored_refs(self, notices: Iterable[RestoreNotice]) -> set[str]:
+        """The references of this target whose retrieval the notices say finished (``ref in``
+        the result). Default: none (a target whose retrievals are never announced)."""
+        return set()
 
     @abstractmethod
     def open_read(self, ref: str) -> BinaryIO:
@@ -207,9 +271,15 @@ class Target(ABC):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """List committed objects whose key starts with ``prefix``, in key order."""
 
-    @abstractmethod
     def exists(self, ref: str) -> bool:
-        """Tell whether a committed object ``ref`` exists."""
+        """Tell whether a committed object ``ref`` exists (where :attr:`lists_at_once` is
+        False the target cannot look: a well-formed reference is taken to exist). Default:
+        :meth:`stat` finds it."""
+        try:
+            self.stat(ref)
+        except ObjectNotFound:
+            return False
+        return True
 
     @abstractmethod
     def abandon_partial(self, key: str) -> int:
@@ -223,72 +293,30 @@ class Target(ABC):
         :meth:`abandon_partial` at once."""
 
     def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
-        """Name what interrupted writes under ``prefix`` left behind (for reports; see
-        :meth:`sweep_partial` to remove it). The base class knows of none.
-
-        Returns:
-            A description of each, its key where the target keeps it.
-        """
+        """Name what interrupted writes under ``prefix`` left (for reports; removing it is
+        :meth:`sweep_partial`'s), its key where the target keeps it. Default: none."""
         return ()
 
     def stat(self, ref: str) -> ObjectInfo:
-        """Describe one committed object (size, and storage class where there are classes).
-
-        Args:
-            ref: the object's reference.
-
-        Returns:
-            Its listing entry.
-
-        Raises:
-            ObjectNotFound: when it is absent.
-        """
+        """Describe one committed object, or raise ObjectNotFound. Default: from :meth:`list`."""
         for info in self.list(ref):
             if info.key == ref:
                 return info
         raise ObjectNotFound(self.url, ref)
 
     def describe(self, ref: str) -> tuple[ObjectInfo, RetrievalStatus]:
-        """An object's listing entry and retrieval status together (one request where the
-        target can answer both at once, as S3's HEAD does).
-
-        Args:
-            ref: the object's reference.
-
-        Returns:
-            (:meth:`stat`, :meth:`retrieval_status`).
-
-        Raises:
-            ObjectNotFound: when it is absent.
-        """
+        """:meth:`stat` and :meth:`retrieval_status` together (one request where the target
+        can answer both, as S3's HEAD does). Default: the two calls."""
         return self.stat(ref), self.retrieval_status(ref)
 
     def _no_lock(self) -> TargetError:
         return TargetError(self.url, "this target does not support object lock or legal holds")
 
     def set_legal_hold(self, ref: str, on: bool) -> None:
-        """Put a legal hold on an object (it cannot be deleted until the hold is off), or
-        take it off.
-
-        Args:
-            ref: the object's reference.
-            on: True to hold, False to release.
-
-        Raises:
-            TargetError: the target has no Object Lock.
-        """
+        """Put a legal hold on an object (no delete until it is off), or take it off.
+        Default: TargetError, no Object Lock (:attr:`supports_object_lock`)."""
         raise self._no_lock()
 
     def object_lock(self, ref: str) -> ObjectLock:
-        """Read an object's retention and legal hold.
-
-        Args:
-            ref: the object's reference.
-
-        Returns:
-            Its lock state.
-
-        Raises:
-            TargetError: the target has no Object Lock.
-        """
+        """Read an object's retention and legal hold. Default: TargetError, no Object Lock."""
         raise self._no_lock()

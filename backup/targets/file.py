@@ -23,23 +23,11 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from ..errors import ObjectNotFound, TargetError
-from .base import ObjectInfo, ObjectWriter, Readiness, RetrievalStatus, Target, WriteOptions
+from .base import PARTIAL, ObjectInfo, ObjectWriter, Target, WriteOptions, check_key
 
 __all__ = ["FileTarget", "FileWriter"]
 
-PARTIAL = ".partial"
 _WRITE_BEHIND = 32 << 20
-
-
-def _check_key(url: str, key: str) -> None:
-    parts = key.split("/")
-    if (
-        not key
-        or key.startswith("/")
-        or any(p in ("", ".", "..") for p in parts)
-        or parts[0] == PARTIAL
-    ):
-        raise TargetError(url, f"invalid object key {key!r}")
 
 
 def _key_tag(key: str) -> str:
@@ -138,24 +126,16 @@ class FileTarget(Target):
         self.root = Path(path)
 
     def _path(self, ref: str) -> Path:
-        _check_key(self.url, ref)
+        check_key(self.url, ref)
         return self.root / ref
 
     def open_write(self, key: str, options: WriteOptions | None = None) -> FileWriter:
-        _check_key(self.url, key)
+        check_key(self.url, key)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             return FileWriter(self, key)
         except OSError as e:
             raise TargetError(self.url, f"cannot write: {e.strerror}") from e
-
-    def request_retrieval(self, ref: str, *, tier: str | None = None) -> RetrievalStatus:
-        return self.retrieval_status(ref)
-
-    def retrieval_status(self, ref: str) -> RetrievalStatus:
-        if not self._path(ref).is_file():
-            raise ObjectNotFound(self.url, ref)
-        return RetrievalStatus(Readiness.READY)
 
     def open_read(self, ref: str) -> BinaryIO:
         try:

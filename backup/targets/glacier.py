@@ -39,9 +39,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -51,12 +50,18 @@ from urllib.parse import parse_qs, urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ObjectNotFound, TargetError
-from .base import ObjectInfo, ObjectWriter, Readiness, RetrievalStatus, Target, WriteOptions
+from ..times import parse_service_time
+from .awserrors import error_code
+from .base import ObjectInfo, Readiness, RetrievalStatus, Target, WriteOptions, check_key
 from .s3client import glacier_client
+from .streams import BodyReader, PartWriter
 from .treehash import TreeHasher, chunk_hashes, tree_hash_of_hashes
+from .vaultrefs import VaultRefs, format_ref, parse_ref
 
 if TYPE_CHECKING:
     from mypy_boto3_glacier import GlacierClient
+
+    from .base import RestoreNotice
 
 __all__ = [
     "MAX_DESCRIPTION",
@@ -78,46 +83,7 @@ MAX_DESCRIPTION = 1024
 #: job output is kept this long after the job completes
 OUTPUT_KEPT = timedelta(hours=24)
 _TIERS = ("Expedited", "Standard", "Bulk")
-#: what a vault's archive ids are made of (keys have a "/" and a ".")
-_ARCHIVE_ID = re.compile(r"[A-Za-z0-9_-]+")
 _MARK = "backup/1"
-
-
-def format_ref(key: str, archive_id: str, tree_hash: str) -> str:
-    """Returns: the reference of an archive: ``KEY#ARCHIVE_ID#TREE_HASH``."""
-    return f"{key}#{archive_id}#{tree_hash}"
-
-
-def parse_ref(url: str, ref: str) -> tuple[str, str, str | None]:
-    """Split a reference.
-
-    Args:
-        url: the target's URL (for errors).
-        ref: ``KEY#ARCHIVE_ID#TREE_HASH``, ``KEY#ARCHIVE_ID``, or a bare archive id.
-
-    Returns:
-        (key or "", archive id, tree hash or None).
-
-    Raises:
-        TargetError: for an empty id, or an object key with no archive id (what inventories
-            recorded for vault archives before they kept the vault's ids).
-    """
-    parts = ref.split("#")
-    if len(parts) == 1 and ref and not _ARCHIVE_ID.fullmatch(ref):
-        raise TargetError(
-            url,
-            f"{ref!r} is an object key, not a vault archive id: its archive id was never "
-            f"recorded (run 'backup inventory sync {url}' to record it)",
-        )
-    if len(parts) == 1:
-        key, aid, th = "", parts[0], None
-    elif len(parts) == 2:
-        key, aid, th = parts[0], parts[1], None
-    else:
-        key, aid, th = "#".join(parts[:-2]), parts[-2], parts[-1] or None
-    if not aid:
-        raise TargetError(url, f"{ref!r} is not a vault archive reference (KEY#ARCHIVE_ID)")
-    return key, aid, th
 
 
 def describe_archive(key: str, tags: dict[str, str] | None = None) -> str:
@@ -177,27 +143,21 @@ def vault_error(e: BaseException) -> str:
 
 
 def _missing(e: ClientError) -> bool:
-    return e.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
+    return error_code(e) == "ResourceNotFoundException"
 
 
-class _Verified(io.RawIOBase):
+class _Verified(BodyReader):
     """Job output, tree-hashed as it is read; the read that reaches the end raises if the
     hash differs from the archive's."""
 
     def __init__(self, url: str, ref: str, body: Any, expected: str | None) -> None:
-        self._url, self._ref, self._body, self._expected = url, ref, body, expected
+        super().__init__(body)
+        self._url, self._ref, self._expected = url, ref, expected
         self._hasher = TreeHasher()
         self._checked = False
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        data = self._body.read(len(view))
-        n = len(data)
-        view[:n] = data
-        if n:
+    def _seen(self, data: bytes) -> None:
+        if data:
             self._hasher.update(data)
         elif not self._checked:
             self._checked = True
@@ -208,15 +168,9 @@ class _Verified(io.RawIOBase):
                     f"retrieved {self._ref!r} does not match its tree hash "
                     f"({got} != {self._expected}): download corrupted",
                 )
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
 
 
-class GlacierWriter(ObjectWriter):
+class GlacierWriter(PartWriter):
     """A streamed upload of one archive (see the module's description).
 
     Attributes:
@@ -225,8 +179,8 @@ class GlacierWriter(ObjectWriter):
     """
 
     def __init__(self, target: GlacierTarget, key: str, options: WriteOptions) -> None:
+        super().__init__(target.url, key)
         self._t = target
-        self._key = key
         self._desc = describe_archive(key, dict(options.tags))
         self._buf = bytearray()
         self._hashes: list[bytes] = []
@@ -238,20 +192,8 @@ class GlacierWriter(ObjectWriter):
         self._slots = threading.Semaphore(target.workers + 1)
         self._held = 0
         self.peak_parts_buffered = 0
-        self._lock = threading.Lock()
-        self._error: BaseException | None = None
-        self._finished = False
 
-    def _fail(self, e: BaseException) -> TargetError:
-        return TargetError(self._t.url, f"cannot store {self._key!r}: {vault_error(e)}")
-
-    def _check(self) -> None:
-        if self._finished:
-            raise TargetError(self._t.url, f"write to {self._key!r} after commit or abort")
-        if self._error is not None:
-            err = self._error
-            self.abort()
-            raise self._fail(err) from err
+    _why = staticmethod(vault_error)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._check()
@@ -298,7 +240,7 @@ class GlacierWriter(ObjectWriter):
         hashes = chunk_hashes(buf)
         self._hashes.extend(hashes)
         self._slots.acquire()  # bounded: at most workers + 1 parts held
-        with self._lock:
+        with self._cond:
             self._held += 1
             self.peak_parts_buffered = max(self.peak_parts_buffered, self._held)
         self._futures.append(
@@ -319,11 +261,9 @@ class GlacierWriter(ObjectWriter):
                     body=bytes(buf),
                 )
         except BaseException as e:
-            with self._lock:
-                if self._error is None:
-                    self._error = e
+            self._keep(e)
         finally:
-            with self._lock:
+            with self._cond:
                 self._held -= 1
             self._slots.release()
 
@@ -370,12 +310,8 @@ class GlacierWriter(ObjectWriter):
         return format_ref(self._key, resp["archiveId"], checksum)
 
     def abort(self) -> None:
-        if self._finished:
+        if not self._end():
             return
-        self._finished = True
-        with self._lock:
-            if self._error is None:
-                self._error = TargetError(self._t.url, f"upload of {self._key!r} aborted")
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._buf = bytearray()
@@ -385,12 +321,7 @@ class GlacierWriter(ObjectWriter):
                     accountId=self._t.account, vaultName=self._t.vault, uploadId=self._upload_id
                 )
             except (ClientError, BotoCoreError) as e:
-                log.warning(
-                    "%s: could not abort the upload of %r (%s); sweep_partial will",
-                    self._t.url,
-                    self._key,
-                    vault_error(e),
-                )
+                self._abort_failed(e)
 
 
 class GlacierTarget(Target):
@@ -476,15 +407,44 @@ class GlacierTarget(Target):
         if isinstance(job, dict) and self.sns_topic:
             job.setdefault("SNSTopic", self.sns_topic)
 
+    reads_need_retrieval = True  # an archive is read from a retrieval job's output
+    lists_at_once = False  # listing a vault is an inventory job (backup inventory sync)
+    refs_are_keys = False  # KEY#ARCHIVE_ID#TREE_HASH: the vault names archives itself
+
+    def restored_refs(self, notices: Iterable[RestoreNotice]) -> VaultRefs:
+        """The archives of this vault whose job-completion messages are among ``notices``
+        (the vault's name, and its region and account where the target names them, match
+        the message's ``VaultARN``)."""
+        region = getattr(getattr(self.client, "meta", None), "region_name", None)
+        ids = []
+        for n in notices:
+            vault = n.vault
+            if n.archive_id is None or vault is None:
+                continue
+            v_region, v_account, v_name = vault
+            if v_name != self.vault:
+                continue
+            if self.account != "-" and v_account != self.account:
+                continue
+            if region and v_region and v_region != region:
+                continue
+            ids.append(n.archive_id)
+        return VaultRefs(self.url, ids)
+
+    def _fail(self, ref: str, doing: str, e: BaseException) -> TargetError:
+        """Returns: the error for a failed request about ``ref``: ObjectNotFound when the
+        vault has no such archive (or job), else what the vault answered."""
+        if isinstance(e, ClientError) and _missing(e):
+            return ObjectNotFound(self.url, ref)
+        return TargetError(self.url, f"{doing} {ref!r}: {vault_error(e)}")
+
     def _aid(self, ref: str) -> str:
         return parse_ref(self.url, ref)[1]
 
     def open_write(self, key: str, options: WriteOptions | None = None) -> GlacierWriter:
         """Start an upload. Of the options, tags go into the archive description; ``hot``
         and Object Lock do not apply to a vault (vault lock policies are set on the vault)."""
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise TargetError(self.url, f"invalid object key {key!r}")
+        check_key(self.url, key)
         if "#" in key:
             raise TargetError(self.url, f"invalid object key {key!r}: '#' is not allowed")
         return GlacierWriter(self, key, options or WriteOptions())
@@ -517,16 +477,6 @@ class GlacierTarget(Target):
         ]
         return sorted(jobs, key=lambda j: str(j.get("CreationDate", "")), reverse=True)
 
-    @staticmethod
-    def _completed_at(job: dict[str, Any]) -> datetime | None:
-        text = job.get("CompletionDate")
-        if not text:
-            return None
-        try:
-            return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(UTC)
-        except ValueError:
-            return None
-
     def _status_of(self, job: dict[str, Any]) -> RetrievalStatus:
         code = job.get("StatusCode")
         tier = job.get("Tier")
@@ -535,7 +485,7 @@ class GlacierTarget(Target):
                 Readiness.PENDING, job_id=job["JobId"], storage_class="VAULT", tier=tier
             )
         if code == "Succeeded":
-            done = self._completed_at(job)
+            done = parse_service_time(job.get("CompletionDate"))
             expires = done + OUTPUT_KEPT if done else None
             if expires is None or expires > datetime.now(UTC):
                 return RetrievalStatus(
@@ -559,11 +509,9 @@ class GlacierTarget(Target):
                 st = self._status_of(job)
                 if st.state is not Readiness.NOT_REQUESTED:
                     return st
-            except ClientError as e:
-                if not _missing(e):
+            except (ClientError, BotoCoreError) as e:
+                if not (isinstance(e, ClientError) and _missing(e)):
                     raise TargetError(self.url, f"cannot describe job: {vault_error(e)}") from e
-            except BotoCoreError as e:
-                raise TargetError(self.url, f"cannot describe job: {vault_error(e)}") from e
         best = RetrievalStatus(Readiness.NOT_REQUESTED, storage_class="VAULT")
         for job in self._archive_jobs(aid):  # newest first: a ready one wins, then a running
             st = self._status_of(job)
@@ -623,16 +571,8 @@ class GlacierTarget(Target):
                     "Description": f"backup restore of {parse_ref(self.url, ref)[0]}"[:1024],
                 },
             )
-        except ClientError as e:
-            if _missing(e):
-                raise ObjectNotFound(self.url, ref) from e
-            raise TargetError(
-                self.url, f"cannot start retrieval of {ref!r}: {vault_error(e)}"
-            ) from e
-        except BotoCoreError as e:
-            raise TargetError(
-                self.url, f"cannot start retrieval of {ref!r}: {vault_error(e)}"
-            ) from e
+        except (ClientError, BotoCoreError) as e:
+            raise self._fail(ref, "cannot start retrieval of", e) from e
         self._jobs[aid] = resp["jobId"]
         # the class lets pollers ask on the vault's schedule (hours), not every minute
         return RetrievalStatus(
@@ -702,16 +642,8 @@ class GlacierTarget(Target):
             resp = self.client.get_job_output(
                 accountId=self.account, vaultName=self.vault, jobId=job_id
             )
-        except ClientError as e:
-            if _missing(e):
-                raise ObjectNotFound(self.url, ref) from e
-            raise TargetError(
-                self.url, f"cannot read job output of {ref!r}: {vault_error(e)}"
-            ) from e
-        except BotoCoreError as e:
-            raise TargetError(
-                self.url, f"cannot read job output of {ref!r}: {vault_error(e)}"
-            ) from e
+        except (ClientError, BotoCoreError) as e:
+            raise self._fail(ref, "cannot read job output of", e) from e
         expected = str(job.get("SHA256TreeHash") or tree_hash or "") or None
         raw = _Verified(self.url, ref, resp["body"], expected)
         return io.BufferedReader(raw, MiB)
@@ -723,11 +655,10 @@ class GlacierTarget(Target):
             self.client.delete_archive(
                 accountId=self.account, vaultName=self.vault, archiveId=self._aid(ref)
             )
-        except ClientError as e:
-            if not _missing(e):
-                raise TargetError(self.url, f"cannot delete {ref!r}: {vault_error(e)}") from e
-        except BotoCoreError as e:
-            raise TargetError(self.url, f"cannot delete {ref!r}: {vault_error(e)}") from e
+        except (ClientError, BotoCoreError) as e:
+            err = self._fail(ref, "cannot delete", e)
+            if not isinstance(err, ObjectNotFound):  # deleting an absent archive is not an error
+                raise err from e
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         raise TargetError(
@@ -806,11 +737,7 @@ class GlacierTarget(Target):
         for u in self._uploads():
             if parse_description(u.get("ArchiveDescription")) is None:
                 continue
-            created = str(u.get("CreationDate", ""))
-            try:
-                when = datetime.fromisoformat(created.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if when < cutoff:
+            when = parse_service_time(u.get("CreationDate"))
+            if when is not None and when < cutoff:
                 stale.append(u)
         return sum(self._abort(u) for u in stale)

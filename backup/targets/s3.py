@@ -32,7 +32,7 @@ import io
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -41,19 +41,23 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ObjectNotFound, TargetError
+from .awserrors import error_code, error_line, http_status, is_missing
 from .base import (
     ObjectInfo,
     ObjectLock,
-    ObjectWriter,
     Readiness,
     RetrievalStatus,
     Target,
     WriteOptions,
+    check_key,
 )
 from .s3client import s3_client
+from .streams import BodyReader, PartWriter
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from .base import RestoreNotice
 
 __all__ = [
     "COLD_CLASSES",
@@ -90,7 +94,6 @@ COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 #: retrieval tiers, fastest first
 TIERS = ("Expedited", "Standard", "Bulk")
 _CHECKSUMS = ("SHA256", "CRC32", "CRC32C", "SHA1")
-_PARTIAL = ".partial"
 _ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
 _EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"')
 
@@ -165,49 +168,25 @@ def status_from_head(head: Mapping[str, Any], now: datetime) -> RetrievalStatus:
     return RetrievalStatus(Readiness.NOT_REQUESTED, storage_class=cls, expires=expires)
 
 
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
-
-
-def _status(e: ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def _is_missing(e: ClientError) -> bool:
-    return _code(e) in ("NoSuchKey", "404", "NotFound") or _status(e) == 404
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, ClientError):
-        err = e.response.get("Error", {})
-        return f"{err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
-    return f"{type(e).__name__}: {e}"
-
-
-class _Reader(io.RawIOBase):
+class _Reader(BodyReader):
     """A GET body that resumes (``Range`` from where it stopped, pinned by ``If-Match`` to
     the same ETag) when the connection breaks mid-stream, which botocore does not retry."""
 
     def __init__(self, target: S3Target, key: str, first: dict[str, Any]) -> None:
+        super().__init__(first["Body"])
         self._t = target
         self._key = key
-        self._body = first["Body"]
         self._etag = first.get("ETag")
         self._pos = 0
         self._retries = 5
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
+    def _read(self, n: int) -> bytes:
         while True:
             try:
-                data = self._body.read(len(view))
-                break
+                return bytes(self._body.read(n))
             except (BotoCoreError, OSError) as e:
                 if self._retries <= 0:
-                    raise TargetError(self._t.url, f"reading {self._key!r}: {_why(e)}") from e
+                    raise TargetError(self._t.url, f"reading {self._key!r}: {error_line(e)}") from e
                 self._retries -= 1
                 self._body.close()
                 extra = {"IfMatch": self._etag} if self._etag else {}
@@ -219,20 +198,16 @@ class _Reader(io.RawIOBase):
                         **extra,
                     )
                 except ClientError as ce:
-                    raise TargetError(self._t.url, f"reading {self._key!r}: {_why(ce)}") from ce
+                    raise TargetError(
+                        self._t.url, f"reading {self._key!r}: {error_line(ce)}"
+                    ) from ce
                 self._body = resp["Body"]
-        n = len(data)
-        view[:n] = data
-        self._pos += n
-        return n
 
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
+    def _seen(self, data: bytes) -> None:
+        self._pos += len(data)
 
 
-class S3Writer(ObjectWriter):
+class S3Writer(PartWriter):
     """A streamed multipart upload of one object (see the module's description).
 
     Attributes:
@@ -242,8 +217,8 @@ class S3Writer(ObjectWriter):
     """
 
     def __init__(self, target: S3Target, key: str, options: WriteOptions) -> None:
+        super().__init__(target.url, key)
         self._t = target
-        self._key = key
         self._okey = target.object_key(key)
         self._opts = options
         self._buf = bytearray()
@@ -251,20 +226,17 @@ class S3Writer(ObjectWriter):
         self.parts = 0
         self._done_parts: dict[int, dict[str, Any]] = {}
         self._futures: list[Future[None]] = []
-        self._cond = threading.Condition()
         self._buffered = 0
         self._uploading = 0
         self.peak_buffered = 0
         self.peak_uploading = 0
-        self._error: BaseException | None = None
-        self._finished = False
         self._pool = ThreadPoolExecutor(target.workers, thread_name_prefix="s3-part")
         args = self._object_args()
         try:
             resp = target.client.create_multipart_upload(**args)
         except (ClientError, BotoCoreError) as e:
             self._pool.shutdown(wait=False)
-            raise TargetError(target.url, f"cannot start upload of {key!r}: {_why(e)}") from e
+            raise TargetError(target.url, f"cannot start upload of {key!r}: {error_line(e)}") from e
         self._upload_id = resp["UploadId"]
 
     def _object_args(self) -> dict[str, Any]:
@@ -300,14 +272,6 @@ class S3Writer(ObjectWriter):
                 self._send_part()
         self._size += n
         return n
-
-    def _check(self) -> None:
-        if self._finished:
-            raise TargetError(self._t.url, f"write to {self._key!r} after commit or abort")
-        if self._error is not None:
-            err = self._error
-            self.abort()
-            raise TargetError(self._t.url, f"cannot store {self._key!r}: {_why(err)}") from err
 
     def _too_large(self) -> None:
         self.abort()
@@ -360,9 +324,7 @@ class S3Writer(ObjectWriter):
                 part[ck] = resp[ck]  # type: ignore[literal-required]
             self._done_parts[number] = part
         except BaseException as e:
-            with self._cond:
-                if self._error is None:
-                    self._error = e
+            self._keep(e)
         finally:
             with self._cond:
                 self._uploading = max(0, self._uploading - 1)
@@ -379,7 +341,7 @@ class S3Writer(ObjectWriter):
             try:
                 t.client.put_object(Body=b"", **args)
             except (ClientError, BotoCoreError) as e:
-                raise TargetError(t.url, f"cannot store {self._key!r}: {_why(e)}") from e
+                raise TargetError(t.url, f"cannot store {self._key!r}: {error_line(e)}") from e
             return self._key
         if self._buf or self.parts == 0:
             self._send_part()
@@ -396,7 +358,7 @@ class S3Writer(ObjectWriter):
             )
         except (ClientError, BotoCoreError) as e:
             self.abort()
-            raise TargetError(t.url, f"cannot store {self._key!r}: {_why(e)}") from e
+            raise TargetError(t.url, f"cannot store {self._key!r}: {error_line(e)}") from e
         self._finished = True
         o = self._opts
         if o.lock_mode is not None and o.retain_until is not None:
@@ -415,18 +377,13 @@ class S3Writer(ObjectWriter):
                 # an unlocked archive is not what the policy asked for: remove it
                 with contextlib.suppress(TargetError):
                     t.delete(self._key)
-                raise TargetError(t.url, f"cannot lock {self._key!r}: {_why(e)}") from e
+                raise TargetError(t.url, f"cannot lock {self._key!r}: {error_line(e)}") from e
         self._pool.shutdown(wait=False)
         return self._key
 
     def abort(self) -> None:
-        if self._finished:
+        if not self._end():
             return
-        self._finished = True
-        with self._cond:
-            if self._error is None:
-                self._error = TargetError(self._t.url, f"upload of {self._key!r} aborted")
-            self._cond.notify_all()
         # parts still uploading finish first, or an abort could leave them stored
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._buf = bytearray()
@@ -435,14 +392,8 @@ class S3Writer(ObjectWriter):
                 Bucket=self._t.bucket, Key=self._okey, UploadId=self._upload_id
             )
         except (ClientError, BotoCoreError) as e:
-            if not (isinstance(e, ClientError) and _code(e) == "NoSuchUpload"):
-                # sweep_partial removes it later; say so rather than fail the caller's abort
-                log.warning(
-                    "%s: could not abort the upload of %r (%s); sweep_partial will",
-                    self._t.url,
-                    self._key,
-                    _why(e),
-                )
+            if not (isinstance(e, ClientError) and error_code(e) == "NoSuchUpload"):
+                self._abort_failed(e)
 
 
 class S3Target(Target):
@@ -531,6 +482,16 @@ class S3Target(Target):
 
     # keys ------------------------------------------------------------------------------
 
+    def restored_refs(self, notices: Iterable[RestoreNotice]) -> set[str]:
+        """The references (keys without this target's prefix) of the objects in this bucket
+        whose restores the notices say completed."""
+        p = self.prefix
+        return {
+            n.key[len(p) :]
+            for n in notices
+            if n.archive_id is None and n.bucket == self.bucket and n.key.startswith(p)
+        }
+
     def object_key(self, key: str) -> str:
         """Args:
             key: a target key (``policy/id.tar.zst.age``).
@@ -541,20 +502,13 @@ class S3Target(Target):
         Raises:
             TargetError: for an invalid key.
         """
-        parts = key.split("/")
-        if (
-            not key
-            or key.startswith("/")
-            or any(p in ("", ".", "..") for p in parts)
-            or parts[0] == _PARTIAL
-        ):
-            raise TargetError(self.url, f"invalid object key {key!r}")
+        check_key(self.url, key)
         return self.prefix + key
 
     def _fail(self, ref: str, what: str, e: BaseException) -> TargetError:
-        if isinstance(e, ClientError) and _is_missing(e):
+        if isinstance(e, ClientError) and is_missing(e):
             return ObjectNotFound(self.url, ref)
-        return TargetError(self.url, f"{what} {ref!r}: {_why(e)}")
+        return TargetError(self.url, f"{what} {ref!r}: {error_line(e)}")
 
     def _head(self, ref: str) -> dict[str, Any]:
         try:
@@ -600,8 +554,8 @@ class S3Target(Target):
                 },
             )
         except ClientError as e:
-            code = _code(e)
-            if code == "RestoreAlreadyInProgress" or _status(e) == 409:
+            code = error_code(e)
+            if code == "RestoreAlreadyInProgress" or http_status(e) == 409:
                 return RetrievalStatus(Readiness.PENDING, tier=tier)
             if code == "InvalidObjectState":
                 return self.retrieval_status(ref)
@@ -634,7 +588,7 @@ class S3Target(Target):
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self.object_key(ref))
         except ClientError as e:
-            if _code(e) == "InvalidObjectState":
+            if error_code(e) == "InvalidObjectState":
                 raise TargetError(
                     self.url,
                     f"{ref!r} is in a cold storage class: request a retrieval and wait for it",
@@ -662,7 +616,7 @@ class S3Target(Target):
                     if v.get("Key") == okey:
                         versions.append((okey, v.get("VersionId")))
         except ClientError as e:
-            if _code(e) not in ("AccessDenied", "NotImplemented"):
+            if error_code(e) not in ("AccessDenied", "NotImplemented"):
                 raise self._fail(ref, "cannot delete", e) from e
             versions = [(okey, None)]  # no permission to list versions: a plain delete
         except BotoCoreError as e:
@@ -674,9 +628,9 @@ class S3Target(Target):
                 else:
                     self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid)
             except ClientError as e:
-                if _is_missing(e):
+                if is_missing(e):
                     continue
-                if _code(e) == "AccessDenied":
+                if error_code(e) == "AccessDenied":
                     raise TargetError(
                         self.url,
                         f"cannot delete {ref!r}: refused (Object Lock retention or a legal "
@@ -702,7 +656,7 @@ class S3Target(Target):
                 for o in page.get("Contents", [])
             ]
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list {prefix!r}: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list {prefix!r}: {error_line(e)}") from e
         yield from sorted(found, key=lambda o: o.key)
 
     def exists(self, ref: str) -> bool:
@@ -746,9 +700,11 @@ class S3Target(Target):
                 Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
             )
         except ClientError as e:
-            if _code(e) == "NoSuchUpload":
+            if error_code(e) == "NoSuchUpload":
                 return False
-            raise TargetError(self.url, f"cannot abort upload of {up['Key']!r}: {_why(e)}") from e
+            raise TargetError(
+                self.url, f"cannot abort upload of {up['Key']!r}: {error_line(e)}"
+            ) from e
         return True
 
     def partial_uploads(self, prefix: str = "") -> tuple[str, ...]:
@@ -756,7 +712,7 @@ class S3Target(Target):
         try:
             keys = sorted(u["Key"][len(self.prefix) :] for u in self._uploads(self.prefix + prefix))
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list uploads: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list uploads: {error_line(e)}") from e
         return tuple(keys)
 
     def abandon_partial(self, key: str) -> int:
@@ -772,7 +728,7 @@ class S3Target(Target):
         try:
             return sum(self._abort(u) for u in list(self._uploads(okey)) if u["Key"] == okey)
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list uploads of {key!r}: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list uploads of {key!r}: {error_line(e)}") from e
 
     def sweep_partial(self, older_than: timedelta = timedelta(hours=24)) -> int:
         """Abort multipart uploads under the target's prefix started more than
@@ -789,7 +745,7 @@ class S3Target(Target):
             stale = [u for u in self._uploads(self.prefix) if u["Initiated"] < cutoff]
             return sum(self._abort(u) for u in stale)
         except (ClientError, BotoCoreError) as e:
-            raise TargetError(self.url, f"cannot list uploads: {_why(e)}") from e
+            raise TargetError(self.url, f"cannot list uploads: {error_line(e)}") from e
 
     # Object Lock -----------------------------------------------------------------------
 
