@@ -8,7 +8,9 @@
  *
  * Contract: each function returns exactly what its Python definition returns, or None where
  * the input is outside the common case; the caller then runs the Python definition, which
- * stays the one definition of each format. Tests compare the two over every case they build.
+ * stays the one definition of each format. Tests compare the two over every case they build,
+ * and tests/archive/test_native_properties.py over generated input (hypothesis); the
+ * functions are also run under AddressSanitizer and UBSan (scripts/sanitize).
  *
  * - encode(...): tarformat.encode_header (tests/archive/test_tarformat.py). None for a name
  *   or link name over 100 bytes, a size, uid or gid too large for its octal field, a user or
@@ -21,7 +23,8 @@
  *   checks of a member's numbers included, is the Python reader's, so both decoders fail
  *   alike on a hostile header (tests/archive/test_tar_fuzz.py fuzzes the two side by side).
  * - entry_json(record): pack.Record.to_json (tests/archive/test_pack.py). None for a number
- *   that does not fit 64 bits or a field of an unexpected type.
+ *   that does not fit 64 bits or a field of an unexpected type. Strings are escaped as
+ *   json.encoder.encode_basestring_ascii escapes them, whatever they hold.
  *
  * And one for restore: write_new(...) creates one small file with its content and metadata
  * in a single call outside the GIL. In Python each of its six system calls released and took
@@ -290,6 +293,28 @@ static int put(buf *b, const char *s, size_t n) {
 
 static int puts_(buf *b, const char *s) { return put(b, s, strlen(s)); }
 
+/* the JSON string json.encoder.encode_basestring_ascii writes for str text (the type and
+   sha256 fields): its bytes between quotes when every one is printable ASCII other than '"'
+   and '\\', else what that function returns. The length is the str's own, never strlen:
+   a NUL inside is a character to escape, not the end. */
+static int put_text(buf *b, PyObject *text, PyObject *escape) {
+    if (PyUnicode_IS_ASCII(text)) {
+        const unsigned char *s = (const unsigned char *)PyUnicode_DATA(text);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+        int plain = 1;
+        for (Py_ssize_t i = 0; i < n && plain; i++)
+            plain = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\';
+        if (plain) return put(b, "\"", 1) || put(b, (const char *)s, (size_t)n) || put(b, "\"", 1);
+    }
+    PyObject *quoted = PyObject_CallOneArg(escape, text);
+    if (quoted == NULL) return -1;
+    Py_ssize_t qn;
+    const char *q = PyUnicode_AsUTF8AndSize(quoted, &qn);
+    int rc = q == NULL ? -1 : put(b, q, (size_t)qn);
+    Py_DECREF(quoted);
+    return rc;
+}
+
 /* the JSON string json.encoder.encode_basestring_ascii writes for os.fsdecode(raw) */
 static int put_path(buf *b, PyObject *raw, PyObject *escape) {
     const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(raw);
@@ -358,7 +383,7 @@ static int put_ints(buf *b, PyObject *rec, int first, int last, int optional) {
     return PUT_OK;
 }
 
-/* ,"key":"value" for an ASCII str attribute (sha256) or ,"key":<path> for a bytes one (link);
+/* ,"key":<text> for a str attribute (sha256) or ,"key":<path> for a bytes one (link);
    None skipped */
 static int put_optional_text(buf *b, PyObject *rec, int attr, int is_path) {
     PyObject *v = PyObject_GetAttr(rec, attrs[attr]);
@@ -366,13 +391,10 @@ static int put_optional_text(buf *b, PyObject *rec, int attr, int is_path) {
     int rc = PUT_OK;
     if (v == Py_None) {
         /* skipped */
-    } else if (is_path ? !PyBytes_CheckExact(v)
-                       : !PyUnicode_CheckExact(v) || !PyUnicode_IS_ASCII(v)) {
+    } else if (is_path ? !PyBytes_CheckExact(v) : !PyUnicode_CheckExact(v)) {
         rc = PUT_DEFER;
     } else if (put(b, ",\"", 2) || puts_(b, attr_names[attr]) || put(b, "\":", 2) ||
-               (is_path ? put_path(b, v, escape_fn)
-                        : put(b, "\"", 1) || puts_(b, (const char *)PyUnicode_DATA(v)) ||
-                              put(b, "\"", 1))) {
+               (is_path ? put_path(b, v, escape_fn) : put_text(b, v, escape_fn))) {
         rc = PUT_ERROR;
     }
     Py_DECREF(v);
@@ -383,15 +405,17 @@ static int put_optional_text(buf *b, PyObject *rec, int attr, int is_path) {
 
 static PyObject *entry_json(PyObject *self, PyObject *rec) {
     if (escape_fn == NULL) {
+        /* escape_fn is set last: it marks the names as interned, so a failure part way
+           leaves everything to be done again on the next call, never a NULL name used */
+        for (int i = 0; i < A_COUNT; i++) {
+            if (attrs[i] == NULL && (attrs[i] = PyUnicode_InternFromString(attr_names[i])) == NULL)
+                return NULL;
+        }
         PyObject *mod = PyImport_ImportModule("json.encoder");
         if (mod == NULL) return NULL;
         escape_fn = PyObject_GetAttrString(mod, "encode_basestring_ascii");
         Py_DECREF(mod);
         if (escape_fn == NULL) return NULL;
-        for (int i = 0; i < A_COUNT; i++) {
-            attrs[i] = PyUnicode_InternFromString(attr_names[i]);
-            if (attrs[i] == NULL) return NULL;
-        }
     }
     PyObject *result = NULL, *path = NULL, *type = NULL;
     int rc = PUT_DEFER;
@@ -402,10 +426,9 @@ static PyObject *entry_json(PyObject *self, PyObject *rec) {
     type = path ? PyObject_GetAttr(rec, attrs[A_TYPE]) : NULL;
     if (type == NULL) {
         rc = PUT_ERROR;
-    } else if (PyBytes_CheckExact(path) && PyUnicode_CheckExact(type) && PyUnicode_IS_ASCII(type)) {
+    } else if (PyBytes_CheckExact(path) && PyUnicode_CheckExact(type)) {
         rc = puts_(&b, "{\"path\":") || put_path(&b, path, escape_fn) ||
-                     puts_(&b, ",\"type\":\"") || puts_(&b, (const char *)PyUnicode_DATA(type)) ||
-                     puts_(&b, "\"")
+                     puts_(&b, ",\"type\":") || put_text(&b, type, escape_fn)
                  ? PUT_ERROR
                  : PUT_OK;
         /* then the record's fields in its slot order: required ints, optional ones */
