@@ -23,8 +23,8 @@
  *   checks of a member's numbers included, is the Python reader's, so both decoders fail
  *   alike on a hostile header (tests/archive/test_tar_fuzz.py fuzzes the two side by side).
  * - entry_json(record): pack.Record.to_json (tests/archive/test_pack.py). None for a number
- *   that does not fit 64 bits or a field of an unexpected type. Strings are escaped as
- *   json.encoder.encode_basestring_ascii escapes them, whatever they hold.
+ *   that does not fit 64 bits, a field of an unexpected type, or a type or sha256 string
+ *   that JSON would escape (the Python definition escapes it).
  *
  * And one for restore: write_new(...) creates one small file with its content and metadata
  * in a single call outside the GIL. In Python each of its six system calls released and took
@@ -293,26 +293,21 @@ static int put(buf *b, const char *s, size_t n) {
 
 static int puts_(buf *b, const char *s) { return put(b, s, strlen(s)); }
 
-/* the JSON string json.encoder.encode_basestring_ascii writes for str text (the type and
-   sha256 fields): its bytes between quotes when every one is printable ASCII other than '"'
-   and '\\', else what that function returns. The length is the str's own, never strlen:
-   a NUL inside is a character to escape, not the end. */
-static int put_text(buf *b, PyObject *text, PyObject *escape) {
-    if (PyUnicode_IS_ASCII(text)) {
-        const unsigned char *s = (const unsigned char *)PyUnicode_DATA(text);
-        Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-        int plain = 1;
-        for (Py_ssize_t i = 0; i < n && plain; i++)
-            plain = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\';
-        if (plain) return put(b, "\"", 1) || put(b, (const char *)s, (size_t)n) || put(b, "\"", 1);
-    }
-    PyObject *quoted = PyObject_CallOneArg(escape, text);
-    if (quoted == NULL) return -1;
-    Py_ssize_t qn;
-    const char *q = PyUnicode_AsUTF8AndSize(quoted, &qn);
-    int rc = q == NULL ? -1 : put(b, q, (size_t)qn);
-    Py_DECREF(quoted);
-    return rc;
+/* results of the put_ functions below: the field was written (or skipped, being None) */
+enum { PUT_OK = 0, PUT_ERROR = -1, PUT_DEFER = -2 /* not the common case: Python encodes */ };
+
+/* "text" for a str of printable ASCII other than '"' and '\\' (the type and sha256 fields,
+   as this code writes them): PUT_OK, or PUT_DEFER for anything else, which the Python
+   definition escapes. The length is the str's own, never strlen: a NUL inside is a character
+   to escape, not the end. */
+static int put_text(buf *b, PyObject *text) {
+    if (!PyUnicode_IS_ASCII(text)) return PUT_DEFER;
+    const unsigned char *s = (const unsigned char *)PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] >= 0x7f || s[i] == '"' || s[i] == '\\') return PUT_DEFER;
+    return put(b, "\"", 1) || put(b, (const char *)s, (size_t)n) || put(b, "\"", 1) ? PUT_ERROR
+                                                                                   : PUT_OK;
 }
 
 /* the JSON string json.encoder.encode_basestring_ascii writes for os.fsdecode(raw) */
@@ -359,8 +354,6 @@ static int put_decimal(buf *b, long long x) {
 
 static PyObject *escape_fn; /* json.encoder.encode_basestring_ascii, set on first use */
 
-/* results of the put_ functions below: the field was written (or skipped, being None) */
-enum { PUT_OK = 0, PUT_ERROR = -1, PUT_DEFER = -2 /* not the common case: Python encodes */ };
 
 /* ,"key":value for the int attributes first..last; None skipped where optional */
 static int put_ints(buf *b, PyObject *rec, int first, int last, int optional) {
@@ -393,9 +386,12 @@ static int put_optional_text(buf *b, PyObject *rec, int attr, int is_path) {
         /* skipped */
     } else if (is_path ? !PyBytes_CheckExact(v) : !PyUnicode_CheckExact(v)) {
         rc = PUT_DEFER;
-    } else if (put(b, ",\"", 2) || puts_(b, attr_names[attr]) || put(b, "\":", 2) ||
-               (is_path ? put_path(b, v, escape_fn) : put_text(b, v, escape_fn))) {
+    } else if (put(b, ",\"", 2) || puts_(b, attr_names[attr]) || put(b, "\":", 2)) {
         rc = PUT_ERROR;
+    } else if (is_path) {
+        rc = put_path(b, v, escape_fn) ? PUT_ERROR : PUT_OK;
+    } else {
+        rc = put_text(b, v);
     }
     Py_DECREF(v);
     return rc;
@@ -428,9 +424,9 @@ static PyObject *entry_json(PyObject *self, PyObject *rec) {
         rc = PUT_ERROR;
     } else if (PyBytes_CheckExact(path) && PyUnicode_CheckExact(type)) {
         rc = puts_(&b, "{\"path\":") || put_path(&b, path, escape_fn) ||
-                     puts_(&b, ",\"type\":") || put_text(&b, type, escape_fn)
+                     puts_(&b, ",\"type\":")
                  ? PUT_ERROR
-                 : PUT_OK;
+                 : put_text(&b, type);
         /* then the record's fields in its slot order: required ints, optional ones */
         if (rc == PUT_OK) rc = put_ints(&b, rec, A_SIZE, A_OFFSET, 0);
         if (rc == PUT_OK) rc = put_ints(&b, rec, A_DATA_OFFSET, A_DATA_OFFSET, 1);

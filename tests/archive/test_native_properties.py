@@ -305,13 +305,15 @@ def test_entry_json_equals_python_or_defers(speedups: ModuleType, r: Record) -> 
 @pytest.mark.parametrize("field", ["type", "sha256"])
 def test_entry_json_escapes_its_strings(speedups: ModuleType, field: str, text: str) -> None:
     # found by the properties above: both wrote the type and sha256 between quotes unescaped
-    # (invalid JSON for a '"' or a control character), and the C cut a string at a NUL
+    # (invalid JSON for a '"' or a control character), and the C cut a string at a NUL; now
+    # the C leaves such strings to the Python definition, which escapes them
     r = Record(b"p", "file", 0o644, 0, 0, 1, 0, 0, 0)
     setattr(r, field, text)
     slow = r._to_json()
     assert json.loads(slow)[field] == text
-    fast = speedups.entry_json(r)
-    assert fast == slow
+    assert r.to_json() == slow
+    plain = text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+    assert speedups.entry_json(r) == (slow if plain else None)
 
 
 # -- restore: one small file -----------------------------------------------------------------
