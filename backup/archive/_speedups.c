@@ -26,6 +26,10 @@
  *   that does not fit 64 bits, a field of an unexpected type, or a type or sha256 string
  *   that JSON would escape (the Python definition escapes it).
  *
+ * - tree_encode(state): the tree cache's uncompressed payload (inventory/tree_codec.py's
+ *   Python encoder); None for a path with a NUL, an unusual type name or a number beyond
+ *   int64. Its decoder is Python only: it reads what other hosts wrote.
+ *
  * And one for restore: write_new(...) creates one small file with its content and metadata
  * in a single call outside the GIL. In Python each of its six system calls released and took
  * back the GIL, and with several restore threads those hand-offs (futex calls by the
@@ -516,6 +520,106 @@ static PyObject *write_new(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyLong_FromLong(0);
 }
 
+/* ---- the tree cache's encoding ---------------------------------------------------------- */
+
+/* tree_encode(state): the uncompressed payload of backup/inventory/tree_codec.py's format for
+   its common case, byte for byte what the Python encoder writes (tests compare the two), or
+   None: a path holding a NUL, a type name that is not ASCII of 1 to 255 characters, more
+   than 255 of them, a value that is not a 6-tuple of (str, int x 5), or a number beyond
+   int64 (the Python encoder writes those columns another way). Only encoding is here: the
+   decoder reads bytes other hosts wrote, and stays in Python, bounds-checked. */
+
+static void le64(char *p, unsigned long long v) {
+    for (int i = 0; i < 8; i++) p[i] = (char)((v >> (8 * i)) & 0xff);
+}
+
+static PyObject *tree_encode(PyObject *self, PyObject *state) {
+    if (!PyDict_CheckExact(state)) Py_RETURN_NONE;
+    Py_ssize_t n = PyDict_GET_SIZE(state);
+    PyObject *table[255];
+    int ntypes = 0;
+    Py_ssize_t tablelen = 0, keyslen = 0;
+    unsigned char *codes = PyMem_Malloc(n ? (size_t)n : 1);
+    long long *ints = PyMem_Malloc(n ? (size_t)n * 5 * sizeof *ints : 1);
+    PyObject *out = NULL;
+    if (codes == NULL || ints == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(state, &pos, &key, &value)) {
+        if (!PyBytes_CheckExact(key) || !PyTuple_CheckExact(value) || PyTuple_GET_SIZE(value) != 6)
+            goto defer;
+        Py_ssize_t kl = PyBytes_GET_SIZE(key);
+        if (memchr(PyBytes_AS_STRING(key), 0, (size_t)kl)) goto defer;
+        keyslen += kl;
+        PyObject *type = PyTuple_GET_ITEM(value, 0);
+        if (!PyUnicode_CheckExact(type)) goto defer;
+        int code = 0;
+        while (code < ntypes && table[code] != type && PyUnicode_Compare(table[code], type) != 0)
+            code++;
+        if (code == ntypes) {
+            Py_ssize_t tl = PyUnicode_GET_LENGTH(type);
+            if (ntypes == 255 || !PyUnicode_IS_ASCII(type) || tl < 1 || tl > 255) goto defer;
+            table[ntypes++] = type;
+            tablelen += 1 + tl;
+        }
+        codes[i] = (unsigned char)code;
+        for (int c = 0; c < 5; c++) {
+            PyObject *v = PyTuple_GET_ITEM(value, c + 1);
+            int overflow = 0;
+            if (!PyLong_CheckExact(v)) goto defer;
+            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+            if (overflow) goto defer;
+            if (x == -1 && PyErr_Occurred()) goto done;
+            ints[(size_t)c * (size_t)n + (size_t)i] = x;
+        }
+        i++;
+    }
+    Py_ssize_t joined = keyslen + (n ? n - 1 : 0);
+    Py_ssize_t total = 8 + 8 + 1 + tablelen + 1 + 8 + joined + n + 5 * (1 + 8 + 8 * n);
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) goto done;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, "BKTREE1\0", 8);
+    le64(o + 8, (unsigned long long)n);
+    o += 16;
+    *o++ = (char)ntypes;
+    for (int t = 0; t < ntypes; t++) {
+        Py_ssize_t tl = PyUnicode_GET_LENGTH(table[t]);
+        *o++ = (char)tl;
+        memcpy(o, PyUnicode_DATA(table[t]), (size_t)tl);
+        o += tl;
+    }
+    *o++ = 0; /* paths joined by NUL */
+    le64(o, (unsigned long long)joined);
+    o += 8;
+    pos = 0;
+    i = 0;
+    while (PyDict_Next(state, &pos, &key, &value)) {
+        if (i++) *o++ = '\0';
+        memcpy(o, PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+        o += PyBytes_GET_SIZE(key);
+    }
+    memcpy(o, codes, (size_t)n);
+    o += n;
+    for (int c = 0; c < 5; c++) {
+        *o++ = 0; /* int64 column */
+        le64(o, 8 * (unsigned long long)n);
+        o += 8;
+        const long long *col = ints + (size_t)c * (size_t)n;
+        for (Py_ssize_t r = 0; r < n; r++, o += 8) le64(o, (unsigned long long)col[r]);
+    }
+    goto done;
+defer:
+    out = Py_NewRef(Py_None);
+done:
+    PyMem_Free(codes);
+    PyMem_Free(ints);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, "
@@ -530,6 +634,9 @@ static PyMethodDef methods[] = {
      "common case"},
     {"entry_json", entry_json, METH_O,
      "entry_json(record) -> str | None: pack.Record.to_json's common case"},
+    {"tree_encode", tree_encode, METH_O,
+     "tree_encode(state) -> bytes | None: the tree cache's payload (inventory/tree_codec.py) "
+     "for its common case"},
     {NULL, NULL, 0, NULL},
 };
 

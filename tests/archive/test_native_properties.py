@@ -12,6 +12,8 @@ input built to be in it (so no property can pass by the C always deferring):
 - ``_speedups.entry_json`` vs ``pack.Record._to_json`` (and the JSON being valid)
 - ``_speedups.write_new``  vs the extractor's Python small-file path
 - ``_fastwalk.walk``       vs the Python walk, on generated trees with generated excludes
+- ``_speedups.tree_encode`` vs the tree cache's Python encoder: in
+  tests/inventory/test_tree_codec.py, with that format's other properties
 
 ``test_every_exported_function_is_covered`` fails when a C function is added without a
 property here. Examples are derandomized and bounded (a few seconds for the file), and
@@ -76,7 +78,8 @@ def test_every_exported_function_is_covered(speedups: ModuleType, fastwalk: Modu
     def public(m: ModuleType) -> set[str]:
         return {n for n in vars(m) if not n.startswith("_")}
 
-    assert public(speedups) == {"encode", "decode", "entry_json", "write_new"}
+    # tree_encode's properties are with its format's: tests/inventory/test_tree_codec.py
+    assert public(speedups) == {"encode", "decode", "entry_json", "write_new", "tree_encode"}
     assert public(fastwalk) == {"walk"}
 
 
