@@ -22,10 +22,13 @@ Format ``tree1-zstd``: one zstd frame (content size and checksum in its header) 
 all little-endian. Columns, not rows: the decoder hands whole columns to C (``array``,
 ``bytes.split``, ``zip``), which keeps it near ``marshal``'s speed, and columns compress
 better. The encoder's common case runs in C (``_speedups.tree_encode``, one pass over the
-dict, the same bytes as the Python encoder here); decoding stays in Python, whose every
-read is bounds-checked, since the bytes come from other hosts. The decoder checks every length against what is left, the counts against
-``n``, the type codes against the table, that no path repeats, and that nothing follows the
-last column; the frame's content size is checked before anything is allocated for it.
+dict, the same bytes as the Python encoder here); decoding stays in Python, since the bytes
+come from other hosts.
+
+Invariants of the decoder: every length is checked against what is left, the counts against
+``n``, the type codes against the table; no path may repeat and nothing may follow the last
+column; the frame's declared content size is checked (known, and at most 1000x the frame)
+before anything is allocated for it. Anything else is "no cache", never an exception.
 """
 
 from __future__ import annotations
