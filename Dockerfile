@@ -29,8 +29,12 @@ FROM python:3.11-slim
 
 # age, zstd and tar: every archive restores with these standard tools, inside the image too
 # (they are also all docs/disaster-recovery.md's drill needs besides `backup`).
+# awscli: the restore drill's check runs in this image, through the shell, and the one
+# docs/snapshots.md documents lists the fork with `aws s3 ls ... | grep -q ...` (grep, sh and
+# the rest of coreutils are in the base image). Debian's package runs on Debian's own
+# python3, so its botocore pin never meets the one this package installs.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends age zstd tar \
+ && apt-get install -y --no-install-recommends age zstd tar awscli \
  && rm -rf /var/lib/apt/lists/*
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -44,7 +48,8 @@ RUN pip install "$(ls /wheels/backup-*.whl)[postgres]" && rm -rf /wheels
 
 # The image must run the C parts docs/performance.md measures, not the slower fallback.
 RUN python -c "import backup.archive._fastwalk, backup.archive._speedups" \
- && backup --version
+ && backup --version \
+ && aws --version
 
 # Run as an unprivileged user. Sources to back up are mounted read-only; give this user read
 # access to them (or run the worker with `user:` set to their owner).

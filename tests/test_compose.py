@@ -251,6 +251,39 @@ def test_dockerfile_builds_the_native_parts_and_the_image_runs_them() -> None:
     )
 
 
+# a program a documented shell command calls -> the Debian package the image installs for it;
+# None: in python:3.11-slim already (Debian's essential packages)
+DRILL_PROGRAMS = {"aws": "awscli", "grep": None, "test": None, "sh": None, "sha256sum": None,
+                  "diff": None, "cmp": None, "cat": None, "age": "age", "zstd": "zstd",
+                  "tar": "tar"}  # fmt: skip
+
+
+def test_the_image_carries_what_the_documented_drill_checks_call() -> None:
+    """Each `check = "..."` of a [policy.drill] in the docs runs through the shell in the
+    image's worker: every program it calls is one the runtime stage installs (or the base
+    image has), so the documented drill works as written inside the image."""
+    _, runtime = dockerfile_stages()
+    runs = " ".join(rest for word, rest in runtime if word == "RUN")
+    installed = set()
+    for line in re.findall(r"apt-get install ([^&]*)", runs):
+        installed |= {w for w in line.split() if not w.startswith("-") and w != "\\"}
+    checks = [
+        c for doc in (ROOT / "docs").glob("*.md")
+        for c in re.findall(r'^check = "([^"]+)"', doc.read_text(), re.M)
+    ]  # fmt: skip
+    assert checks, "docs/snapshots.md documents a drill check"
+    for check in checks:
+        programs = re.findall(r"(?:^|[|;&]+)\s*([A-Za-z0-9_.-]+)", check)
+        assert programs, check
+        for program in programs:
+            assert program in DRILL_PROGRAMS, f"{program} (in {check!r}): which package?"
+            package = DRILL_PROGRAMS[program]
+            assert package is None or package in installed, f"the image lacks {package}"
+    # and the image fails to build if the CLI is not there
+    (check_run,) = [rest for word, rest in runtime if word == "RUN" and "python -c" in rest]
+    assert "aws --version" in check_run
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_config_accepts_it() -> None:
     r = subprocess.run(

@@ -8,7 +8,9 @@
  *
  * Contract: each function returns exactly what its Python definition returns, or None where
  * the input is outside the common case; the caller then runs the Python definition, which
- * stays the one definition of each format. Tests compare the two over every case they build.
+ * stays the one definition of each format. Tests compare the two over every case they build,
+ * and tests/archive/test_native_properties.py over generated input (hypothesis); the
+ * functions are also run under AddressSanitizer and UBSan (scripts/sanitize).
  *
  * - encode(...): tarformat.encode_header (tests/archive/test_tarformat.py). None for a name
  *   or link name over 100 bytes, a size, uid or gid too large for its octal field, a user or
@@ -21,7 +23,12 @@
  *   checks of a member's numbers included, is the Python reader's, so both decoders fail
  *   alike on a hostile header (tests/archive/test_tar_fuzz.py fuzzes the two side by side).
  * - entry_json(record): pack.Record.to_json (tests/archive/test_pack.py). None for a number
- *   that does not fit 64 bits or a field of an unexpected type.
+ *   that does not fit 64 bits, a field of an unexpected type, or a type or sha256 string
+ *   that JSON would escape (the Python definition escapes it).
+ *
+ * - tree_encode(state): the tree cache's uncompressed payload (inventory/tree_codec.py's
+ *   Python encoder); None for a path with a NUL, an unusual type name or a number beyond
+ *   int64. Its decoder is Python only: it reads what other hosts wrote.
  *
  * And one for restore: write_new(...) creates one small file with its content and metadata
  * in a single call outside the GIL. In Python each of its six system calls released and took
@@ -290,6 +297,23 @@ static int put(buf *b, const char *s, size_t n) {
 
 static int puts_(buf *b, const char *s) { return put(b, s, strlen(s)); }
 
+/* results of the put_ functions below: the field was written (or skipped, being None) */
+enum { PUT_OK = 0, PUT_ERROR = -1, PUT_DEFER = -2 /* not the common case: Python encodes */ };
+
+/* "text" for a str of printable ASCII other than '"' and '\\' (the type and sha256 fields,
+   as this code writes them): PUT_OK, or PUT_DEFER for anything else, which the Python
+   definition escapes. The length is the str's own, never strlen: a NUL inside is a character
+   to escape, not the end. */
+static int put_text(buf *b, PyObject *text) {
+    if (!PyUnicode_IS_ASCII(text)) return PUT_DEFER;
+    const unsigned char *s = (const unsigned char *)PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] >= 0x7f || s[i] == '"' || s[i] == '\\') return PUT_DEFER;
+    return put(b, "\"", 1) || put(b, (const char *)s, (size_t)n) || put(b, "\"", 1) ? PUT_ERROR
+                                                                                   : PUT_OK;
+}
+
 /* the JSON string json.encoder.encode_basestring_ascii writes for os.fsdecode(raw) */
 static int put_path(buf *b, PyObject *raw, PyObject *escape) {
     const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(raw);
@@ -334,8 +358,6 @@ static int put_decimal(buf *b, long long x) {
 
 static PyObject *escape_fn; /* json.encoder.encode_basestring_ascii, set on first use */
 
-/* results of the put_ functions below: the field was written (or skipped, being None) */
-enum { PUT_OK = 0, PUT_ERROR = -1, PUT_DEFER = -2 /* not the common case: Python encodes */ };
 
 /* ,"key":value for the int attributes first..last; None skipped where optional */
 static int put_ints(buf *b, PyObject *rec, int first, int last, int optional) {
@@ -358,7 +380,7 @@ static int put_ints(buf *b, PyObject *rec, int first, int last, int optional) {
     return PUT_OK;
 }
 
-/* ,"key":"value" for an ASCII str attribute (sha256) or ,"key":<path> for a bytes one (link);
+/* ,"key":<text> for a str attribute (sha256) or ,"key":<path> for a bytes one (link);
    None skipped */
 static int put_optional_text(buf *b, PyObject *rec, int attr, int is_path) {
     PyObject *v = PyObject_GetAttr(rec, attrs[attr]);
@@ -366,14 +388,14 @@ static int put_optional_text(buf *b, PyObject *rec, int attr, int is_path) {
     int rc = PUT_OK;
     if (v == Py_None) {
         /* skipped */
-    } else if (is_path ? !PyBytes_CheckExact(v)
-                       : !PyUnicode_CheckExact(v) || !PyUnicode_IS_ASCII(v)) {
+    } else if (is_path ? !PyBytes_CheckExact(v) : !PyUnicode_CheckExact(v)) {
         rc = PUT_DEFER;
-    } else if (put(b, ",\"", 2) || puts_(b, attr_names[attr]) || put(b, "\":", 2) ||
-               (is_path ? put_path(b, v, escape_fn)
-                        : put(b, "\"", 1) || puts_(b, (const char *)PyUnicode_DATA(v)) ||
-                              put(b, "\"", 1))) {
+    } else if (put(b, ",\"", 2) || puts_(b, attr_names[attr]) || put(b, "\":", 2)) {
         rc = PUT_ERROR;
+    } else if (is_path) {
+        rc = put_path(b, v, escape_fn) ? PUT_ERROR : PUT_OK;
+    } else {
+        rc = put_text(b, v);
     }
     Py_DECREF(v);
     return rc;
@@ -383,15 +405,17 @@ static int put_optional_text(buf *b, PyObject *rec, int attr, int is_path) {
 
 static PyObject *entry_json(PyObject *self, PyObject *rec) {
     if (escape_fn == NULL) {
+        /* escape_fn is set last: it marks the names as interned, so a failure part way
+           leaves everything to be done again on the next call, never a NULL name used */
+        for (int i = 0; i < A_COUNT; i++) {
+            if (attrs[i] == NULL && (attrs[i] = PyUnicode_InternFromString(attr_names[i])) == NULL)
+                return NULL;
+        }
         PyObject *mod = PyImport_ImportModule("json.encoder");
         if (mod == NULL) return NULL;
         escape_fn = PyObject_GetAttrString(mod, "encode_basestring_ascii");
         Py_DECREF(mod);
         if (escape_fn == NULL) return NULL;
-        for (int i = 0; i < A_COUNT; i++) {
-            attrs[i] = PyUnicode_InternFromString(attr_names[i]);
-            if (attrs[i] == NULL) return NULL;
-        }
     }
     PyObject *result = NULL, *path = NULL, *type = NULL;
     int rc = PUT_DEFER;
@@ -402,12 +426,11 @@ static PyObject *entry_json(PyObject *self, PyObject *rec) {
     type = path ? PyObject_GetAttr(rec, attrs[A_TYPE]) : NULL;
     if (type == NULL) {
         rc = PUT_ERROR;
-    } else if (PyBytes_CheckExact(path) && PyUnicode_CheckExact(type) && PyUnicode_IS_ASCII(type)) {
+    } else if (PyBytes_CheckExact(path) && PyUnicode_CheckExact(type)) {
         rc = puts_(&b, "{\"path\":") || put_path(&b, path, escape_fn) ||
-                     puts_(&b, ",\"type\":\"") || puts_(&b, (const char *)PyUnicode_DATA(type)) ||
-                     puts_(&b, "\"")
+                     puts_(&b, ",\"type\":")
                  ? PUT_ERROR
-                 : PUT_OK;
+                 : put_text(&b, type);
         /* then the record's fields in its slot order: required ints, optional ones */
         if (rc == PUT_OK) rc = put_ints(&b, rec, A_SIZE, A_OFFSET, 0);
         if (rc == PUT_OK) rc = put_ints(&b, rec, A_DATA_OFFSET, A_DATA_OFFSET, 1);
@@ -497,6 +520,106 @@ static PyObject *write_new(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyLong_FromLong(0);
 }
 
+/* ---- the tree cache's encoding ---------------------------------------------------------- */
+
+/* tree_encode(state): the uncompressed payload of backup/inventory/tree_codec.py's format for
+   its common case, byte for byte what the Python encoder writes (tests compare the two), or
+   None: a path holding a NUL, a type name that is not ASCII of 1 to 255 characters, more
+   than 255 of them, a value that is not a 6-tuple of (str, int x 5), or a number beyond
+   int64 (the Python encoder writes those columns another way). Only encoding is here: the
+   decoder reads bytes other hosts wrote, and stays in Python, bounds-checked. */
+
+static void le64(char *p, unsigned long long v) {
+    for (int i = 0; i < 8; i++) p[i] = (char)((v >> (8 * i)) & 0xff);
+}
+
+static PyObject *tree_encode(PyObject *self, PyObject *state) {
+    if (!PyDict_CheckExact(state)) Py_RETURN_NONE;
+    Py_ssize_t n = PyDict_GET_SIZE(state);
+    PyObject *table[255];
+    int ntypes = 0;
+    Py_ssize_t tablelen = 0, keyslen = 0;
+    unsigned char *codes = PyMem_Malloc(n ? (size_t)n : 1);
+    long long *ints = PyMem_Malloc(n ? (size_t)n * 5 * sizeof *ints : 1);
+    PyObject *out = NULL;
+    if (codes == NULL || ints == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(state, &pos, &key, &value)) {
+        if (!PyBytes_CheckExact(key) || !PyTuple_CheckExact(value) || PyTuple_GET_SIZE(value) != 6)
+            goto defer;
+        Py_ssize_t kl = PyBytes_GET_SIZE(key);
+        if (memchr(PyBytes_AS_STRING(key), 0, (size_t)kl)) goto defer;
+        keyslen += kl;
+        PyObject *type = PyTuple_GET_ITEM(value, 0);
+        if (!PyUnicode_CheckExact(type)) goto defer;
+        int code = 0;
+        while (code < ntypes && table[code] != type && PyUnicode_Compare(table[code], type) != 0)
+            code++;
+        if (code == ntypes) {
+            Py_ssize_t tl = PyUnicode_GET_LENGTH(type);
+            if (ntypes == 255 || !PyUnicode_IS_ASCII(type) || tl < 1 || tl > 255) goto defer;
+            table[ntypes++] = type;
+            tablelen += 1 + tl;
+        }
+        codes[i] = (unsigned char)code;
+        for (int c = 0; c < 5; c++) {
+            PyObject *v = PyTuple_GET_ITEM(value, c + 1);
+            int overflow = 0;
+            if (!PyLong_CheckExact(v)) goto defer;
+            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+            if (overflow) goto defer;
+            if (x == -1 && PyErr_Occurred()) goto done;
+            ints[(size_t)c * (size_t)n + (size_t)i] = x;
+        }
+        i++;
+    }
+    Py_ssize_t joined = keyslen + (n ? n - 1 : 0);
+    Py_ssize_t total = 8 + 8 + 1 + tablelen + 1 + 8 + joined + n + 5 * (1 + 8 + 8 * n);
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) goto done;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, "BKTREE1\0", 8);
+    le64(o + 8, (unsigned long long)n);
+    o += 16;
+    *o++ = (char)ntypes;
+    for (int t = 0; t < ntypes; t++) {
+        Py_ssize_t tl = PyUnicode_GET_LENGTH(table[t]);
+        *o++ = (char)tl;
+        memcpy(o, PyUnicode_DATA(table[t]), (size_t)tl);
+        o += tl;
+    }
+    *o++ = 0; /* paths joined by NUL */
+    le64(o, (unsigned long long)joined);
+    o += 8;
+    pos = 0;
+    i = 0;
+    while (PyDict_Next(state, &pos, &key, &value)) {
+        if (i++) *o++ = '\0';
+        memcpy(o, PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+        o += PyBytes_GET_SIZE(key);
+    }
+    memcpy(o, codes, (size_t)n);
+    o += n;
+    for (int c = 0; c < 5; c++) {
+        *o++ = 0; /* int64 column */
+        le64(o, 8 * (unsigned long long)n);
+        o += 8;
+        const long long *col = ints + (size_t)c * (size_t)n;
+        for (Py_ssize_t r = 0; r < n; r++, o += 8) le64(o, (unsigned long long)col[r]);
+    }
+    goto done;
+defer:
+    out = Py_NewRef(Py_None);
+done:
+    PyMem_Free(codes);
+    PyMem_Free(ints);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, "
@@ -511,6 +634,9 @@ static PyMethodDef methods[] = {
      "common case"},
     {"entry_json", entry_json, METH_O,
      "entry_json(record) -> str | None: pack.Record.to_json's common case"},
+    {"tree_encode", tree_encode, METH_O,
+     "tree_encode(state) -> bytes | None: the tree cache's payload (inventory/tree_codec.py) "
+     "for its common case"},
     {NULL, NULL, 0, NULL},
 };
 

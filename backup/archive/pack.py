@@ -167,7 +167,7 @@ class Record:
         """to_json in Python: the definition (the C version in _speedups.c does the common
         case and is tested against this)."""
         head = (
-            f'{{"path":{_json_str(os.fsdecode(self.path))},"type":"{self.type}",'
+            f'{{"path":{_json_str(os.fsdecode(self.path))},"type":{_json_str(self.type)},'
             f'"size":{self.size},"mode":{self.mode},"mtime_ns":{self.mtime_ns},'
             f'"ctime_ns":{self.ctime_ns},"ino":{self.ino},"uid":{self.uid},"gid":{self.gid},'
             f'"offset":{self.offset}'
@@ -179,7 +179,7 @@ class Record:
                 if k == "link":
                     tail.append(f',"link":{_json_str(os.fsdecode(v))}')
                 elif k == "sha256":
-                    tail.append(f',"sha256":"{v}"')
+                    tail.append(f',"sha256":{_json_str(v)}')
                 else:
                     tail.append(f',"{k}":{int(v)}')
         return head + "".join(tail) + "}" if tail else head + "}"

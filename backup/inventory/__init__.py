@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import marshal
 import os
 import stat
-import sys
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,6 +39,7 @@ from .models import (
     Snapshot,
     TreeCache,
 )
+from .tree_codec import TREE_FORMAT, decode_tree, encode_tree
 
 __all__ = [
     "FILE_INDEX_COLUMNS",
@@ -68,9 +67,9 @@ Sig = tuple[str, int, int, int, int, int]
 #: every path that existed at an archive, with its signature
 TreeState = dict[bytes, Sig]
 
-# marshal's format may change between Python versions: a cache written by another one is
-# replayed from the file index instead
-_TREE_FORMAT = f"marshal-zstd-py{sys.version_info[0]}.{sys.version_info[1]}"
+# the tree cache's format (tree_codec.py): safe to load from a database others write; a row
+# in any other format (the earlier marshal ones included) is replayed from the file index
+_TREE_FORMAT = TREE_FORMAT
 
 
 #: the file index's columns, the order of a row given as a tuple to ``add_file_records``
@@ -80,13 +79,6 @@ FILE_INDEX_COLUMNS: tuple[str, ...] = tuple(c.name for c in FileRecord.__table__
 def sig_of(type_: str, size: int, mode: int, mtime_ns: int, ctime_ns: int, ino: int) -> Sig:
     """Returns: the signature of a file index row (or of a scanned entry)."""
     return ("file" if type_ == "hardlink" else type_, size, mode & 0o7777, mtime_ns, ctime_ns, ino)
-
-
-def encode_tree(state: TreeState) -> bytes:
-    """Returns: a tree as the tree cache stores it (format ``_TREE_FORMAT``)."""
-    import zstandard
-
-    return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(marshal.dumps(state))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -479,21 +471,14 @@ class Inventory:
         return state
 
     def _cached_tree(self, archive_id: str) -> TreeState | None:
-        import zstandard
-
         with self._cursor() as cur:
             cur.execute(
                 f"SELECT format, blob FROM tree_cache WHERE archive_id = {self._mark}",
                 (archive_id,),
             )
             row = cur.fetchone()
-        if row is None or row[0] != _TREE_FORMAT:
-            return None
-        try:
-            state = marshal.loads(zstandard.ZstdDecompressor().decompress(bytes(row[1])))
-        except (zstandard.ZstdError, ValueError, EOFError, TypeError):
-            return None  # damaged (the frame's checksum says so): the index is the truth
-        return state if isinstance(state, dict) else None
+        # another format, damaged or hostile: None, and the index is the truth
+        return None if row is None else decode_tree(row[0], row[1])
 
     def cache_tree(
         self,

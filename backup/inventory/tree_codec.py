@@ -1,0 +1,262 @@
+"""The tree cache's encoding: every path of an archive's tree with its signature, in bytes that
+are safe to load whoever wrote them.
+
+A shared PostgreSQL inventory is written by every host, so a cached tree is input from
+others: decoding it must not run anything (``marshal`` and ``pickle`` may), and a row that is
+damaged or hostile is ignored -- the caller replays the file index instead -- never trusted
+and never a crash. Rows in the earlier ``marshal`` format are ignored the same way (by their
+format name; their bytes are never loaded).
+
+Format ``tree1-zstd``: one zstd frame (content size and checksum in its header) holding::
+
+    b"BKTREE1\\0"
+    u64 n                       number of paths
+    u8 t, then t times: u8 len, ASCII name      the type names, in code order
+    u8 kind, u64 len, bytes     the paths: kind 0 = joined by NUL (no path holds one),
+                                kind 1 = n u32 lengths, then the paths back to back
+    n bytes                     each path's type code
+    5 times: u8 kind, u64 len, bytes   size, mode, mtime_ns, ctime_ns, ino, one column each:
+                                kind 0 = n int64, 1 = n uint64, 2 = decimal text joined by ","
+                                (numbers beyond 64 bits; a tree can hold any int)
+
+all little-endian. Columns, not rows: the decoder hands whole columns to C (``array``,
+``bytes.split``, ``zip``), which keeps it near ``marshal``'s speed, and columns compress
+better. The encoder's common case runs in C (``_speedups.tree_encode``, one pass over the
+dict, the same bytes as the Python encoder here); decoding stays in Python, since the bytes
+come from other hosts.
+
+Invariants of the decoder: every length is checked against what is left, the counts against
+``n``, the type codes against the table; no path may repeat and nothing may follow the last
+column; the frame's declared content size is checked (known, and at most 1000x the frame)
+before anything is allocated for it. Anything else is "no cache", never an exception.
+"""
+
+from __future__ import annotations
+
+import gc
+import struct
+import sys
+from array import array
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Final
+
+import zstandard
+
+Tree = dict[bytes, tuple[str, int, int, int, int, int]]
+
+_c_payload: Callable[[Tree], bytes | None] | None
+try:  # the encoder's common case in C (backup/archive/_speedups.c), when it was built
+    from ..archive._speedups import tree_encode as _c_tree_encode  # type: ignore[import-not-found]
+except ImportError:
+    _c_payload = None
+else:
+    _c_payload = _c_tree_encode
+
+__all__ = ["TREE_FORMAT", "decode_tree", "encode_tree"]
+
+#: the format name stored beside each cached tree
+TREE_FORMAT: Final = "tree1-zstd"
+
+_MAGIC: Final = b"BKTREE1\0"
+_U8 = struct.Struct("<B")
+_U64 = struct.Struct("<Q")
+_PATHS_JOINED, _PATHS_SIZED = 0, 1
+_INT64, _UINT64, _DECIMAL = 0, 1, 2
+_LITTLE = sys.byteorder == "little"
+#: the most a frame may expand to, per compressed byte: columns of repeated values compress
+#: far better than paths, but no real tree comes near this; a row claiming more is ignored
+#: before its content size is allocated
+_MAX_RATIO: Final = 1000
+_MIN_LIMIT: Final = 1 << 20
+
+
+class _Malformed(Exception):
+    """The cached tree is not one this encoder wrote."""
+
+
+def encode_tree(state: Tree) -> bytes:
+    """Returns: ``state`` in format :data:`TREE_FORMAT`.
+
+    Raises:
+        ValueError: a type name is not ASCII of 1 to 255 bytes, or there are more than 255.
+    """
+    payload = _c_payload(state) if _c_payload is not None else None
+    if payload is None:
+        payload = _payload(state)
+    return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(payload)
+
+
+def _payload(state: Tree) -> bytes:
+    """The uncompressed payload in Python: the definition (``_speedups.tree_encode`` writes
+    the same bytes for the common case in one pass, and is tested against this)."""
+    n = len(state)
+    out = [_MAGIC, _U64.pack(n)]
+    sigs = list(state.values())
+    # type codes in order of first appearance; the table is written after the pass
+    codes = _Codes()
+    typecodes = bytes(map(codes.__getitem__, map(itemgetter(0), sigs)))
+    if len(codes) > 255:
+        raise ValueError("a tree cache holds at most 255 type names")
+    out.append(_U8.pack(len(codes)))
+    for name in codes:
+        raw = name.encode("ascii") if isinstance(name, str) else b""
+        if not 1 <= len(raw) <= 255:
+            raise ValueError(f"tree cache type name {name!r} is not ASCII of 1 to 255 bytes")
+        out += (_U8.pack(len(raw)), raw)
+
+    keys = list(state)
+    joined = b"\0".join(keys)
+    if joined.count(b"\0") == n - 1 if n else True:
+        out += (_U8.pack(_PATHS_JOINED), _U64.pack(len(joined)), joined)
+    else:  # a path with a NUL in it (no file system makes one, but a tree is any dict)
+        lengths = _native(array("I", map(len, keys)))
+        body = lengths + b"".join(keys)
+        out += (_U8.pack(_PATHS_SIZED), _U64.pack(len(body)), body)
+
+    out.append(typecodes)
+    for i in range(1, 6):
+        kind, data = _int_column(sigs, i)
+        out += (_U8.pack(kind), _U64.pack(len(data)), data)
+    return b"".join(out)
+
+
+def decode_tree(fmt: str, blob: bytes) -> Tree | None:
+    """Returns: the tree a cache row holds, or None when the row cannot be trusted to be one
+    this encoder wrote (another format, an earlier ``marshal`` row, damaged or hostile bytes):
+    the caller then replays the file index. Never raises for any ``blob``."""
+    if fmt != TREE_FORMAT:
+        return None
+    # 300k new tuples hold no cycles: the collections their allocation would trigger are
+    # waste (a third of the decode), as in the C walk (_fastwalk.c)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _decode(bytes(blob))
+    except (_Malformed, zstandard.ZstdError, ValueError, OverflowError, MemoryError):
+        return None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _native(a: array[int]) -> bytes:
+    if not _LITTLE:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _int_column(sigs: list[tuple[str, int, int, int, int, int]], i: int) -> tuple[int, bytes]:
+    for kind, code in ((_INT64, "q"), (_UINT64, "Q")):
+        try:
+            return kind, _native(array(code, map(itemgetter(i), sigs)))
+        except OverflowError:
+            continue
+    return _DECIMAL, b",".join(b"%d" % v for v in map(itemgetter(i), sigs))
+
+
+class _Codes(dict[str, int]):
+    """A type name's code: the next free one on first sight."""
+
+    def __missing__(self, name: str) -> int:
+        code = self[name] = len(self)
+        return code
+
+
+def _decode(blob: bytes) -> Tree:
+    size = zstandard.frame_content_size(blob)
+    if size < 0 or size > max(_MIN_LIMIT, _MAX_RATIO * len(blob)):
+        raise _Malformed("content size unknown or out of proportion")
+    data = zstandard.ZstdDecompressor().decompress(blob, max_output_size=size)
+    if len(data) != size:
+        raise _Malformed("content size")
+    r = _Reader(memoryview(data))
+    if bytes(r.take(len(_MAGIC))) != _MAGIC:
+        raise _Malformed("magic")
+    n = r.u64()
+    if n > len(data):  # every path costs at least its type code's byte
+        raise _Malformed("count")
+    table = []
+    for _ in range(r.u8()):
+        table.append(bytes(r.take(r.u8())).decode("ascii"))
+
+    kind = r.u8()
+    paths = r.take(r.u64())
+    if kind == _PATHS_JOINED:
+        keys = bytes(paths).split(b"\0") if n else ([] if not paths else [b""])
+    elif kind == _PATHS_SIZED:
+        lengths = _column_array("I", paths[: 4 * n], n)
+        if sum(lengths) != len(paths) - 4 * n:
+            raise _Malformed("path lengths")
+        body = bytes(paths[4 * n :])
+        keys, at = [], 0
+        for length in lengths:
+            keys.append(body[at : at + length])
+            at += length
+    else:
+        raise _Malformed("path kind")
+    if len(keys) != n:
+        raise _Malformed("path count")
+
+    codes = bytes(r.take(n))
+    if codes.translate(None, bytes(range(len(table)))):
+        raise _Malformed("type code")
+    types = list(map(table.__getitem__, codes))
+    ints = []
+    for _ in range(5):
+        kind = r.u8()
+        raw = r.take(r.u64())
+        if kind == _INT64:
+            ints.append(_column_array("q", raw, n))
+        elif kind == _UINT64:
+            ints.append(_column_array("Q", raw, n))
+        elif kind == _DECIMAL:
+            values = [int(v) for v in bytes(raw).split(b",")] if n else []
+            if len(values) != n or (not n and raw):
+                raise _Malformed("decimal column")
+            ints.append(values)
+        else:
+            raise _Malformed("column kind")
+    if r.left():
+        raise _Malformed("trailing bytes")
+    state = dict(zip(keys, zip(types, *ints, strict=True), strict=True))
+    if len(state) != n:
+        raise _Malformed("a path repeats")
+    return state
+
+
+def _column_array(code: str, raw: memoryview, n: int) -> list[int]:
+    a = array(code)
+    if len(raw) != a.itemsize * n:
+        raise _Malformed("column length")
+    a.frombytes(raw)
+    if not _LITTLE:
+        a.byteswap()
+    return a.tolist()
+
+
+class _Reader:
+    """Bounds-checked reads from the decompressed bytes."""
+
+    __slots__ = ("at", "data")
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.at = 0
+
+    def take(self, count: int) -> memoryview:
+        end = self.at + count
+        if end > len(self.data):
+            raise _Malformed("truncated")
+        piece = self.data[self.at : end]
+        self.at = end
+        return piece
+
+    def u8(self) -> int:
+        return int(_U8.unpack(self.take(1))[0])
+
+    def u64(self) -> int:
+        return int(_U64.unpack(self.take(8))[0])
+
+    def left(self) -> int:
+        return len(self.data) - self.at
