@@ -76,6 +76,7 @@ def status(obj: Ctx, since: str, as_json: bool) -> None:
     the active scheduler, and the next scheduled runs."""
     from ..jobs import ACTIVE, RUNNING, TERMINAL, JobStore, holder_gone
     from ..jobs.schedule import LEASE, next_runs
+    from ..jobs.states import BackupOutcome, RestoreOutcome
     from ..policy import parse_duration
 
     try:
@@ -137,8 +138,12 @@ def status(obj: Ctx, since: str, as_json: bool) -> None:
                 rp = retrieval_progress(store, j, now)
                 ex = retrieval_text(rp) if rp else "-"
             else:
-                r = json.loads(j.result or "{}")
-                ex = r.get("archive_id") or r.get("destination") or (j.error or "")
+                if j.kind == "backup":
+                    ex = BackupOutcome.from_json(j.result).archive_id or ""
+                else:
+                    r = RestoreOutcome.from_json(j.result)
+                    ex = r.archive_id or r.destination or ""
+                ex = ex or j.error or ""
                 if j.state == "queued" and j.sent_at is None:
                     ex = ex or "not sent to the broker yet"
             t.add_row(j.id, j.kind, j.policy or "-", state, iso(j.created) or "", ex)

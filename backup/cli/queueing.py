@@ -151,13 +151,14 @@ def queue_backup(obj: Ctx, policy: str, full: bool) -> Queued:
         The run, and whether the broker took it.
     """
     from ..jobs import JobStore
+    from ..jobs.states import BackupParams
 
     store = JobStore(obj.inventory)
     pol = obj.policy(policy)
     waiting = [
         j
         for j in store.jobs(states=["queued"], kind="backup", policy=policy)
-        if bool(json.loads(j.params or "{}").get("full")) == full
+        if BackupParams.from_json(j.params).full == full
     ]
     if waiting:
         job = waiting[-1]  # the oldest

@@ -431,21 +431,23 @@ def _print_job_result(job: Job, as_json: bool) -> None:
     """Print how a restore job ended (its result), or fail with its error."""
     if job.state != "done":
         raise Error(f"restore {job.id} {job.state}: {job.error}")
-    res = json.loads(job.result)
+    from ..jobs.states import RestoreOutcome
+
     if as_json:
-        res["job"] = job.id
-        dump(res)
-    elif "unchanged" in res:  # into a bucket
+        dump(dict(json.loads(job.result or "{}"), job=job.id))  # the record as it was written
+        return
+    r = RestoreOutcome.from_json(job.result)
+    archives = len(r.archives or [])
+    if r.unchanged is not None:  # into a bucket
         click.echo(
-            f"restored into {res['destination']}: {res['files']} objects written, "
-            f"{res['unchanged']} unchanged, {res['deleted']} delete markers, "
-            f"{size(res['bytes'])} from {len(res['archives'])} archive(s)"
+            f"restored into {r.destination}: {r.files} objects written, "
+            f"{r.unchanged} unchanged, {r.deleted} delete markers, "
+            f"{size(r.bytes or 0)} from {archives} archive(s)"
         )
     else:
         click.echo(
-            f"restored {res['files']} files ({size(res['bytes'])}) from "
-            f"{len(res['archives'])} archive(s) into {res['destination']} in "
-            f"{res['seconds']:.1f} s"
+            f"restored {r.files} files ({size(r.bytes or 0)}) from {archives} archive(s) "
+            f"into {r.destination} in {r.seconds or 0:.1f} s"
         )
 
 
