@@ -61,7 +61,7 @@ def ping_url_for(url: str, outcome: Outcome, message: str = "") -> str | None:
     if _is_kuma(url):
         if outcome is Outcome.START:
             return None
-        query = dict(urllib.parse.parse_qsl(parts.query))
+        query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
         query["status"] = "up" if outcome is Outcome.SUCCESS else "down"
         query["msg"] = message or outcome.value
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
