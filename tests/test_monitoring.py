@@ -250,3 +250,71 @@ def test_compose_prometheus_scrapes_the_scheduler_and_workers_with_the_rules(
         text=True,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_restore_retrieval_drill_and_snapshot_series_from_inventory_rows(tmp_path: Path) -> None:
+    """The series that follow restores and cold storage, computed from rows as the runner
+    writes them, against hand-computed values."""
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client.core import Metric
+
+    from backup.coldplan import estimate_cost
+    from backup.inventory import Inventory
+    from backup.inventory.models import Event, Job, RetrievalJob, Snapshot
+    from backup.jobs.metrics import InventoryCollector
+
+    now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+    inv = Inventory(f"sqlite:///{tmp_path / 'inv.db'}")
+    with inv.session() as s:
+        for i, state in enumerate(["done", "done", "failed", "extracting"]):
+            s.add(Job(id=f"r{i}", kind="restore", state=state, created=now, updated=now))
+        for i, (cls, tier, hours, size) in enumerate(
+            [("DEEP_ARCHIVE", "Bulk", 50, 10 * 2**30), ("GLACIER", "Standard", 1, 2**30)]
+        ):
+            s.add(
+                RetrievalJob(
+                    job_id="r3",
+                    target="s3://b/p",
+                    ref=f"k{i}",
+                    tier=tier,
+                    state="pending",
+                    requested=now - timedelta(hours=hours),
+                    storage_class=cls,
+                    size=size,
+                )
+            )
+        s.add(RetrievalJob(target="s3://b/p", ref="done", state="ready", requested=now, size=1))
+        for v in ("v1", "v2"):
+            s.add(Snapshot(bucket="photos", version=v, created=now))
+        passed, failed = now - timedelta(days=3), now - timedelta(hours=1)
+        s.add(Event(time=passed, level="info", kind="drill", policy="photos", message="passed"))
+        s.add(Event(time=failed, level="error", kind="drill", policy="photos", message="FAILED"))
+
+    got: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    fam: Metric
+    for fam in InventoryCollector(inv, dict, now=lambda: now).collect():
+        for sm in fam.samples:
+            got[(sm.name, tuple(sorted(sm.labels.items())))] = sm.value
+    assert got[("backup_restores_total", (("result", "success"),))] == 2
+    assert got[("backup_restores_total", (("result", "failure"),))] == 1
+    assert got[("backup_jobs", (("state", "extracting"),))] == 1
+    pending = (("storage_class", "DEEP_ARCHIVE"), ("tier", "Bulk"))
+    assert got[("backup_retrievals_pending", pending)] == 1
+    assert (
+        got[("backup_retrievals_pending", (("storage_class", "GLACIER"), ("tier", "Standard")))]
+        == 1
+    )
+    assert got[("backup_retrieval_oldest_pending_seconds", ())] == 50 * 3600
+    # DEEP_ARCHIVE Bulk takes up to 48 h: 2 h overdue; the GLACIER one is within its 5 h
+    assert got[("backup_retrieval_overdue_seconds", ())] == 2 * 3600
+    cost = estimate_cost("DEEP_ARCHIVE", "Bulk", 10 * 2**30) + estimate_cost(
+        "GLACIER", "Standard", 2**30
+    )
+    assert got[("backup_retrieval_pending_cost_usd", ())] == pytest.approx(cost)
+    assert cost > 0
+    assert got[("backup_snapshots", (("bucket", "photos"),))] == 2
+    # the last drill that passed, not the later one that failed
+    assert got[("backup_drill_last_success_timestamp_seconds", (("policy", "photos"),))] == (
+        passed.timestamp()
+    )
