@@ -133,6 +133,24 @@ class ObjectLockRule(BaseModel):
         return v
 
 
+class Monitor(BaseModel):
+    """A dead-man's switch for the policy's runs (``[policy.monitor]``): ``ping_url`` is told
+    when a run starts, succeeds, ends partial (exit 3) or fails, by the healthchecks.io
+    protocol (``URL/start``, ``URL``, ``URL/3``, ``URL/fail``), or, for an Uptime Kuma push
+    URL (``.../api/push/TOKEN``), with ``status=up`` or ``status=down`` (docs/monitoring.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ping_url: str
+
+    @field_validator("ping_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
 class Drill(BaseModel):
     """Restore drills of a bucket source (``[policy.drill]``): fork the source's latest
     snapshot into a bucket named by ``bucket`` (``{policy}``, ``{bucket}``, ``{date}``,
@@ -179,6 +197,7 @@ class Policy(BaseModel):
     target_snapshots: bool = False
     #: restore drills of the bucket source (the ``fork`` action)
     drill: Drill | None = None
+    monitor: Monitor | None = None
     #: what a run of the policy does, in order: ``archive`` (pack the sources into an
     #: archive), and for a bucket source ``snapshot`` (take a named snapshot, prune the
     #: policy's snapshots by its retention) and ``fork`` (the restore drill of ``drill``)

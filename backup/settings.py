@@ -81,6 +81,8 @@ class Settings(BaseSettings):
         lease_seconds: the active scheduler's lease; another scheduler takes over this long
             after the active one dies.
         tick_seconds: how often the scheduler looks at schedules, jobs and retrievals.
+        metrics_port: where ``backup serve``, ``scheduler`` and ``worker`` serve Prometheus
+            metrics at ``/metrics`` (``BACKUP_METRICS_PORT``; none by default).
         poll_seconds: the least time between two status checks of one pending retrieval.
         poll_max_seconds: the most time between two status checks (unset: by the storage
             class and tier, hours apart for DEEP_ARCHIVE; set it low for S3-compatible
@@ -121,6 +123,7 @@ class Settings(BaseSettings):
     resend_after_seconds: float = 30.0
     lease_seconds: float = 30.0
     tick_seconds: float = 2.0
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     poll_seconds: float = 30.0
     poll_max_seconds: float | None = None
     # cold storage (docs/cold-storage.md)

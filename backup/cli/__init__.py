@@ -38,6 +38,7 @@ from . import (
     jobs_cmd,
     keys_cmd,
     list_cmd,
+    metrics_cmd,
     prune_cmd,
     restore_cmd,
     run_cmd,
@@ -105,6 +106,7 @@ for _module in (
     inventory_cmd,
     worker_cmd,
     jobs_cmd,
+    metrics_cmd,
     snapshots_cmd,
 ):
     _module.register(cli)

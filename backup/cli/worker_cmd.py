@@ -102,12 +102,41 @@ def _worker_options(f: F) -> F:
     )(f)
 
 
+def _metrics_option(f: Any) -> Any:
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        help="Serve Prometheus metrics at /metrics on this port (BACKUP_METRICS_PORT).",
+    )(f)
+
+
+def _serve_metrics(obj: Ctx, port: int | None, scheduler_name: str | None) -> None:
+    """Serve /metrics when a port is given: the inventory-wide series only while
+    ``scheduler_name`` is the active scheduler (so a cluster counts nothing twice), this
+    process's own series always."""
+    port = port or obj.settings.metrics_port
+    if not port:
+        return
+    from ..jobs.metrics import holds_lease, policies_of, registry_for, serve
+
+    if scheduler_name is None:
+        active = lambda: False  # noqa: E731 - a worker reports its process only
+    else:
+        active = holds_lease(obj.inventory, scheduler_name)
+    serve(port, registry_for(obj.inventory, policies_of(obj.settings), active=active))
+    logging.getLogger("backup").info("metrics on :%d/metrics", port)
+
+
 @click.command()
 @click.option("--queues", default=ALL_QUEUES, show_default=True, help="Queues to consume.")
 @_worker_options
+@_metrics_option
 @click.pass_obj
 @handled
-def worker(obj: Ctx, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
+def worker(
+    obj: Ctx, queues: str, concurrency: int, pool: str, loglevel: str, metrics_port: int | None
+) -> None:
     """Run a Celery worker. Restore workers (queue 'restore') need BACKUP_IDENTITY;
     backup workers need only the policies' recipients."""
     names = _queues(queues)
@@ -117,6 +146,7 @@ def worker(obj: Ctx, queues: str, concurrency: int, pool: str, loglevel: str) ->
     from ..jobs.dispatch import broker_url, redact
 
     _logging(loglevel)
+    _serve_metrics(obj, metrics_port, None)
     logging.getLogger("backup").info(
         "worker on %s, queues %s", redact(broker_url(obj.settings)), ",".join(names)
     )
@@ -125,9 +155,10 @@ def worker(obj: Ctx, queues: str, concurrency: int, pool: str, loglevel: str) ->
 
 @click.command()
 @click.option("--loglevel", default="info", show_default=True)
+@_metrics_option
 @click.pass_obj
 @handled
-def scheduler(obj: Ctx, loglevel: str) -> None:
+def scheduler(obj: Ctx, loglevel: str, metrics_port: int | None) -> None:
     """Run the scheduler: policies on their schedules, and the sweep that re-queues lost
     and orphaned jobs. Start several for availability: one is active at a time."""
     _export_settings(obj.settings)
@@ -138,14 +169,17 @@ def scheduler(obj: Ctx, loglevel: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Scheduler(obj.settings, app).run(stop)
+    sched = Scheduler(obj.settings, app)
+    _serve_metrics(obj, metrics_port, sched.name)
+    sched.run(stop)
 
 
 @click.command()
 @_worker_options
+@_metrics_option
 @click.pass_obj
 @handled
-def serve(obj: Ctx, concurrency: int, pool: str, loglevel: str) -> None:
+def serve(obj: Ctx, concurrency: int, pool: str, loglevel: str, metrics_port: int | None) -> None:
     """Worker and scheduler in one process, for a single machine. Without
     BACKUP_BROKER_URL it needs no server: the queue is a SQLite file."""
     _export_settings(obj.settings)
@@ -157,9 +191,9 @@ def serve(obj: Ctx, concurrency: int, pool: str, loglevel: str) -> None:
     _logging(loglevel)
     logging.getLogger("backup").info("serving on %s", redact(broker_url(obj.settings)))
     stop = threading.Event()
-    t = threading.Thread(
-        target=Scheduler(obj.settings, app).run, args=(stop,), name="scheduler", daemon=True
-    )
+    sched = Scheduler(obj.settings, app)
+    _serve_metrics(obj, metrics_port, sched.name)
+    t = threading.Thread(target=sched.run, args=(stop,), name="scheduler", daemon=True)
     t.start()
     try:
         app.worker_main(_worker_argv(obj.settings, list(QUEUES), concurrency, pool, loglevel))

@@ -27,6 +27,7 @@ from typing import Any
 from ..engine import BackupResult, new_archive_id, run_backup
 from ..errors import Error
 from ..inventory import Inventory
+from ..inventory.models import Job
 from ..inventory_copy import export_after_run
 from ..policy import Policy
 from ..progress import Progress
@@ -42,6 +43,7 @@ from ..snapshots import open_provider
 from ..snapshots.source import bucket_scan
 from .context import JobCancelled, JobContext, JobProgress, error_message, now
 from .notifying import notify_after
+from .pings import Outcome, ping
 from .states import BackupOutcome, BackupParams, JobState
 from .sweep import settle_dead_runs
 
@@ -171,6 +173,8 @@ def run(ctx: JobContext, job_id: str, progress: Progress | None = None) -> str:
             policy=policy.name,
         )
         return JobState.SKIPPED
+    monitor = policy.monitor.ping_url if policy.monitor else None
+    _ping(ctx, policy.name, monitor, Outcome.START)
     try:
         params = BackupParams.from_json(job.params)
         jp = JobProgress(progress)
@@ -222,10 +226,37 @@ def run(ctx: JobContext, job_id: str, progress: Progress | None = None) -> str:
             raise
     finally:
         store.unlock_policy(policy.name, job.id)
+        _ping_outcome(ctx, policy.name, monitor, store.get(job.id))
     if "archive" in policy.actions and store.get(job.id).state == JobState.DONE:
         _export_inventory(ctx, policy)
     notify_after(ctx, job.id)
     return store.get(job.id).state
+
+
+def _ping(ctx: JobContext, policy: str, url: str | None, outcome: Outcome, msg: str = "") -> None:
+    """A dead-man ping that never fails the run; a ping that fails for good is logged."""
+    if url:
+        ping(
+            url,
+            outcome,
+            msg,
+            log_event=lambda level, text: ctx.inventory.log(
+                "monitor", text, level=level, policy=policy
+            ),
+        )
+
+
+def _ping_outcome(ctx: JobContext, policy: str, url: str | None, job: Job) -> None:
+    """How the run ended, as its monitor hears it: success, partial (exit 3: files that
+    could not be read) or failure. A run another worker took over says nothing here."""
+    if not url or job.state not in (JobState.DONE, JobState.FAILED):
+        return
+    if job.state == JobState.FAILED:
+        _ping(ctx, policy, url, Outcome.FAILURE, (job.error or "failed")[:200])
+    elif BackupOutcome.from_json(job.result).unreadable:
+        _ping(ctx, policy, url, Outcome.PARTIAL, (job.error or "partial")[:200])
+    else:
+        _ping(ctx, policy, url, Outcome.SUCCESS)
 
 
 def _export_inventory(ctx: JobContext, policy: Policy) -> None:

@@ -71,6 +71,25 @@ class JobProgress(Progress):
         self.inner.finish()
 
 
+def current_policies(path: Path) -> dict[str, Policy]:
+    """The policy file, re-read whenever it changed (each task sees the current file; an
+    unchanged file of hundreds of policies is not parsed again for every job).
+
+    Raises:
+        Error: the file is missing or broken (one clear line, from ``load_policies``).
+    """
+    try:
+        st = path.stat()
+        stamp = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        return load_policies(path)  # raises the clear error
+    cached = _POLICY_CACHE.get(str(path))
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, load_policies(path))
+        _POLICY_CACHE[str(path)] = cached
+    return cached[1]
+
+
 @dataclass(slots=True)
 class JobContext:
     """Carries out jobs of one inventory.
@@ -95,19 +114,8 @@ class JobContext:
         return JobStore(self.inventory)
 
     def policies(self) -> dict[str, Policy]:
-        """The policy file, re-read whenever it changed (each task sees the current file;
-        an unchanged file of hundreds of policies is not parsed again for every job)."""
-        path = Path(self.settings.config)
-        try:
-            st = path.stat()
-            stamp = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            return load_policies(path)  # raises the clear error
-        cached = _POLICY_CACHE.get(str(path))
-        if cached is None or cached[0] != stamp:
-            cached = (stamp, load_policies(path))
-            _POLICY_CACHE[str(path)] = cached
-        return cached[1]
+        """The policy file, re-read whenever it changed (see :func:`current_policies`)."""
+        return current_policies(Path(self.settings.config))
 
     def policy(self, name: str | None) -> Policy:
         """Returns: the named policy of the current policy file; a PolicyError naming the
