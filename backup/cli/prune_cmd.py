@@ -64,10 +64,10 @@ def prune(obj: Ctx, policy: str, dry_run: bool, allow_early_delete: bool, as_jso
                 ],
                 "delete": [
                     {"id": a.id, "created": iso(a.created)}
-                    | ({"early_delete_fee_usd": round(fees[a.id], 6)} if a.id in fees else {})
+                    | ({"early_delete_fee_usd": round(fees[a.id], 10)} if a.id in fees else {})
                     for a in plan.delete
                 ],
-                "early_delete_fee_usd": round(sum(fees.values()), 6),
+                "early_delete_fee_usd": round(sum(fees.values()), 10),
                 "deleted": deleted,
                 "locked": [{"id": a.id, "reason": why} for a, why in plan.locked],
                 "skipped": [{"id": a.id, "reason": why} for a, why in plan.skipped],
