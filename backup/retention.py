@@ -14,6 +14,10 @@ Invariants:
   every archive it depends on. If a deletion is refused anyway (a lock set since the plan,
   a missing permission), that archive and every ancestor still to be deleted are kept and
   reported, so no chain is left half-deleted.
+- An archive inside its storage class's minimum storage duration (90 days for GLACIER, 180
+  for DEEP_ARCHIVE: backup/pricing.py) is kept, with the date it becomes free to delete,
+  unless early deletion is allowed; then its early-deletion fee is reported (in a dry run
+  too). Either way its ancestors follow the chain rule above.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from datetime import UTC, datetime
 from .errors import Error
 from .inventory import Archive, Inventory
 from .policy import Retention
+from .pricing import Prices, class_of, early_delete_fee, free_to_delete_at
 from .targets import Target, open_target
 
 __all__ = ["PrunePlan", "apply_prune", "plan_prune", "select_keep"]
@@ -78,6 +83,15 @@ class PrunePlan:
     #: archives apply_prune could not delete, or kept because a descendant could not be
     #: deleted, with why (filled by :func:`apply_prune`)
     skipped: list[tuple[Archive, str]] = field(default_factory=list)
+    #: archives the rules would delete but their class's minimum storage duration keeps
+    #: (also in ``keep``), with the time they become free to delete
+    held: list[tuple[Archive, datetime]] = field(default_factory=list)
+    #: USD billed for deleting an archive before its minimum (``allow_early_delete``), by id
+    fees: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fee_total(self) -> float:
+        return sum(self.fees.get(a.id, 0.0) for a in self.delete)
 
 
 def _lock_reason(target: Target, a: Archive, now: datetime) -> str | None:
@@ -103,6 +117,8 @@ def plan_prune(
     *,
     check_locks: bool = True,
     now: datetime | None = None,
+    allow_early_delete: bool = False,
+    prices: Prices | None = None,
 ) -> PrunePlan:
     """Plan a prune: the rules' choice, archives under Object Lock retention or a legal
     hold, and every ancestor of a kept archive.
@@ -113,7 +129,11 @@ def plan_prune(
         rules: its retention.
         check_locks: ask targets with Object Lock about each archive the rules would delete
             (two HEAD requests each).
-        now: the time locks are judged at (tests); defaults to the clock.
+        now: the time locks and minimum durations are judged at (tests); defaults to the
+            clock.
+        allow_early_delete: delete archives inside their class's minimum storage duration
+            (each with its fee in ``plan.fees``) instead of keeping them.
+        prices: the price table (default: the settings').
 
     Returns:
         The plan.
@@ -134,6 +154,21 @@ def plan_prune(
             if why is not None:
                 locked[a.id] = why
                 keep[a.id] = why
+    prices = prices or Prices.from_settings()
+    held: dict[str, datetime] = {}
+    fees: dict[str, float] = {}
+    for a in archives:
+        cls = class_of(a.target)
+        if a.id in keep or cls is None:
+            continue
+        free_at = free_to_delete_at(cls, a.created, prices)
+        if now >= free_at:
+            continue
+        if allow_early_delete:
+            fees[a.id] = early_delete_fee(cls, a.size_stored, a.created, now, prices)
+        else:
+            held[a.id] = free_at
+            keep[a.id] = f"minimum storage duration of {cls}: free to delete {free_at:%Y-%m-%d}"
     for aid in list(keep):
         parent = by_id[aid].parent_id
         while parent is not None and parent in by_id:
@@ -145,8 +180,12 @@ def plan_prune(
             plan.keep.append((a, keep[a.id]))
             if a.id in locked:
                 plan.locked.append((a, locked[a.id]))
+            if a.id in held:
+                plan.held.append((a, held[a.id]))
         else:
             plan.delete.append(a)
+            if a.id in fees:
+                plan.fees[a.id] = fees[a.id]
     return plan
 
 

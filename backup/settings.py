@@ -91,6 +91,12 @@ class Settings(BaseSettings):
             costs, per ``"CLASS/Tier"``: ``[USD per GB, USD per 1,000 requests]``
             (``BACKUP_RETRIEVAL_PRICES``, JSON; merged over the defaults, which are AWS
             us-east-1 list prices; see docs/cold-storage.md).
+        storage_prices: USD per GB-month per storage class (``BACKUP_STORAGE_PRICES``, JSON,
+            merged over AWS us-east-1 list prices: backup/economics.py).
+        min_storage_days: minimum storage duration per class, in days
+            (``BACKUP_MIN_STORAGE_DAYS``, JSON; ``{"DEEP_ARCHIVE": 0, "GLACIER": 0}`` for a
+            store without minimums such as Tigris or MinIO).
+        put_prices: USD per 1,000 PUT requests per class (``BACKUP_PUT_PRICES``, JSON).
         transfer_out_per_gb: USD per GB downloaded out of the provider's network
             (``BACKUP_TRANSFER_OUT_PER_GB``; 0 when restoring inside the same region).
         restore_events_queue: SQS queue (URL or name) that receives the buckets'
@@ -128,6 +134,9 @@ class Settings(BaseSettings):
     poll_max_seconds: float | None = None
     # cold storage (docs/cold-storage.md)
     retrieval_prices: dict[str, tuple[float, float]] = {}
+    storage_prices: dict[str, float] = {}
+    min_storage_days: dict[str, int] = {}
+    put_prices: dict[str, float] = {}
     transfer_out_per_gb: float = 0.09
     restore_events_queue: str | None = None
     glacier_sns_topic: str | None = None

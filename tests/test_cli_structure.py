@@ -60,7 +60,7 @@ def test_every_command_module_registers_its_commands() -> None:
         assert any(isinstance(n, ast.FunctionDef) and n.name == "register" for n in tree.body), p
         names.add(p.stem)
     assert set(cli.commands) == {
-        "bucket", "hold", "inventory", "job", "keys", "list", "metrics", "prune", "restore", "run",
+        "bucket", "cost", "hold", "inventory", "job", "keys", "list", "metrics", "prune", "restore", "run",
         "schedule", "scheduler", "serve", "show", "snapshot", "status", "verify", "worker",
     }  # fmt: skip
 

@@ -60,6 +60,9 @@ def setup(
     inv_url = f"sqlite:///{tmp_path / 'inv.db'}"
     monkeypatch.setenv("BACKUP_CONFIG", str(cfg))
     monkeypatch.setenv("BACKUP_INVENTORY_URL", inv_url)
+    # these tests are about locks and holds: DEEP_ARCHIVE's 180-day minimum would keep the
+    # month-old archives on its own (tests/test_economics.py tests that)
+    monkeypatch.setenv("BACKUP_MIN_STORAGE_DAYS", '{"DEEP_ARCHIVE": 0}')
     inv = Inventory(inv_url)
     return load_policies(cfg)["p"], inv, bucket, aws_env
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import click
 
 from . import (
+    cost_cmd,
     inventory_cmd,
     jobs_cmd,
     keys_cmd,
@@ -98,6 +99,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 
 for _module in (
     keys_cmd,
+    cost_cmd,
     run_cmd,
     list_cmd,
     restore_cmd,

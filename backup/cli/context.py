@@ -55,6 +55,7 @@ class Ctx:
     def policies(self) -> dict[str, Policy]:
         if self._policies is None:
             self._policies = load_policies(self.settings.config)
+            _warn_costly(self._policies, self.settings)
         return self._policies
 
     def policy(self, name: str) -> Policy:
@@ -93,3 +94,20 @@ def identity_option(
 ) -> Callable[[FC], FC]:
     """Returns: the ``--identity FILE`` option of the commands that decrypt."""
     return click.option("--identity", type=click.Path(path_type=Path), help=help)
+
+
+def _warn_costly(policies: dict[str, Policy], settings: Settings) -> None:
+    """Warn (stderr, one line each) about settings that fight a policy's storage class: a
+    retention shorter than the class's minimum storage duration, a full_every that keeps
+    many more fulls billed than the retention needs (backup/economics.py)."""
+    from ..pricing import Prices, class_of
+
+    prices = Prices.from_settings(settings)
+    cold = [p for p in policies.values() if prices.minimum(class_of(p.target) or "").days > 0]
+    if not cold:
+        return
+    from ..economics import policy_warnings
+
+    for p in cold:
+        for line in policy_warnings(p, prices):
+            click.echo(f"warning: {line}", err=True)

@@ -36,6 +36,7 @@ def schedule(obj: Ctx, count: int, as_json: bool) -> None:
     from ..jobs.schedule import next_runs
 
     now = datetime.now(UTC)
+    costs = _cold_costs(obj)
     rows = []
     for p in obj.policies.values():
         rows.append(
@@ -46,11 +47,22 @@ def schedule(obj: Ctx, count: int, as_json: bool) -> None:
                 "catch_up": p.catch_up,
                 "next_runs": [iso(t) for t in next_runs(p, now, count)],
             }
+            | (
+                {
+                    "storage_class": costs[p.name][0],
+                    "monthly_storage_usd": round(costs[p.name][1], 4),
+                }
+                if p.name in costs
+                else {}
+            )
         )
     if as_json:
         dump(rows)
         return
-    t = Table("policy", "schedule", "timezone", "catch up", "next runs (local time of the policy)")
+    t = Table(
+        "policy", "schedule", "timezone", "catch up", "next runs (local time of the policy)",
+        "storage $/month",
+    )  # fmt: skip
     from zoneinfo import ZoneInfo
 
     for p in obj.policies.values():
@@ -62,6 +74,7 @@ def schedule(obj: Ctx, count: int, as_json: bool) -> None:
             p.timezone,
             "yes" if p.catch_up else "no",
             ", ".join(x.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") for x in times) or "-",
+            f"{costs[p.name][1]:.2f} ({costs[p.name][0]})" if p.name in costs else "-",
         )
     table(t)
 
@@ -106,6 +119,10 @@ def status(obj: Ctx, since: str, as_json: bool) -> None:
         "failed": [job_json(j) for j in ended if j.state == "failed"],
         "recent": [job_json(j) for j in ended if j.state != "failed"],
         "next_runs": [{"policy": n, "at": iso(t)} for t, n in upcoming],
+        "storage_costs": [
+            {"policy": n, "storage_class": c, "monthly_usd": round(usd, 4)}
+            for n, (c, usd) in sorted(_cold_costs(obj).items())
+        ],
     }
     if as_json:
         dump(data)
@@ -192,6 +209,23 @@ def job_(obj: Ctx, job_id: str, wait: bool, as_json: bool) -> None:
                 out.print(f"{k:>14}: {v if not isinstance(v, dict | list) else json.dumps(v)}")
     if wait and j.state == "failed":
         sys.exit(1)
+
+
+def _cold_costs(obj: Ctx) -> dict[str, tuple[str, float]]:
+    """Each cold policy's class and estimated monthly storage bill (backup/economics.py);
+    the inventory is read only when there is a cold policy."""
+    from ..pricing import Prices, class_of
+
+    cold = [
+        p
+        for p in obj.policies.values()
+        if class_of(p.target) in ("GLACIER", "DEEP_ARCHIVE", "VAULT")
+    ]
+    if not cold:
+        return {}
+    from ..economics import cold_costs
+
+    return cold_costs(cold, obj.inventory.archives(), Prices.from_settings(obj.settings))
 
 
 def register(cli: click.Group) -> None:

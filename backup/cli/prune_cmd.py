@@ -2,7 +2,8 @@
 and the Object Lock legal hold that keeps an archive from any deletion.
 
 Invariants: prune never deletes an archive a kept archive needs (its chain), nor one under
-Object Lock; without the policy's rules (no policy file, a policy since removed) it keeps
+Object Lock, nor (without ``--allow-early-delete``) one inside its storage class's minimum
+storage duration, which would be billed for the rest of it anyway; without the policy's rules (no policy file, a policy since removed) it keeps
 everything and says why.
 """
 
@@ -20,10 +21,16 @@ __all__ = ["register"]
 @click.command()
 @click.argument("policy")
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@click.option(
+    "--allow-early-delete",
+    is_flag=True,
+    help="Also delete archives inside their class's minimum storage duration (GLACIER 90 "
+    "days, DEEP_ARCHIVE 180), paying the early-deletion fee shown for each.",
+)
 @json_option()
 @click.pass_obj
 @handled
-def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
+def prune(obj: Ctx, policy: str, dry_run: bool, allow_early_delete: bool, as_json: bool) -> None:
     """Delete POLICY's archives that its retention does not keep (never one a kept archive needs)."""
     from ..retention import apply_prune, plan_prune
 
@@ -33,17 +40,34 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
     if pol is None and not obj.inventory.archives(policy, states=()):
         pol = obj.policy(policy)  # a name the inventory does not know either: a typo, say so
     retention = pol.retention if pol is not None else Retention()
-    plan = plan_prune(obj.inventory, policy, retention)
+    from ..pricing import Prices
+
+    plan = plan_prune(
+        obj.inventory,
+        policy,
+        retention,
+        allow_early_delete=allow_early_delete,
+        prices=Prices.from_settings(obj.settings),
+    )
     deleted = [] if dry_run else apply_prune(obj.inventory, plan)
+    fees = {aid: fee for aid, fee in plan.fees.items() if dry_run or aid in deleted}
+    held = {a.id: free_at for a, free_at in plan.held}
     if as_json:
         dump(
             {
                 "policy": policy,
                 "dry_run": dry_run,
                 "keep": [
-                    {"id": a.id, "created": iso(a.created), "reason": why} for a, why in plan.keep
+                    {"id": a.id, "created": iso(a.created), "reason": why}
+                    | ({"free_to_delete_at": iso(held[a.id])} if a.id in held else {})
+                    for a, why in plan.keep
                 ],
-                "delete": [{"id": a.id, "created": iso(a.created)} for a in plan.delete],
+                "delete": [
+                    {"id": a.id, "created": iso(a.created)}
+                    | ({"early_delete_fee_usd": round(fees[a.id], 10)} if a.id in fees else {})
+                    for a in plan.delete
+                ],
+                "early_delete_fee_usd": round(sum(fees.values()), 10),
                 "deleted": deleted,
                 "locked": [{"id": a.id, "reason": why} for a, why in plan.locked],
                 "skipped": [{"id": a.id, "reason": why} for a, why in plan.skipped],
@@ -57,7 +81,15 @@ def prune(obj: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
         if a.id in skipped:
             click.echo(f"kept    {a.id}  {a.kind:<11}  {skipped[a.id]}")
         else:
-            click.echo(f"{'would delete' if dry_run else 'deleted'} {a.id}  {a.kind}")
+            fee = f"  early-deletion fee ${fees[a.id]:.4f}" if fees.get(a.id) else ""
+            click.echo(f"{'would delete' if dry_run else 'deleted'} {a.id}  {a.kind}{fee}")
+    if fees:
+        click.echo(f"early-deletion fees: ${sum(fees.values()):.4f} in all")
+    if plan.held:
+        click.echo(
+            f"{len(plan.held)} archive(s) kept inside their minimum storage duration "
+            "(--allow-early-delete deletes them and pays the rest of it)"
+        )
     if plan.locked:
         click.echo(f"{len(plan.locked)} archive(s) kept by Object Lock (retention or legal hold)")
     if pol is None:
