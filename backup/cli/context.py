@@ -17,7 +17,7 @@ import click
 from click.decorators import FC
 
 from ..errors import PolicyError
-from ..policy import Policy, get_policy, load_policies
+from ..policy import Policy, PolicyFile, get_policy, read_policies
 from ..settings import Settings
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ class Ctx:
         if config is not None:
             self.settings.config = config
         self._inv: Inventory | None = None
-        self._policies: dict[str, Policy] | None = None
 
     @property
     def inventory(self) -> Inventory:
@@ -52,10 +51,10 @@ class Ctx:
         return self._inv
 
     @property
-    def policies(self) -> dict[str, Policy]:
-        if self._policies is None:
-            self._policies = load_policies(self.settings.config)
-        return self._policies
+    def policies(self) -> PolicyFile:
+        """The policy file; each policy is validated when the command first uses it, so a
+        command pays, and fails, only for the policies it touches (backup/policy.py)."""
+        return read_policies(self.settings.config)
 
     def policy(self, name: str) -> Policy:
         return get_policy(self.policies, name, self.settings.config)
@@ -63,7 +62,8 @@ class Ctx:
     def policy_if_any(self, name: str) -> Policy | None:
         """The named policy, or None when there is no policy file or it has no such policy:
         a bare machine, after ``backup inventory rebuild``, restores, lists and verifies
-        from the inventory alone. A policy file that exists but is broken still fails."""
+        from the inventory alone. A policy file that exists but is broken (or this policy in
+        it) still fails."""
         if not self.settings.config.exists():
             return None
         return self.policies.get(name)
