@@ -117,7 +117,12 @@ def test_run_beside_a_broken_other_policy_and_refusing_a_broken_one(
     r = invoke("schedule", "--json")
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.output)) == MANY
-    assert {u for u in built if u.startswith("s3://")} == {"s3://bucket/p0007"}  # run p0007
+    r = invoke("schedule", "--check")  # validates every policy: finds the broken one
+    assert r.exit_code == 1 and "policy 'p0007'" in r.output and "recipients:" in r.output
+    # run p0007 and schedule --check open the targets of the policies they validate
+    assert {u for u in built if u.startswith("s3://")} == {
+        f"s3://bucket/p{i:04d}" for i in range(1, 8)
+    }
 
 
 def test_a_broken_schedule_fails_schedule_and_leaves_status_its_jobs(many: Path) -> None:

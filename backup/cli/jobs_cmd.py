@@ -28,14 +28,21 @@ __all__ = ["register"]
 
 @click.command()
 @click.option("--count", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="First validate every policy in full, as its run would, and fail on the first mistake.",
+)
 @json_option("Print as JSON.")
 @click.pass_obj
 @handled
-def schedule(obj: Ctx, count: int, as_json: bool) -> None:
+def schedule(obj: Ctx, count: int, check: bool, as_json: bool) -> None:
     """List each policy's next run times."""
     from ..cron import get_zone
     from ..jobs.schedule import next_runs
 
+    if check:
+        obj.policies.validate_all()
     now = datetime.now(UTC)
     # the schedule fields of every policy, not whole policies: a thousand policies must not
     # cost a thousand validations (recipients, target URLs); a mistake in another field is
