@@ -459,6 +459,7 @@ def policies_part(
                                 "command": name,
                                 "rep": rep,
                                 "wall_s": t.wall_s,
+                                "cpu_s": t.user_s + t.sys_s,
                                 "peak_rss_mib": t.max_rss_kib / 1024,
                             }
                         )
@@ -602,30 +603,32 @@ def render(
         n = max(r["policies"] for r in pol)
         lines += [
             "",
-            "| build | command | 1 policy | N policies | ratio |",
-            "|---|---|---|---|---|",
+            "| build | command | 1 policy | N policies | ratio | CPU 1 / N | CPU ratio |",
+            "|---|---|---|---|---|---|---|",
         ]
         for build in builds:
             for cmd in ("list", "status", "schedule", "run P"):
 
-                def med(count: int, build: str = build, cmd: str = cmd) -> float:
+                def med(count: int, key: str, build: str = build, cmd: str = cmd) -> float:
                     return statistics.median(
-                        r["wall_s"]
+                        r.get(key, 0.0)
                         for r in pol
                         if r.get("build", OURS) == build
                         and r["command"] == cmd
                         and r["policies"] == count
                     )
 
-                one, many = med(1), med(n)
+                one, many = med(1, "wall_s"), med(n, "wall_s")
+                cpu1, cpun = med(1, "cpu_s"), med(n, "cpu_s")
                 verdict = (
                     "PASS"
                     if many / one <= TARGET_POLICY_RATIO
                     else f"FAIL (target {TARGET_POLICY_RATIO}x)"
                 )
+                cpu = f"{cpu1:.2f} / {cpun:.2f} s | {cpun / cpu1:.2f}x" if cpu1 else "- | -"
                 lines.append(
                     f"| {build} | {cmd} | {one:.2f} s | {many:.2f} s ({n:,}) "
-                    f"| {many / one:.2f}x {verdict} |"
+                    f"| {many / one:.2f}x {verdict} | {cpu} |"
                 )
     if inv:
         lines += ["", "| inventory | command | median wall |", "|---|---|---|"]

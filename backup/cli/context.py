@@ -37,6 +37,7 @@ class Ctx:
         if config is not None:
             self.settings.config = config
         self._inv: Inventory | None = None
+        self._policies: PolicyFile | None = None
 
     @property
     def inventory(self) -> Inventory:
@@ -53,8 +54,11 @@ class Ctx:
     @property
     def policies(self) -> PolicyFile:
         """The policy file; each policy is validated when the command first uses it, so a
-        command pays, and fails, only for the policies it touches (backup/policy.py)."""
-        return read_policies(self.settings.config)
+        command pays, and fails, only for the policies it touches (backup/policy.py). Read
+        once per command; the job context reads the same parsed file (read_policies)."""
+        if self._policies is None:
+            self._policies = read_policies(self.settings.config)
+        return self._policies
 
     def policy(self, name: str) -> Policy:
         return get_policy(self.policies, name, self.settings.config)
