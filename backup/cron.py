@@ -362,8 +362,10 @@ def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(hi, UTC)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_cron(text: str) -> Cron:
-    """Parse a cron expression.
+    """Parse a cron expression (cached: a :class:`Cron` is immutable, and a file of many
+    policies repeats a few schedules).
 
     Args:
         text: five fields (``"30 2 * * mon-fri"``) or a shorthand (``"@daily"``).

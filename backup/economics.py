@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .coldplan import estimate_cost, expected_ready
-from .inventory import Archive
-from .policy import Policy, Retention
+from .inventory import Archive, Inventory
+from .policy import Policy, PolicyCost, Retention
 from .pricing import MONTH_DAYS, GiB, Prices, billable_bytes, class_of
 from .retention import select_keep
 
@@ -31,6 +31,7 @@ __all__ = [
     "policy_warnings",
     "run_interval",
     "simulate",
+    "stored_sizes",
 ]
 
 
@@ -236,7 +237,7 @@ def simulate(
     )
 
 
-def run_interval(policy: Policy, now: datetime | None = None) -> timedelta:
+def run_interval(policy: Policy | PolicyCost, now: datetime | None = None) -> timedelta:
     """Returns: the time between the policy's scheduled runs (a day without a schedule)."""
     from .cron import parse_cron
 
@@ -309,7 +310,7 @@ def retention_days(retention: Retention, run_every: timedelta) -> float:
     return max(spans)
 
 
-def policy_warnings(policy: Policy, prices: Prices) -> list[str]:
+def policy_warnings(policy: Policy | PolicyCost, prices: Prices) -> list[str]:
     """Returns: one line for each setting that fights the policy's storage class: a
     retention shorter than the class's minimum storage duration (every archive is billed
     for the minimum anyway), and a ``full_every`` so short that many more fulls are billed
@@ -360,7 +361,7 @@ def measured_sizes(archives: Sequence[Archive]) -> dict[str, tuple[int, int]]:
 
 
 def monthly_estimate(
-    policy: Policy, full_bytes: int, incremental_bytes: int, prices: Prices
+    policy: Policy | PolicyCost, full_bytes: int, incremental_bytes: int, prices: Prices
 ) -> float | None:
     """The steady-state monthly storage bill in closed form (what ``backup schedule`` and
     ``backup status --json`` show; ``backup cost`` simulates it run by run): every archive
@@ -386,14 +387,38 @@ def monthly_estimate(
     return monthly_storage_usd(cls, sizes, prices) + requests
 
 
+def stored_sizes(inventory: Inventory, policies: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Returns: per policy, (its newest complete full's stored size, its incrementals' median
+    stored size), in one query over four columns (no ORM object per archive)."""
+    from sqlalchemy import select
+
+    rows: dict[str, list[tuple[str, datetime, int]]] = {}
+    with inventory.session() as s:
+        q = (
+            select(Archive.policy, Archive.kind, Archive.created, Archive.size_stored)
+            .where(Archive.state == "complete", Archive.policy.in_(list(policies)))
+            .order_by(Archive.created)
+        )
+        for policy, kind, created, size in s.execute(q):
+            rows.setdefault(policy, []).append((kind, created, int(size or 0)))
+    out: dict[str, tuple[int, int]] = {}
+    for name, rs in rows.items():
+        fulls = [size for kind, _c, size in rs if kind == "full"]
+        incs = [size for kind, _c, size in rs if kind == "incremental"]
+        full = fulls[-1] if fulls else 0
+        out[name] = (full, int(statistics.median(incs)) if incs else max(1, full // 100))
+    return out
+
+
 def cold_costs(
-    policies: Sequence[Policy], archives: Sequence[Archive], prices: Prices
+    policies: Sequence[Policy | PolicyCost],
+    sizes: Mapping[str, tuple[int, int]],
+    prices: Prices,
 ) -> dict[str, tuple[str, float]]:
     """Returns: per cold policy (GLACIER, DEEP_ARCHIVE, a vault), its class and the estimated
-    monthly storage bill (:func:`monthly_estimate`)."""
+    monthly storage bill (:func:`monthly_estimate`) from its measured ``sizes``."""
     from .coldplan import COLD_CLASSES
 
-    sizes = measured_sizes(archives)
     out: dict[str, tuple[str, float]] = {}
     for p in policies:
         cls = class_of(p.target)

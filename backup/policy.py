@@ -6,17 +6,35 @@ read its own archives.
 
 Every mistake becomes one :class:`~backup.errors.PolicyError` naming the file, the policy
 and the field, so a broken file is fixed in one look.
+
+Invariants:
+
+- **A command pays for the policies it touches.** :func:`read_policies` parses the file
+  once per content (a process re-reading an unchanged file gets the same
+  :class:`PolicyFile`) and checks at once only what the whole file must get right: TOML,
+  the ``[[policy]]`` tables, each name valid and unique. A policy is validated in full
+  (recipients parsed, target URL opened, ...) on first access by name, once; its schedule
+  fields alone (:class:`PolicySchedule`) are all a listing of every policy's runs
+  validates. So ``backup run P`` refuses a broken P and runs P beside a broken Q, and no
+  command builds a target for a policy it does not touch.
+- :func:`load_policies` stays strict: every policy validated, the first mistake raised.
+- Full validation and the schedule view share one validator per field, so they can never
+  disagree about a field both read, and say the same about it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import tomllib
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,10 +52,13 @@ __all__ = [
     "Notify",
     "ObjectLockRule",
     "Policy",
+    "PolicyFile",
+    "PolicySchedule",
     "Retention",
     "get_policy",
     "load_policies",
     "parse_duration",
+    "read_policies",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -62,6 +83,36 @@ Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 NonNegative = Annotated[int, Field(ge=0)]
+
+
+def _check_name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError(
+            "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return v
+
+
+def _check_schedule(v: str) -> str:
+    from .cron import parse_cron
+
+    parse_cron(v)  # ValueError names the bad field; the policy keeps the text
+    return v
+
+
+def _check_timezone(v: str) -> str:
+    from .cron import get_zone
+
+    get_zone(v)
+    return v
+
+
+#: a policy's or a queue's name
+Name = Annotated[str, AfterValidator(_check_name)]
+#: cron text (backup/cron.py), kept as written
+CronText = Annotated[str, AfterValidator(_check_schedule)]
+#: an IANA zone name
+ZoneName = Annotated[str, AfterValidator(_check_timezone)]
 
 
 class Retention(BaseModel):
@@ -170,15 +221,15 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Name
     sources: list[Path]  # empty when ``source`` names a bucket
     #: a bucket to back up instead of local sources: s3://bucket[/prefix] (docs/snapshots.md)
     source: str | None = None
     exclude: list[str] = []
     target: str
     recipients: list[str] = Field(min_length=1)
-    schedule: str | None = None
-    timezone: str = "UTC"
+    schedule: CronText | None = None
+    timezone: ZoneName = "UTC"
     full_every: Duration = timedelta(days=7)
     compression_level: int = Field(default=3, ge=1, le=22)
     retention: Retention = Retention()
@@ -186,7 +237,7 @@ class Policy(BaseModel):
     notify: Notify = Notify()
     #: runs go to queue ``pack-<queue>`` instead of ``pack``: for sources that only the
     #: workers of some hosts can read (``backup worker --queues pack-<queue>`` there)
-    queue: str | None = None
+    queue: Name | None = None
     #: Object Lock on every archive and manifest (s3:// targets with Object Lock enabled)
     object_lock: ObjectLockRule | None = None
     #: default tier of cold-storage restores: Expedited, Standard or Bulk
@@ -202,41 +253,6 @@ class Policy(BaseModel):
     #: archive), and for a bucket source ``snapshot`` (take a named snapshot, prune the
     #: policy's snapshots by its retention) and ``fork`` (the restore drill of ``drill``)
     actions: list[Literal["snapshot", "archive", "fork"]] = Field(default=["archive"], min_length=1)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(
-                "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            )
-        return v
-
-    @field_validator("queue")
-    @classmethod
-    def _queue(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.match(v):
-            raise ValueError(
-                "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            )
-        return v
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v: str | None) -> str | None:
-        from .cron import parse_cron
-
-        if v is not None:
-            parse_cron(v)  # ValueError names the bad field; the policy keeps the text
-        return v
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, v: str) -> str:
-        from .cron import get_zone
-
-        get_zone(v)
-        return v
 
     @field_validator("recipients")
     @classmethod
@@ -371,8 +387,205 @@ def _format_error(path: Path, policy: str, exc: ValidationError) -> str:
     return f"policy {policy!r}: " + "; ".join(parts)
 
 
+class PolicySchedule(BaseModel):
+    """The fields of a policy that say when and where its runs go, validated as
+    :class:`Policy` validates them and nothing else: what ``backup schedule``, ``backup
+    status`` and the scheduler read from every policy."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: Name
+    schedule: CronText | None = None
+    timezone: ZoneName = "UTC"
+    catch_up: bool = False
+    queue: Name | None = None
+
+
+class PolicyCost(BaseModel):
+    """The fields of a policy its storage bill depends on (backup/economics.py), validated as
+    :class:`Policy` validates them and nothing else, and the target as written (its storage
+    class is in its query): what ``backup schedule``, ``status`` and the load-time warnings
+    read from every cold policy without validating recipients or building targets."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: Name
+    target: str
+    schedule: CronText | None = None
+    timezone: ZoneName = "UTC"
+    full_every: Duration = timedelta(days=7)
+    retention: Retention = Retention()
+    restore_tier: str = "Standard"
+
+
+class _Named(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: Name
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validated(model: type[_M], path: Path, label: str, table: Any) -> _M:
+    try:
+        return model.model_validate(table)
+    except ValidationError as e:
+        raise PolicyError(str(path), _format_error(path, label, e)) from None
+    except Exception as e:  # errors from recipient or target parsing
+        raise PolicyError(str(path), f"policy {label!r}: {e}") from None
+
+
+class PolicyFile(Mapping[str, Policy]):
+    """A policy file as read: its policies by name, in file order, each validated in full
+    on first access (``pf[name]``, ``get``, ``values``) and kept; a broken one raises
+    :class:`~backup.errors.PolicyError` naming the file, the policy and the field whenever
+    it is accessed. ``name in pf`` and iterating the names validate nothing.
+
+    Build it with :func:`read_policies`.
+    """
+
+    def __init__(self, path: Path, tables: dict[str, dict[str, Any]]) -> None:
+        self.path = path
+        self._tables = tables
+        self._valid: dict[str, Policy] = {}
+        self._schedules: list[PolicySchedule] | None = None
+        self._lock = threading.Lock()  # a worker's threads share one file
+
+    def __getitem__(self, name: str) -> Policy:
+        pol = self._valid.get(name)
+        if pol is None:
+            table = self._tables[name]  # KeyError: no such policy
+            with self._lock:
+                pol = self._valid.get(name)
+                if pol is None:
+                    pol = _validated(Policy, self.path, name, table)
+                    self._valid[name] = pol
+        return pol
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tables
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tables)
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def schedules(self) -> list[PolicySchedule]:
+        """Returns: every policy's schedule fields, in file order.
+
+        Raises:
+            PolicyError: the first policy whose schedule fields are wrong.
+        """
+        if self._schedules is None:
+            self._schedules = [
+                _validated(PolicySchedule, self.path, name, table)
+                for name, table in self._tables.items()
+            ]
+        return self._schedules
+
+    def costed(self, keep: Callable[[str], bool]) -> list[PolicyCost]:
+        """Returns: the cost fields of the policies whose target, as written, ``keep``
+        accepts (a broken one is left out: the commands that use it say what is wrong)."""
+        out = []
+        for name, table in self._tables.items():
+            target = table.get("target")
+            if isinstance(target, str) and keep(target):
+                try:
+                    out.append(_validated(PolicyCost, self.path, name, table))
+                except PolicyError:
+                    continue
+        return out
+
+    def validate_all(self) -> dict[str, Policy]:
+        """Returns: every policy, validated in full, by name in file order.
+
+        Raises:
+            PolicyError: the first broken policy in file order.
+        """
+        return {name: self[name] for name in self._tables}
+
+
+def _parse(path: Path, data: bytes | None = None) -> PolicyFile:
+    """The policy file's tables by name, with what the whole file must get right checked."""
+    try:
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
+        doc = tomllib.loads(data.decode())
+    except FileNotFoundError:
+        raise PolicyError(
+            str(path), "policy file not found (set BACKUP_CONFIG or --config)"
+        ) from None
+    except OSError as e:
+        raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise PolicyError(str(path), f"not valid TOML: not UTF-8 ({e.reason})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(str(path), f"not valid TOML: {e}") from None
+    unknown = set(doc) - {"policy"}
+    if unknown:
+        raise PolicyError(
+            str(path),
+            f"unknown top-level key(s) {', '.join(sorted(unknown))}; expected [[policy]] tables",
+        )
+    tables = doc.get("policy", [])
+    if not isinstance(tables, list) or not tables:
+        raise PolicyError(str(path), "no [[policy]] table")
+    out: dict[str, dict[str, Any]] = {}
+    for i, table in enumerate(tables, 1):
+        if not isinstance(table, dict):
+            raise PolicyError(str(path), f"policy '#{i}': not a table")
+        label = str(table.get("name", f"#{i}"))
+        name = _validated(_Named, path, label, table).name
+        if name in out:
+            raise PolicyError(str(path), f"policy {name!r}: name: defined twice")
+        out[name] = table
+    return PolicyFile(path, out)
+
+
+_READ: dict[str, tuple[bytes, PolicyFile]] = {}
+_READ_LOCK = threading.Lock()
+
+
+def read_policies(path: Path) -> PolicyFile:
+    """Read a policy file, validating each policy only when it is used.
+
+    The file is read every call; it is parsed again only when its content changed, so a
+    process (a worker, the scheduler, a command that opens it in two places) sees the
+    current file and validates each policy of an unchanged one once.
+
+    Args:
+        path: a TOML file with one or more ``[[policy]]`` tables.
+
+    Returns:
+        The file's policies (see :class:`PolicyFile`).
+
+    Raises:
+        PolicyError: the file cannot be read, is not TOML, or a table has no valid, unique
+            name.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return _parse(path)  # raises the clear error
+    digest = hashlib.blake2b(data, digest_size=16).digest()
+    key = str(path)
+    with _READ_LOCK:
+        cached = _READ.get(key)
+        if cached is not None and cached[0] == digest:
+            return cached[1]
+    pf = _parse(path, data)
+    with _READ_LOCK:
+        _READ[key] = (digest, pf)
+    return pf
+
+
 def load_policies(path: Path) -> dict[str, Policy]:
-    """Read and validate a policy file.
+    """Read and validate a whole policy file (strict: a command reads it with
+    :func:`read_policies`, which validates only the policies it uses).
 
     Args:
         path: a TOML file with one or more ``[[policy]]`` tables.
@@ -383,42 +596,10 @@ def load_policies(path: Path) -> dict[str, Policy]:
     Raises:
         PolicyError: naming the file, the policy and the field of the first problem found.
     """
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise PolicyError(
-            str(path), "policy file not found (set BACKUP_CONFIG or --config)"
-        ) from None
-    except OSError as e:
-        raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError(str(path), f"not valid TOML: {e}") from None
-    unknown = set(data) - {"policy"}
-    if unknown:
-        raise PolicyError(
-            str(path),
-            f"unknown top-level key(s) {', '.join(sorted(unknown))}; expected [[policy]] tables",
-        )
-    tables = data.get("policy", [])
-    if not isinstance(tables, list) or not tables:
-        raise PolicyError(str(path), "no [[policy]] table")
-    out: dict[str, Policy] = {}
-    for i, table in enumerate(tables, 1):
-        label = str(table.get("name", f"#{i}"))
-        try:
-            pol = Policy.model_validate(table)
-        except ValidationError as e:
-            raise PolicyError(str(path), _format_error(path, label, e)) from None
-        except Exception as e:  # errors from recipient or target parsing
-            raise PolicyError(str(path), f"policy {label!r}: {e}") from None
-        if pol.name in out:
-            raise PolicyError(str(path), f"policy {pol.name!r}: name: defined twice")
-        out[pol.name] = pol
-    return out
+    return _parse(path).validate_all()
 
 
-def get_policy(policies: dict[str, Policy], name: str, path: Path) -> Policy:
+def get_policy(policies: Mapping[str, Policy], name: str, path: Path) -> Policy:
     """Returns: the named policy, or raises PolicyError listing the ones that exist."""
     try:
         return policies[name]

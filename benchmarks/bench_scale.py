@@ -387,8 +387,12 @@ def moto_server(workdir: Path) -> Any:
 
 
 def policies_part(
-    workdir: Path, many: int, runs: int, backup_cmd: list[str]
+    workdir: Path, many: int, runs: int, builds: dict[str, list[str]]
 ) -> list[dict[str, Any]]:
+    """Each command with 1 and with ``many`` policies, for each build (label: command line),
+    all alternating within every repetition so that a change of the machine's load during
+    the run falls on every column alike; each build and policy count has its own inventory,
+    which its ``run P`` fills (a full, then incrementals)."""
     import boto3
 
     part = workdir / "policies"
@@ -418,8 +422,9 @@ def policies_part(
             aws_secret_access_key="bench",
         )
         s3.create_bucket(Bucket="scale")
+        files: dict[int, Path] = {}
         for n in (1, many):
-            pf = part / f"policies-{n}.toml"
+            pf = files[n] = part / f"policies-{n}.toml"
             with open(pf, "w") as f:
                 for i in range(n):
                     f.write(
@@ -430,30 +435,34 @@ def policies_part(
                         f'recipients = ["{recipient}"]\n'
                         'schedule = "0 2 * * *"\n\n'
                     )
-            env = {
-                **os.environ,
-                **creds,
-                "BACKUP_CONFIG": str(pf),
-                "BACKUP_INVENTORY_URL": f"sqlite:///{part / f'inv-{n}.db'}",
-            }
-            commands = {
-                "list": ["list", "--json"],
-                "status": ["status", "--json"],
-                "schedule": ["schedule", "--json"],
-                "run P": ["run", "p0000", "--json"],
-            }
-            for rep in range(runs):
-                for name, args in commands.items():
-                    t = run_timed([*backup_cmd, *args], env=env)
-                    rows.append(
-                        {
-                            "policies": n,
-                            "command": name,
-                            "rep": rep,
-                            "wall_s": t.wall_s,
-                            "peak_rss_mib": t.max_rss_kib / 1024,
+        commands = {
+            "list": ["list", "--json"],
+            "status": ["status", "--json"],
+            "schedule": ["schedule", "--json"],
+            "run P": ["run", "p0000", "--json"],
+        }
+        for rep in range(runs):
+            for name, args in commands.items():
+                for n, pf in files.items():
+                    for build, backup_cmd in builds.items():
+                        env = {
+                            **os.environ,
+                            **creds,
+                            "BACKUP_CONFIG": str(pf),
+                            "BACKUP_INVENTORY_URL": f"sqlite:///{part / f'inv-{build}-{n}.db'}",
                         }
-                    )
+                        t = run_timed([*backup_cmd, *args], env=env)
+                        rows.append(
+                            {
+                                "build": build,
+                                "policies": n,
+                                "command": name,
+                                "rep": rep,
+                                "wall_s": t.wall_s,
+                                "cpu_s": t.user_s + t.sys_s,
+                                "peak_rss_mib": t.max_rss_kib / 1024,
+                            }
+                        )
     return rows
 
 
@@ -590,23 +599,37 @@ def render(
                 + " | | |"
             )
     if pol:
-        lines += ["", "| command | 1 policy | N policies | ratio |", "|---|---|---|---|"]
-        for cmd in ("list", "status", "schedule", "run P"):
-            one = statistics.median(
-                r["wall_s"] for r in pol if r["command"] == cmd and r["policies"] == 1
-            )
-            n = max(r["policies"] for r in pol)
-            many = statistics.median(
-                r["wall_s"] for r in pol if r["command"] == cmd and r["policies"] == n
-            )
-            verdict = (
-                "PASS"
-                if many / one <= TARGET_POLICY_RATIO
-                else f"FAIL (target {TARGET_POLICY_RATIO}x)"
-            )
-            lines.append(
-                f"| {cmd} | {one:.2f} s | {many:.2f} s ({n:,}) | {many / one:.2f}x {verdict} |"
-            )
+        builds = list(dict.fromkeys(r.get("build", OURS) for r in pol))
+        n = max(r["policies"] for r in pol)
+        lines += [
+            "",
+            "| build | command | 1 policy | N policies | ratio | CPU 1 / N | CPU ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for build in builds:
+            for cmd in ("list", "status", "schedule", "run P"):
+
+                def med(count: int, key: str, build: str = build, cmd: str = cmd) -> float:
+                    return statistics.median(
+                        r.get(key, 0.0)
+                        for r in pol
+                        if r.get("build", OURS) == build
+                        and r["command"] == cmd
+                        and r["policies"] == count
+                    )
+
+                one, many = med(1, "wall_s"), med(n, "wall_s")
+                cpu1, cpun = med(1, "cpu_s"), med(n, "cpu_s")
+                verdict = (
+                    "PASS"
+                    if many / one <= TARGET_POLICY_RATIO
+                    else f"FAIL (target {TARGET_POLICY_RATIO}x)"
+                )
+                cpu = f"{cpu1:.2f} / {cpun:.2f} s | {cpun / cpu1:.2f}x" if cpu1 else "- | -"
+                lines.append(
+                    f"| {build} | {cmd} | {one:.2f} s | {many:.2f} s ({n:,}) "
+                    f"| {many / one:.2f}x {verdict} | {cpu} |"
+                )
     if inv:
         lines += ["", "| inventory | command | median wall |", "|---|---|---|"]
         for db in sorted({r["db"] for r in inv}):
@@ -661,6 +684,14 @@ def main() -> int:
     ap.add_argument("--files", default="100000,300000", help="file counts, comma-separated")
     ap.add_argument("--mean-bytes", type=int, default=4096)
     ap.add_argument("--policies", type=int, default=1000)
+    ap.add_argument(
+        "--policies-vs",
+        metavar="LABEL=COMMAND",
+        action="append",
+        default=[],
+        help="policies part: also time another build of backup (e.g. main's checkout, "
+        "'main=env PYTHONPATH=/src/main backup'), alternating with this one",
+    )
     ap.add_argument("--inventory-archives", type=int, default=10_000)
     ap.add_argument("--inventory-rows", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=3)
@@ -680,7 +711,11 @@ def main() -> int:
         if "files" in parts
         else []
     )
-    pol = policies_part(a.workdir, a.policies, a.runs, cmd) if "policies" in parts else []
+    builds = {OURS: cmd}
+    for spec in a.policies_vs:
+        label, _, line = spec.partition("=")
+        builds[label] = line.split()
+    pol = policies_part(a.workdir, a.policies, a.runs, builds) if "policies" in parts else []
     inv = (
         inventory_part(a.workdir, a.inventory_archives, a.inventory_rows, a.runs, cmd)
         if "inventory" in parts

@@ -17,7 +17,7 @@ import click
 from click.decorators import FC
 
 from ..errors import PolicyError
-from ..policy import Policy, get_policy, load_policies
+from ..policy import Policy, PolicyFile, get_policy, read_policies
 from ..settings import Settings
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class Ctx:
         if config is not None:
             self.settings.config = config
         self._inv: Inventory | None = None
-        self._policies: dict[str, Policy] | None = None
+        self._policies: PolicyFile | None = None
 
     @property
     def inventory(self) -> Inventory:
@@ -52,9 +52,12 @@ class Ctx:
         return self._inv
 
     @property
-    def policies(self) -> dict[str, Policy]:
+    def policies(self) -> PolicyFile:
+        """The policy file; each policy is validated when the command first uses it, so a
+        command pays, and fails, only for the policies it touches (backup/policy.py). Read
+        once per command; the job context reads the same parsed file (read_policies)."""
         if self._policies is None:
-            self._policies = load_policies(self.settings.config)
+            self._policies = read_policies(self.settings.config)
             _warn_costly(self._policies, self.settings)
         return self._policies
 
@@ -64,7 +67,8 @@ class Ctx:
     def policy_if_any(self, name: str) -> Policy | None:
         """The named policy, or None when there is no policy file or it has no such policy:
         a bare machine, after ``backup inventory rebuild``, restores, lists and verifies
-        from the inventory alone. A policy file that exists but is broken still fails."""
+        from the inventory alone. A policy file that exists but is broken (or this policy in
+        it) still fails."""
         if not self.settings.config.exists():
             return None
         return self.policies.get(name)
@@ -96,14 +100,15 @@ def identity_option(
     return click.option("--identity", type=click.Path(path_type=Path), help=help)
 
 
-def _warn_costly(policies: dict[str, Policy], settings: Settings) -> None:
+def _warn_costly(policies: PolicyFile, settings: Settings) -> None:
     """Warn (stderr, one line each) about settings that fight a policy's storage class: a
     retention shorter than the class's minimum storage duration, a full_every that keeps
-    many more fulls billed than the retention needs (backup/economics.py)."""
+    many more fulls billed than the retention needs (backup/economics.py). Reads only the
+    cost fields of the policies with a minimum (no recipients, no targets)."""
     from ..pricing import Prices, class_of
 
     prices = Prices.from_settings(settings)
-    cold = [p for p in policies.values() if prices.minimum(class_of(p.target) or "").days > 0]
+    cold = policies.costed(lambda target: prices.minimum(class_of(target) or "").days > 0)
     if not cold:
         return
     from ..economics import policy_warnings

@@ -28,46 +28,55 @@ __all__ = ["register"]
 
 @click.command()
 @click.option("--count", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="First validate every policy in full, as its run would, and fail on the first mistake.",
+)
 @json_option("Print as JSON.")
 @click.pass_obj
 @handled
-def schedule(obj: Ctx, count: int, as_json: bool) -> None:
+def schedule(obj: Ctx, count: int, check: bool, as_json: bool) -> None:
     """List each policy's next run times."""
+    from ..cron import get_zone
     from ..jobs.schedule import next_runs
 
+    if check:
+        obj.policies.validate_all()
     now = datetime.now(UTC)
     costs = _cold_costs(obj)
-    rows = []
-    for p in obj.policies.values():
-        rows.append(
-            {
-                "policy": p.name,
-                "schedule": p.schedule,
-                "timezone": p.timezone,
-                "catch_up": p.catch_up,
-                "next_runs": [iso(t) for t in next_runs(p, now, count)],
-            }
-            | (
-                {
-                    "storage_class": costs[p.name][0],
-                    "monthly_storage_usd": round(costs[p.name][1], 4),
-                }
-                if p.name in costs
-                else {}
-            )
-        )
+    # the schedule fields of every policy, not whole policies: a thousand policies must not
+    # cost a thousand validations (recipients, target URLs); a mistake in another field is
+    # reported by the commands that use that policy (docs/usage.md)
+    scheduled = [(p, next_runs(p, now, count)) for p in obj.policies.schedules()]
     if as_json:
-        dump(rows)
+        dump(
+            [
+                {
+                    "policy": p.name,
+                    "schedule": p.schedule,
+                    "timezone": p.timezone,
+                    "catch_up": p.catch_up,
+                    "next_runs": [iso(t) for t in times],
+                }
+                | (
+                    {
+                        "storage_class": costs[p.name][0],
+                        "monthly_storage_usd": round(costs[p.name][1], 4),
+                    }
+                    if p.name in costs
+                    else {}
+                )
+                for p, times in scheduled
+            ]
+        )
         return
     t = Table(
         "policy", "schedule", "timezone", "catch up", "next runs (local time of the policy)",
         "storage $/month",
     )  # fmt: skip
-    from zoneinfo import ZoneInfo
-
-    for p in obj.policies.values():
-        times = next_runs(p, now, count)
-        zone = ZoneInfo(p.timezone)
+    for p, times in scheduled:
+        zone = get_zone(p.timezone)
         t.add_row(
             p.name,
             p.schedule or "-",
@@ -103,10 +112,10 @@ def status(obj: Ctx, since: str, as_json: bool) -> None:
     ended = store.jobs(states=TERMINAL, since=now - window, limit=1000)
     holder = store.lease_holder(LEASE)
     try:
-        policies = obj.policies
-    except Error:
-        policies = {}
-    upcoming = sorted((t, p.name) for p in policies.values() for t in next_runs(p, now, 1))
+        scheduled = obj.policies.schedules()
+    except Error:  # status still shows the jobs when the policy file is broken
+        scheduled = []
+    upcoming = sorted((t, p.name) for p in scheduled for t in next_runs(p, now, 1))
     data = {
         "scheduler": {"active": holder[0], "lease_expires": iso(holder[1])} if holder else None,
         "running": [job_json(j, stale_after) for j in active if j.state in RUNNING],
@@ -216,16 +225,14 @@ def _cold_costs(obj: Ctx) -> dict[str, tuple[str, float]]:
     the inventory is read only when there is a cold policy."""
     from ..pricing import Prices, class_of
 
-    cold = [
-        p
-        for p in obj.policies.values()
-        if class_of(p.target) in ("GLACIER", "DEEP_ARCHIVE", "VAULT")
-    ]
+    # the cost fields of the cold policies only: no recipients checked, no target built
+    cold = obj.policies.costed(lambda t: class_of(t) in ("GLACIER", "DEEP_ARCHIVE", "VAULT"))
     if not cold:
         return {}
-    from ..economics import cold_costs
+    from ..economics import cold_costs, stored_sizes
 
-    return cold_costs(cold, obj.inventory.archives(), Prices.from_settings(obj.settings))
+    sizes = stored_sizes(obj.inventory, [p.name for p in cold])
+    return cold_costs(cold, sizes, Prices.from_settings(obj.settings))
 
 
 def register(cli: click.Group) -> None:

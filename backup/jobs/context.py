@@ -6,7 +6,8 @@ Invariants:
 - A running job beats a heartbeat on its own thread; when the beat finds the job is no
   longer this worker's (the sweep judged it dead and gave it away), the run is cancelled at
   the next progress report, and it removes what it wrote.
-- Each task sees the current policy file (re-read whenever it changed).
+- Each task sees the current policy file (re-read whenever it changed), and validates
+  only the policies it uses: a broken policy fails the jobs of that policy alone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from ..errors import Error
 from ..inventory import Inventory
-from ..policy import Policy, get_policy, load_policies
+from ..policy import Policy, PolicyFile, get_policy, read_policies
 from ..progress import Progress
 from ..settings import Settings
 from .dispatch import Dispatch
@@ -31,8 +32,6 @@ from .store import JobStore
 __all__ = ["JobCancelled", "JobContext", "JobProgress", "error_message"]
 
 log = logging.getLogger("backup.runner")
-
-_POLICY_CACHE: dict[str, tuple[tuple[str, int, int, int], dict[str, Policy]]] = {}
 
 
 class JobCancelled(Error):
@@ -71,25 +70,6 @@ class JobProgress(Progress):
         self.inner.finish()
 
 
-def current_policies(path: Path) -> dict[str, Policy]:
-    """The policy file, re-read whenever it changed (each task sees the current file; an
-    unchanged file of hundreds of policies is not parsed again for every job).
-
-    Raises:
-        Error: the file is missing or broken (one clear line, from ``load_policies``).
-    """
-    try:
-        st = path.stat()
-        stamp = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
-    except OSError:
-        return load_policies(path)  # raises the clear error
-    cached = _POLICY_CACHE.get(str(path))
-    if cached is None or cached[0] != stamp:
-        cached = (stamp, load_policies(path))
-        _POLICY_CACHE[str(path)] = cached
-    return cached[1]
-
-
 @dataclass(slots=True)
 class JobContext:
     """Carries out jobs of one inventory.
@@ -113,9 +93,11 @@ class JobContext:
     def store(self) -> JobStore:
         return JobStore(self.inventory)
 
-    def policies(self) -> dict[str, Policy]:
-        """The policy file, re-read whenever it changed (see :func:`current_policies`)."""
-        return current_policies(Path(self.settings.config))
+    def policies(self) -> PolicyFile:
+        """The policy file as it is now (each task sees the current file; an unchanged file
+        of hundreds of policies is not parsed again for every job, and each of its policies
+        is validated when a job first uses it, once)."""
+        return read_policies(Path(self.settings.config))
 
     def policy(self, name: str | None) -> Policy:
         """Returns: the named policy of the current policy file; a PolicyError naming the

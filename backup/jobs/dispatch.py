@@ -14,7 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -162,7 +162,7 @@ class Dispatcher:
         settings: Settings,
         store: JobStore,
         sender: Sender,
-        policies: Callable[[], dict[str, Policy]] | None = None,
+        policies: Callable[[], Mapping[str, Policy]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store

@@ -35,11 +35,10 @@ from sqlalchemy import func, select
 from ..coldplan import estimate_cost, expected_ready
 from ..inventory import Inventory
 from ..inventory.models import Archive, Event, Job, RetrievalJob, Snapshot
-from ..policy import Policy
+from ..policy import read_policies
 from ..settings import Settings
-from .context import current_policies
 from .process import parse_worker
-from .schedule import LEASE, next_runs
+from .schedule import LEASE, Scheduled, next_runs
 from .states import BackupOutcome, JobState
 from .store import JobStore
 
@@ -105,7 +104,7 @@ class InventoryCollector(Collector):
     def __init__(
         self,
         inventory: Inventory,
-        policies: Callable[[], Mapping[str, Policy]],
+        policies: Callable[[], Mapping[str, Scheduled]],
         *,
         active: Callable[[], bool] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -365,7 +364,7 @@ class InventoryCollector(Collector):
 
 def registry_for(
     inventory: Inventory,
-    policies: Callable[[], Mapping[str, Policy]],
+    policies: Callable[[], Mapping[str, Scheduled]],
     *,
     active: Callable[[], bool] | None = None,
     process: bool = True,
@@ -381,15 +380,15 @@ def registry_for(
     return reg
 
 
-def policies_of(settings: Settings) -> Callable[[], Mapping[str, Policy]]:
+def policies_of(settings: Settings) -> Callable[[], Mapping[str, Scheduled]]:
     """Returns: reads the policy file as it is now, at each scrape; a missing or broken file
     gives no policies (the expected-interval series go missing, which an alert on
     ``absent(backup_expected_interval_seconds)`` catches), never a failed scrape."""
     path = Path(settings.config)
 
-    def read() -> Mapping[str, Policy]:
+    def read() -> Mapping[str, Scheduled]:
         try:
-            return current_policies(path)
+            return {p.name: p for p in read_policies(path).schedules()}
         except Exception as e:
             log.warning("metrics: the policy file cannot be read: %s", e)
             return {}

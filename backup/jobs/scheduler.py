@@ -24,18 +24,18 @@ Each tick the active scheduler:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from ..cron import parse_cron
 from ..errors import Error
 from ..inventory import Inventory
-from ..policy import Policy
+from ..policy import Policy, PolicyFile, PolicySchedule
 from ..settings import Settings
 from ..targets import open_target
 from .dispatch import Dispatcher, Sender
 from .process import worker_name
 from .runner import Runner
-from .schedule import LEASE
+from .schedule import LEASE, latest_slot
 from .states import ACTIVE, JobState
 from .store import JobStore
 
@@ -70,13 +70,17 @@ class Scheduler:
         self.name = name or f"scheduler@{worker_name()}"
         self.inventory = Inventory(settings.inventory_url)
         self.store = JobStore(self.inventory)
-        self._policies: dict[str, Policy] = {}
-        self.dispatcher = Dispatcher(settings, self.store, app, lambda: self._policies)
+        self._policies: PolicyFile | None = None
+        self.dispatcher = Dispatcher(settings, self.store, app, self._current_policies)
         self.runner = Runner(self.inventory, settings, self.dispatcher, self.name)
         self.leading = False
         self._last_poll: datetime | None = None
         self._policy_error: str | None = None
         self._last_partial_sweep: datetime | None = None
+
+    def _current_policies(self) -> Mapping[str, Policy]:
+        # routing a run to its policy's queue: the file as the last tick read it
+        return self._policies if self._policies is not None else {}
 
     def send(self, task: str, job_id: str) -> None:
         """Hand a task to the broker (the policy's own pack queue for a run of a policy that
@@ -119,7 +123,14 @@ class Scheduler:
         if self._last_partial_sweep and now - self._last_partial_sweep < PARTIAL_SWEEP_EVERY:
             return
         self._last_partial_sweep = now
-        for url in sorted({p.target for p in self._policies.values()}):
+        policies: Mapping[str, Policy] = self._current_policies()
+        urls = set()
+        for name in policies:
+            try:
+                urls.add(policies[name].target)
+            except Error:
+                continue  # a broken policy: its runs fail and say why; its target is unknown
+        for url in sorted(urls):
             try:
                 n = open_target(url).sweep_partial(older_than=PARTIAL_MAX_AGE)
                 if n:
@@ -129,8 +140,10 @@ class Scheduler:
 
     def _schedule(self, now: datetime) -> None:
         try:
-            # re-parsed only when the file changes (validating a policy opens its target)
+            # re-parsed only when the file changes; the tick reads every policy's schedule
+            # fields only, and validates in full (opening its target) the policy it queues
             policies = self.runner.policies()
+            scheduled = policies.schedules()
             self._policies = policies
             self._policy_error = None
         except Error as e:
@@ -141,18 +154,16 @@ class Scheduler:
         window = timedelta(
             seconds=max(120.0, 3 * self.settings.lease_seconds, 3 * self.settings.tick_seconds)
         )
-        for policy in policies.values():
-            if not policy.schedule:
-                continue
-            slot = parse_cron(policy.schedule).prev_at_or_before(now, policy.timezone)
-            if self.store.has_slot(policy.name, slot):
+        for policy in scheduled:
+            slot = latest_slot(policy, now)
+            if slot is None or self.store.has_slot(policy.name, slot):
                 continue
             late = now - slot > window
             if late and not policy.catch_up:
                 continue
             self._fire(policy, slot, "catch-up" if late else "schedule")
 
-    def _fire(self, policy: Policy, slot: datetime, origin: str) -> None:
+    def _fire(self, policy: PolicySchedule, slot: datetime, origin: str) -> None:
         running = self.store.jobs(states=ACTIVE, kind="backup", policy=policy.name, limit=1)
         if running:
             job = self.store.create(
@@ -179,7 +190,14 @@ class Scheduler:
         if job is None:
             return  # another scheduler recorded this slot first
         log.info("queued %s (%s, slot %s): job %s", policy.name, origin, slot.isoformat(), job.id)
-        self.dispatcher.send("backup.run", job.id, policy=policy)
+        try:
+            full = self._policies[policy.name] if self._policies is not None else None
+        except Error as e:
+            # queued all the same: the run fails with this error on the job, where `backup
+            # status` and the policy's owner see it, while the other policies run on
+            log.error("%s: %s", policy.name, e.get_message())
+            full = None
+        self.dispatcher.send("backup.run", job.id, policy=full)
 
     def _resend(self, now: datetime) -> None:
         waited = timedelta(seconds=self.settings.resend_after_seconds)

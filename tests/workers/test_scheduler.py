@@ -193,3 +193,25 @@ def test_a_policy_with_its_own_queue_is_sent_there(env: Env, sched: Scheduler) -
     assert queued_messages(sched.settings, "pack") == 0
     assert queued_messages(sched.settings, "pack-hosta") == 1
     redis.Redis.from_url(REDIS_URL).delete(f"{sched.settings.queue_prefix}pack-hosta")
+
+
+def test_a_broken_policy_does_not_stop_the_others(env: Env, sched: Scheduler) -> None:
+    # p runs on its own queue; q has a mistake outside its schedule: p is queued and routed
+    # as before, and q's run is queued to fail with the error, where `backup status` shows it
+    scheduled(env, schedule="0 2 * * *", timezone="Europe/Berlin", queue="hosts")
+    good = env.config.read_text()
+    broken = good.replace('name = "p"', 'name = "q"').replace("age1", "age1broken", 1)
+    env.config.write_text(good + "\n" + broken.replace('queue = "hosts"\n', ""))
+    at = SLOT_0200 + timedelta(seconds=20)
+    assert sched.tick(at)
+    jobs = {j.policy: j for j in sched.store.jobs(kind="backup")}
+    assert {p: (j.state, j.scheduled_for) for p, j in jobs.items()} == {
+        "p": ("queued", SLOT_0200),
+        "q": ("queued", SLOT_0200),
+    }
+    assert queued_messages(sched.settings, "pack-hosts") == 1
+    redis.Redis.from_url(REDIS_URL).delete(f"{sched.settings.queue_prefix}pack-hosts")
+    assert queued_messages(sched.settings) == 1
+    assert sched.runner.run_backup(jobs["q"].id) == "failed"
+    error = sched.store.get(jobs["q"].id).error or ""
+    assert "policy 'q'" in error and "recipients:" in error
