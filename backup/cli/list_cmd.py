@@ -8,6 +8,7 @@ object in its target.
 from __future__ import annotations
 
 import os
+import shlex
 from datetime import UTC, datetime
 
 import click
@@ -53,15 +54,36 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
 
 @click.command()
 @click.argument("archive_id")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Entries to print, in path order; 0 for all of them.",
+)
+@click.option(
+    "--after",
+    metavar="PATH",
+    help="Start after this path: the last one printed (--json gives it as next_after).",
+)
 @json_option()
 @click.pass_obj
 @handled
-def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
-    """List the entries of an archive (from the inventory; no key needed)."""
+def show(obj: Ctx, archive_id: str, limit: int, after: str | None, as_json: bool) -> None:
+    """List the entries of an archive (from the inventory; no key needed), a page at a time."""
     import stat as st
 
     a = obj.inventory.get(archive_id)
-    recs = obj.inventory.records(a.id)
+    # one row past the page says whether another page follows
+    recs = obj.inventory.records(
+        a.id,
+        after=None if after is None else os.fsencode(after),
+        limit=limit + 1 if limit else None,
+    )
+    more = bool(limit) and len(recs) > limit
+    if more:
+        recs = recs[:limit]
+    next_after = os.fsdecode(recs[-1].path) if more else None
     if as_json:
         d = archive_json(a)
         d["entries_list"] = [
@@ -80,6 +102,7 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
             }
             for r in recs
         ]
+        d["next_after"] = next_after
         dump(d)
         return
     t = Table("type", "mode", "size", "mtime", "path", box=None)
@@ -96,6 +119,11 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
             os.fsdecode(r.path) + link,
         )
     table(t)
+    if next_after is not None:
+        click.echo(
+            f"more entries follow: backup show {a.id} --after {shlex.quote(next_after)}",
+            err=True,
+        )
 
 
 def register(cli: click.Group) -> None:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import and_, create_engine, delete, event, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -367,16 +367,40 @@ class Inventory:
         raise ArchiveNotFound(archive_id, " (ambiguous prefix)" if rows else "")
 
     def archives(
-        self, policy: str | None = None, states: Sequence[str] = ("complete",)
+        self,
+        policy: str | None = None,
+        states: Sequence[str] = ("complete",),
+        *,
+        limit: int | None = None,
+        before: Archive | None = None,
     ) -> list[Archive]:
-        """Archives, oldest first, optionally of one policy and in given states."""
-        q = select(Archive).order_by(Archive.created, Archive.id)
+        """Archives, oldest first, optionally of one policy and in given states.
+
+        Args:
+            limit: at most this many: the newest ones (still listed oldest first).
+            before: only archives older than this one, in the order ``(created, id)``: the
+                cursor of the next page back, the oldest archive of the page before.
+        """
+        q = select(Archive)
         if policy is not None:
             q = q.where(Archive.policy == policy)
         if states:
             q = q.where(Archive.state.in_(states))
+        if before is not None:
+            # keyset, not OFFSET: a page costs the same however far back it is
+            q = q.where(
+                or_(
+                    Archive.created < before.created,
+                    and_(Archive.created == before.created, Archive.id < before.id),
+                )
+            )
         with self.session() as s:
-            return list(s.scalars(q).all())
+            if limit is None:
+                return list(s.scalars(q.order_by(Archive.created, Archive.id)).all())
+            newest = s.scalars(
+                q.order_by(Archive.created.desc(), Archive.id.desc()).limit(limit)
+            ).all()
+            return list(reversed(newest))
 
     def latest(self, policy: str, target: str, *, kind: str | None = None) -> Archive | None:
         """The newest complete archive of a policy in a target (of one kind, if given)."""
@@ -404,19 +428,31 @@ class Inventory:
 
     def chain(self, archive_id: str) -> list[Archive]:
         """The archive and its ancestors, full first."""
-        out: list[Archive] = []
+        # One recursive query, not one per ancestor: a chain is as long as the policy's
+        # incrementals since its last full, and every incremental reads its parent's.
+        # UNION (not UNION ALL) drops a row seen before, so a looping chain ends too.
+        link = (
+            select(Archive.id, Archive.parent_id)
+            .where(Archive.id == archive_id)
+            .cte("chain", recursive=True)
+        )
+        link = link.union(
+            select(Archive.id, Archive.parent_id).join(link, Archive.id == link.c.parent_id)
+        )
         with self.session() as s:
-            cur: str | None = archive_id
-            seen: set[str] = set()
-            while cur is not None:
-                if cur in seen:
-                    raise ArchiveNotFound(archive_id, " (its parent chain loops)")
-                seen.add(cur)
-                row = s.get(Archive, cur)
-                if row is None:
-                    raise ArchiveNotFound(cur, f" (parent in the chain of {archive_id})")
-                out.append(row)
-                cur = row.parent_id
+            rows = {a.id: a for a in s.scalars(select(Archive).join(link, Archive.id == link.c.id))}
+        out: list[Archive] = []
+        cur: str | None = archive_id
+        seen: set[str] = set()
+        while cur is not None:
+            if cur in seen:
+                raise ArchiveNotFound(archive_id, " (its parent chain loops)")
+            seen.add(cur)
+            row = rows.get(cur)
+            if row is None:
+                raise ArchiveNotFound(cur, f" (parent in the chain of {archive_id})")
+            out.append(row)
+            cur = row.parent_id
         out.reverse()
         return out
 
@@ -431,17 +467,29 @@ class Inventory:
                 ).all()
             )
 
-    def records(self, archive_id: str) -> list[FileRecord]:
-        """The file index rows of one archive, in path order."""
+    def records(
+        self, archive_id: str, *, after: bytes | None = None, limit: int | None = None
+    ) -> list[FileRecord]:
+        """The file index rows of one archive, in path order (bytewise).
+
+        Args:
+            after: only paths after this one: the cursor of the next page, the last path of
+                the page before.
+            limit: at most this many rows.
+
+        A packed index is unpacked by the first call (in one transaction, whatever the
+        page); later calls find nothing to unpack and read only their page, through the
+        primary key ``(archive_id, path)``.
+        """
         self.unpack_file_records([archive_id])
+        q = select(FileRecord).where(FileRecord.archive_id == archive_id)
+        if after is not None:
+            q = q.where(FileRecord.path > after)
+        q = q.order_by(FileRecord.path)
+        if limit is not None:
+            q = q.limit(limit)
         with self.session() as s:
-            return list(
-                s.scalars(
-                    select(FileRecord)
-                    .where(FileRecord.archive_id == archive_id)
-                    .order_by(FileRecord.path)
-                ).all()
-            )
+            return list(s.scalars(q).all())
 
     def tree_state(self, archive_id: str) -> TreeState:
         """Every path that existed at ``archive_id``, from its cached tree when there is one,
