@@ -563,10 +563,14 @@ class Inventory:
                     f"VALUES ({mark}, {mark}, {mark})",
                     (archive_id, _TREE_FORMAT, blob),
                 )
+            # driven from the few cached trees (one per policy and target), each looked up
+            # by its key: not from every older archive of the policy, so the cost stays flat
+            # however many archives accumulate
             cur.execute(
-                "DELETE FROM tree_cache WHERE archive_id IN (SELECT a.id FROM archives a "
-                f"JOIN archives b ON a.policy = b.policy AND a.target = b.target "
-                f"WHERE b.id = {mark} AND a.created < b.created)",
+                "DELETE FROM tree_cache WHERE EXISTS (SELECT 1 FROM archives a "
+                "JOIN archives b ON a.policy = b.policy AND a.target = b.target "
+                f"WHERE a.id = tree_cache.archive_id AND b.id = {mark} "
+                "AND a.created < b.created)",
                 (archive_id,),
             )
 
