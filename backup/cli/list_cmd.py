@@ -23,12 +23,36 @@ __all__ = ["register"]
 @click.command("list")
 @click.argument("policy", required=False)
 @click.option("--all", "all_states", is_flag=True, help="Include failed and deleted archives.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Archives to print: the newest ones, oldest first; 0 for all of them.",
+)
+@click.option(
+    "--before",
+    metavar="ID",
+    help="Only archives older than this one: the first one printed, for the page before.",
+)
 @json_option()
 @click.pass_obj
 @handled
-def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None:
-    """List archives, oldest first."""
-    rows = obj.inventory.archives(policy, states=() if all_states else ("complete",))
+def list_(
+    obj: Ctx, policy: str | None, all_states: bool, limit: int, before: str | None, as_json: bool
+) -> None:
+    """List archives, oldest first (the newest --limit of them)."""
+    inv = obj.inventory
+    # one row past the page says whether older archives remain
+    rows = inv.archives(
+        policy,
+        states=() if all_states else ("complete",),
+        limit=limit + 1 if limit else None,
+        before=None if before is None else inv.get(before),
+    )
+    older = bool(limit) and len(rows) > limit
+    if older:
+        rows = rows[1:]
     if as_json:
         dump([archive_json(a) for a in rows])
         return
@@ -50,6 +74,14 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
             cells.append(a.state)
         t.add_row(*cells)
     table(t)
+    if older:
+        again = [
+            "backup",
+            "list",
+            *([policy] if policy else []),
+            *(["--all"] if all_states else []),
+        ]
+        click.echo(f"older archives: {shlex.join(again)} --before {rows[0].id}", err=True)
 
 
 @click.command()
