@@ -29,6 +29,7 @@ from ..errors import ArchiveNotFound, ConfigError
 from ..redact import hide_password
 from . import packed
 from .models import (
+    ADDED_INDEXES,
     Archive,
     Base,
     Event,
@@ -157,6 +158,8 @@ class Inventory:
         for attempt in range(5):
             try:
                 Base.metadata.create_all(self.engine)
+                for index in ADDED_INDEXES:  # an inventory made before them: upgraded
+                    index.create(self.engine, checkfirst=True)
                 break
             except Exception as e:
                 # processes starting together (a worker, a scheduler, a command) race to

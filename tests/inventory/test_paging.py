@@ -119,3 +119,25 @@ def test_chain_in_one_query_keeps_its_errors(inventory: Inventory) -> None:
     inventory.update_archive("a1", parent_id="a3")
     with pytest.raises(ArchiveNotFound, match="loops"):
         inventory.chain("a5")
+
+
+def test_an_inventory_made_before_the_list_index_gets_it_when_opened(
+    inventory_url: str,
+) -> None:
+    from sqlalchemy import inspect, text
+
+    inv = Inventory(inventory_url)
+    add(inv, "a1", T0)
+    with inv.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_archives_created_id"))
+    assert "ix_archives_created_id" not in {
+        i["name"] for i in inspect(inv.engine).get_indexes("archives")
+    }
+    inv.close()
+    again = Inventory(inventory_url)  # and twice: the second open finds it there
+    again.close()
+    again = Inventory(inventory_url)
+    names = {i["name"]: i["column_names"] for i in inspect(again.engine).get_indexes("archives")}
+    assert names["ix_archives_created_id"] == ["created", "id"]
+    assert [a.id for a in again.archives(limit=1)] == ["a1"]
+    again.close()
