@@ -262,8 +262,16 @@ class Inventory:
         # The DB-API's executemany, not the ORM: a full backup indexes every path in the
         # tree, and per-row ORM (or even Core) parameter processing costs more than SQLite.
         quote = self.engine.dialect.identifier_preparer.quote
-        marks = ", ".join([self._mark] * len(FILE_INDEX_COLUMNS))
         names = ", ".join(map(quote, FILE_INDEX_COLUMNS))
+        if hasattr(cur, "copy"):
+            # psycopg on PostgreSQL: COPY, in the caller's transaction. executemany sends a
+            # statement per row; the first show of an archive of a million paths unpacked
+            # them for minutes that way
+            with cur.copy(f"COPY file_index ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        marks = ", ".join([self._mark] * len(FILE_INDEX_COLUMNS))
         cur.executemany(f"INSERT INTO file_index ({names}) VALUES ({marks})", rows)
 
     def add_packed_file_records(self, archive_id: str, manifest: bytes) -> None:
