@@ -606,6 +606,7 @@ def inventory_part(
             ("list", ["list"]),
             ("list --json", ["list", "--json"]),
             ("list --limit 0 --json", ["list", "--limit", "0", "--json"]),
+            ("show", ["show", last]),
             ("show --json", ["show", last, "--json"]),
             ("show --after --json", ["show", last, "--after", "d0000/f0000499.txt", "--json"]),
             ("status --json", ["status", "--json"]),

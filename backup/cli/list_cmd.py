@@ -26,7 +26,7 @@ __all__ = ["register"]
 @click.option(
     "--limit",
     type=click.IntRange(min=0),
-    default=1000,
+    default=100,
     show_default=True,
     help="Archives to print: the newest ones, oldest first; 0 for all of them.",
 )
@@ -53,9 +53,19 @@ def list_(
     older = bool(limit) and len(rows) > limit
     if older:
         rows = rows[1:]
+        # on stderr, and before the list: --json stays a list, and a script reading it is
+        # told too that it is not all
+        again = [
+            "backup",
+            "list",
+            *([policy] if policy else []),
+            *(["--all"] if all_states else []),
+        ]
+        click.echo(f"older archives: {shlex.join(again)} --before {rows[0].id}", err=True)
     if as_json:
         dump([archive_json(a) for a in rows])
         return
+    # a rich table costs ~1 ms of CPU a row: why the default page is 100 archives
     t = Table("id", "policy", "kind", "parent", "created", "size", "entries", "location", box=None)
     if all_states:
         t.add_column("state")
@@ -74,14 +84,6 @@ def list_(
             cells.append(a.state)
         t.add_row(*cells)
     table(t)
-    if older:
-        again = [
-            "backup",
-            "list",
-            *([policy] if policy else []),
-            *(["--all"] if all_states else []),
-        ]
-        click.echo(f"older archives: {shlex.join(again)} --before {rows[0].id}", err=True)
 
 
 @click.command()
