@@ -8,6 +8,7 @@ object in its target.
 from __future__ import annotations
 
 import os
+import shlex
 from datetime import UTC, datetime
 
 import click
@@ -22,15 +23,49 @@ __all__ = ["register"]
 @click.command("list")
 @click.argument("policy", required=False)
 @click.option("--all", "all_states", is_flag=True, help="Include failed and deleted archives.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Archives to print: the newest ones, oldest first; 0 for all of them.",
+)
+@click.option(
+    "--before",
+    metavar="ID",
+    help="Only archives older than this one: the first one printed, for the page before.",
+)
 @json_option()
 @click.pass_obj
 @handled
-def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None:
-    """List archives, oldest first."""
-    rows = obj.inventory.archives(policy, states=() if all_states else ("complete",))
+def list_(
+    obj: Ctx, policy: str | None, all_states: bool, limit: int, before: str | None, as_json: bool
+) -> None:
+    """List archives, oldest first (the newest --limit of them)."""
+    inv = obj.inventory
+    # one row past the page says whether older archives remain
+    rows = inv.archives(
+        policy,
+        states=() if all_states else ("complete",),
+        limit=limit + 1 if limit else None,
+        before=None if before is None else inv.get(before),
+    )
+    older = bool(limit) and len(rows) > limit
+    if older:
+        rows = rows[1:]
+        # on stderr, and before the list: --json stays a list, and a script reading it is
+        # told too that it is not all
+        again = [
+            "backup",
+            "list",
+            *([policy] if policy else []),
+            *(["--all"] if all_states else []),
+        ]
+        click.echo(f"older archives: {shlex.join(again)} --before {rows[0].id}", err=True)
     if as_json:
         dump([archive_json(a) for a in rows])
         return
+    # a rich table costs ~1 ms of CPU a row: why the default page is 100 archives
     t = Table("id", "policy", "kind", "parent", "created", "size", "entries", "location", box=None)
     if all_states:
         t.add_column("state")
@@ -53,15 +88,36 @@ def list_(obj: Ctx, policy: str | None, all_states: bool, as_json: bool) -> None
 
 @click.command()
 @click.argument("archive_id")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Entries to print, in path order; 0 for all of them.",
+)
+@click.option(
+    "--after",
+    metavar="PATH",
+    help="Start after this path: the last one printed (--json gives it as next_after).",
+)
 @json_option()
 @click.pass_obj
 @handled
-def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
-    """List the entries of an archive (from the inventory; no key needed)."""
+def show(obj: Ctx, archive_id: str, limit: int, after: str | None, as_json: bool) -> None:
+    """List the entries of an archive (from the inventory; no key needed), a page at a time."""
     import stat as st
 
     a = obj.inventory.get(archive_id)
-    recs = obj.inventory.records(a.id)
+    # one row past the page says whether another page follows
+    recs = obj.inventory.records(
+        a.id,
+        after=None if after is None else os.fsencode(after),
+        limit=limit + 1 if limit else None,
+    )
+    more = bool(limit) and len(recs) > limit
+    if more:
+        recs = recs[:limit]
+    next_after = os.fsdecode(recs[-1].path) if more else None
     if as_json:
         d = archive_json(a)
         d["entries_list"] = [
@@ -80,6 +136,7 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
             }
             for r in recs
         ]
+        d["next_after"] = next_after
         dump(d)
         return
     t = Table("type", "mode", "size", "mtime", "path", box=None)
@@ -96,6 +153,11 @@ def show(obj: Ctx, archive_id: str, as_json: bool) -> None:
             os.fsdecode(r.path) + link,
         )
     table(t)
+    if next_after is not None:
+        click.echo(
+            f"more entries follow: backup show {a.id} --after {shlex.quote(next_after)}",
+            err=True,
+        )
 
 
 def register(cli: click.Group) -> None:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import and_, create_engine, delete, event, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +29,7 @@ from ..errors import ArchiveNotFound, ConfigError
 from ..redact import hide_password
 from . import packed
 from .models import (
+    ADDED_INDEXES,
     Archive,
     Base,
     Event,
@@ -157,6 +158,8 @@ class Inventory:
         for attempt in range(5):
             try:
                 Base.metadata.create_all(self.engine)
+                for index in ADDED_INDEXES:  # an inventory made before them: upgraded
+                    index.create(self.engine, checkfirst=True)
                 break
             except Exception as e:
                 # processes starting together (a worker, a scheduler, a command) race to
@@ -259,8 +262,16 @@ class Inventory:
         # The DB-API's executemany, not the ORM: a full backup indexes every path in the
         # tree, and per-row ORM (or even Core) parameter processing costs more than SQLite.
         quote = self.engine.dialect.identifier_preparer.quote
-        marks = ", ".join([self._mark] * len(FILE_INDEX_COLUMNS))
         names = ", ".join(map(quote, FILE_INDEX_COLUMNS))
+        if hasattr(cur, "copy"):
+            # psycopg on PostgreSQL: COPY, in the caller's transaction. executemany sends a
+            # statement per row; the first show of an archive of a million paths unpacked
+            # them for minutes that way
+            with cur.copy(f"COPY file_index ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        marks = ", ".join([self._mark] * len(FILE_INDEX_COLUMNS))
         cur.executemany(f"INSERT INTO file_index ({names}) VALUES ({marks})", rows)
 
     def add_packed_file_records(self, archive_id: str, manifest: bytes) -> None:
@@ -367,16 +378,40 @@ class Inventory:
         raise ArchiveNotFound(archive_id, " (ambiguous prefix)" if rows else "")
 
     def archives(
-        self, policy: str | None = None, states: Sequence[str] = ("complete",)
+        self,
+        policy: str | None = None,
+        states: Sequence[str] = ("complete",),
+        *,
+        limit: int | None = None,
+        before: Archive | None = None,
     ) -> list[Archive]:
-        """Archives, oldest first, optionally of one policy and in given states."""
-        q = select(Archive).order_by(Archive.created, Archive.id)
+        """Archives, oldest first, optionally of one policy and in given states.
+
+        Args:
+            limit: at most this many: the newest ones (still listed oldest first).
+            before: only archives older than this one, in the order ``(created, id)``: the
+                cursor of the next page back, the oldest archive of the page before.
+        """
+        q = select(Archive)
         if policy is not None:
             q = q.where(Archive.policy == policy)
         if states:
             q = q.where(Archive.state.in_(states))
+        if before is not None:
+            # keyset, not OFFSET: a page costs the same however far back it is
+            q = q.where(
+                or_(
+                    Archive.created < before.created,
+                    and_(Archive.created == before.created, Archive.id < before.id),
+                )
+            )
         with self.session() as s:
-            return list(s.scalars(q).all())
+            if limit is None:
+                return list(s.scalars(q.order_by(Archive.created, Archive.id)).all())
+            newest = s.scalars(
+                q.order_by(Archive.created.desc(), Archive.id.desc()).limit(limit)
+            ).all()
+            return list(reversed(newest))
 
     def latest(self, policy: str, target: str, *, kind: str | None = None) -> Archive | None:
         """The newest complete archive of a policy in a target (of one kind, if given)."""
@@ -404,19 +439,31 @@ class Inventory:
 
     def chain(self, archive_id: str) -> list[Archive]:
         """The archive and its ancestors, full first."""
-        out: list[Archive] = []
+        # One recursive query, not one per ancestor: a chain is as long as the policy's
+        # incrementals since its last full, and every incremental reads its parent's.
+        # UNION (not UNION ALL) drops a row seen before, so a looping chain ends too.
+        link = (
+            select(Archive.id, Archive.parent_id)
+            .where(Archive.id == archive_id)
+            .cte("chain", recursive=True)
+        )
+        link = link.union(
+            select(Archive.id, Archive.parent_id).join(link, Archive.id == link.c.parent_id)
+        )
         with self.session() as s:
-            cur: str | None = archive_id
-            seen: set[str] = set()
-            while cur is not None:
-                if cur in seen:
-                    raise ArchiveNotFound(archive_id, " (its parent chain loops)")
-                seen.add(cur)
-                row = s.get(Archive, cur)
-                if row is None:
-                    raise ArchiveNotFound(cur, f" (parent in the chain of {archive_id})")
-                out.append(row)
-                cur = row.parent_id
+            rows = {a.id: a for a in s.scalars(select(Archive).join(link, Archive.id == link.c.id))}
+        out: list[Archive] = []
+        cur: str | None = archive_id
+        seen: set[str] = set()
+        while cur is not None:
+            if cur in seen:
+                raise ArchiveNotFound(archive_id, " (its parent chain loops)")
+            seen.add(cur)
+            row = rows.get(cur)
+            if row is None:
+                raise ArchiveNotFound(cur, f" (parent in the chain of {archive_id})")
+            out.append(row)
+            cur = row.parent_id
         out.reverse()
         return out
 
@@ -431,17 +478,29 @@ class Inventory:
                 ).all()
             )
 
-    def records(self, archive_id: str) -> list[FileRecord]:
-        """The file index rows of one archive, in path order."""
+    def records(
+        self, archive_id: str, *, after: bytes | None = None, limit: int | None = None
+    ) -> list[FileRecord]:
+        """The file index rows of one archive, in path order (bytewise).
+
+        Args:
+            after: only paths after this one: the cursor of the next page, the last path of
+                the page before.
+            limit: at most this many rows.
+
+        A packed index is unpacked by the first call (in one transaction, whatever the
+        page); later calls find nothing to unpack and read only their page, through the
+        primary key ``(archive_id, path)``.
+        """
         self.unpack_file_records([archive_id])
+        q = select(FileRecord).where(FileRecord.archive_id == archive_id)
+        if after is not None:
+            q = q.where(FileRecord.path > after)
+        q = q.order_by(FileRecord.path)
+        if limit is not None:
+            q = q.limit(limit)
         with self.session() as s:
-            return list(
-                s.scalars(
-                    select(FileRecord)
-                    .where(FileRecord.archive_id == archive_id)
-                    .order_by(FileRecord.path)
-                ).all()
-            )
+            return list(s.scalars(q).all())
 
     def tree_state(self, archive_id: str) -> TreeState:
         """Every path that existed at ``archive_id``, from its cached tree when there is one,
@@ -515,10 +574,14 @@ class Inventory:
                     f"VALUES ({mark}, {mark}, {mark})",
                     (archive_id, _TREE_FORMAT, blob),
                 )
+            # driven from the few cached trees (one per policy and target), each looked up
+            # by its key: not from every older archive of the policy, so the cost stays flat
+            # however many archives accumulate
             cur.execute(
-                "DELETE FROM tree_cache WHERE archive_id IN (SELECT a.id FROM archives a "
-                f"JOIN archives b ON a.policy = b.policy AND a.target = b.target "
-                f"WHERE b.id = {mark} AND a.created < b.created)",
+                "DELETE FROM tree_cache WHERE EXISTS (SELECT 1 FROM archives a "
+                "JOIN archives b ON a.policy = b.policy AND a.target = b.target "
+                f"WHERE a.id = tree_cache.archive_id AND b.id = {mark} "
+                "AND a.created < b.created)",
                 (archive_id,),
             )
 

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ADDED_INDEXES",
     "Archive",
     "Base",
     "Event",
@@ -278,3 +279,12 @@ class Lease(Base):
 
 Index("ix_archives_policy_created", Archive.policy, Archive.created)
 Index("ix_jobs_state_updated", Job.state, Job.updated)
+
+#: Indexes added to tables that existed before them. ``create_all`` makes a missing table with
+#: its indexes but never adds an index to a table that is there, so opening an inventory
+#: creates each of these that is missing (and one race is retried like the tables').
+ADDED_INDEXES = (
+    # the newest archives first, for ``backup list``'s page: read from the index in order,
+    # and only as many as the page (without it, every archive in the state is sorted)
+    Index("ix_archives_created_id", Archive.created, Archive.id),
+)

@@ -1,0 +1,58 @@
+"""``backup show`` and ``backup list`` a page at a time, as a user runs them (subprocesses):
+every entry once, in order, across pages; the cursor survives paths that are not UTF-8."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
+from backup.inventory import Inventory
+from tests.conftest import Env
+from tests.inventory.test_inventory import add, rec
+from tests.test_interop import cli
+
+ODD = [b"\xff", b"bad-\xff\xfe", b"caf\xe9", b"a b", b"'q'", b"-n", b"a", b"a/b", b"\x01"]
+
+
+def test_show_pages_with_a_cursor_that_survives_odd_bytes(env: Env, inventory: Inventory) -> None:
+    add(inventory, "a1", datetime(2026, 1, 1, tzinfo=UTC))
+    paths = ODD + [b"d/f%d" % i for i in range(3)]
+    inventory.add_file_records([rec("a1", p) for p in paths])
+    seen: list[bytes] = []
+    after: list[str] = []
+    for _ in range(len(paths)):
+        proc = cli(env, "show", "a1", "--limit", "5", "--json", *after)
+        assert proc.returncode == 0, proc.stderr
+        d = json.loads(proc.stdout)
+        assert d["id"] == "a1" and len(d["entries_list"]) <= 5
+        seen += [os.fsencode(e["path"]) for e in d["entries_list"]]
+        if d["next_after"] is None:
+            break
+        assert d["next_after"] == d["entries_list"][-1]["path"]
+        after = ["--after", d["next_after"]]
+    assert seen == sorted(paths)  # every entry once, in bytewise order, over three pages
+    assert len(after) == 2 and os.fsencode(after[1]) == sorted(paths)[9]
+    every = json.loads(cli(env, "show", "a1", "--limit", "0", "--json").stdout)
+    assert [os.fsencode(e["path"]) for e in every["entries_list"]] == sorted(paths)
+    assert every["next_after"] is None
+    # the table says how to go on, on stderr
+    proc = cli(env, "show", "a1", "--limit", "3")
+    assert proc.returncode == 0 and "d/f" not in proc.stdout
+    assert "more entries follow: backup show a1 --after " in proc.stderr
+
+
+def test_list_pages_back_from_the_newest(env: Env, inventory: Inventory) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = [f"a{i}" for i in range(5)]
+    for i, aid in enumerate(ids):
+        add(inventory, aid, t0 + timedelta(hours=i))
+    newest = json.loads(cli(env, "list", "--limit", "2", "--json").stdout)
+    assert [a["id"] for a in newest] == ids[3:]
+    older = json.loads(cli(env, "list", "--limit", "2", "--before", "a3", "--json").stdout)
+    assert [a["id"] for a in older] == ids[1:3]
+    proc = cli(env, "list", "--limit", "2", "--before", "a1")
+    assert proc.returncode == 0 and "a0" in proc.stdout and "older" not in proc.stderr
+    proc = cli(env, "list", "--limit", "2")
+    assert "older archives: backup list --before a3" in proc.stderr
+    assert [a["id"] for a in json.loads(cli(env, "list", "--json").stdout)] == ids
