@@ -31,14 +31,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .archive import FORMAT_VERSION, Entry, encode_manifest, pack, scan
-from .archive.manifest import path_to_json
+from .archive import FORMAT_VERSION, Entry, pack, scan
+from .archive.manifest import ManifestWriter, path_to_json
 from .archive.pack import Record
 from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
 from .crypto.age import Recipient, encrypt_bytes, header_of, parse_recipient
 from .errors import Error
 from .gcpause import gc_paused
 from .inventory import Archive, Inventory, TreeState, encode_tree, sig_of
+from .inventory.tree_codec import TreeBuilder
 from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
@@ -215,6 +216,8 @@ def _run_backup(
             scanned.entries, parent_state, scanned.unreadable, scanned.unreadable_dirs
         )
         kind = "incremental"
+        if listed is None:  # the walk is done with: only what changed is packed
+            scanned = ScanResult([], scanned.unreadable, scanned.unreadable_dirs)
 
     archive_id = archive_id or new_archive_id(now)
     key, manifest_key = archive_keys(policy.name, archive_id)
@@ -240,18 +243,25 @@ def _run_backup(
     )
     inventory.add_archive(row)
     committed: list[str] = []
+    # each packed entry goes straight into the manifest's spool and the tree at this archive
+    # (for the next incremental): nothing per path is held for the whole run but the tree
+    entries = ManifestWriter()
+    tree = _TreeAt(parent_state)
     aside = ThreadPoolExecutor(2, thread_name_prefix="backup-aside")
     commit: Future[str] | None = None
     try:
         total = None if kind == "full" else sum(e.size for e in selected if e.kind == FILE)
         progress.start(f"{policy.name}: {kind}", total)
         with target.open_write(key, stored) as w:
-            res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
+            res = pack(
+                selected, w, recipients, level=policy.compression_level, progress=progress,
+                on_record=tree.add_and(entries.add),
+            )  # fmt: skip
             # the archive's commit (an fsync, for a file target) and the tree at this archive
             # (for the next incremental) run aside, overlapping the manifest's encoding
             commit = aside.submit(w.commit)
-        nothing_new = not res.entries and not deleted
-        cached = aside.submit(_tree_cache, parent_state, res.entries, deleted, nothing_new)
+        nothing_new = not res.count and not deleted
+        cached = aside.submit(tree.finish, deleted, nothing_new)
         progress.finish()
         unreadable = scanned.unreadable + res.unreadable
         manifest: dict[str, Any] = {
@@ -273,7 +283,7 @@ def _run_backup(
             "unreadable": [{"path": path_to_json(u.path), "error": u.error} for u in unreadable],
             "changed_while_reading": [path_to_json(p) for p in res.changed],
         }
-        plain = encode_manifest(manifest, res.entries)
+        plain = entries.finish(manifest)
         blob = encrypt_bytes(plain, recipients)
         committed.append(commit.result())
         commit = None
@@ -299,7 +309,7 @@ def _run_backup(
             size_stored=res.size_stored,
             sha256=res.sha256,
             manifest_sha256=hashlib.sha256(blob).hexdigest(),
-            entries=len(res.entries),
+            entries=res.count,
             deleted_paths=len(deleted),
             unreadable=json.dumps(
                 [{"path": path_to_json(u.path), "error": u.error} for u in unreadable]
@@ -312,6 +322,7 @@ def _run_backup(
     except BaseException as e:
         # nothing may still be committing or writing rows while this cleans up
         aside.shutdown(wait=True, cancel_futures=True)
+        entries.close()
         if commit is not None and not commit.cancelled() and commit.exception() is None:
             committed.append(commit.result())
         # an archive without its manifest or its record is not one: remove what was stored
@@ -334,7 +345,7 @@ def _run_backup(
     aside.shutdown()  # its work is done; its threads go now
     inventory.log(
         "backup",
-        f"{kind} archive {archive_id}: {len(res.entries)} entries, {res.size_stored} bytes stored",
+        f"{kind} archive {archive_id}: {res.count} entries, {res.size_stored} bytes stored",
         level="warning" if unreadable else "info",
         policy=policy.name,
         archive_id=archive_id,
@@ -356,7 +367,7 @@ def _cache_tree(
     Args:
         inventory: where it goes.
         archive_id: the archive.
-        cached: the tree and its encoding (see :func:`_tree_cache`).
+        cached: the tree and its encoding (see :meth:`_TreeAt.finish`).
         same_as: the parent, when nothing changed since it (its row is copied).
     """
     try:
@@ -377,17 +388,41 @@ def _cache_tree(
         )
 
 
-def _tree_cache(
-    parent: TreeState | None, entries: list[Record], deleted: list[bytes], nothing_new: bool
-) -> tuple[TreeState, bytes | None]:
-    """The tree at an archive (its parent's, with the archive's entries and deletions) and,
-    unless nothing changed (the parent's cached row is copied then), its encoding for the
-    tree cache: made beside the manifest's encoding, off the backup's last steps."""
-    tree: TreeState = {} if parent is None else dict(parent)
-    for r in entries:
-        # attributes, not the record's dict-like access: this runs once per path in the tree
-        size = r.size if r.file_size is None else r.file_size
-        tree[r.path] = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
-    for p in deleted:
-        tree.pop(p, None)
-    return tree, None if nothing_new else encode_tree(tree)
+class _TreeAt:
+    """The tree at the archive being made, for the tree cache: its parent's (a dict the
+    incremental may change in place, since nothing reads it after the comparison) with the
+    archive's entries and deletions, or for a full its entries alone, as columns
+    (:class:`~backup.inventory.tree_codec.TreeBuilder`), a fraction of a dict's memory."""
+
+    __slots__ = ("builder", "parent")
+
+    def __init__(self, parent: TreeState | None) -> None:
+        self.parent = parent
+        self.builder = TreeBuilder() if parent is None else None
+
+    def add_and(self, then: Callable[[Record], None]) -> Callable[[Record], None]:
+        """Returns: a function that adds a packed record to the tree, then calls ``then``."""
+        parent, builder = self.parent, self.builder
+
+        def add(r: Record) -> None:
+            # attributes, not the record's dict-like access: this runs once per packed path
+            size = r.size if r.file_size is None else r.file_size
+            sig = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
+            if builder is not None:
+                builder.add(r.path, *sig)
+            elif parent is not None:
+                parent[r.path] = sig
+            then(r)
+
+        return add
+
+    def finish(self, deleted: list[bytes], nothing_new: bool) -> tuple[TreeState, bytes | None]:
+        """The tree (as :meth:`Inventory.cache_tree` takes it) and, unless nothing changed
+        (the parent's cached row is copied then), its encoding: made beside the manifest's
+        encoding, off the backup's last steps."""
+        if self.builder is not None:
+            return {}, self.builder.encode()
+        tree: TreeState = self.parent if self.parent is not None else {}
+        for p in deleted:
+            tree.pop(p, None)
+        return tree, None if nothing_new else encode_tree(tree)
