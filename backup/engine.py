@@ -29,9 +29,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
-from .archive import FORMAT_VERSION, Entry, pack, scan
+from .archive import FORMAT_VERSION, Entry, pack
 from .archive.manifest import ManifestWriter, path_to_json
 from .archive.pack import Record
 from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
@@ -44,7 +45,14 @@ from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
 
-__all__ = ["BackupResult", "archive_keys", "new_archive_id", "run_backup", "select_changed"]
+__all__ = [
+    "BackupResult",
+    "archive_keys",
+    "compare_walk",
+    "new_archive_id",
+    "run_backup",
+    "select_changed",
+]
 
 
 @dataclass(slots=True)
@@ -81,7 +89,8 @@ def select_changed(
     unreadable: Sequence[Unreadable],
     unreadable_dirs: Sequence[bytes],
 ) -> tuple[list[Entry], list[bytes]]:
-    """Choose what an incremental packs.
+    """Choose what an incremental packs: the definition, over the whole walk and the parent's
+    tree as a dict (a backup runs :func:`compare_walk`, which is tested against this).
 
     Args:
         entries: the scan, in order.
@@ -124,6 +133,68 @@ def select_changed(
         and not (prefixes and p.startswith(prefixes))
     )
     return selected, deleted
+
+
+def compare_walk(
+    walk: Iterable[Entry], state: TreeState, scanned: ScanResult
+) -> tuple[list[Entry], list[bytes], TreeState]:
+    """:func:`select_changed` over a walk consumed once, as it is made: what an incremental
+    packs, without holding the walk.
+
+    Each path the walk meets is moved from ``state`` into the tree returned, so what is left
+    in ``state`` afterwards is exactly what the walk did not meet: deleted, unless under an
+    unreadable directory (carried over then). Memory: the parent's tree (moved, not copied),
+    the changed entries and the hard-linked files, never an entry per path.
+
+    Args:
+        walk: the scan, in order (a lazy :func:`~backup.archive.scan.scan_iter`).
+        state: the tree at the parent archive; emptied.
+        scanned: where the walk reports what it could not read; read once it is consumed.
+
+    Returns:
+        (entries to pack, in scan order; paths deleted since the parent, sorted; the tree
+        at the parent restricted to what is still there or carried over, for the new tree).
+    """
+    seen: TreeState = {}
+    picked: list[tuple[int, Entry]] = []
+    chosen: set[bytes] = set()
+    groups: dict[tuple[int, int], list[tuple[int, Entry]]] = defaultdict(list)
+    pop = state.pop
+    for i, e in enumerate(walk):
+        sig = pop(e.path, None)
+        if sig is not None:
+            seen[e.path] = sig
+        # a tuple comparison, in C: this runs once per path in the tree
+        if sig != (e.kind, e.size, e.mode & 0o7777, e.mtime_ns, e.ctime_ns, e.ino):
+            chosen.add(e.path)
+            picked.append((i, e))
+        if e.kind == FILE and e.nlink > 1:
+            groups[(e.dev, e.ino)].append((i, e))
+    extra = [
+        m
+        for members in groups.values()
+        if len(members) > 1 and any(e.path in chosen for _, e in members)
+        for m in members
+        if m[1].path not in chosen
+    ]
+    if extra:
+        picked += extra
+        picked.sort(key=itemgetter(0))
+    selected = [e for _, e in picked]
+    deleted: list[bytes] = []
+    if state:  # the parent's paths the walk did not meet
+        keep = {u.path for u in scanned.unreadable}
+        dirs = scanned.unreadable_dirs
+        prefixes = tuple(d + b"/" for d in dirs if d)
+        whole_tree_unreadable = b"" in dirs
+        for p, sig in state.items():
+            if p in keep or whole_tree_unreadable or (prefixes and p.startswith(prefixes)):
+                seen[p] = sig  # not read, so not known to be gone
+            else:
+                deleted.append(p)
+        state.clear()
+        deleted.sort()
+    return selected, deleted, seen
 
 
 def run_backup(
@@ -211,13 +282,13 @@ def _run_backup(
     else:
         # the parent's tree first: a walk prefetched by the CLI goes on meanwhile
         parent_state = inventory.tree_state(parent.id)
-        scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
-        selected, deleted = select_changed(
-            scanned.entries, parent_state, scanned.unreadable, scanned.unreadable_dirs
-        )
+        walk: Iterable[Entry]
+        if listed is not None:
+            scanned, walk = listed, listed.entries
+        else:  # compared as it is walked: no entry per path is held
+            walk = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
+        selected, deleted, parent_state = compare_walk(walk, parent_state, scanned)
         kind = "incremental"
-        if listed is None:  # the walk is done with: only what changed is packed
-            scanned = ScanResult([], scanned.unreadable, scanned.unreadable_dirs)
 
     archive_id = archive_id or new_archive_id(now)
     key, manifest_key = archive_keys(policy.name, archive_id)

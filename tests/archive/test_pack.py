@@ -121,7 +121,7 @@ def test_manifest_writer_streams_what_encode_manifest_encodes(tmp_path: Any) -> 
         out = []
         for i in range(n):
             r = Record(os.urandom(rng.randrange(1, 30)), "file", 0o644, i, i + 1, i, 0, 0, i * 512)
-            r.sha256 = "%064x" % rng.getrandbits(256)
+            r.sha256 = f"{rng.getrandbits(256):064x}"
             out.append(r)
         return out
 
