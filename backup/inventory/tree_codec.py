@@ -175,11 +175,15 @@ class TreeBuilder:
         self._paths += path
         self._lengths.append(len(path))
         self._types.append(self._codes[type_])
-        values = (size, mode, mtime_ns, ctime_ns, ino)
         if not self._big:
+            # unrolled: this runs once per path of a full backup
+            c0, c1, c2, c3, c4 = self._ints
             try:
-                for col, v in zip(self._ints, values, strict=True):
-                    col.append(v)
+                c0.append(size)
+                c1.append(mode)
+                c2.append(mtime_ns)
+                c3.append(ctime_ns)
+                c4.append(ino)
                 return
             except OverflowError:
                 # undo the columns this path reached, and hold numbers as lists from now
@@ -188,7 +192,7 @@ class TreeBuilder:
                     del col[n:]
                 self._ints = [c.tolist() if isinstance(c, array) else c for c in self._ints]
                 self._big = True
-        for col, v in zip(self._ints, values, strict=True):
+        for col, v in zip(self._ints, (size, mode, mtime_ns, ctime_ns, ino), strict=True):
             col.append(v)
 
     def encode(self) -> bytes:
