@@ -29,21 +29,30 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
-from .archive import FORMAT_VERSION, Entry, encode_manifest, pack, scan
-from .archive.manifest import path_to_json
+from .archive import FORMAT_VERSION, Entry, pack
+from .archive.manifest import ManifestWriter, path_to_json
 from .archive.pack import Record
 from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
 from .crypto.age import Recipient, encrypt_bytes, header_of, parse_recipient
 from .errors import Error
 from .gcpause import gc_paused
 from .inventory import Archive, Inventory, TreeState, encode_tree, sig_of
+from .inventory.tree_codec import TreeBuilder
 from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
 
-__all__ = ["BackupResult", "archive_keys", "new_archive_id", "run_backup", "select_changed"]
+__all__ = [
+    "BackupResult",
+    "archive_keys",
+    "compare_walk",
+    "new_archive_id",
+    "run_backup",
+    "select_changed",
+]
 
 
 @dataclass(slots=True)
@@ -80,7 +89,8 @@ def select_changed(
     unreadable: Sequence[Unreadable],
     unreadable_dirs: Sequence[bytes],
 ) -> tuple[list[Entry], list[bytes]]:
-    """Choose what an incremental packs.
+    """Choose what an incremental packs: the definition, over the whole walk and the parent's
+    tree as a dict (a backup runs :func:`compare_walk`, which is tested against this).
 
     Args:
         entries: the scan, in order.
@@ -123,6 +133,68 @@ def select_changed(
         and not (prefixes and p.startswith(prefixes))
     )
     return selected, deleted
+
+
+def compare_walk(
+    walk: Iterable[Entry], state: TreeState, scanned: ScanResult
+) -> tuple[list[Entry], list[bytes], TreeState]:
+    """:func:`select_changed` over a walk consumed once, as it is made: what an incremental
+    packs, without holding the walk.
+
+    Each path the walk meets is moved from ``state`` into the tree returned, so what is left
+    in ``state`` afterwards is exactly what the walk did not meet: deleted, unless under an
+    unreadable directory (carried over then). Memory: the parent's tree (moved, not copied),
+    the changed entries and the hard-linked files, never an entry per path.
+
+    Args:
+        walk: the scan, in order (a lazy :func:`~backup.archive.scan.scan_iter`).
+        state: the tree at the parent archive; emptied.
+        scanned: where the walk reports what it could not read; read once it is consumed.
+
+    Returns:
+        (entries to pack, in scan order; paths deleted since the parent, sorted; the tree
+        at the parent restricted to what is still there or carried over, for the new tree).
+    """
+    seen: TreeState = {}
+    picked: list[tuple[int, Entry]] = []
+    chosen: set[bytes] = set()
+    groups: dict[tuple[int, int], list[tuple[int, Entry]]] = defaultdict(list)
+    pop = state.pop
+    for i, e in enumerate(walk):
+        sig = pop(e.path, None)
+        if sig is not None:
+            seen[e.path] = sig
+        # a tuple comparison, in C: this runs once per path in the tree
+        if sig != (e.kind, e.size, e.mode & 0o7777, e.mtime_ns, e.ctime_ns, e.ino):
+            chosen.add(e.path)
+            picked.append((i, e))
+        if e.kind == FILE and e.nlink > 1:
+            groups[(e.dev, e.ino)].append((i, e))
+    extra = [
+        m
+        for members in groups.values()
+        if len(members) > 1 and any(e.path in chosen for _, e in members)
+        for m in members
+        if m[1].path not in chosen
+    ]
+    if extra:
+        picked += extra
+        picked.sort(key=itemgetter(0))
+    selected = [e for _, e in picked]
+    deleted: list[bytes] = []
+    if state:  # the parent's paths the walk did not meet
+        keep = {u.path for u in scanned.unreadable}
+        dirs = scanned.unreadable_dirs
+        prefixes = tuple(d + b"/" for d in dirs if d)
+        whole_tree_unreadable = b"" in dirs
+        for p, sig in state.items():
+            if p in keep or whole_tree_unreadable or (prefixes and p.startswith(prefixes)):
+                seen[p] = sig  # not read, so not known to be gone
+            else:
+                deleted.append(p)
+        state.clear()
+        deleted.sort()
+    return selected, deleted, seen
 
 
 def run_backup(
@@ -210,10 +282,12 @@ def _run_backup(
     else:
         # the parent's tree first: a walk prefetched by the CLI goes on meanwhile
         parent_state = inventory.tree_state(parent.id)
-        scanned = listed or scan(policy.name, policy.source_names(), policy.exclude)
-        selected, deleted = select_changed(
-            scanned.entries, parent_state, scanned.unreadable, scanned.unreadable_dirs
-        )
+        walk: Iterable[Entry]
+        if listed is not None:
+            scanned, walk = listed, listed.entries
+        else:  # compared as it is walked: no entry per path is held
+            walk = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
+        selected, deleted, parent_state = compare_walk(walk, parent_state, scanned)
         kind = "incremental"
 
     archive_id = archive_id or new_archive_id(now)
@@ -240,18 +314,25 @@ def _run_backup(
     )
     inventory.add_archive(row)
     committed: list[str] = []
+    # each packed entry goes straight into the manifest's spool and the tree at this archive
+    # (for the next incremental): nothing per path is held for the whole run but the tree
+    entries = ManifestWriter()
+    tree = _TreeAt(parent_state)
     aside = ThreadPoolExecutor(2, thread_name_prefix="backup-aside")
     commit: Future[str] | None = None
     try:
         total = None if kind == "full" else sum(e.size for e in selected if e.kind == FILE)
         progress.start(f"{policy.name}: {kind}", total)
         with target.open_write(key, stored) as w:
-            res = pack(selected, w, recipients, level=policy.compression_level, progress=progress)
+            res = pack(
+                selected, w, recipients, level=policy.compression_level, progress=progress,
+                on_record=tree.add_and(entries.add),
+            )  # fmt: skip
             # the archive's commit (an fsync, for a file target) and the tree at this archive
             # (for the next incremental) run aside, overlapping the manifest's encoding
             commit = aside.submit(w.commit)
-        nothing_new = not res.entries and not deleted
-        cached = aside.submit(_tree_cache, parent_state, res.entries, deleted, nothing_new)
+        nothing_new = not res.count and not deleted
+        cached = aside.submit(tree.finish, deleted, nothing_new)
         progress.finish()
         unreadable = scanned.unreadable + res.unreadable
         manifest: dict[str, Any] = {
@@ -273,7 +354,7 @@ def _run_backup(
             "unreadable": [{"path": path_to_json(u.path), "error": u.error} for u in unreadable],
             "changed_while_reading": [path_to_json(p) for p in res.changed],
         }
-        plain = encode_manifest(manifest, res.entries)
+        plain = entries.finish(manifest)
         blob = encrypt_bytes(plain, recipients)
         committed.append(commit.result())
         commit = None
@@ -299,7 +380,7 @@ def _run_backup(
             size_stored=res.size_stored,
             sha256=res.sha256,
             manifest_sha256=hashlib.sha256(blob).hexdigest(),
-            entries=len(res.entries),
+            entries=res.count,
             deleted_paths=len(deleted),
             unreadable=json.dumps(
                 [{"path": path_to_json(u.path), "error": u.error} for u in unreadable]
@@ -312,6 +393,7 @@ def _run_backup(
     except BaseException as e:
         # nothing may still be committing or writing rows while this cleans up
         aside.shutdown(wait=True, cancel_futures=True)
+        entries.close()
         if commit is not None and not commit.cancelled() and commit.exception() is None:
             committed.append(commit.result())
         # an archive without its manifest or its record is not one: remove what was stored
@@ -334,7 +416,7 @@ def _run_backup(
     aside.shutdown()  # its work is done; its threads go now
     inventory.log(
         "backup",
-        f"{kind} archive {archive_id}: {len(res.entries)} entries, {res.size_stored} bytes stored",
+        f"{kind} archive {archive_id}: {res.count} entries, {res.size_stored} bytes stored",
         level="warning" if unreadable else "info",
         policy=policy.name,
         archive_id=archive_id,
@@ -356,7 +438,7 @@ def _cache_tree(
     Args:
         inventory: where it goes.
         archive_id: the archive.
-        cached: the tree and its encoding (see :func:`_tree_cache`).
+        cached: the tree and its encoding (see :meth:`_TreeAt.finish`).
         same_as: the parent, when nothing changed since it (its row is copied).
     """
     try:
@@ -377,17 +459,41 @@ def _cache_tree(
         )
 
 
-def _tree_cache(
-    parent: TreeState | None, entries: list[Record], deleted: list[bytes], nothing_new: bool
-) -> tuple[TreeState, bytes | None]:
-    """The tree at an archive (its parent's, with the archive's entries and deletions) and,
-    unless nothing changed (the parent's cached row is copied then), its encoding for the
-    tree cache: made beside the manifest's encoding, off the backup's last steps."""
-    tree: TreeState = {} if parent is None else dict(parent)
-    for r in entries:
-        # attributes, not the record's dict-like access: this runs once per path in the tree
-        size = r.size if r.file_size is None else r.file_size
-        tree[r.path] = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
-    for p in deleted:
-        tree.pop(p, None)
-    return tree, None if nothing_new else encode_tree(tree)
+class _TreeAt:
+    """The tree at the archive being made, for the tree cache: its parent's (a dict the
+    incremental may change in place, since nothing reads it after the comparison) with the
+    archive's entries and deletions, or for a full its entries alone, as columns
+    (:class:`~backup.inventory.tree_codec.TreeBuilder`), a fraction of a dict's memory."""
+
+    __slots__ = ("builder", "parent")
+
+    def __init__(self, parent: TreeState | None) -> None:
+        self.parent = parent
+        self.builder = TreeBuilder() if parent is None else None
+
+    def add_and(self, then: Callable[[Record], None]) -> Callable[[Record], None]:
+        """Returns: a function that adds a packed record to the tree, then calls ``then``."""
+        parent, builder = self.parent, self.builder
+
+        def add(r: Record) -> None:
+            # attributes, not the record's dict-like access: this runs once per packed path
+            size = r.size if r.file_size is None else r.file_size
+            sig = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
+            if builder is not None:
+                builder.add(r.path, *sig)
+            elif parent is not None:
+                parent[r.path] = sig
+            then(r)
+
+        return add
+
+    def finish(self, deleted: list[bytes], nothing_new: bool) -> tuple[TreeState, bytes | None]:
+        """The tree (as :meth:`Inventory.cache_tree` takes it) and, unless nothing changed
+        (the parent's cached row is copied then), its encoding: made beside the manifest's
+        encoding, off the backup's last steps."""
+        if self.builder is not None:
+            return {}, self.builder.encode()
+        tree: TreeState = self.parent if self.parent is not None else {}
+        for p in deleted:
+            tree.pop(p, None)
+        return tree, None if nothing_new else encode_tree(tree)

@@ -415,6 +415,16 @@ typedef struct {
     PyObject *errors;  /* list of (rel, errno, is_dir) */
 } emit_ctx;
 
+/* Where an emit stopped: an explicit stack of (node, next child index), since trees can be
+ * deeper than the C stack likes, kept between calls so the entries can be built a batch at
+ * a time (a backup holds a batch of Python objects, not one per path of the tree). */
+typedef struct {
+    node **nodes;
+    size_t *idx;
+    size_t cap, depth;
+    int started;
+} emit_pos;
+
 static int emit_error(emit_ctx *ec, const char *rel, size_t rellen, int err, int is_dir)
 {
     PyObject *t = Py_BuildValue("(y#iO)", rel, (Py_ssize_t)rellen, err, is_dir ? Py_True : Py_False);
@@ -424,32 +434,43 @@ static int emit_error(emit_ctx *ec, const char *rel, size_t rellen, int err, int
     return r;
 }
 
-/* Depth first over the listed tree, building Python objects in walk order. An explicit
- * stack of (node, next child index): trees can be deeper than the C stack likes. */
-static int emit(emit_ctx *ec, node *top)
+static void free_pos(emit_pos *ps)
 {
-    size_t cap = 64, depth = 0;
-    node **nodes = malloc(cap * sizeof *nodes);
-    size_t *idx = malloc(cap * sizeof *idx);
-    int rc = -1;
-    if (!nodes || !idx) {
-        PyErr_NoMemory();
-        goto out;
+    free(ps->nodes);
+    free(ps->idx);
+    ps->nodes = NULL;
+    ps->idx = NULL;
+    ps->depth = 0;
+}
+
+/* Depth first over the listed tree, building Python objects in walk order, until `limit`
+ * entries are built (0: no limit) or the tree is done (then ps->depth is 0). */
+static int emit(emit_ctx *ec, node *top, emit_pos *ps, size_t limit)
+{
+    size_t built = 0;
+    if (!ps->started) {
+        ps->started = 1;
+        ps->cap = 64;
+        ps->nodes = malloc(ps->cap * sizeof *ps->nodes);
+        ps->idx = malloc(ps->cap * sizeof *ps->idx);
+        if (!ps->nodes || !ps->idx) {
+            free_pos(ps);
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (top->err)
+            return emit_error(ec, top->rel, top->rellen, top->err, 1);
+        ps->nodes[0] = top;
+        ps->idx[0] = 0;
+        ps->depth = 1;
     }
-    if (top->err) {
-        rc = emit_error(ec, top->rel, top->rellen, top->err, 1);
-        goto out;
-    }
-    nodes[0] = top;
-    idx[0] = 0;
-    depth = 1;
-    while (depth) {
-        node *nd = nodes[depth - 1];
-        size_t i = idx[depth - 1]++;
+    while (ps->depth && (!limit || built < limit)) {
+        node *nd = ps->nodes[ps->depth - 1];
+        size_t i = ps->idx[ps->depth - 1]++;
         if (i >= nd->n) {
             /* done with this directory: its listing goes now, not at the end (memory) */
             release_children(nd);
-            depth--;
+            ps->depth--;
             continue;
         }
         child *c = &nd->children[i];
@@ -457,19 +478,19 @@ static int emit(emit_ctx *ec, node *top)
         char *rel = join(nd->rel, nd->rellen, c->name, c->namelen, &rl);
         if (!rel) {
             PyErr_NoMemory();
-            goto out;
+            return -1;
         }
         if (c->err) {
             int e = emit_error(ec, rel, rl, c->err, 0);
             free(rel);
-            if (e) goto out;
+            if (e) return -1;
             continue;
         }
         char *abs = join(nd->abspath, nd->abslen, c->name, c->namelen, &al);
         if (!abs) {
             free(rel);
             PyErr_NoMemory();
-            goto out;
+            return -1;
         }
         PyObject *args[13] = {0};
         args[0] = PyBytes_FromStringAndSize(rel, (Py_ssize_t)rl);
@@ -496,37 +517,35 @@ static int emit(emit_ctx *ec, node *top)
             e = PyObject_Vectorcall(ec->factory, args, 13, NULL);
         for (int j = 0; j < 13; j++)
             Py_XDECREF(args[j]);
-        if (!e) goto out;
+        if (!e) return -1;
         int ar = PyList_Append(ec->entries, e);
         Py_DECREF(e);
-        if (ar) goto out;
+        if (ar) return -1;
+        built++;
         if (c->dir) {
             node *sd = c->dir;
             if (sd->err) {
-                if (emit_error(ec, sd->rel, sd->rellen, sd->err, 1)) goto out;
+                if (emit_error(ec, sd->rel, sd->rellen, sd->err, 1)) return -1;
                 continue;
             }
-            if (depth == cap) {
-                cap *= 2;
-                node **nn = realloc(nodes, cap * sizeof *nodes);
-                if (nn) nodes = nn;
-                size_t *ni = realloc(idx, cap * sizeof *idx);
-                if (ni) idx = ni;
+            if (ps->depth == ps->cap) {
+                size_t cap = ps->cap * 2;
+                node **nn = realloc(ps->nodes, cap * sizeof *nn);
+                if (nn) ps->nodes = nn;
+                size_t *ni = realloc(ps->idx, cap * sizeof *ni);
+                if (ni) ps->idx = ni;
                 if (!nn || !ni) {
                     PyErr_NoMemory();
-                    goto out;
+                    return -1;
                 }
+                ps->cap = cap;
             }
-            nodes[depth] = sd;
-            idx[depth] = 0;
-            depth++;
+            ps->nodes[ps->depth] = sd;
+            ps->idx[ps->depth] = 0;
+            ps->depth++;
         }
     }
-    rc = 0;
-out:
-    free(nodes);
-    free(idx);
-    return rc;
+    return 0;
 }
 
 static int load_patterns(PyObject *seq, patset *ps)
@@ -583,45 +602,34 @@ PyDoc_STRVAR(walk_doc,
 "(path, errno, is_directory) for what could not be read. `kinds` names the six kinds\n"
 "(file, dir, symlink, fifo, chr, blk). The GIL is released while walking.");
 
-static PyObject *fastwalk_walk(PyObject *self, PyObject *args)
+/* List the tree under `top` on `threads` threads, outside the GIL: its root, or NULL with an
+ * exception set. */
+static node *list_tree(Py_buffer *top, Py_buffer *top_rel, PyObject *name_pats,
+                       PyObject *path_pats, int threads)
 {
-    (void)self;
-    Py_buffer top, top_rel;
-    PyObject *name_pats, *path_pats, *factory, *kinds;
-    int threads;
-    if (!PyArg_ParseTuple(args, "y*y*OOOOi", &top, &top_rel, &name_pats, &path_pats, &factory,
-                          &kinds, &threads))
-        return NULL;
-    PyObject *result = NULL;
     walk_state ws;
     memset(&ws, 0, sizeof ws);
-    emit_ctx ec;
-    memset(&ec, 0, sizeof ec);
     node *root = NULL;
     int mu_ok = 0;
-    if (!PyTuple_Check(kinds) || PyTuple_GET_SIZE(kinds) != K_COUNT) {
-        PyErr_SetString(PyExc_TypeError, "kinds must be a tuple of six names");
-        goto done;
-    }
     if (load_patterns(name_pats, &ws.names) < 0 || load_patterns(path_pats, &ws.paths) < 0)
-        goto done;
+        goto fail;
     root = calloc(1, sizeof *root);
     if (!root) {
         PyErr_NoMemory();
-        goto done;
+        goto fail;
     }
-    root->abspath = malloc((size_t)top.len + 1);
-    root->rel = malloc((size_t)top_rel.len + 1);
+    root->abspath = malloc((size_t)top->len + 1);
+    root->rel = malloc((size_t)top_rel->len + 1);
     if (!root->abspath || !root->rel) {
         PyErr_NoMemory();
-        goto done;
+        goto fail;
     }
-    memcpy(root->abspath, top.buf, (size_t)top.len);
-    root->abspath[top.len] = 0;
-    root->abslen = (size_t)top.len;
-    memcpy(root->rel, top_rel.buf, (size_t)top_rel.len);
-    root->rel[top_rel.len] = 0;
-    root->rellen = (size_t)top_rel.len;
+    memcpy(root->abspath, top->buf, (size_t)top->len);
+    root->abspath[top->len] = 0;
+    root->abslen = (size_t)top->len;
+    memcpy(root->rel, top_rel->buf, (size_t)top_rel->len);
+    root->rel[top_rel->len] = 0;
+    root->rellen = (size_t)top_rel->len;
     if (threads < 1) threads = 1;
     if (threads > 64) threads = 64;
     pthread_mutex_init(&ws.mu, NULL);
@@ -642,42 +650,155 @@ static PyObject *fastwalk_walk(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (ws.oom) {
         PyErr_NoMemory();
-        goto done;
+        goto fail;
     }
-    ec.factory = factory;
-    for (int i = 0; i < K_COUNT; i++)
-        ec.kinds[i] = PyTuple_GET_ITEM(kinds, i);
-    ec.entries = PyList_New(0);
-    ec.errors = PyList_New(0);
-    if (!ec.entries || !ec.errors)
-        goto done;
-    {
-        /* 70k new objects hold no cycles: collections triggered by them would be waste */
-        int gc_was = PyGC_Disable();
-        int er = emit(&ec, root);
-        if (gc_was)
-            PyGC_Enable();
-        if (er < 0)
-            goto done;
-    }
-    result = PyTuple_Pack(2, ec.entries, ec.errors);
-done:
-    Py_XDECREF(ec.entries);
-    Py_XDECREF(ec.errors);
+    goto out;
+fail:
     free_tree(root);
+    root = NULL;
+out:
     free_patterns(&ws.names);
     free_patterns(&ws.paths);
     if (mu_ok) {
         pthread_mutex_destroy(&ws.mu);
         pthread_cond_destroy(&ws.cv);
     }
-    PyBuffer_Release(&top);
-    PyBuffer_Release(&top_rel);
+    return root;
+}
+
+/* A listed tree whose entries are built on demand, a batch at a time (Walker.take). */
+typedef struct {
+    PyObject_HEAD
+    node *root; /* NULL once every entry was taken */
+    emit_pos pos;
+    PyObject *factory;
+    PyObject *kinds[K_COUNT];
+} Walker;
+
+static void walker_release(Walker *w)
+{
+    free_tree(w->root);
+    w->root = NULL;
+    free_pos(&w->pos);
+}
+
+static void walker_dealloc(Walker *w)
+{
+    walker_release(w);
+    Py_XDECREF(w->factory);
+    for (int i = 0; i < K_COUNT; i++)
+        Py_XDECREF(w->kinds[i]);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyObject *walker_take(Walker *w, PyObject *arg)
+{
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "take(n): n must be 0 (all) or more");
+        return NULL;
+    }
+    emit_ctx ec;
+    memset(&ec, 0, sizeof ec);
+    ec.factory = w->factory;
+    for (int i = 0; i < K_COUNT; i++)
+        ec.kinds[i] = w->kinds[i];
+    ec.entries = PyList_New(0);
+    ec.errors = PyList_New(0);
+    PyObject *result = NULL;
+    if (!ec.entries || !ec.errors)
+        goto done;
+    if (w->root) {
+        /* new objects that hold no cycles: collections triggered by them would be waste */
+        int gc_was = PyGC_Disable();
+        int er = emit(&ec, w->root, &w->pos, (size_t)limit);
+        if (gc_was)
+            PyGC_Enable();
+        if (er < 0) {
+            walker_release(w); /* a walk that failed is over */
+            goto done;
+        }
+        if (w->pos.depth == 0)
+            walker_release(w);
+    }
+    result = PyTuple_Pack(2, ec.entries, ec.errors);
+done:
+    Py_XDECREF(ec.entries);
+    Py_XDECREF(ec.errors);
     return result;
 }
 
+static PyMethodDef walker_methods[] = {
+    {"take", (PyCFunction)walker_take, METH_O,
+     "take(n) -> (entries, errors): the next n entries (0: all that are left) in walk order, "
+     "and the errors met on the way; ([], []) once the walk is done"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WalkerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "backup.archive._fastwalk.Walker",
+    .tp_basicsize = sizeof(Walker),
+    .tp_dealloc = (destructor)walker_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A listed tree; its entries are built by take(n).",
+    .tp_methods = walker_methods,
+};
+
+static PyObject *fastwalk_listing(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer top, top_rel;
+    PyObject *name_pats, *path_pats, *factory, *kinds;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*y*OOOOi", &top, &top_rel, &name_pats, &path_pats, &factory,
+                          &kinds, &threads))
+        return NULL;
+    Walker *w = NULL;
+    if (!PyTuple_Check(kinds) || PyTuple_GET_SIZE(kinds) != K_COUNT) {
+        PyErr_SetString(PyExc_TypeError, "kinds must be a tuple of six names");
+        goto done;
+    }
+    node *root = list_tree(&top, &top_rel, name_pats, path_pats, threads);
+    if (!root) goto done;
+    w = PyObject_New(Walker, &WalkerType);
+    if (!w) {
+        free_tree(root);
+        goto done;
+    }
+    w->root = root;
+    memset(&w->pos, 0, sizeof w->pos);
+    w->factory = Py_NewRef(factory);
+    for (int i = 0; i < K_COUNT; i++)
+        w->kinds[i] = Py_NewRef(PyTuple_GET_ITEM(kinds, i));
+done:
+    PyBuffer_Release(&top);
+    PyBuffer_Release(&top_rel);
+    return (PyObject *)w;
+}
+
+static PyObject *fastwalk_walk(PyObject *self, PyObject *args)
+{
+    PyObject *w = fastwalk_listing(self, args);
+    if (!w) return NULL;
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *r = zero ? walker_take((Walker *)w, zero) : NULL;
+    Py_XDECREF(zero);
+    Py_DECREF(w);
+    return r;
+}
+
+PyDoc_STRVAR(listing_doc,
+"listing(top, top_rel, name_patterns, path_patterns, factory, kinds, threads)\n"
+"--\n\n"
+"List the directory `top` as walk() does (the GIL released), building no entries yet.\n\n"
+"Returns a Walker: its take(n) builds the next n entries (0: all) and returns\n"
+"(entries, errors) as walk() does for that part of the walk.");
+
 static PyMethodDef methods[] = {
     {"walk", fastwalk_walk, METH_VARARGS, walk_doc},
+    {"listing", fastwalk_listing, METH_VARARGS, listing_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -689,5 +810,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastwalk(void)
 {
+    if (PyType_Ready(&WalkerType) < 0)
+        return NULL;
     return PyModule_Create(&module);
 }

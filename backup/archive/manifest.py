@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -22,7 +23,14 @@ import zstandard
 
 from ..errors import ArchiveCorrupt
 
-__all__ = ["FORMAT_VERSION", "decode_manifest", "encode_manifest", "path_from_json", "path_to_json"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ManifestWriter",
+    "decode_manifest",
+    "encode_manifest",
+    "path_from_json",
+    "path_to_json",
+]
 
 FORMAT_VERSION = 1
 
@@ -82,6 +90,66 @@ def encode_manifest(
     out.append(c.compress(b"]}"))
     out.append(c.flush())
     return b"".join(out)
+
+
+class ManifestWriter:
+    """A manifest whose entries arrive one at a time, while the archive is packed, and whose
+    other fields are known only at the end: the same bytes' content as :func:`encode_manifest`
+    of all of it, without holding an object per entry.
+
+    The entries' JSON is compressed (zstd level 1, ~10x) into a temporary file as it comes
+    (in memory up to ``spool_in_memory`` compressed bytes, then on disk); :meth:`finish`
+    writes the head, then streams the spooled entries back through the manifest's
+    compressor. The JSON keeps the order every reader has seen (fields, then ``entries``),
+    so nothing about the format changes: only what the writer holds.
+    """
+
+    _BATCH = 1000
+
+    def __init__(self, *, spool_in_memory: int = 8 << 20) -> None:
+        # closed by finish() or close(), not a with: it lives across the whole pack
+        self._spool = tempfile.SpooledTemporaryFile(max_size=spool_in_memory)  # noqa: SIM115
+        self._z = zstandard.ZstdCompressor(level=1).stream_writer(self._spool, closefd=False)
+        self._batch: list[str] = []
+        self.count = 0
+
+    def add(self, entry: dict[str, Any] | JSONEntry) -> None:
+        """Append one entry (a dict, or an object with ``to_json()``)."""
+        self._batch.append(
+            json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
+            if isinstance(entry, dict)
+            else entry.to_json()
+        )
+        if len(self._batch) >= self._BATCH:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if self._batch:
+            lead = "," if self.count else ""
+            self._z.write((lead + ",".join(self._batch)).encode("ascii"))
+            self.count += len(self._batch)
+            self._batch = []
+
+    def finish(self, manifest: dict[str, Any]) -> bytes:
+        """Returns: the manifest (``manifest``'s fields, then the entries added), compressed
+        as :func:`encode_manifest` compresses it; the spool is gone afterwards."""
+        self._flush_batch()
+        self._z.flush(zstandard.FLUSH_FRAME)
+        self._spool.seek(0)
+        c = zstandard.ZstdCompressor(level=1, write_checksum=True).compressobj()
+        head = json.dumps(manifest, ensure_ascii=True, separators=(",", ":"))
+        out = [c.compress(head[:-1].encode("ascii") + b',"entries":[')]
+        reader = zstandard.ZstdDecompressor().stream_reader(self._spool, closefd=False)
+        while piece := reader.read(1 << 20):
+            out.append(c.compress(piece))
+        out.append(c.compress(b"]}"))
+        out.append(c.flush())
+        self.close()
+        return b"".join(out)
+
+    def close(self) -> None:
+        """Drop the spool (also when the backup fails before :meth:`finish`)."""
+        self._spool.close()
 
 
 _ENTRY_FIELDS = ("path", "type", "size", "sha256", "link")

@@ -14,6 +14,10 @@ a compiler is found): outside the GIL, several directories at a time, with the s
 the Python walk below, which stays as the fallback (and for ``[...]`` classes in excludes).
 A CLI run can start that walk before it has imported the inventory's libraries
 (:func:`prefetch`), so the two overlap.
+
+Memory: :func:`scan_iter` never holds an :class:`Entry` per path of the tree. The C walk lists
+the tree (a compact C structure, released directory by directory as it is consumed) and builds
+the Python entries a batch at a time as they are taken; a prefetch does only the listing.
 """
 
 from __future__ import annotations
@@ -191,7 +195,9 @@ def scan(
     """
     early = _take_prefetched(sources, exclude)
     if early is not None:
-        return early
+        result = ScanResult()
+        result.entries.extend(_iter_roots(early.roots, None, early.fast, result, early.walkers))
+        return result
     return _scan_now(policy_name, sources, exclude)
 
 
@@ -201,6 +207,10 @@ def _scan_now(
     result = ScanResult()
     result.entries.extend(_scan_iter_now(policy_name, sources, exclude, result))
     return result
+
+
+#: entries the C walk builds at a time for a lazy walk: a batch, not the tree, is in memory
+_BATCH = 4096
 
 
 def scan_iter(
@@ -221,18 +231,8 @@ def scan_iter(
     """
     early = _take_prefetched(sources, exclude)
     if early is not None:
-        result.unreadable.extend(early.unreadable)
-        result.unreadable_dirs.extend(early.unreadable_dirs)
-        return _drain(early.entries)
+        return _iter_roots(early.roots, None, early.fast, result, early.walkers)
     return _scan_iter_now(policy_name, sources, exclude, result)
-
-
-def _drain(entries: list[Entry]) -> Iterator[Entry]:
-    """Hand out a walk's entries, letting each go once consumed (a full packs them one by
-    one: memory stays what a lazy walk would hold)."""
-    entries.reverse()
-    while entries:
-        yield entries.pop()
 
 
 def _scan_iter_now(
@@ -241,8 +241,15 @@ def _scan_iter_now(
     exclude: Sequence[str],
     result: ScanResult,
 ) -> Iterator[Entry]:
-    excluded = compile_excludes(exclude)
-    roots: list[tuple[bytes, bytes, os.stat_result]] = []  # (name, absolute path, stat)
+    roots = _check_roots(policy_name, sources)
+    return _iter_roots(roots, compile_excludes(exclude), _fast_patterns(exclude), result)
+
+
+_Root = tuple[bytes, bytes, os.stat_result]  # (name, absolute path, stat)
+
+
+def _check_roots(policy_name: str, sources: Sequence[tuple[str, Path]]) -> list[_Root]:
+    roots: list[_Root] = []
     for name, path in sources:
         try:
             st = os.lstat(path)
@@ -253,7 +260,7 @@ def _scan_iter_now(
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise SourceError(str(path), policy_name, "is neither a directory nor a file")
         roots.append((os.fsencode(name), os.fsencode(path), st))
-    return _iter_roots(roots, excluded, _fast_patterns(exclude), result)
+    return roots
 
 
 def walk_threads() -> int:
@@ -298,11 +305,14 @@ def _fast_patterns(patterns: Sequence[str]) -> tuple[list[bytes], list[bytes]] |
 
 
 def _iter_roots(
-    roots: list[tuple[bytes, bytes, os.stat_result]],
-    excluded: Callable[[bytes, bytes], bool],
+    roots: list[_Root],
+    excluded: Callable[[bytes, bytes], bool] | None,
     fast: tuple[list[bytes], list[bytes]] | None,
     result: ScanResult,
+    listed: list[Any] | None = None,
 ) -> Iterator[Entry]:
+    """The walk of each root in turn; ``listed``: the C walk's listings of the directory
+    roots, in order, made beforehand (a prefetch), else each is listed when reached."""
     for bname, babs, bst in roots:
         if stat.S_ISREG(bst.st_mode):
             rel = bname or os.path.basename(babs)
@@ -311,30 +321,49 @@ def _iter_roots(
         if bname:
             yield _entry(bname, babs, bst, DIR)
         if fast is not None:
-            yield from _walk_fast(babs, bname, fast, result)
+            walker = listed.pop(0) if listed else _listing(babs, bname, fast)
+            yield from _walk_fast(walker, result)
         else:
+            assert excluded is not None  # a prefetch is only ever of a C walk
             yield from _walk(babs, bname, excluded, result)
 
 
-def _walk_fast(
-    top: bytes, top_rel: bytes, patterns: tuple[list[bytes], list[bytes]], result: ScanResult
-) -> list[Entry]:
+def _listing(top: bytes, top_rel: bytes, patterns: tuple[list[bytes], list[bytes]]) -> Any:
+    """The C walk's listing of ``top`` (the GIL released): a ``Walker`` whose ``take(n)``
+    builds the next ``n`` entries."""
     assert _fastwalk is not None
-    entries: list[Entry]
-    entries, errors = _fastwalk.walk(
-        top, top_rel, patterns[0], patterns[1], Entry, _KINDS, walk_threads()
-    )
-    for rel, errno, is_dir in errors:
-        result.unreadable.append(Unreadable(rel or b".", os.strerror(errno)))
-        if is_dir:
-            result.unreadable_dirs.append(rel)
-    return entries
+    return _fastwalk.listing(top, top_rel, patterns[0], patterns[1], Entry, _KINDS, walk_threads())
+
+
+def _walk_fast(walker: Any, result: ScanResult) -> Iterator[Entry]:
+    while True:
+        entries, errors = walker.take(_BATCH)
+        for rel, errno, is_dir in errors:
+            result.unreadable.append(Unreadable(rel or b".", os.strerror(errno)))
+            if is_dir:
+                result.unreadable_dirs.append(rel)
+        if not entries and not errors:
+            return
+        yield from entries
+        entries = []  # the batch goes before the next is built
 
 
 # prefetch ----------------------------------------------------------------------------------
 
 _PrefetchKey = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
-_prefetched: dict[_PrefetchKey, tuple[threading.Thread, list[ScanResult]]] = {}
+
+
+@dataclass(slots=True)
+class _Listed:
+    """A prefetch: the sources' roots, checked, and the C walk's listing of each directory
+    root; their entries are built as the scan that takes this consumes them."""
+
+    roots: list[_Root]
+    fast: tuple[list[bytes], list[bytes]]
+    walkers: list[Any]
+
+
+_prefetched: dict[_PrefetchKey, tuple[threading.Thread, list[_Listed]]] = {}
 _prefetch_lock = threading.Lock()
 
 
@@ -359,14 +388,17 @@ def prefetch(policy_name: str, sources: Sequence[tuple[str, Path]], exclude: Seq
     Returns:
         Whether a walk was started.
     """
-    if _fast_patterns(exclude) is None:
+    fast = _fast_patterns(exclude)
+    if fast is None:
         return False
     key = _prefetch_key(sources, exclude)
-    box: list[ScanResult] = []
+    box: list[_Listed] = []
 
     def walk() -> None:
         with contextlib.suppress(Exception):  # reported by the scan that runs instead
-            box.append(_scan_now(policy_name, sources, exclude))
+            roots = _check_roots(policy_name, sources)
+            walkers = [_listing(a, n, fast) for n, a, st in roots if not stat.S_ISREG(st.st_mode)]
+            box.append(_Listed(roots, fast, walkers))
 
     t = threading.Thread(target=walk, name="backup-prefetch-walk", daemon=True)
     with _prefetch_lock:
@@ -375,9 +407,7 @@ def prefetch(policy_name: str, sources: Sequence[tuple[str, Path]], exclude: Seq
     return True
 
 
-def _take_prefetched(
-    sources: Sequence[tuple[str, Path]], exclude: Sequence[str]
-) -> ScanResult | None:
+def _take_prefetched(sources: Sequence[tuple[str, Path]], exclude: Sequence[str]) -> _Listed | None:
     if not _prefetched:
         return None
     with _prefetch_lock:

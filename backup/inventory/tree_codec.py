@@ -53,7 +53,7 @@ except ImportError:
 else:
     _c_payload = _c_tree_encode
 
-__all__ = ["TREE_FORMAT", "decode_tree", "encode_tree"]
+__all__ = ["TREE_FORMAT", "TreeBuilder", "decode_tree", "encode_tree"]
 
 #: the format name stored beside each cached tree
 TREE_FORMAT: Final = "tree1-zstd"
@@ -138,6 +138,109 @@ def decode_tree(fmt: str, blob: bytes) -> Tree | None:
     finally:
         if collecting:
             gc.enable()
+
+
+class TreeBuilder:
+    """A tree in format :data:`TREE_FORMAT`, built a path at a time (a full backup's paths, as
+    they are packed), held as the format's own columns: about 60 bytes a path (the path, its
+    type code, five 8-byte numbers) instead of a dict entry, a tuple and its numbers.
+
+    :meth:`encode` returns what :func:`encode_tree` returns for the dict of the same paths,
+    added in the same order. A path added twice makes a row the decoder refuses (the next
+    incremental then replays the file index): callers add each path once.
+    """
+
+    __slots__ = ("_big", "_codes", "_ints", "_lengths", "_nul", "_paths", "_types")
+
+    def __init__(self) -> None:
+        self._paths = bytearray()
+        self._lengths = array("I")
+        self._nul = False
+        self._codes = _Codes()
+        self._types = bytearray()
+        self._ints: list[array[int] | list[int]] = [array("q") for _ in range(5)]
+        self._big = False  # some column left int64 (a list of ints from then on)
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def add(
+        self, path: bytes, type_: str, size: int, mode: int, mtime_ns: int, ctime_ns: int, ino: int
+    ) -> None:
+        """Append one path and its signature (as :func:`~backup.inventory.sig_of` makes it)."""
+        if b"\0" in path:
+            self._nul = True
+        if self._types:
+            self._paths += b"\0"
+        self._paths += path
+        self._lengths.append(len(path))
+        self._types.append(self._codes[type_])
+        if not self._big:
+            # unrolled: this runs once per path of a full backup
+            c0, c1, c2, c3, c4 = self._ints
+            try:
+                c0.append(size)
+                c1.append(mode)
+                c2.append(mtime_ns)
+                c3.append(ctime_ns)
+                c4.append(ino)
+                return
+            except OverflowError:
+                # undo the columns this path reached, and hold numbers as lists from now
+                n = len(self._types) - 1
+                for col in self._ints:
+                    del col[n:]
+                self._ints = [c.tolist() if isinstance(c, array) else c for c in self._ints]
+                self._big = True
+        for col, v in zip(self._ints, (size, mode, mtime_ns, ctime_ns, ino), strict=True):
+            col.append(v)
+
+    def encode(self) -> bytes:
+        """Returns: the tree in format :data:`TREE_FORMAT`.
+
+        Raises:
+            ValueError: as :func:`encode_tree`.
+        """
+        n = len(self._types)
+        if len(self._codes) > 255:
+            raise ValueError("a tree cache holds at most 255 type names")
+        out = [_MAGIC, _U64.pack(n), _U8.pack(len(self._codes))]
+        for name in self._codes:
+            raw = name.encode("ascii") if isinstance(name, str) and name.isascii() else b""
+            if not 1 <= len(raw) <= 255:
+                raise ValueError(f"tree cache type name {name!r} is not ASCII of 1 to 255 bytes")
+            out += (_U8.pack(len(raw)), raw)
+        if not self._nul:
+            out += (_U8.pack(_PATHS_JOINED), _U64.pack(len(self._paths)), bytes(self._paths))
+        else:  # rebuild the paths from their lengths: the joined form cannot hold a NUL
+            body, at = bytearray(), 0
+            for length in self._lengths:
+                body += self._paths[at : at + length]
+                at += length + 1
+            lengths = _native(array("I", self._lengths))
+            out += (
+                _U8.pack(_PATHS_SIZED),
+                _U64.pack(len(lengths) + len(body)),
+                lengths,
+                bytes(body),
+            )
+        out.append(bytes(self._types))
+        for col in self._ints:
+            if isinstance(col, array):
+                kind, data = _INT64, _native(array("q", col))
+            else:
+                kind, data = _list_column(col)
+            out += (_U8.pack(kind), _U64.pack(len(data)), data)
+        return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(b"".join(out))
+
+
+def _list_column(values: list[int]) -> tuple[int, bytes]:
+    for kind, code in ((_INT64, "q"), (_UINT64, "Q")):
+        try:
+            return kind, _native(array(code, values))
+        except OverflowError:
+            continue
+    return _DECIMAL, b",".join(b"%d" % v for v in values)
 
 
 def _native(a: array[int]) -> bytes:

@@ -12,6 +12,7 @@ input built to be in it (so no property can pass by the C always deferring):
 - ``_speedups.entry_json`` vs ``pack.Record._to_json`` (and the JSON being valid)
 - ``_speedups.write_new``  vs the extractor's Python small-file path
 - ``_fastwalk.walk``       vs the Python walk, on generated trees with generated excludes
+- ``_fastwalk.listing``    taken in batches of any size: what ``walk`` returns at once
 - ``_speedups.tree_encode`` vs the tree cache's Python encoder: in
   tests/inventory/test_tree_codec.py, with that format's other properties
 
@@ -80,7 +81,7 @@ def test_every_exported_function_is_covered(speedups: ModuleType, fastwalk: Modu
 
     # tree_encode's properties are with its format's: tests/inventory/test_tree_codec.py
     assert public(speedups) == {"encode", "decode", "entry_json", "write_new", "tree_encode"}
-    assert public(fastwalk) == {"walk"}
+    assert public(fastwalk) == {"walk", "listing"}
 
 
 # -- tar headers: encode -------------------------------------------------------------------
@@ -505,6 +506,38 @@ def test_walk_equals_python_on_generated_trees(
         assert c == py
         if not excludes:  # nothing left out: every path, and the source's own entry if named
             assert len(c[0]) == len(tree) + bool(name)
+
+
+@FEW
+@given(tree=trees(), batch=st.integers(1, 7))
+def test_listing_taken_in_batches_equals_the_walk(
+    fastwalk: ModuleType, tree: list[tuple[bytes, str, bytes]], batch: int
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.fsencode(tmp)
+        make(root, tree)
+        os.mkdir(root + b"/unlistable")
+        os.chmod(root + b"/unlistable", 0)
+        try:
+            whole = fastwalk.walk(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2)
+            w = fastwalk.listing(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2)
+            entries: list[Any] = []
+            errors: list[Any] = []
+            while True:
+                got, errs = w.take(batch)
+                assert len(got) <= batch
+                if not got and not errs:
+                    break
+                entries += got
+                errors += errs
+        finally:
+            os.chmod(root + b"/unlistable", 0o700)
+    assert w.take(batch) == ([], [])  # done, and stays done
+    assert [tuple(getattr(e, f) for f in e.__slots__) for e in entries] == [
+        tuple(getattr(e, f) for f in e.__slots__) for e in whole[0]
+    ]
+    assert errors == whole[1]
+    assert len(entries) == len(tree) + 1  # the tree and the unlistable directory
 
 
 @pytest.fixture(scope="module")

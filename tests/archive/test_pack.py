@@ -107,3 +107,41 @@ def test_record_reads_like_a_dict() -> None:
         "path": b"p", "type": "file", "size": 0, "mode": 0o600, "mtime_ns": 1, "ctime_ns": 2,
         "ino": 3, "uid": 4, "gid": 5, "offset": 6, "sha256": "ab",
     }  # fmt: skip
+
+
+def test_manifest_writer_streams_what_encode_manifest_encodes(tmp_path: Any) -> None:
+    import zstandard
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from backup.archive.manifest import ManifestWriter, decode_manifest, encode_manifest
+
+    def records(n: int, seed: int) -> list[Record]:
+        rng = random.Random(seed)
+        out = []
+        for i in range(n):
+            r = Record(os.urandom(rng.randrange(1, 30)), "file", 0o644, i, i + 1, i, 0, 0, i * 512)
+            r.sha256 = f"{rng.getrandbits(256):064x}"
+            out.append(r)
+        return out
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None)
+    @given(st.integers(0, 2500), st.integers(0, 10), st.sampled_from([64, 8 << 20]))
+    def check(n: int, seed: int, spool: int) -> None:
+        head = {"format": 1, "archive_id": "x", "deleted": ["d\udcff"], "size_in": n}
+        entries = records(n, seed)
+        w = ManifestWriter(spool_in_memory=spool)  # 64: spilled to disk from the first batch
+        for r in entries:
+            w.add(r)
+        w.add({"path": "dict", "type": "dir", "size": 0})
+        got = w.finish(head)
+        want = encode_manifest(head, [*entries, {"path": "dict", "type": "dir", "size": 0}])
+        d = zstandard.ZstdDecompressor()
+        # the same JSON, byte for byte, in one frame with its checksum: every reader reads it
+        assert d.decompressobj().decompress(got) == d.decompressobj().decompress(want)
+        assert zstandard.get_frame_parameters(got).has_checksum
+        m = decode_manifest(got, "x")
+        assert [e["path"] for e in m["entries"][:-1]] == [os.fsdecode(r.path) for r in entries]
+        assert m["size_in"] == n and w.count == n + 1
+
+    check()
