@@ -34,7 +34,9 @@
  * in a single call outside the GIL. In Python each of its six system calls released and took
  * back the GIL, and with several restore threads those hand-offs (futex calls by the
  * million) cost more CPU than the files themselves. Same steps as extract.py's Python path
- * (tests/test_restore.py restores both ways).
+ * (tests/test_restore.py restores both ways). Given the process's umask it sets a mode the
+ * umask leaves whole at creation (no fchmod), and the caller asks for no fchown where the new
+ * file's owner is already the one wanted: open, write, futimens, close for the common file.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -454,12 +456,14 @@ static PyObject *entry_json(PyObject *self, PyObject *rec) {
 /* ---- restore: one small file ------------------------------------------------------------ */
 
 static PyObject *write_new(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    /* path, data, mode, uid, gid, mtime_ns, chown */
-    if (nargs != 7 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "write_new(path: bytes, data, mode, uid, gid, mtime_ns, chown)");
+    /* path, data, mode, uid, gid, mtime_ns, chown[, umask] */
+    if (nargs < 7 || nargs > 8 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "write_new(path: bytes, data, mode, uid, gid, mtime_ns, chown, umask=-1)");
         return NULL;
     }
     long long mode = PyLong_AsLongLong(args[2]);
+    long long umask_ = nargs == 8 ? PyLong_AsLongLong(args[7]) : -1;
     long long uid = PyLong_AsLongLong(args[3]);
     long long gid = PyLong_AsLongLong(args[4]);
     int overflow = 0;
@@ -475,11 +479,18 @@ static PyObject *write_new(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "embedded null byte");
         return NULL;
     }
+    /* With the process's umask known, a mode it leaves whole (no set-id or sticky bit, no
+       bit the umask clears) is given at creation, sparing an fchmod: the file is new (O_EXCL),
+       so the open still returns a writable descriptor whatever the mode says. Otherwise it
+       is created private and fchmod sets the mode after the fchown, as before. */
+    mode_t perm = (mode_t)(mode & 07777);
+    int mode_at_open = umask_ >= 0 && (perm & ~0777) == 0 && (perm & (mode_t)umask_) == 0;
     Py_buffer data;
     if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) return NULL;
     int err = 0, created = 0;
     Py_BEGIN_ALLOW_THREADS
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                  mode_at_open ? perm : 0600);
     if (fd < 0) {
         err = errno;
     } else {
@@ -497,7 +508,7 @@ static PyObject *write_new(PyObject *self, PyObject *const *args, Py_ssize_t nar
         }
         /* as tar does: ownership is best effort; chown first, as it clears set-id bits */
         if (!err && chown_it) (void)(fchown(fd, (uid_t)uid, (gid_t)gid) == 0);
-        if (!err && fchmod(fd, (mode_t)(mode & 07777)) < 0) err = errno;
+        if (!err && !mode_at_open && fchmod(fd, perm) < 0) err = errno;
         if (!err) {
             long long sec = mtime_ns / 1000000000LL, nsec = mtime_ns % 1000000000LL;
             if (nsec < 0) {
@@ -625,9 +636,10 @@ static PyMethodDef methods[] = {
      "encode(name, type, size, mode, mtime_ns, uid, gid, uname, gname, linkname, devmajor, "
      "devminor) -> bytes | None: tarformat.encode_header's common case"},
     {"write_new", (PyCFunction)(void (*)(void))write_new, METH_FASTCALL,
-     "write_new(path, data, mode, uid, gid, mtime_ns, chown) -> int: create a small file "
-     "with its content and metadata outside the GIL; 0, or the errno of an open that created "
-     "nothing (EEXIST, ENOENT, ENOTDIR), or EOVERFLOW for an mtime_ns beyond 64 bits"},
+     "write_new(path, data, mode, uid, gid, mtime_ns, chown, umask=-1) -> int: create a small "
+     "file with its content and metadata outside the GIL (umask: the process's, when known, "
+     "spares an fchmod where it leaves the mode whole); 0, or the errno of an open that "
+     "created nothing (EEXIST, ENOENT, ENOTDIR), or EOVERFLOW for an mtime_ns beyond 64 bits"},
     {"decode", decode, METH_O,
      "decode(block) -> (type, name, linkname, mode, uid, gid, size, mtime, uname, gname, "
      "devmajor, devminor) | None: one header block's fields, checksum verified, for the "

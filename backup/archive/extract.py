@@ -29,7 +29,7 @@ from . import tarformat as tf
 from .fsjobs import FSJobs
 from .scan import env_threads
 
-__all__ = ["Extractor", "normalize_member_name", "restore_threads"]
+__all__ = ["Extractor", "normalize_member_name", "process_umask", "restore_threads"]
 
 _BUF = 1 << 20
 _SMALL = 1 << 20  # files up to this size are read whole and written by the pool
@@ -53,6 +53,20 @@ def _read_all(reader: tf.TarReader, size: int, archive: str, rel: bytes) -> byte
         parts.append(b)
         left -= len(b)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def process_umask() -> int:
+    """Returns: the process's umask as Linux reports it (``/proc/self/status``), or -1 where
+    it cannot be read without setting it (os.umask would change it for every thread a
+    moment): the C writer then sets each file's mode with fchmod, as without it."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
 
 
 def restore_threads() -> int:
@@ -337,6 +351,16 @@ class Extractor:
         self.jobs = FSJobs(threads=restore_threads() if threads is None else threads)
         # directories created or queued for creation: spares an lstat per entry
         self.known_dirs: set[bytes] = {b""}
+        # who owns a file the restore creates: the effective user, and the staging root's
+        # group where the root is set-group-ID (what it holds inherits both), else the
+        # effective group; directory modes come last (finish), so no directory below the
+        # root turns set-group-ID while files are created. A member owned so needs no chown.
+        root_st = os.stat(root)
+        self._new_owner = (
+            os.geteuid(),
+            root_st.st_gid if root_st.st_mode & stat.S_ISGID else os.getegid(),
+        )
+        self._umask = process_umask()
 
     def _abs(self, rel: bytes) -> bytes:
         return self.root + b"/" + rel if rel else self.root
@@ -448,8 +472,13 @@ class Extractor:
                 continue
             todo.pop()
 
+    def _chown_needed(self, m: tf.Member) -> bool:
+        """Tell whether a file this restore creates for ``m`` must be given its owner: not
+        when owners are not restored, nor when it is created with the right one."""
+        return self.restore_owner and (m.uid, m.gid) != self._new_owner
+
     def _meta(self, fd_or_path: int | bytes, m: tf.Member) -> None:
-        if self.restore_owner:
+        if self._chown_needed(m):
             try:
                 if isinstance(fd_or_path, int):
                     os.fchown(fd_or_path, m.uid, m.gid)
@@ -642,9 +671,8 @@ class Extractor:
         # something in the way (or no parent yet) created nothing, and the Python path below
         # clears the way
         ap = self._abs(rel)
-        owner = self.restore_owner
         if _c_write_new is not None and not _c_write_new(
-            ap, data, m.mode, m.uid, m.gid, m.mtime_ns, owner
+            ap, data, m.mode, m.uid, m.gid, m.mtime_ns, self._chown_needed(m), self._umask
         ):
             return
         fd = self._open_new(rel)

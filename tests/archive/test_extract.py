@@ -156,3 +156,55 @@ def test_long_chains_of_links_resolve_without_recursion_limits(tmp_path: Path, k
     _restore(tmp_path, key, [*chain, _member(f"l{n}", tarfile.SYMTYPE, link="x/..")],
              tmp_path / "in")  # fmt: skip
     assert os.readlink(tmp_path / "in" / "l0") == "l1" and len(os.listdir(tmp_path / "in")) == n + 1
+
+
+def test_owner_is_set_only_where_the_new_file_lacks_it(tmp_path: Path) -> None:
+    """A file the restore creates belongs to the effective user and to the effective group
+    (or, under a set-group-ID root, the root's group): for a member owned so, the chown is
+    spared; any other owner is set when owners are restored, none when they are not."""
+    root = tmp_path / "r"
+    root.mkdir()
+
+    def member(uid: int, gid: int) -> Any:
+        return _owned(uid, gid)
+
+    me = (os.geteuid(), os.getegid())
+    ex = extract_mod.Extractor(os.fsencode(root), restore_owner=True, threads=1)
+    try:
+        assert not ex._chown_needed(member(*me))
+        assert ex._chown_needed(member(me[0] + 1, me[1]))
+        assert ex._chown_needed(member(me[0], me[1] + 1))
+    finally:
+        ex.close()
+    ex = extract_mod.Extractor(os.fsencode(root), restore_owner=False, threads=1)
+    try:
+        assert not ex._chown_needed(member(me[0] + 1, me[1] + 1))
+    finally:
+        ex.close()
+    # under a set-group-ID root, what the restore creates takes the root's group
+    other_gid = me[1] + 1
+    try:
+        os.chown(root, -1, other_gid)
+    except PermissionError:
+        pytest.skip("needs root to give the directory another group")
+    os.chmod(root, 0o2755)
+    ex = extract_mod.Extractor(os.fsencode(root), restore_owner=True, threads=1)
+    try:
+        assert ex._chown_needed(member(*me))
+        assert not ex._chown_needed(member(me[0], other_gid))
+        ex._small_file_job(b"d/f", b"x", member(me[0], other_gid), "a.tar", None)
+        ex._small_file_job(b"g", b"y", member(*me), "a.tar", None)
+        ex.drain()
+    finally:
+        ex.close()
+    assert (os.lstat(root / "d" / "f").st_uid, os.lstat(root / "d" / "f").st_gid) == (
+        me[0],
+        other_gid,
+    )
+    assert os.lstat(root / "g").st_gid == me[1]
+
+
+def _owned(uid: int, gid: int) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(mode=0o644, uid=uid, gid=gid, mtime_ns=1_700_000_000_000_000_000)

@@ -351,6 +351,7 @@ def written(path: Path) -> tuple[Any, ...]:
     owner=st.booleans(),
     ids=st.tuples(st.integers(0, 65534), st.integers(0, 65534)),
     name=st.sampled_from([b"f", b"\xff\n name", b"x" * 255]),
+    umask=st.sampled_from([None, 0o022, 0o077, 0o002, 0]),
 )
 def test_write_new_equals_the_python_path(
     speedups: ModuleType,
@@ -361,22 +362,45 @@ def test_write_new_equals_the_python_path(
     owner: bool,
     ids: tuple[int, int],
     name: bytes,
+    umask: int | None,
 ) -> None:
+    # given the process's umask, write_new sets a mode the umask leaves whole at creation
+    # (no fchmod); any other mode, or an unknown umask (None), goes through fchmod
     member = SimpleNamespace(mode=mode, uid=ids[0], gid=ids[1], mtime_ns=mtime_ns)
-    with tempfile.TemporaryDirectory() as tmp:
-        c_dir, py_dir = Path(tmp, "c"), Path(tmp, "py")
-        c_dir.mkdir()
-        py_dir.mkdir()
-        got = speedups.write_new(
-            os.fsencode(c_dir) + b"/" + name, data, mode, ids[0], ids[1], mtime_ns, owner
-        )
-        assert got == 0
-        ex = extract_mod.Extractor(os.fsencode(py_dir), restore_owner=owner, threads=1)
-        try:
-            python_write(ex, name, data, member, monkeypatch)
-        finally:
-            ex.close()
-        assert written(c_dir / os.fsdecode(name)) == written(py_dir / os.fsdecode(name))
+    old_umask = os.umask(0o022 if umask is None else umask)
+    try:
+        told = () if umask is None else (extract_mod.process_umask(),)
+        assert told in ((), (umask,))
+        with tempfile.TemporaryDirectory() as tmp:
+            check_write_new(speedups, monkeypatch, Path(tmp), data, member, owner, name, told)
+    finally:
+        os.umask(old_umask)
+
+
+def check_write_new(
+    speedups: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp: Path,
+    data: bytes,
+    member: Any,
+    owner: bool,
+    name: bytes,
+    umask: tuple[int, ...],
+) -> None:
+    mode, mtime_ns, ids = member.mode, member.mtime_ns, (member.uid, member.gid)
+    c_dir, py_dir = tmp / "c", tmp / "py"
+    c_dir.mkdir()
+    py_dir.mkdir()
+    got = speedups.write_new(
+        os.fsencode(c_dir) + b"/" + name, data, mode, ids[0], ids[1], mtime_ns, owner, *umask
+    )
+    assert got == 0
+    ex = extract_mod.Extractor(os.fsencode(py_dir), restore_owner=owner, threads=1)
+    try:
+        python_write(ex, name, data, member, monkeypatch)
+    finally:
+        ex.close()
+    assert written(c_dir / os.fsdecode(name)) == written(py_dir / os.fsdecode(name))
 
 
 @FEW
