@@ -26,7 +26,6 @@ __all__ = [
     "Scenario",
     "cold_costs",
     "forecast",
-    "measured_sizes",
     "monthly_estimate",
     "policy_warnings",
     "run_interval",
@@ -344,20 +343,6 @@ def policy_warnings(policy: Policy | PolicyCost, prices: Prices) -> list[str]:
 
 
 # -- the quick estimate that schedule and status carry -----------------------------------------
-
-
-def measured_sizes(archives: Sequence[Archive]) -> dict[str, tuple[int, int]]:
-    """Returns: per policy, (last full's stored size, median incremental's) of its complete
-    archives."""
-    by_policy: dict[str, list[Archive]] = {}
-    for a in archives:
-        if a.state == "complete":
-            by_policy.setdefault(a.policy, []).append(a)
-    out: dict[str, tuple[int, int]] = {}
-    for name, rows in by_policy.items():
-        full, inc, _growth = _sizes(rows)
-        out[name] = (full, inc)
-    return out
 
 
 def monthly_estimate(

@@ -223,10 +223,11 @@ def job_(obj: Ctx, job_id: str, wait: bool, as_json: bool) -> None:
 def _cold_costs(obj: Ctx) -> dict[str, tuple[str, float]]:
     """Each cold policy's class and estimated monthly storage bill (backup/economics.py);
     the inventory is read only when there is a cold policy."""
+    from ..coldplan import COLD_CLASSES
     from ..pricing import Prices, class_of
 
     # the cost fields of the cold policies only: no recipients checked, no target built
-    cold = obj.policies.costed(lambda t: class_of(t) in ("GLACIER", "DEEP_ARCHIVE", "VAULT"))
+    cold = obj.policies.costed(lambda t: class_of(t) in COLD_CLASSES)
     if not cold:
         return {}
     from ..economics import cold_costs, stored_sizes
