@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -412,6 +412,7 @@ def send(
     backoff: float = 1.0,
     timeout: float = 15,
     level: Level = "info",
+    on_sent: Callable[[int], None] | None = None,
 ) -> NotifyResult:
     """Send one message to every URL; never raises.
 
@@ -430,13 +431,15 @@ def send(
         backoff: seconds before the first retry; doubled for each further one.
         timeout: seconds for connecting and for each read, per try.
         level: Apprise's notification type (``json://`` sends it as ``type``).
+        on_sent: called with a URL's position (duplicates dropped) as soon as it took the
+            message, before the next URL is tried (to record it; its errors are logged).
 
     Returns:
         The outcome per URL; ``.ok`` is True when every URL took the message.
     """
     outcomes: list[UrlOutcome] = []
     tries = max(1, attempts)
-    for url in dict.fromkeys(urls):
+    for pos, url in enumerate(dict.fromkeys(urls)):
         shown = privacy_url(url)
         secrets = url_secrets(url)
         error: str | None = None
@@ -463,6 +466,11 @@ def send(
                     time.sleep(wait)
         if error is None:
             log.info("notification sent to %s", shown)
+            if on_sent is not None:
+                try:
+                    on_sent(pos)
+                except Exception as e:  # sent all the same: the record is what failed
+                    log.error("notification to %s sent, but not recorded: %s", shown, e)
         else:
             log.error("notification to %s failed after %d tries: %s", shown, n, error)
         outcomes.append(

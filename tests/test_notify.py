@@ -457,3 +457,41 @@ def test_worker_gives_up_after_its_retries(
     assert len(receiver.requests) == tasks.NOTIFY_RETRIES + 1
     assert runner.store.get(job_id).notify_state == "failed"
     assert "failed" in runner.inventory.events(1)[0].message
+
+
+def test_a_send_taken_over_after_its_worker_died_tells_no_url_twice(
+    env: Any, receiver: Receiver, smtp: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that holds a send dies while Celery's retry of a failed URL waits: the sweep
+    gives the ``sending`` notification back, a fresh send takes it, and only the URL that had
+    not taken the message is told (it was sent to every URL again before)."""
+    from sqlalchemy import select
+
+    from backup.inventory.models import Job, NotifyDelivery
+    from backup.notify import RetryLater
+
+    receiver.statuses = [500]
+    _tasks, runner, job_id, _waits = _notify_task_env(
+        env, [smtp.url(), receiver.url("/hook")], monkeypatch
+    )
+    assert runner.store.get(job_id).notify_state == "pending"  # requested as the run ended
+    # the worker's first try: the SMTP server takes it, the hook fails; then the worker dies
+    with pytest.raises(RetryLater) as retry:
+        runner.notify(job_id, attempts=1, final=False)
+    assert retry.value.pending == [1]
+    assert len(smtp.messages) == 1 and len(receiver.requests) == 1
+    # the sweep takes a stale `sending` back (as after five heartbeat periods)
+    with runner.inventory.session() as s:
+        s.get(Job, job_id).updated = datetime(2020, 1, 1, tzinfo=UTC)  # type: ignore[union-attr]
+        s.commit()
+    assert runner.store.stuck_notifications(timedelta(seconds=1)) == 1
+    assert runner.store.get(job_id).notify_state == "pending"
+    assert runner.notify(job_id, attempts=1) is True  # the fresh send
+    assert len(smtp.messages) == 1  # not told twice
+    assert len(receiver.requests) == 2  # the one that failed took it now
+    assert runner.store.get(job_id).notify_state == "sent"
+    # what the inventory keeps of the URLs: digests, never a URL or its port
+    with runner.inventory.session() as s:
+        kept = [d.url_digest for d in s.scalars(select(NotifyDelivery))]
+    assert len(kept) == 2 and all(len(d) == 64 for d in kept)
+    assert not any(str(receiver.port) in d or "127.0.0.1" in d for d in kept)

@@ -36,6 +36,7 @@ __all__ = [
     "FileRecord",
     "Job",
     "Lease",
+    "NotifyDelivery",
     "PackedFileIndex",
     "PolicyLock",
     "RetrievalJob",
@@ -255,6 +256,18 @@ class Job(Base):
     bytes_total: Mapped[int | None] = mapped_column(BigInteger)
     result: Mapped[str] = mapped_column(Text, default="{}")  # JSON summary for status/notify
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class NotifyDelivery(Base):
+    """A notification URL that took a job's message, recorded as it does: a send taken over
+    after its worker died (the sweep gives a stale ``sending`` back) tells only the URLs not
+    here. The URL itself is never stored (it holds tokens): a digest of job id and URL."""
+
+    __tablename__ = "notify_deliveries"
+
+    job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    delivered: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class PolicyLock(Base):

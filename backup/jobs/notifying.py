@@ -5,10 +5,14 @@ Invariants:
 - A notification never fails a job: it is requested only once the job is ``done`` or
   ``failed`` (``none`` -> ``pending``, a compare-and-set), and sent by its own task.
 - A notify task delivered twice sends once (``pending`` -> ``sending``).
+- A URL that took the message is recorded at once (``notify_deliveries``, a digest, never
+  the URL), and no later send of that job tells it again: not a Celery retry, not a fresh
+  send after the sweep took back a send whose worker died.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from contextlib import suppress
@@ -25,7 +29,7 @@ from .context import JobContext
 from .process import parse_worker
 from .states import BackupOutcome, JobState, RestoreOutcome, RestoreParams
 
-__all__ = ["message_for", "notify", "notify_after"]
+__all__ = ["message_for", "notify", "notify_after", "url_digest"]
 
 
 def _urls(ctx: JobContext, job: Job) -> list[str]:
@@ -77,8 +81,19 @@ def notify(
     job = store.get(job_id)
     title, body = message_for(job)
     urls, undefined = resolve_targets(_urls(ctx, job))
-    chosen = [i for i in range(len(urls)) if again is None or i in again]
-    res = send([urls[i] for i in chosen], title, body, attempts=attempts)
+    urls = list(dict.fromkeys(urls))
+    digests = [url_digest(job.id, u) for u in urls]
+    done = store.delivered(job.id)  # a send taken over: who already has it is not told twice
+    chosen = [
+        i for i in range(len(urls)) if (again is None or i in again) and digests[i] not in done
+    ]
+    res = send(
+        [urls[i] for i in chosen],
+        title,
+        body,
+        attempts=attempts,
+        on_sent=lambda k: store.mark_delivered(job.id, digests[chosen[k]]),
+    )
     if not final and res.retryable:
         store.update(job.id)  # still sending: the sweep leaves a fresh one alone
         raise RetryLater([chosen[i] for i in res.retryable])
@@ -92,6 +107,12 @@ def notify(
         policy=job.policy,
     )
     return ok
+
+
+def url_digest(job_id: str, url: str) -> str:
+    """Returns: what the inventory keeps of a URL that took a job's notification (never the
+    URL: it holds tokens), keyed by the job so equal URLs of two jobs do not match."""
+    return hashlib.sha256(f"{job_id}\0{url}".encode()).hexdigest()
 
 
 def message_for(job: Job) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import Error
 from ..inventory import Inventory
-from ..inventory.models import Job, Lease, PolicyLock, RetrievalJob
+from ..inventory.models import Job, Lease, NotifyDelivery, PolicyLock, RetrievalJob
 from .process import holder_gone
 from .states import ACTIVE, RUNNING, TERMINAL, WAITING, NotifyState
 
@@ -246,6 +246,24 @@ class JobStore:
                 .values(notify_state="sending", updated=_now())
             )
             return bool(r.rowcount == 1)
+
+    def delivered(self, job_id: str) -> set[str]:
+        """Returns: the digests of the URLs that already took this job's notification."""
+        with self.inventory.session() as s:
+            q = select(NotifyDelivery.url_digest).where(NotifyDelivery.job_id == job_id)
+            return set(s.scalars(q))
+
+    def mark_delivered(self, job_id: str, url_digest: str) -> None:
+        """Record that a URL took the job's notification (again is a no-op)."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(
+                    insert(NotifyDelivery).values(
+                        job_id=job_id, url_digest=url_digest, delivered=_now()
+                    )
+                )
+        except IntegrityError:
+            pass  # recorded by an earlier send
 
     # policy locks -----------------------------------------------------------------------
 
