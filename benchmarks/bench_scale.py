@@ -283,7 +283,14 @@ class Borg:
 
 
 def files_part(
-    workdir: Path, counts: Sequence[int], mean_bytes: int, runs: int, backup_cmd: list[str]
+    workdir: Path,
+    counts: Sequence[int],
+    mean_bytes: int,
+    runs: int,
+    backup_cmd: list[str],
+    *,
+    runs_at: dict[int, int] | None = None,
+    peers: Sequence[str] = ("restic", "borg"),
 ) -> list[dict[str, Any]]:
     key = workdir / "key.txt"
     if not key.exists():
@@ -303,6 +310,8 @@ def files_part(
         w = Work(data, scratch, key, recipient, backup_cmd)
         tools: list[Any] = [Ours(w)]
         for name, cls in (("restic", Restic), ("borg", Borg)):
+            if name not in peers:
+                continue
             exe = shutil.which(name)
             if exe:
                 tools.append(cls(w, exe))
@@ -310,7 +319,8 @@ def files_part(
                 print(f"{name} is not installed: left out (Debian package {name})", flush=True)
         ms: list[Measurement] = []
         stored: dict[str, list[int]] = {}
-        for rep in range(runs):
+        reps = (runs_at or {}).get(count, runs)
+        for rep in range(reps):
             want = digest_tree(data)
             for op in (FULL, NOCHANGE):
                 for t in tools[rep % len(tools) :] + tools[: rep % len(tools)]:
@@ -328,7 +338,7 @@ def files_part(
                 check_tree(f"{m.tool} at {count} files", root, want)
                 ms.append(m)
                 shutil.rmtree(dest)
-            print(f"  {count:,} files, repetition {rep + 1}/{runs} done ({len(changed)} changed)")
+            print(f"  {count:,} files, repetition {rep + 1}/{reps} done ({len(changed)} changed)")
         for op in OPERATIONS:
             for tool in (OURS, RESTIC, BORG):
                 sel = [m for m in ms if m.operation == op and m.tool == tool]
@@ -788,6 +798,25 @@ def main() -> int:
         help="entries of a packed archive whose first show unpacks it (0: none)",
     )
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--runs-at",
+        metavar="FILES=RUNS",
+        action="append",
+        default=[],
+        help="files part: fewer repetitions for one tree (e.g. 1000000=1)",
+    )
+    ap.add_argument(
+        "--peers",
+        default="restic,borg",
+        help="files part: the other tools to run ('' for backup alone, as at 10M files)",
+    )
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        action="append",
+        default=[],
+        help="add the rows of an earlier run's --json to the report and the plot",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/backup-scale"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path)
@@ -799,9 +828,18 @@ def main() -> int:
     parts = set(a.parts.split(","))
     a.workdir.mkdir(parents=True, exist_ok=True)
     cmd = find_backup_cmd()
+    runs_at = {int(k): int(v) for k, _, v in (x.partition("=") for x in a.runs_at)}
     files = (
-        files_part(a.workdir, [int(x) for x in a.files.split(",")], a.mean_bytes, a.runs, cmd)
-        if "files" in parts
+        files_part(
+            a.workdir,
+            [int(x) for x in a.files.split(",")],
+            a.mean_bytes,
+            a.runs,
+            cmd,
+            runs_at=runs_at,
+            peers=[p for p in a.peers.split(",") if p],
+        )
+        if "files" in parts and a.files
         else []
     )
     builds = {OURS: cmd}
@@ -816,6 +854,11 @@ def main() -> int:
         if "inventory" in parts
         else []
     )
+    for earlier in a.from_json:
+        rows = json.loads(earlier.read_text())
+        files += rows.get("files", [])
+        pol += rows.get("policies", [])
+        inv += rows.get("inventory", [])
     print(render(files, pol, inv))
     if a.json:
         a.json.write_text(json.dumps({"files": files, "policies": pol, "inventory": inv}, indent=2))
