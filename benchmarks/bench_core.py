@@ -1048,7 +1048,16 @@ def take_machine_lock() -> Any:
 
 
 def find_backup_cmd() -> list[str]:
-    """The installed console script of this interpreter (skips pyenv's shim), else PATH."""
+    """The installed console script of this interpreter (skips pyenv's shim), else PATH.
+
+    The package's bytecode is compiled first, as an installed wheel's is: an editable
+    install under PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module at every
+    run (~0.5 s of each command's start-up, measured on a no-change run of 100k files)."""
+    import compileall
+
+    import backup
+
+    compileall.compile_dir(str(Path(backup.__file__).parent), quiet=1)
     script = Path(sysconfig.get_path("scripts")) / "backup"
     if script.is_file():
         return [str(script)]
