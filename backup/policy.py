@@ -259,14 +259,20 @@ class Policy(BaseModel):
     def _recipients(cls, v: list[str]) -> list[str]:
         from .crypto.age import parse_recipient
 
+        kinds = set()
         for r in v:
             if r.strip().startswith("AGE-SECRET-KEY-"):
                 # never echo it back: this is a secret key pasted where a recipient belongs
                 raise ValueError("holds a secret key; policies take recipients (age1...) only")
             try:
-                parse_recipient(r.strip())
+                kinds.add(parse_recipient(r.strip()).post_quantum)
             except Exception as e:
                 raise ValueError(str(e)) from None
+        if len(kinds) > 1:
+            # age refuses such a file: the classic stanza would undo the post-quantum one
+            raise ValueError(
+                "mixes post-quantum (age1pq1...) and classic (age1...) recipients; use one kind"
+            )
         return [r.strip() for r in v]
 
     @field_validator("sources")

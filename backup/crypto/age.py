@@ -877,18 +877,22 @@ def parse_identities(text: str, source: str) -> list[Identity]:
     return identities
 
 
-def load_identities(path: str | os.PathLike[str]) -> list[Identity]:
-    """Read an age identity file.
+def load_identities(
+    path: str | os.PathLike[str], passphrase: Callable[[], str] | None = None
+) -> list[Identity]:
+    """Read an age identity file, plain or encrypted with a passphrase (binary or armored,
+    as ``age -p [-a]`` writes it and ``age -d -i`` reads it).
 
     Args:
         path: the file.
+        passphrase: called, only for an encrypted file, for its passphrase.
 
     Returns:
         Its identities.
 
     Raises:
-        AgeError: the file cannot be read, is an encrypted identity file, is not UTF-8,
-            or fails :func:`parse_identities`.
+        AgeError: the file cannot be read, is encrypted and no passphrase (or a wrong one)
+            is given, is not UTF-8, or fails :func:`parse_identities`.
     """
     source = os.fspath(path)
     try:
@@ -898,8 +902,16 @@ def load_identities(path: str | os.PathLike[str]) -> list[Identity]:
         raise AgeError(f"cannot read identity file {source}: {e.strerror or e}") from None
     if len(data) > _IDENTITY_FILE_LIMIT:
         raise AgeError(f"{source}: identity file is larger than 16 MiB")
-    if data.startswith((_INTRO_PREFIX, _ARMOR_BEGIN)):
-        raise AgeError(f"{source}: this is an encrypted identity file; decrypt it first")
+    if data.lstrip(_ARMOR_SPACE).startswith((_INTRO_PREFIX, _ARMOR_BEGIN)):
+        if passphrase is None:
+            raise AgeError(f"{source}: this is an encrypted identity file; no passphrase given")
+        try:
+            data = decrypt_bytes(data, [ScryptIdentity(passphrase())], name=source)
+        except NoIdentityMatch:
+            raise AgeError(
+                f"{source}: cannot decrypt the identity file: wrong passphrase, or it is not"
+                " encrypted with one"
+            ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -1,0 +1,164 @@
+"""Post-quantum recipients and ASCII armor through the real ``backup`` command: keys
+generate --pq, a backup and restore with a hybrid identity (byte for byte), passphrase-
+encrypted armored identity files, inventory export --armor read by Debian's age, and a
+malformed age1pq1 recipient in a policy."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backup.crypto import bech32
+from backup.crypto.age import HybridIdentity, load_identities
+from backup.inventory_copy import list_exports
+from backup.targets import open_target
+from tests.conftest import Env, require_tools, write_policy
+from tests.test_interop import assert_same_tree, cli, make_tree, q, sh
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require_tools("age", "zstd", "tar")
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def pq_key(tmp_path: Path, *extra: str, name: str = "pq.txt") -> tuple[Path, str]:
+    f = tmp_path / name
+    proc = ok(cli(None, "keys", "generate", "--pq", "--out", str(f), *extra))
+    return f, proc.stdout.strip()
+
+
+def test_keys_generate_pq(tmp_path: Path) -> None:
+    f, rcpt = pq_key(tmp_path)
+    assert rcpt.startswith("age1pq1") and "\n" not in rcpt
+    hrp, pub = bech32.decode(rcpt)
+    assert (hrp, len(pub)) == ("age1pq", 1216)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    lines = f.read_text().splitlines()
+    assert lines[0].startswith("# created: ") and lines[1] == f"# public key: {rcpt}"
+    assert len(lines) == 3 and lines[2].startswith("AGE-SECRET-KEY-PQ-1")
+    assert bech32.decode(lines[2])[0] == "AGE-SECRET-KEY-PQ-"
+    (ident,) = load_identities(f)
+    assert isinstance(ident, HybridIdentity) and ident.recipient().to_string() == rcpt
+    assert ok(cli(None, "keys", "recipient", str(f))).stdout.strip() == rcpt
+    # --armor is for an encrypted identity file only: one line saying so
+    proc = cli(None, "keys", "generate", "--pq", "--armor", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 1 and "--passphrase" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_backup_and_restore_with_a_pq_identity(env: Env) -> None:
+    key, rcpt = pq_key(env.tmp)
+    write_policy(
+        env.config,
+        name="p",
+        sources=[str(env.source)],
+        target=f"file://{env.vault}",
+        recipients=[rcpt],
+    )
+    make_tree(env.source, big=False)
+    e = {"BACKUP_IDENTITY": str(key)}
+    run = json.loads(ok(cli(env, "run", "p", "--json", extra_env=e)).stdout)
+    stored = sorted(p for p in env.vault.rglob("*.age"))
+    assert stored, "nothing stored"
+    for p in stored:  # archive and manifest: binary age with one hybrid stanza
+        head = p.read_bytes()[:200]
+        assert head.startswith(b"age-encryption.org/v1\n-> mlkem768x25519 ")
+    # Debian's age 1.1.1 predates the hybrid type: it cannot read these files
+    older = sh(f"age -d -i {q(key)} {q(stored[0])}", check=False)
+    assert older.returncode != 0
+    out = env.tmp / "out"
+    ok(cli(env, "restore", "p", "--to", str(out), extra_env=e))
+    assert_same_tree(env.source, out)
+    ok(cli(env, "verify", run["id"], extra_env=e))
+    # the classic key of the test environment does not open them
+    proc = cli(env, "restore", "p", "--to", str(env.tmp / "o2"))
+    assert proc.returncode == 1 and "No identity matches" in proc.stderr
+
+
+def test_passphrase_encrypted_armored_identity(env: Env) -> None:
+    pw = {"BACKUP_IDENTITY_PASSPHRASE": "correct horse battery staple"}
+    key = env.tmp / "pq.age"
+    # no passphrase and no terminal to ask on: one line, no file
+    proc = cli(None, "keys", "generate", "--pq", "--passphrase", "--out", str(key))
+    assert proc.returncode == 1 and "BACKUP_IDENTITY_PASSPHRASE" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not key.exists()
+    proc = ok(
+        cli(None, "keys", "generate", "--pq", "--passphrase", "--out", str(key), extra_env=pw)
+    )
+    rcpt = proc.stdout.strip()
+    text = key.read_text()
+    assert text.startswith("-----BEGIN AGE ENCRYPTED FILE-----\n") and "SECRET" not in text
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    write_policy(
+        env.config, name="p", sources=[str(env.source)], target=f"file://{env.vault}",
+        recipients=[rcpt],
+    )  # fmt: skip
+    make_tree(env.source, big=False)
+    ok(cli(env, "run", "p"))
+    out = env.tmp / "out"
+    ok(cli(env, "restore", "p", "--to", str(out), "--identity", str(key), extra_env=pw))
+    assert_same_tree(env.source, out)
+    assert ok(cli(None, "keys", "recipient", str(key), extra_env=pw)).stdout.strip() == rcpt
+    bad = cli(env, "restore", "p", "--to", str(env.tmp / "o2"), "--identity", str(key),
+              extra_env={"BACKUP_IDENTITY_PASSPHRASE": "wrong"})  # fmt: skip
+    assert bad.returncode == 1 and "wrong passphrase" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    none = cli(env, "restore", "p", "--to", str(env.tmp / "o3"), "--identity", str(key))
+    assert none.returncode == 1 and "BACKUP_IDENTITY_PASSPHRASE" in none.stderr
+    assert not (env.tmp / "o2").exists() and not (env.tmp / "o3").exists()
+
+
+def test_inventory_export_armor_reads_with_debian_age(env: Env) -> None:
+    make_tree(env.source, big=False)
+    ok(cli(env, "run", "p"))
+    ok(cli(env, "inventory", "export", "--policy", "p", "--armor"))
+    newest = env.vault / list_exports(open_target(f"file://{env.vault}"))[-1].key
+    text = newest.read_text("ascii")
+    assert text.startswith("-----BEGIN AGE ENCRYPTED FILE-----\n")
+    assert text.endswith("-----END AGE ENCRYPTED FILE-----\n")
+    assert all(len(line) <= 64 for line in text.splitlines())
+    plain = sh(f"age -d -i {q(env.key.path)} {q(newest)} | zstd -d -q -c").stdout
+    assert json.loads(plain.splitlines()[0])["format"] == "backup-inventory/1"
+    # and import reads the armored copy
+    fresh = f"sqlite:///{env.tmp / 'fresh.db'}"
+    res = cli(env, "inventory", "import", f"file://{env.vault}", "--json",
+              extra_env={"BACKUP_INVENTORY_URL": fresh})  # fmt: skip
+    assert json.loads(ok(res).stdout)["added"]["archives"] >= 1
+
+
+def test_malformed_pq_recipient_in_policy_is_one_line(env: Env) -> None:
+    rcpt = HybridIdentity.generate().recipient().to_string()
+    bad = rcpt[:500] + ("q" if rcpt[500] != "q" else "p") + rcpt[501:]
+    write_policy(
+        env.config, name="p", sources=[str(env.source)], target=f"file://{env.vault}",
+        recipients=[bad],
+    )  # fmt: skip
+    proc = cli(env, "run", "p")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(env.config) in lines[0] and "recipients" in lines[0]
+    assert "age1pq1" in lines[0] and "checksum" in lines[0]
+    assert "Traceback" not in proc.stderr and not env.vault.exists()
+
+
+def test_policy_mixing_pq_and_classic_recipients_is_one_line(env: Env) -> None:
+    rcpt = HybridIdentity.generate().recipient().to_string()
+    write_policy(
+        env.config, name="p", sources=[str(env.source)], target=f"file://{env.vault}",
+        recipients=[rcpt, env.key.recipient],
+    )  # fmt: skip
+    proc = cli(env, "run", "p")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "recipients" in lines[0] and "mixes post-quantum" in lines[0]
+    assert not env.vault.exists()
