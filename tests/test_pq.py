@@ -162,3 +162,21 @@ def test_policy_mixing_pq_and_classic_recipients_is_one_line(env: Env) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "recipients" in lines[0] and "mixes post-quantum" in lines[0]
     assert not env.vault.exists()
+
+
+def test_debian_age_reads_our_passphrase_encrypted_identity_file(tmp_path: Path) -> None:
+    """age 1.1.1 asks for the passphrase of an encrypted identity file on the terminal:
+    ``script`` gives it one, and the passphrase is typed into it."""
+    require_tools("script")
+    pw = {"BACKUP_IDENTITY_PASSPHRASE": "pw for debian age"}
+    key = tmp_path / "key.age"
+    rcpt = ok(cli(None, "keys", "generate", "--passphrase", "--out", str(key), extra_env=pw))
+    msg = tmp_path / "m"
+    msg.write_text("hello from age 1.1.1")
+    sh(f"age -r {rcpt.stdout.strip()} -o {q(msg)}.age {q(msg)}")
+    out = tmp_path / "out"
+    inner = f"age -d -i {q(key)} -o {q(out)} {q(msg)}.age"
+    sh(
+        f"(sleep 1; printf '%s\\n' {q(pw['BACKUP_IDENTITY_PASSPHRASE'])}) | script -qec {q(inner)} /dev/null"
+    )
+    assert out.read_text() == "hello from age 1.1.1"
