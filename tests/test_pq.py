@@ -180,3 +180,19 @@ def test_debian_age_reads_our_passphrase_encrypted_identity_file(tmp_path: Path)
         f"(sleep 1; printf '%s\\n' {q(pw['BACKUP_IDENTITY_PASSPHRASE'])}) | script -qec {q(inner)} /dev/null"
     )
     assert out.read_text() == "hello from age 1.1.1"
+
+
+def test_inventory_export_to_a_target_whose_policies_mix_kinds(env: Env) -> None:
+    """Two policies on one target, one post-quantum and one classic: a copy for the target
+    cannot be encrypted to both, so the command says which choice to make, in one line."""
+    rcpt = HybridIdentity.generate().recipient().to_string()
+    env.config.write_text(
+        env.config.read_text()
+        + f'[[policy]]\nname = "q"\nsources = ["{env.source}"]\ntarget = "file://{env.vault}"\n'
+        + f'recipients = ["{rcpt}"]\n'
+    )
+    proc = cli(env, "inventory", "export", f"file://{env.vault}")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mix post-quantum" in lines[0] and "--policy" in lines[0]
+    ok(cli(env, "inventory", "export", "--policy", "q", "--armor"))

@@ -339,6 +339,12 @@ def inventory_export(
         assert target_url is not None
         found = sorted({r for p in obj.policies.values() if p.target == target_url for r in p.recipients}) if not recipients else []  # fmt: skip
     chosen = list(recipients) or found
+    if not recipients and len({r.startswith("age1pq1") for r in found}) > 1:
+        # one file cannot carry both kinds (age refuses it): say which choice is the user's
+        raise Error(
+            f"the policies using {target_url} mix post-quantum (age1pq1...) and classic"
+            " (age1...) recipients: give --policy NAME or --recipient"
+        )
     if not chosen:
         raise Error(
             f"no policy uses target {target_url}: give --recipient age1... (or --policy NAME)"

@@ -283,7 +283,7 @@ def _identity_hrp(hrp: str) -> str:
 def _key_bytes(
     s: str, hrp: str, what: str, wrong_hrp: Callable[[str], str], size: int = 32
 ) -> bytes:
-    """The 32 key bytes of a bech32 key string (a recipient or an identity).
+    """The key bytes (``size`` of them) of a bech32 key string (a recipient or an identity).
 
     Args:
         s: the string.
@@ -519,6 +519,14 @@ class HybridRecipient(Recipient):
         except ValueError:
             raise AgeError("malformed post-quantum recipient: invalid ML-KEM-768 key") from None
         x = X25519PublicKey.from_public_bytes(self._raw[_MLKEM768_PUBLIC_SIZE:])
+        try:
+            # A low-order X25519 part would make every share's secret zero: refuse it at
+            # parse time (so a policy naming it fails when read), not at the first backup.
+            X25519PrivateKey.generate().exchange(x)
+        except ValueError:
+            raise AgeError(
+                "malformed post-quantum recipient: its X25519 key is a low-order point"
+            ) from None
         self._key = hpke.MLKEM768X25519PublicKey(mlkem, x)
 
     @classmethod

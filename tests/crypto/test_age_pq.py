@@ -169,3 +169,13 @@ def test_header_error_for_hybrid_enc_in_x25519_stanza(pq: HybridIdentity) -> Non
     enc = encrypt_bytes(b"x", [pq.recipient()]).replace(b"-> mlkem768x25519 ", b"-> X25519 ", 1)
     with pytest.raises(HeaderError, match="wrong size"):
         decrypt_bytes(enc, [x])
+
+
+def test_pq_recipient_with_invalid_parts_is_refused_when_parsed(pq: HybridIdentity) -> None:
+    _, raw = bech32.decode(pq.recipient().to_string())
+    low_order = bech32.encode("age1pq", raw[:1184] + bytes(32))
+    with pytest.raises(AgeError, match="low-order"):
+        parse_recipient(low_order)
+    bad_mlkem = bech32.encode("age1pq", b"\xff" * 1184 + raw[1184:])
+    with pytest.raises(AgeError, match="invalid ML-KEM-768 key"):
+        parse_recipient(bad_mlkem)
