@@ -16,8 +16,10 @@ from backup.crypto import bech32
 from backup.crypto.age import HybridIdentity, load_identities
 from backup.inventory_copy import list_exports
 from backup.targets import open_target
-from tests.conftest import Env, require_tools, write_policy
+from tests.conftest import Env, Key, require_tools, write_policy
 from tests.test_interop import assert_same_tree, cli, make_tree, q, sh
+
+_TYPAGE = Path(__file__).resolve().parent / "interop" / "typage" / "age.mjs"
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +81,16 @@ def test_backup_and_restore_with_a_pq_identity(env: Env) -> None:
     ok(cli(env, "restore", "p", "--to", str(out), extra_env=e))
     assert_same_tree(env.source, out)
     ok(cli(env, "verify", run["id"], extra_env=e))
+    # restored by hand with an independent age (typage) instead of age >= 1.3
+    (archive,) = [p for p in stored if p.name.endswith(".tar.zst.age")]
+    (secret,) = [ln for ln in key.read_text().splitlines() if ln.startswith("AGE-SECRET")]
+    by_hand = env.tmp / "by-hand"
+    by_hand.mkdir()
+    sh(
+        f"node {q(_TYPAGE)} decrypt {q(secret)} < {q(archive)} | zstd -d -q -c"
+        f" | tar -x -C {q(by_hand)}"
+    )
+    assert_same_tree(env.source, by_hand)
     # the classic key of the test environment does not open them
     proc = cli(env, "restore", "p", "--to", str(env.tmp / "o2"))
     assert proc.returncode == 1 and "No identity matches" in proc.stderr
@@ -196,3 +208,18 @@ def test_inventory_export_to_a_target_whose_policies_mix_kinds(env: Env) -> None
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "mix post-quantum" in lines[0] and "--policy" in lines[0]
     ok(cli(env, "inventory", "export", "--policy", "q", "--armor"))
+
+
+def test_armored_archive_made_by_debian_age_restores(tmp_path: Path, key: Key) -> None:
+    """``tar | zstd | age -a``: restore --file reads the armor (and tells it from binary
+    by its first bytes)."""
+    src = tmp_path / "src"
+    make_tree(src, big=False)
+    archive = tmp_path / "t.tar.zst.age"
+    sh(
+        f"tar -c --format=pax -C {q(src)} . | zstd -q -c | age -a -r {q(key.recipient)} -o {q(archive)}"
+    )
+    assert archive.read_bytes().startswith(b"-----BEGIN AGE ENCRYPTED FILE-----\n")
+    out = tmp_path / "out"
+    ok(cli(None, "restore", "--file", str(archive), "--to", str(out), "--identity", str(key.path)))
+    assert_same_tree(src, out)
