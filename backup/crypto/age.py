@@ -1500,7 +1500,13 @@ class AgeReader(io.RawIOBase):
         self._error: PayloadError | ArmorError | None = None
         initial = b""
         if armor is None:
-            initial = src.read(_HEADER_READ_SIZE)
+            # Enough bytes to see past leading whitespace, however the source delivers them
+            # (a pipe may hand out a few bytes at a time).
+            while len(initial.lstrip(_ARMOR_SPACE)) < 5 and len(initial) <= _MAX_HEADER_SIZE:
+                block = src.read(_HEADER_READ_SIZE)
+                if not block:
+                    break
+                initial += block
             armor = initial.lstrip(_ARMOR_SPACE).startswith(b"-----")
         if armor:
             src = ArmorReader(src, name=name, initial=initial)

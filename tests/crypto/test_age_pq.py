@@ -179,3 +179,28 @@ def test_pq_recipient_with_invalid_parts_is_refused_when_parsed(pq: HybridIdenti
     bad_mlkem = bech32.encode("age1pq", b"\xff" * 1184 + raw[1184:])
     with pytest.raises(AgeError, match="invalid ML-KEM-768 key"):
         parse_recipient(bad_mlkem)
+
+
+class _Trickle(io.RawIOBase):
+    """A source that hands out at most 2 bytes per read, like a slow pipe."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:  # type: ignore[override]
+        n = min(2, len(buffer), len(self._data))
+        buffer[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n
+
+
+@pytest.mark.parametrize("armor", [False, True])
+def test_armor_detected_from_a_trickling_source(pq: HybridIdentity, armor: bool) -> None:
+    data = b"trickle" * 20000
+    enc = encrypt_bytes(data, [pq.recipient()], armor=armor)
+    if armor:
+        enc = b"\n\n  " + enc
+    assert AgeReader(_Trickle(enc), [pq]).readall() == data
