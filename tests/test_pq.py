@@ -223,3 +223,27 @@ def test_armored_archive_made_by_debian_age_restores(tmp_path: Path, key: Key) -
     out = tmp_path / "out"
     ok(cli(None, "restore", "--file", str(archive), "--to", str(out), "--identity", str(key.path)))
     assert_same_tree(src, out)
+
+
+def test_workers_never_ask_for_the_identity_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal the command asks for the passphrase; a worker (ask=False) does not,
+    even when started from one: it would wait there for good."""
+    import backup.restore as r
+    from backup.crypto.age import ScryptRecipient, encrypt_bytes
+    from backup.errors import IdentityError
+
+    ident = HybridIdentity.generate()
+    key = tmp_path / "key.age"
+    key.write_bytes(encrypt_bytes(ident.to_string().encode(), [ScryptRecipient("pw", log_n=2)]))
+    monkeypatch.delenv("BACKUP_IDENTITY_PASSPHRASE", raising=False)
+    monkeypatch.setattr(r.sys.stdin, "isatty", lambda: True)
+    asked: list[str] = []
+    monkeypatch.setattr(r.getpass, "getpass", lambda prompt: asked.append(prompt) or "pw")
+    (got,) = r.identities_from(key)
+    assert isinstance(got, HybridIdentity) and got.recipient() == ident.recipient()
+    assert len(asked) == 1
+    with pytest.raises(IdentityError, match="BACKUP_IDENTITY_PASSPHRASE"):
+        r.identities_from(key, ask=False)
+    assert len(asked) == 1
