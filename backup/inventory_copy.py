@@ -41,7 +41,7 @@ from typing import Any
 import sqlalchemy as sa
 import zstandard
 
-from .crypto.age import AgeReader, AgeWriter, Identity, Recipient, parse_recipient
+from .crypto.age import AgeReader, AgeWriter, ArmorWriter, Identity, Recipient, parse_recipient
 from .errors import Error, TargetError
 from .inventory import Inventory
 from .inventory.models import Base, Event, UTCDateTime
@@ -277,6 +277,7 @@ def export_inventory(
     *,
     keep: int = 5,
     now: datetime | None = None,
+    armor: bool = False,
 ) -> tuple[ExportInfo, list[str]]:
     """Write a consistent copy of the inventory into a target, then delete this host's
     older copies beyond the newest ``keep``.
@@ -287,6 +288,7 @@ def export_inventory(
         recipients: age recipients it is encrypted to (public keys only).
         keep: how many of this host's copies stay (the new one included); at least 1.
         now: the export's time (names the key).
+        armor: ASCII-armor the copy (text that can be printed or mailed; import reads both).
 
     Returns:
         The copy written, and the keys of the copies deleted.
@@ -306,7 +308,8 @@ def export_inventory(
 
     def write(lines: Iterator[bytes]) -> None:
         with target.open_write(key, options) as w:
-            age = AgeWriter(w, parsed)
+            armored = ArmorWriter(w) if armor else None
+            age = AgeWriter(armored or w, parsed)
             z = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
                 age,  # type: ignore[arg-type]  # any object with write() will do
                 closefd=False,
@@ -315,6 +318,8 @@ def export_inventory(
                 z.write(line)
             z.close()  # type: ignore[no-untyped-call]  # ends the frame; the age stream stays open
             age.close()
+            if armored is not None:
+                armored.close()
             w.commit()
 
     _with_snapshot(inventory, write)

@@ -257,16 +257,27 @@ class Policy(BaseModel):
     @field_validator("recipients")
     @classmethod
     def _recipients(cls, v: list[str]) -> list[str]:
-        from .crypto.age import parse_recipient
+        from .crypto.age import AgeError, parse_recipient
 
-        for r in v:
+        kinds = set()
+        for n, r in enumerate(v, 1):
             if r.strip().startswith("AGE-SECRET-KEY-"):
                 # never echo it back: this is a secret key pasted where a recipient belongs
                 raise ValueError("holds a secret key; policies take recipients (age1...) only")
             try:
-                parse_recipient(r.strip())
+                kinds.add(parse_recipient(r.strip()).post_quantum)
             except Exception as e:
-                raise ValueError(str(e)) from None
+                why = e.args[0] if isinstance(e, AgeError) and e.args else str(e)
+                r = r.strip()
+                # a public key, so safe to show; shortened (post-quantum ones run to 1959
+                # characters) and only when it looks like one
+                shown = f" ({r[:12]}...{r[-6:]})" if r.lower().startswith("age1") else ""
+                raise ValueError(f"recipient {n}{shown}: {why}") from None
+        if len(kinds) > 1:
+            # age refuses such a file: the classic stanza would undo the post-quantum one
+            raise ValueError(
+                "mixes post-quantum (age1pq1...) and classic (age1...) recipients; use one kind"
+            )
         return [r.strip() for r in v]
 
     @field_validator("sources")

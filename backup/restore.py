@@ -22,6 +22,7 @@ import ctypes
 import errno
 import fnmatch
 import functools
+import getpass
 import hashlib
 import os
 import queue
@@ -30,6 +31,7 @@ import secrets
 import signal
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -72,8 +74,14 @@ __all__ = [
 _READ = 1 << 20
 
 
-def identities_from(path: Path | str | None) -> list[Identity]:
+def identities_from(path: Path | str | None, *, ask: bool = True) -> list[Identity]:
     """Load the identity file for restore or verify.
+
+    Args:
+        path: the identity file.
+        ask: the passphrase of an encrypted one may be asked on the terminal (never in a
+            worker: it would wait there for a job's whole life); else only
+            $BACKUP_IDENTITY_PASSPHRASE gives it.
 
     Raises:
         IdentityError: no file given, or it cannot be read or parsed (the message names the
@@ -84,11 +92,24 @@ def identities_from(path: Path | str | None) -> list[Identity]:
             "restore and verify need a secret key: pass --identity FILE or set BACKUP_IDENTITY"
         )
     try:
-        return load_identities(path)
+        return load_identities(path, lambda: _identity_passphrase(ask))
     except FileNotFoundError:
         raise IdentityError(f"identity file {str(path)!r} does not exist") from None
     except OSError as e:
         raise IdentityError(f"cannot read identity file {str(path)!r}: {e.strerror}") from None
+
+
+def _identity_passphrase(ask: bool) -> str:
+    """The passphrase of an encrypted identity file: $BACKUP_IDENTITY_PASSPHRASE, else asked
+    on the terminal."""
+    env = os.environ.get("BACKUP_IDENTITY_PASSPHRASE")
+    if env:
+        return env
+    if not ask or not sys.stdin.isatty():
+        raise IdentityError(
+            "the identity file is encrypted: set BACKUP_IDENTITY_PASSPHRASE (no terminal to ask on)"
+        )
+    return getpass.getpass("Passphrase for the identity file: ")
 
 
 def make_include(globs: Sequence[str]) -> Callable[[bytes], bool] | None:

@@ -309,8 +309,12 @@ def _rebuild_vault(
 @click.argument("target_url", required=False)
 @click.option("--policy", "policy_name", help="Copy into this policy's target, to its recipients.")
 @click.option(
-    "--recipient", "recipients", multiple=True, help="Encrypt to this recipient (age1...)."
+    "--recipient",
+    "recipients",
+    multiple=True,
+    help="Encrypt to this recipient (age1... or age1pq1...).",
 )
+@click.option("--armor", is_flag=True, help="Write the copy ASCII-armored (text), as age -a.")
 @json_option()
 @click.pass_obj
 @handled
@@ -319,6 +323,7 @@ def inventory_export(
     target_url: str | None,
     policy_name: str | None,
     recipients: tuple[str, ...],
+    armor: bool,
     as_json: bool,
 ) -> None:
     """Copy the inventory (jobs and events too) into a target, encrypted to the recipients of
@@ -334,12 +339,18 @@ def inventory_export(
         assert target_url is not None
         found = sorted({r for p in obj.policies.values() if p.target == target_url for r in p.recipients}) if not recipients else []  # fmt: skip
     chosen = list(recipients) or found
+    if not recipients and len({r.startswith("age1pq1") for r in found}) > 1:
+        # one file cannot carry both kinds (age refuses it): say which choice is the user's
+        raise Error(
+            f"the policies using {target_url} mix post-quantum (age1pq1...) and classic"
+            " (age1...) recipients: give --policy NAME or --recipient"
+        )
     if not chosen:
         raise Error(
             f"no policy uses target {target_url}: give --recipient age1... (or --policy NAME)"
         )
     info, deleted = export_inventory(
-        obj.inventory, target_url, chosen, keep=obj.settings.inventory_export_keep
+        obj.inventory, target_url, chosen, keep=obj.settings.inventory_export_keep, armor=armor
     )
     obj.inventory.log(
         "inventory-export",

@@ -1,12 +1,17 @@
 """``backup keys``: create an age identity and print the recipients of one.
 
 An identity file is written with mode 0600 from its creation (never readable by others for
-a moment), and an existing one is replaced only with ``--force``.
+a moment), and an existing one is replaced only with ``--force``. ``--pq`` makes a
+post-quantum hybrid identity (``AGE-SECRET-KEY-PQ-1...``, recipient ``age1pq1...``).
+``--passphrase`` writes the identity file encrypted with a passphrase (age's scrypt, as
+``age -p`` would), ASCII-armored by default so it can be printed or pasted; restore, verify
+and rebuild read such files, asking for the passphrase ($BACKUP_IDENTITY_PASSPHRASE).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +28,17 @@ def keys() -> None:
     """Create and inspect age keys."""
 
 
+def _new_passphrase() -> str:
+    env = os.environ.get("BACKUP_IDENTITY_PASSPHRASE")
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        raise Error("--passphrase: set BACKUP_IDENTITY_PASSPHRASE (no terminal to ask on)")
+    return str(
+        click.prompt("Passphrase for the identity file", hide_input=True, confirmation_prompt=True)
+    )
+
+
 @keys.command("generate")
 @click.option(
     "--out",
@@ -32,13 +48,38 @@ def keys() -> None:
     help="Identity file to write (mode 0600).",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option(
+    "--pq",
+    is_flag=True,
+    help="A post-quantum hybrid identity (ML-KEM-768 + X25519, age1pq1... recipient).",
+)
+@click.option(
+    "--passphrase",
+    "encrypt",
+    is_flag=True,
+    help="Encrypt the identity file with a passphrase ($BACKUP_IDENTITY_PASSPHRASE, else asked).",
+)
+@click.option(
+    "--armor/--no-armor",
+    default=None,
+    help="ASCII-armor the encrypted identity file (the default with --passphrase).",
+)
 @handled
-def keys_generate(out_path: Path, force: bool) -> None:
-    """Write a new age identity to FILE and print its recipient (age1...)."""
-    from ..crypto.age import X25519Identity
+def keys_generate(out_path: Path, force: bool, pq: bool, encrypt: bool, armor: bool | None) -> None:
+    """Write a new age identity to FILE and print its recipient (age1... or age1pq1...)."""
+    from ..crypto.age import HybridIdentity, ScryptRecipient, X25519Identity, encrypt_bytes
 
-    ident = X25519Identity.generate()
+    if armor is not None and not encrypt:
+        raise Error("--armor applies to an encrypted identity file: add --passphrase")
+    ident = HybridIdentity.generate() if pq else X25519Identity.generate()
     rcpt = ident.recipient().to_string()
+    text = f"# created: {iso(datetime.now(UTC))}\n# public key: {rcpt}\n{ident.to_string()}\n"
+    data = text.encode()
+    if encrypt:
+        passphrase = _new_passphrase()
+        if not passphrase:
+            raise Error("empty passphrase")
+        data = encrypt_bytes(data, [ScryptRecipient(passphrase)], armor=armor is not False)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
         fd = os.open(out_path, flags, 0o600)
@@ -46,9 +87,9 @@ def keys_generate(out_path: Path, force: bool) -> None:
         raise Error(f"{out_path} exists; use --force to overwrite it") from None
     except OSError as e:
         raise Error(f"cannot write {out_path}: {e.strerror}") from None
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), 0o600)
-        f.write(f"# created: {iso(datetime.now(UTC))}\n# public key: {rcpt}\n{ident.to_string()}\n")
+        f.write(data)
     click.echo(rcpt)
 
 
@@ -56,12 +97,12 @@ def keys_generate(out_path: Path, force: bool) -> None:
 @click.argument("identity_file", type=click.Path(path_type=Path))
 @handled
 def keys_recipient(identity_file: Path) -> None:
-    """Print the recipients (age1...) of an identity file."""
-    from ..crypto.age import X25519Identity
+    """Print the recipients (age1... or age1pq1...) of an identity file."""
+    from ..crypto.age import HybridIdentity, X25519Identity
     from ..restore import identities_from
 
     for ident in identities_from(identity_file):
-        if isinstance(ident, X25519Identity):
+        if isinstance(ident, X25519Identity | HybridIdentity):
             click.echo(ident.recipient().to_string())
 
 

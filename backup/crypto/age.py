@@ -26,6 +26,15 @@ Design invariants:
   ``with`` block ends without an exception, so an interrupted writer leaves a file
   that fails to decrypt as truncated rather than a valid, silently shortened one.
 - Secrets (identities, passphrases, file keys) never appear in messages or reprs.
+- Post-quantum hybrid recipients (``mlkem768x25519``, ``age1pq1...``) are HPKE with the
+  ML-KEM-768 + X25519 (X-Wing) KEM, HKDF-SHA256 and ChaCha20-Poly1305, all from
+  ``cryptography``. A file encrypted to one may not also be encrypted to a classic
+  (X25519 or scrypt) recipient: that would let a quantum attacker in through the classic
+  stanza. Decryption accepts such mixed files (age does, and the vectors require it).
+- ASCII armor (PEM type ``AGE ENCRYPTED FILE``) is read as strictly as age reads it: 64
+  columns, canonical padded base64, LF or CRLF, whitespace allowed only around the armor.
+  Its errors are ArmorError. Archives in storage are always binary; armor is written only
+  where a user asks for it.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import hashlib
 import hmac
 import io
 import os
@@ -44,7 +54,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -61,8 +72,13 @@ __all__ = [
     "AgeError",
     "AgeReader",
     "AgeWriter",
+    "ArmorError",
+    "ArmorReader",
+    "ArmorWriter",
     "HMACError",
     "HeaderError",
+    "HybridIdentity",
+    "HybridRecipient",
     "Identity",
     "NoIdentityMatch",
     "PayloadError",
@@ -76,6 +92,7 @@ __all__ = [
     "encrypt_bytes",
     "load_identities",
     "parse_identities",
+    "parse_identity",
     "parse_recipient",
 ]
 
@@ -89,6 +106,8 @@ _MAC_SIZE = 32
 _INTRO = b"age-encryption.org/v1\n"
 _INTRO_PREFIX = b"age-encryption.org/"
 _ARMOR_BEGIN = b"-----BEGIN AGE ENCRYPTED FILE-----"
+_ARMOR_END = b"-----END AGE ENCRYPTED FILE-----"
+_ARMOR_SPACE = b" \t\r\n"
 _BYTES_PER_LINE = 48  # 64 base64 columns
 _COLUMNS_PER_LINE = 64
 # filippo.io/age has no header limit; this one only stops a non-age input from being
@@ -100,6 +119,15 @@ _IDENTITY_FILE_LIMIT = 16 << 20  # same as age's ParseIdentities
 _X25519_LABEL = b"age-encryption.org/v1/X25519"
 _SCRYPT_LABEL = b"age-encryption.org/v1/scrypt"
 _SCRYPT_SALT_SIZE = 16
+# mlkem768x25519: the HPKE info string, and the sizes of the KEM's parts.
+_PQ_LABEL = b"age-encryption.org/mlkem768x25519"
+_PQ_TYPE = "mlkem768x25519"
+_PQ_SEED_SIZE = 32
+_MLKEM768_PUBLIC_SIZE = 1184
+_MLKEM768_CT_SIZE = 1088
+_PQ_PUBLIC_SIZE = _MLKEM768_PUBLIC_SIZE + 32
+_PQ_ENC_SIZE = _MLKEM768_CT_SIZE + 32
+_PQ_SUITE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 _ZERO_NONCE = bytes(12)
 # STREAM nonce: 11-byte big-endian chunk counter, then the last-chunk flag. Chunk
 # counts never reach 2**64, so the top three counter bytes are always zero.
@@ -130,6 +158,10 @@ class HMACError(AgeError):
 
 class PayloadError(AgeError):
     """Encrypted payload of {} is corrupt or truncated: {}"""
+
+
+class ArmorError(AgeError):
+    """Invalid ASCII armor in {}: {}"""
 
 
 # --- stanzas and encodings --------------------------------------------------------------
@@ -194,6 +226,9 @@ def _marshal_stanza(s: Stanza) -> bytes:
 class Recipient(abc.ABC):
     """Something a file key can be encrypted to."""
 
+    #: a post-quantum recipient may only share a file with other post-quantum ones
+    post_quantum: bool = False
+
     @abc.abstractmethod
     def wrap(self, file_key: bytes) -> list[Stanza]:
         """Encrypt the file key to this recipient.
@@ -231,16 +266,24 @@ def _recipient_hrp(hrp: str) -> str:
     return "not an X25519 recipient: it must start with 'age1', in lowercase"
 
 
+def _pq_recipient_hrp(hrp: str) -> str:
+    return "not a post-quantum recipient: it must start with 'age1pq1', in lowercase"
+
+
+def _pq_identity_hrp(hrp: str) -> str:
+    return "not a post-quantum secret key: it must start with 'AGE-SECRET-KEY-PQ-1'"
+
+
 def _identity_hrp(hrp: str) -> str:
-    if hrp == "AGE-SECRET-KEY-PQ-":
-        return "post-quantum (ML-KEM) identities are not supported"
     if hrp.startswith("AGE-PLUGIN-"):
         return "age plugin identities are not supported"
     return "not an age X25519 secret key: it must start with 'AGE-SECRET-KEY-1'"
 
 
-def _key_bytes(s: str, hrp: str, what: str, wrong_hrp: Callable[[str], str]) -> bytes:
-    """The 32 key bytes of a bech32 key string (a recipient or an identity).
+def _key_bytes(
+    s: str, hrp: str, what: str, wrong_hrp: Callable[[str], str], size: int = 32
+) -> bytes:
+    """The key bytes (``size`` of them) of a bech32 key string (a recipient or an identity).
 
     Args:
         s: the string.
@@ -257,7 +300,7 @@ def _key_bytes(s: str, hrp: str, what: str, wrong_hrp: Callable[[str], str]) -> 
         raise AgeError(f"malformed {what}: {e}") from None
     if got != hrp:
         raise AgeError(wrong_hrp(got))
-    if len(data) != 32:
+    if len(data) != size:
         raise AgeError(f"malformed {what}: wrong key length")
     return data
 
@@ -438,6 +481,218 @@ class X25519Identity(Identity):
     __str__ = __repr__
 
 
+def _expand_pq_seed(seed: bytes) -> tuple[MLKEM768PrivateKey, X25519PrivateKey]:
+    """The ML-KEM-768 and X25519 keys of a 32-byte hybrid seed (X-Wing's key expansion:
+    SHAKE256 to 96 bytes, the ML-KEM seed d||z then the X25519 scalar)."""
+    expanded = hashlib.shake_256(seed).digest(96)
+    return (
+        MLKEM768PrivateKey.from_seed_bytes(expanded[:64]),
+        X25519PrivateKey.from_private_bytes(expanded[64:]),
+    )
+
+
+class HybridRecipient(Recipient):
+    """A post-quantum hybrid recipient, ``age1pq1...``: ML-KEM-768 and X25519 through HPKE.
+
+    A file encrypted to one can only have other post-quantum recipients (AgeWriter refuses
+    anything else), since a classic stanza beside it would be the weak way in.
+    """
+
+    __slots__ = ("_key", "_raw")
+    post_quantum = True
+
+    def __init__(self, public_key: bytes) -> None:
+        """Build a recipient from a raw public key.
+
+        Args:
+            public_key: the 1216-byte public key, the ML-KEM-768 encapsulation key then the
+                X25519 public key.
+
+        Raises:
+            AgeError: the key has the wrong size or is not a valid ML-KEM-768 key.
+        """
+        if len(public_key) != _PQ_PUBLIC_SIZE:
+            raise AgeError("post-quantum public key must be 1216 bytes")
+        self._raw = bytes(public_key)
+        try:
+            mlkem = MLKEM768PublicKey.from_public_bytes(self._raw[:_MLKEM768_PUBLIC_SIZE])
+        except ValueError:
+            raise AgeError("malformed post-quantum recipient: invalid ML-KEM-768 key") from None
+        x = X25519PublicKey.from_public_bytes(self._raw[_MLKEM768_PUBLIC_SIZE:])
+        try:
+            # A low-order X25519 part would make every share's secret zero: refuse it at
+            # parse time (so a policy naming it fails when read), not at the first backup.
+            X25519PrivateKey.generate().exchange(x)
+        except ValueError:
+            raise AgeError(
+                "malformed post-quantum recipient: its X25519 key is a low-order point"
+            ) from None
+        self._key = hpke.MLKEM768X25519PublicKey(mlkem, x)
+
+    @classmethod
+    def from_string(cls, s: str) -> HybridRecipient:
+        """Parse an ``age1pq1...`` recipient.
+
+        Args:
+            s: the bech32 recipient string, lowercase.
+
+        Returns:
+            The recipient.
+
+        Raises:
+            AgeError: naming what is wrong, without quoting the input.
+        """
+        data = _key_bytes(
+            s, "age1pq", "post-quantum recipient", _pq_recipient_hrp, size=_PQ_PUBLIC_SIZE
+        )
+        return cls(data)
+
+    def to_string(self) -> str:
+        """Encode the recipient.
+
+        Returns:
+            The ``age1pq1...`` string (about 1960 characters).
+        """
+        return bech32.encode("age1pq", self._raw)
+
+    def wrap(self, file_key: bytes) -> list[Stanza]:
+        """Encrypt the file key to this recipient: one HPKE single-shot seal.
+
+        Args:
+            file_key: the 16-byte file key.
+
+        Returns:
+            One ``mlkem768x25519`` stanza: the KEM ciphertext as its argument, the sealed
+            file key as its body.
+        """
+        sealed = _PQ_SUITE.encrypt(file_key, self._key, info=_PQ_LABEL)
+        enc, body = sealed[:_PQ_ENC_SIZE], sealed[_PQ_ENC_SIZE:]
+        return [Stanza(_PQ_TYPE, (_b64encode(enc),), body)]
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+    def __repr__(self) -> str:
+        return f"HybridRecipient({self.to_string()[:20]}...)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HybridRecipient) and other._raw == self._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+
+class HybridIdentity(Identity):
+    """A post-quantum hybrid identity, ``AGE-SECRET-KEY-PQ-1...`` (a 32-byte seed). Its
+    repr shows only the start of the public key."""
+
+    __slots__ = ("_key", "_public", "_seed", "_x25519")
+
+    def __init__(self, seed: bytes) -> None:
+        """Expand a seed into the key pair.
+
+        Args:
+            seed: the 32-byte secret seed.
+        """
+        if len(seed) != _PQ_SEED_SIZE:
+            raise AgeError("post-quantum secret key must be 32 bytes")
+        self._seed = bytes(seed)
+        mlkem, x = _expand_pq_seed(self._seed)
+        self._x25519 = x
+        self._key = hpke.MLKEM768X25519PrivateKey(mlkem, x)
+        self._public = mlkem.public_key().public_bytes_raw() + x.public_key().public_bytes_raw()
+
+    @classmethod
+    def generate(cls) -> HybridIdentity:
+        """Create a new random identity.
+
+        Returns:
+            The identity.
+        """
+        return cls(os.urandom(_PQ_SEED_SIZE))
+
+    @classmethod
+    def from_string(cls, s: str) -> HybridIdentity:
+        """Parse an ``AGE-SECRET-KEY-PQ-1...`` identity.
+
+        Args:
+            s: the bech32 identity string, uppercase.
+
+        Returns:
+            The identity.
+
+        Raises:
+            AgeError: naming what is wrong, never quoting the input.
+        """
+        data = _key_bytes(
+            s, "AGE-SECRET-KEY-PQ-", "post-quantum secret key", _pq_identity_hrp, size=32
+        )
+        return cls(data)
+
+    def to_string(self) -> str:
+        """Encode the identity. The result is the secret key: keep it out of logs.
+
+        Returns:
+            The ``AGE-SECRET-KEY-PQ-1...`` string.
+        """
+        return bech32.encode("AGE-SECRET-KEY-PQ-", self._seed)
+
+    def recipient(self) -> HybridRecipient:
+        """Derive the public half.
+
+        Returns:
+            The recipient that encrypts to this identity.
+        """
+        return HybridRecipient(self._public)
+
+    def unwrap(self, stanzas: list[Stanza]) -> bytes | None:
+        """Recover the file key from an ``mlkem768x25519`` stanza addressed to this identity.
+
+        Args:
+            stanzas: every stanza of the header.
+
+        Returns:
+            The file key, or None if no such stanza is for this identity (ML-KEM rejects
+            implicitly, so another recipient's stanza just fails to open).
+
+        Raises:
+            ValueError: a stanza of this type is malformed, or its X25519 share is a
+                low-order point.
+        """
+        for s in stanzas:
+            if s.type != _PQ_TYPE:
+                continue
+            if len(s.args) != 1:
+                raise ValueError("mlkem768x25519 stanza must have exactly one argument")
+            try:
+                enc = _b64decode(s.args[0])
+            except ValueError as e:
+                raise ValueError(f"mlkem768x25519 stanza enc: {e}") from None
+            if len(enc) != _PQ_ENC_SIZE:
+                raise ValueError("mlkem768x25519 stanza has an encapsulated key of the wrong size")
+            if len(s.body) != _FILE_KEY_SIZE + _TAG_SIZE:
+                raise ValueError("mlkem768x25519 stanza wraps a file key of the wrong size")
+            # HPKE reports a low-order share as a failed open, like a wrong key; age makes
+            # it a malformed stanza, so it is checked here first (one more X25519).
+            share = X25519PublicKey.from_public_bytes(enc[_MLKEM768_CT_SIZE:])
+            try:
+                secret = self._x25519.exchange(share)
+            except ValueError:
+                secret = bytes(32)
+            if hmac.compare_digest(secret, bytes(32)):
+                raise ValueError("mlkem768x25519 stanza share is a low-order point")
+            try:
+                return _PQ_SUITE.decrypt(enc + s.body, self._key, info=_PQ_LABEL)
+            except InvalidTag:
+                continue
+        return None
+
+    def __repr__(self) -> str:
+        return f"<HybridIdentity for {self.recipient().to_string()[:20]}... (secret redacted)>"
+
+    __str__ = __repr__
+
+
 def _passphrase_bytes(passphrase: str | bytes) -> bytes:
     return passphrase.encode("utf-8") if isinstance(passphrase, str) else bytes(passphrase)
 
@@ -555,7 +810,8 @@ def parse_recipient(s: str) -> Recipient:
     """Parse a recipient string.
 
     Args:
-        s: an ``age1...`` X25519 recipient; surrounding whitespace is ignored.
+        s: an ``age1...`` X25519 or ``age1pq1...`` post-quantum recipient; surrounding
+            whitespace is ignored.
 
     Returns:
         The recipient.
@@ -569,22 +825,37 @@ def parse_recipient(s: str) -> Recipient:
         raise AgeError("this is a secret key, not a recipient: use its public key (age1...)")
     if s.startswith(("ssh-", "ecdsa-")):
         raise AgeError("SSH recipients are not supported; use an age1... X25519 recipient")
+    if s.lower().startswith("age1pq1"):
+        return HybridRecipient.from_string(s)
     if s.lower().startswith("age1"):
         try:
             hrp, _ = bech32.decode(s)
         except bech32.Bech32Error as e:
             raise AgeError(f"malformed X25519 recipient: {e}") from None
-        if hrp == "age1pq":
-            raise AgeError("post-quantum (age1pq1...) recipients are not supported")
         if hrp.lower().startswith("age1"):
             raise AgeError(f"age plugin recipients ({hrp}1...) are not supported")
         return X25519Recipient.from_string(s)
-    raise AgeError("unknown recipient type: expected an X25519 recipient starting with 'age1'")
+    raise AgeError(
+        "unknown recipient type: expected an X25519 (age1...) or post-quantum (age1pq1...)"
+        " recipient"
+    )
+
+
+def parse_identity(s: str) -> Identity:
+    """Parse one identity string: ``AGE-SECRET-KEY-1...`` (X25519) or
+    ``AGE-SECRET-KEY-PQ-1...`` (post-quantum hybrid).
+
+    Raises:
+        AgeError: naming what is wrong, never quoting the input.
+    """
+    if s.upper().startswith("AGE-SECRET-KEY-PQ-1"):
+        return HybridIdentity.from_string(s)
+    return X25519Identity.from_string(s)
 
 
 def parse_identities(text: str, source: str) -> list[Identity]:
-    """Parse an age identity file: one ``AGE-SECRET-KEY-1...`` per line, ``#`` comments
-    and blank lines ignored (as written by ``age-keygen``).
+    """Parse an age identity file: one ``AGE-SECRET-KEY-1...`` or ``AGE-SECRET-KEY-PQ-1...``
+    per line, ``#`` comments and blank lines ignored (as written by ``age-keygen``).
 
     Args:
         text: the file's content.
@@ -603,7 +874,7 @@ def parse_identities(text: str, source: str) -> list[Identity]:
         if not line or line.startswith("#"):
             continue
         try:
-            identities.append(X25519Identity.from_string(line))
+            identities.append(parse_identity(line))
         except AgeError as e:
             raise AgeError(f"{source}, line {lineno}: {e.args[0]}") from None
     if not identities:
@@ -611,18 +882,22 @@ def parse_identities(text: str, source: str) -> list[Identity]:
     return identities
 
 
-def load_identities(path: str | os.PathLike[str]) -> list[Identity]:
-    """Read an age identity file.
+def load_identities(
+    path: str | os.PathLike[str], passphrase: Callable[[], str] | None = None
+) -> list[Identity]:
+    """Read an age identity file, plain or encrypted with a passphrase (binary or armored,
+    as ``age -p [-a]`` writes it and ``age -d -i`` reads it).
 
     Args:
         path: the file.
+        passphrase: called, only for an encrypted file, for its passphrase.
 
     Returns:
         Its identities.
 
     Raises:
-        AgeError: the file cannot be read, is an encrypted identity file, is not UTF-8,
-            or fails :func:`parse_identities`.
+        AgeError: the file cannot be read, is encrypted and no passphrase (or a wrong one)
+            is given, is not UTF-8, or fails :func:`parse_identities`.
     """
     source = os.fspath(path)
     try:
@@ -632,8 +907,16 @@ def load_identities(path: str | os.PathLike[str]) -> list[Identity]:
         raise AgeError(f"cannot read identity file {source}: {e.strerror or e}") from None
     if len(data) > _IDENTITY_FILE_LIMIT:
         raise AgeError(f"{source}: identity file is larger than 16 MiB")
-    if data.startswith((_INTRO_PREFIX, _ARMOR_BEGIN)):
-        raise AgeError(f"{source}: this is an encrypted identity file; decrypt it first")
+    if data.lstrip(_ARMOR_SPACE).startswith((_INTRO_PREFIX, _ARMOR_BEGIN)):
+        if passphrase is None:
+            raise AgeError(f"{source}: this is an encrypted identity file; no passphrase given")
+        try:
+            data = decrypt_bytes(data, [ScryptIdentity(passphrase())], name=source)
+        except NoIdentityMatch:
+            raise AgeError(
+                f"{source}: cannot decrypt the identity file: wrong passphrase, or it is not"
+                " encrypted with one"
+            ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -684,6 +967,12 @@ class AgeWriter:
         """
         if not recipients:
             raise AgeError("no recipients given")
+        if len({r.post_quantum for r in recipients}) > 1:
+            # As age: a classic stanza beside a post-quantum one undoes its protection.
+            raise AgeError(
+                "incompatible recipients: post-quantum (age1pq1...) recipients cannot be"
+                " mixed with classic (age1... or passphrase) ones in one file"
+            )
         file_key = os.urandom(_FILE_KEY_SIZE)
         stanzas = [s for r in recipients for s in r.wrap(file_key)]
         if len(stanzas) != 1 and any(s.type == "scrypt" for s in stanzas):
@@ -803,13 +1092,219 @@ class AgeWriter:
             self._closed = True
 
 
+# --- ASCII armor ------------------------------------------------------------------------
+
+_ARMOR_MAX_LINE = 1024  # armor lines are 64 columns; this only bounds the buffer
+
+
+class ArmorReader(io.RawIOBase):
+    """The binary age file inside an ASCII-armored one, as a read-only raw stream.
+
+    As strict as age's armor reader: the BEGIN line, lines of exactly 64 columns of
+    canonical padded base64 but the last (shorter, or full when the data fills it), the END
+    line; lines end in LF or CRLF; whitespace only before BEGIN and after END; no empty
+    lines, no headers, no checksum. Errors are ArmorError, raised when the bad line is read
+    (so a damaged tail is reported after the data before it). ``src`` is never closed.
+    """
+
+    def __init__(self, src: _Source, *, name: str = "<stream>", initial: bytes = b"") -> None:
+        """Wrap ``src``.
+
+        Args:
+            src: the armored stream.
+            name: what to call it in error messages.
+            initial: bytes already read from ``src`` (they come first).
+        """
+        super().__init__()
+        self._src = src
+        self._name = name
+        self._buf = bytearray(initial)
+        self._src_eof = False
+        self._out = b""
+        self._started = False
+        self._short = False  # the last body line was short: only END may follow
+        self._done = False
+        self._error: ArmorError | None = None
+
+    def readable(self) -> bool:
+        """Report that the stream supports reading.
+
+        Returns:
+            True.
+        """
+        return True
+
+    def _fail(self, detail: str) -> ArmorError:
+        self._error = ArmorError(self._name, detail)
+        return self._error
+
+    def _more(self) -> bool:
+        if self._src_eof:
+            return False
+        block = self._src.read(_HEADER_READ_SIZE)
+        if not block:
+            self._src_eof = True
+            return False
+        self._buf += block
+        return True
+
+    def _line(self) -> tuple[bytes, bool]:
+        """The next line without its LF or CRLF, and whether it had one."""
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self._buf[:i])
+                del self._buf[: i + 1]
+                return line.removesuffix(b"\r"), True
+            if len(self._buf) > _ARMOR_MAX_LINE:
+                raise self._fail("line is longer than 64 columns")
+            if not self._more():
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line, False
+
+    def _skip_space(self) -> None:
+        while True:
+            stripped = self._buf.lstrip(_ARMOR_SPACE)
+            del self._buf[: len(self._buf) - len(stripped)]
+            if self._buf or not self._more():
+                return
+
+    def _next(self) -> None:
+        """Decode the next line into ``_out``, or finish at the END line."""
+        if not self._started:
+            self._skip_space()
+            line, _ = self._line()
+            if line != _ARMOR_BEGIN:
+                raise self._fail("the first line is not '-----BEGIN AGE ENCRYPTED FILE-----'")
+            self._started = True
+        line, eol = self._line()
+        if line == _ARMOR_END:
+            self._finish()
+            return
+        if self._short:
+            raise self._fail("a short line is not followed by the END line")
+        if not eol:
+            raise self._fail("the armor ends without its END line")
+        if not line:
+            raise self._fail("empty line")
+        if len(line) > _COLUMNS_PER_LINE:
+            raise self._fail("line is longer than 64 columns")
+        if len(line) % 4:
+            raise self._fail("line is not padded base64")
+        try:
+            data = base64.b64decode(line, validate=True)
+        except binascii.Error:
+            raise self._fail("invalid base64") from None
+        if base64.b64encode(data) != line:
+            raise self._fail("non-canonical base64")
+        self._short = len(data) < _BYTES_PER_LINE
+        self._out = data
+
+    def _finish(self) -> None:
+        """After END: only whitespace may remain."""
+        self._done = True
+        while True:
+            if self._buf.strip(_ARMOR_SPACE):
+                raise self._fail("data after the END line")
+            self._buf.clear()
+            if not self._more():
+                return
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        """Read decoded bytes into ``buffer``.
+
+        Returns:
+            Bytes written; 0 only at the end of a well-formed armor.
+
+        Raises:
+            ArmorError: the armor is malformed.
+        """
+        mv = memoryview(buffer).cast("B")
+        if not len(mv):
+            return 0
+        while not self._out:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return 0
+            self._next()
+        n = min(len(mv), len(self._out))
+        mv[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def __repr__(self) -> str:
+        return f"<ArmorReader {self._name}>"
+
+
+class ArmorWriter:
+    """ASCII-armors what is written to it (an age file) onto ``out``, as age does: BEGIN,
+    64-column padded base64, END. The END line is written by ``close()`` or a ``with``
+    block that ends without an exception, never after a failure. ``out`` is left open."""
+
+    def __init__(self, out: _Sink) -> None:
+        """Write the BEGIN line.
+
+        Args:
+            out: a binary stream with ``write``.
+        """
+        self._out = out
+        self._pending = bytearray()
+        self._closed = False
+        _write_all(out, _ARMOR_BEGIN + b"\n")
+
+    def _emit(self, data: bytes) -> None:
+        enc = base64.b64encode(data)
+        lines = [enc[i : i + _COLUMNS_PER_LINE] for i in range(0, len(enc), _COLUMNS_PER_LINE)]
+        _write_all(self._out, b"\n".join(lines) + b"\n")
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Armor ``data``; whole 48-byte lines go out at once, the rest waits.
+
+        Returns:
+            ``len(data)`` in bytes.
+        """
+        if self._closed:
+            raise ValueError("write to a closed ArmorWriter")
+        self._pending += data
+        whole = len(self._pending) // _BYTES_PER_LINE * _BYTES_PER_LINE
+        if whole:
+            self._emit(bytes(self._pending[:whole]))
+            del self._pending[:whole]
+        return memoryview(data).nbytes
+
+    def close(self) -> None:
+        """Write the last line and the END line. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pending:
+            self._emit(bytes(self._pending))
+        _write_all(self._out, _ARMOR_END + b"\n")
+
+    def __enter__(self) -> ArmorWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True  # no END line: the output must not pass for complete
+
+
 class _HeaderLines:
     """Line reader over the source for the header; keeps what it over-reads."""
 
-    def __init__(self, src: _Source, name: str) -> None:
+    def __init__(self, src: _Source, name: str, initial: bytes = b"") -> None:
         self._src = src
         self._name = name
-        self._buf = bytearray()
+        self._buf = bytearray(initial)
         self._start = 0
         self.raw: list[bytes] = []
 
@@ -846,7 +1341,7 @@ def _parse_header(lines: _HeaderLines, name: str) -> _Header:
     intro = lines.readline()
     if intro != _INTRO:
         if intro is not None and intro.startswith(_ARMOR_BEGIN):
-            raise HeaderError(name, "ASCII-armored age files are not supported")
+            raise HeaderError(name, "the file is ASCII-armored where a binary one is expected")
         if intro == _INTRO[:-1] + b"\r\n":
             raise HeaderError(name, "header lines end in CRLF; age headers use LF only")
         if intro is not None and intro.startswith(_INTRO_PREFIX):
@@ -964,7 +1459,12 @@ class AgeReader(io.RawIOBase):
     """
 
     def __init__(
-        self, src: _Source, identities: Sequence[Identity], *, name: str = "<stream>"
+        self,
+        src: _Source,
+        identities: Sequence[Identity],
+        *,
+        name: str = "<stream>",
+        armor: bool | None = None,
     ) -> None:
         """Read and check the header.
 
@@ -972,11 +1472,14 @@ class AgeReader(io.RawIOBase):
             src: a binary stream with ``read`` (``readinto`` is used when present).
             identities: identities to try, in order; at least one.
             name: what to call the file in error messages (a path, an archive id).
+            armor: True for an ASCII-armored file, False for a binary one, None to tell
+                from its first bytes (armor starts with ``-----`` after any whitespace).
 
         Raises:
             HeaderError: the header is malformed, or a stanza for one of the identities is.
             NoIdentityMatch: no identity can unwrap the file key.
             HMACError: the header MAC does not verify.
+            ArmorError: the armor (of an armored file) is malformed.
             AgeError: no identities were given.
         """
         super().__init__()
@@ -991,8 +1494,23 @@ class AgeReader(io.RawIOBase):
         self._plain = b""
         self._pos = 0
         self._done = True  # until the header checks out, there is nothing to read
-        self._error: PayloadError | None = None
-        lines = _HeaderLines(src, name)
+        self._error: PayloadError | ArmorError | None = None
+        initial = b""
+        if armor is None:
+            # Enough bytes to see past leading whitespace, however the source delivers them
+            # (a pipe may hand out a few bytes at a time).
+            while len(initial.lstrip(_ARMOR_SPACE)) < 5 and len(initial) <= _MAX_HEADER_SIZE:
+                block = src.read(_HEADER_READ_SIZE)
+                if not block:
+                    break
+                initial += block
+            armor = initial.lstrip(_ARMOR_SPACE).startswith(b"-----")
+        if armor:
+            src = ArmorReader(src, name=name, initial=initial)
+            self._src = src
+            self._readinto = src.readinto
+            initial = b""
+        lines = _HeaderLines(src, name, initial)
         # The header is checked first, so a malformed file reads as one whatever the
         # identities.
         file_key = _file_key(_parse_header(lines, name), identities, name)
@@ -1075,7 +1593,11 @@ class AgeReader(io.RawIOBase):
         if last:
             self._done = True
             probe = memoryview(bytearray(1))
-            if self._read_full(probe):
+            try:
+                trailing = self._read_full(probe)
+            except ArmorError as e:
+                trailing, self._error = 0, e
+            if trailing:
                 # The final chunk's plaintext is still released, like age does; the
                 # error surfaces on the next read.
                 self._error = PayloadError(self._name, "trailing data after the final chunk")
@@ -1194,19 +1716,24 @@ class AgeReader(io.RawIOBase):
         return f"<AgeReader {self._name}>"
 
 
-def encrypt_bytes(data: bytes, recipients: Sequence[Recipient]) -> bytes:
+def encrypt_bytes(data: bytes, recipients: Sequence[Recipient], *, armor: bool = False) -> bytes:
     """Encrypt a byte string.
 
     Args:
         data: the plaintext.
         recipients: who can decrypt.
+        armor: ASCII-armor the result.
 
     Returns:
         The age file.
     """
     out = io.BytesIO()
-    with AgeWriter(out, recipients) as w:
-        w.write(data)
+    if armor:
+        with ArmorWriter(out) as a, AgeWriter(a, recipients) as w:
+            w.write(data)
+    else:
+        with AgeWriter(out, recipients) as w:
+            w.write(data)
     return out.getvalue()
 
 

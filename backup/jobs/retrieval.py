@@ -88,7 +88,7 @@ def _prove_identity(ctx: JobContext, chain: list[Archive]) -> None:
             f"no identity to decrypt with: BACKUP_IDENTITY is not set where the restore "
             f"runs ({ctx.worker}); nothing was retrieved"
         )
-    identities = identities_from(path)
+    identities = identities_from(path, ask=False)
     for a in chain:
         target = open_target(a.target)
         try:

@@ -14,6 +14,7 @@ from backup.crypto import (
     AgeError,
     AgeReader,
     AgeWriter,
+    ArmorError,
     HeaderError,
     HMACError,
     NoIdentityMatch,
@@ -327,8 +328,11 @@ def test_wrong_key_is_no_identity_match(identity: X25519Identity) -> None:
 def test_not_an_age_file(identity: X25519Identity) -> None:
     with pytest.raises(HeaderError, match="not an age file"):
         decrypt_bytes(b"\x28\xb5\x2f\xfd" + bytes(100), [identity])
-    with pytest.raises(HeaderError, match="armored"):
+    with pytest.raises(ArmorError, match="without its END line"):
         decrypt_bytes(b"-----BEGIN AGE ENCRYPTED FILE-----\n", [identity])
+    armored = encrypt_bytes(b"data", [identity.recipient()], armor=True)
+    with pytest.raises(HeaderError, match="armored"):
+        AgeReader(io.BytesIO(armored), [identity], armor=False)
 
 
 def test_no_identities(identity: X25519Identity) -> None:
