@@ -36,7 +36,7 @@ from .archive import FORMAT_VERSION, Entry, pack
 from .archive.manifest import ManifestWriter, path_to_json
 from .archive.pack import Record
 from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
-from .crypto.age import Recipient, encrypt_bytes, header_of, parse_recipient
+from .crypto.age import AgeWriter, Recipient, header_of, parse_recipient
 from .errors import Error
 from .gcpause import gc_paused
 from .inventory import Archive, Inventory, TreeState, encode_tree, sig_of
@@ -246,6 +246,23 @@ def run_backup(
         )  # fmt: skip
 
 
+class _Digesting:
+    """A writer's sink that hashes what passes and keeps its first write: the age header,
+    which ``AgeWriter`` writes whole, at once, before any payload."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self.sha256 = hashlib.sha256()
+        self.head = b""
+
+    def write(self, data: bytes) -> int:
+        if not self.head:
+            self.head = bytes(data)
+        self.sha256.update(data)
+        self._out.write(data)
+        return len(data)
+
+
 def _run_backup(
     policy: Policy,
     inventory: Inventory,
@@ -354,20 +371,27 @@ def _run_backup(
             "unreadable": [{"path": path_to_json(u.path), "error": u.error} for u in unreadable],
             "changed_while_reading": [path_to_json(p) for p in res.changed],
         }
-        plain = entries.finish(manifest)
-        blob = encrypt_bytes(plain, recipients)
         committed.append(commit.result())
         commit = None
         if on_phase:
             on_phase("uploading")
-        # the manifest stays hot (STANDARD): restores are planned without a thaw
+        # the manifest stays hot (STANDARD): restores are planned without a thaw. It is
+        # streamed from its spool through age into the target, its sha256 and age header
+        # taken as the bytes pass, and the file index is recorded from the same pass in
+        # chunks (unpacked when first read): no whole copy of it is held, at any size
         with target.open_write(manifest_key, dataclasses.replace(stored, hot=True)) as w:
-            w.write(blob)
+            sink = _Digesting(w)
+            with AgeWriter(sink, recipients) as aw:
+                entries.stream(
+                    manifest,
+                    aw.write,
+                    on_chunk=lambda seq, blob: inventory.add_file_index_chunk(
+                        archive_id, seq, blob
+                    ),
+                )
             committed.append(w.commit())
-        # the manifest is the file index too: stored as it is, unpacked when first read
-        inventory.add_packed_file_records(archive_id, plain)
         # its header proves a restore's identity where the manifest itself is cold (a vault)
-        inventory.add_manifest_header(archive_id, header_of(blob, name=archive_id))
+        inventory.add_manifest_header(archive_id, header_of(sink.head, name=archive_id))
         inventory.update_archive(
             archive_id,
             state="complete",
@@ -379,7 +403,7 @@ def _run_backup(
             size_tar=res.size_tar,
             size_stored=res.size_stored,
             sha256=res.sha256,
-            manifest_sha256=hashlib.sha256(blob).hexdigest(),
+            manifest_sha256=sink.sha256.hexdigest(),
             entries=res.count,
             deleted_paths=len(deleted),
             unreadable=json.dumps(

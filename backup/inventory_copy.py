@@ -74,6 +74,7 @@ TABLES: tuple[str, ...] = (
     "archives",
     "file_index",
     "file_index_packed",
+    "file_index_chunks",
     "manifest_headers",
     "retrieval_jobs",
     "snapshots",
@@ -81,7 +82,7 @@ TABLES: tuple[str, ...] = (
     "jobs",
 )
 #: tables of one archive's data: imported only with an archive the inventory lacked
-_PER_ARCHIVE = ("file_index", "file_index_packed", "manifest_headers")
+_PER_ARCHIVE = ("file_index", "file_index_packed", "file_index_chunks", "manifest_headers")
 #: tables whose ids are the database's own counters: a row is matched by its content
 _SERIAL = ("retrieval_jobs", "snapshots", "events")
 

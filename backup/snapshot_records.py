@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from .archive.manifest import decode_manifest
 from .errors import Error
-from .inventory import Archive, Inventory, PackedFileIndex, Snapshot
+from .inventory import Archive, Inventory, Snapshot
 from .snapshot_actions import _target_bucket
 from .snapshots import open_provider
 from .snapshots.base import SnapshotInfo, from_ns
@@ -76,10 +76,8 @@ def bucket_source_of(plain: bytes, name: str) -> dict[str, Any] | None:
 
 
 def _packed_manifest(inventory: Inventory, archive_id: str) -> bytes | None:
-
-    with inventory.session() as db:
-        row = db.get(PackedFileIndex, archive_id)
-        return None if row is None else bytes(row.blob)
+    # the manifest's fields (its bucket_source among them), whole or chunked
+    return inventory.packed_manifest_head(archive_id)
 
 
 def _recorded(inventory: Inventory) -> tuple[set[tuple[str, str]], set[str]]:

@@ -240,10 +240,10 @@ def test_incremental_without_a_cached_tree_replays_the_index(
     make_tree(src, big=False)
     full, mfull = _run(env, inventory)
     with inventory._cursor(write=True) as cur:
-        # the backup stored its file index packed (its manifest, in one row), not as rows
+        # the backup stored its file index packed (its manifest, in chunks), not as rows
         cur.execute("SELECT count(*) FROM file_index")
         assert cur.fetchone()[0] == 0
-        cur.execute("SELECT archive_id FROM file_index_packed")
+        cur.execute("SELECT DISTINCT archive_id FROM file_index_chunks")
         assert cur.fetchall() == [(full.archive.id,)]
         cur.execute("DELETE FROM tree_cache")  # e.g. an inventory written by an older version
     (src / "new.txt").write_text("new")
@@ -300,3 +300,123 @@ def test_manifest_failure_leaves_no_archive_and_no_index_rows(
     assert row.state == "failed" and "no room for the manifest" in (row.error or "")
     assert inventory.records(row.id) == []
     assert [p for p in env.vault.rglob("*") if p.is_file()] == []
+
+
+def _chunks(inventory: Inventory) -> list[tuple[str, int]]:
+    with inventory._cursor() as cur:
+        cur.execute("SELECT archive_id, seq FROM file_index_chunks ORDER BY archive_id, seq")
+        return [(r[0], r[1]) for r in cur.fetchall()]
+
+
+def test_manifest_streamed_to_the_target_is_what_was_recorded(
+    env: Env, inventory: Inventory
+) -> None:
+    make_tree(env.source, big=False)
+    full = run_backup(env.policy(), inventory)
+    path = archive_files(env, full.archive.id)[1]
+    blob = path.read_bytes()
+    # the sha256 and the age header were taken as the bytes passed: they are the object's
+    row = inventory.get(full.archive.id)
+    assert row.manifest_sha256 == hashlib.sha256(blob).hexdigest()
+    header = inventory.manifest_header(full.archive.id)
+    assert header is not None and blob.startswith(header) and header.endswith(b"\n")
+    assert b"\n---" in header
+    # one JSON document through the real programs, with every entry the index has
+    m = manifest_with_tools(env.key, path)
+    assert m["format"] == 1 and m["archive_id"] == full.archive.id
+    assert entry_paths(m) == {r.path for r in inventory.records(full.archive.id)}
+
+
+def test_file_index_in_many_chunks_answers_show_and_restore(
+    env: Env, inventory: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    import backup.engine
+    from backup.archive.manifest import ManifestWriter
+
+    # three entries to a chunk: the tree's index is recorded in many pieces
+    monkeypatch.setattr(
+        backup.engine, "ManifestWriter", functools.partial(ManifestWriter, index_chunk_entries=3)
+    )
+    src = env.source
+    make_tree(src, big=False)
+    for i in range(20):
+        (src / f"many{i:02d}.txt").write_text(f"file {i}\n" * (i + 1))
+    full = run_backup(env.policy(), inventory)
+    n = full.archive.entries
+    assert n > 25
+    assert [s for a, s in _chunks(inventory)] == list(range(1 + (n + 2) // 3))
+    os.unlink(src / "many03.txt")
+    (src / "many07.txt").write_text("changed\n")
+    inc = run_backup(env.policy(), inventory)
+    assert {a for a, _ in _chunks(inventory)} == {full.archive.id, inc.archive.id}
+
+    # show of one file, a page of one after its predecessor, from the chunked index
+    proc = cli(env, "show", full.archive.id, "--limit", "1", "--after", "many04.txt", "--json")
+    assert proc.returncode == 0, proc.stderr
+    [e] = json.loads(proc.stdout)["entries_list"]
+    assert e["path"] == "many05.txt" and e["size"] == len("file 5\n" * 6)
+    # every row of the full came out, once; the chunks are gone with their rows moved
+    assert {r.path for r in inventory.records(full.archive.id)} == entry_paths(
+        manifest_of(env, full.archive.id)
+    )
+    assert {a for a, _ in _chunks(inventory)} == {inc.archive.id}
+    # the incremental's deletion is in its seq 0 chunk: it is a row of the index too
+    recs = {r.path: r.type for r in inventory.records(inc.archive.id)}
+    assert recs == {b"many03.txt": "deleted", b"many07.txt": "file"}
+    assert _chunks(inventory) == []
+
+    # restore of a single file, at the incremental (its chain read from the index)
+    out = env.tmp / "one"
+    restore("p", inventory, out, load_identities(env.key.path), include=["many07.txt"])
+    assert [p.name for p in out.iterdir()] == ["many07.txt"]
+    assert (out / "many07.txt").read_text() == "changed\n"
+    out2 = env.tmp / "two"
+    restore("p", inventory, out2, load_identities(env.key.path), include=["many1[12].txt"])
+    assert sorted(p.name for p in out2.iterdir()) == ["many11.txt", "many12.txt"]
+    assert (out2 / "many12.txt").read_text() == "file 12\n" * 13
+
+
+@pytest.mark.parametrize("where", ["chunk", "header"])
+def test_crash_between_manifest_and_record_leaves_nothing_half(
+    env: Env, inventory: Inventory, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import functools
+
+    import backup.engine
+    from backup.archive.manifest import ManifestWriter
+
+    monkeypatch.setattr(
+        backup.engine, "ManifestWriter", functools.partial(ManifestWriter, index_chunk_entries=2)
+    )
+    make_tree(env.source, big=False)
+    real_chunk, real_header = Inventory.add_file_index_chunk, Inventory.add_manifest_header
+
+    def chunk(self: Inventory, archive_id: str, seq: int, blob: bytes) -> None:
+        if where == "chunk" and seq == 3:  # the manifest half streamed, three chunks stored
+            raise RuntimeError("inventory went away")
+        real_chunk(self, archive_id, seq, blob)
+
+    def header(self: Inventory, archive_id: str, blob: bytes) -> None:
+        # the manifest is uploaded and committed, every chunk recorded: then the crash
+        assert len(_chunks(self)) > 3
+        assert archive_files(env, archive_id)[1].is_file()
+        raise RuntimeError("inventory went away")
+
+    monkeypatch.setattr(Inventory, "add_file_index_chunk", chunk)
+    monkeypatch.setattr(Inventory, "add_manifest_header", header)
+    with pytest.raises(RuntimeError, match="inventory went away"):
+        run_backup(env.policy(), inventory)
+    [row] = inventory.archives(states=())
+    assert row.state == "failed" and "inventory went away" in (row.error or "")
+    # no archive, no manifest (nor its partial write), no index chunk or row
+    assert [p for p in env.vault.rglob("*") if p.is_file()] == []
+    assert _chunks(inventory) == [] and inventory.records(row.id) == []
+    assert inventory.manifest_header(row.id) is None
+    # and the next run is whole
+    monkeypatch.setattr(Inventory, "add_file_index_chunk", real_chunk)
+    monkeypatch.setattr(Inventory, "add_manifest_header", real_header)
+    again = run_backup(env.policy(), inventory)
+    assert again.archive.kind == "full" and again.archive.state == "complete"
+    assert entry_paths(manifest_of(env, again.archive.id)) == source_paths(env.source)

@@ -361,6 +361,12 @@ def dead_run(runner: Runner, env: Env, worker: str) -> tuple[str, str]:
     store.update(job.id, archive_id=aid)
     open_target(f"file://{env.vault}").open_write(key).write(b"half an archive")
     assert list((env.vault / ".partial").iterdir())
+    # killed while its manifest was streamed: the file index's first chunks were recorded
+    from backup.archive.manifest import encode_index_chunk
+
+    runner.inventory.add_file_index_chunk(aid, 0, encode_index_chunk(b'{"format":1}'))
+    runner.inventory.add_file_index_chunk(aid, 1, encode_index_chunk(b'{"entries":[]}'))
+    assert runner.inventory.packed_manifest_head(aid) is not None
     return job.id, aid
 
 
@@ -375,6 +381,7 @@ def test_sweep_fails_an_in_process_run_whose_process_is_gone(env: Env) -> None:
     assert j.error == f"interrupted in packing: process {pid} on {host} is gone"
     assert runner.inventory.get(aid).state == "failed"
     assert list((env.vault / ".partial").iterdir()) == []
+    assert runner.inventory.packed_manifest_head(aid) is None  # its index chunks went too
     assert runner.store.lock_policy("p", "next") is None
 
 
@@ -386,6 +393,7 @@ def test_sweep_requeues_a_dead_worker_of_this_host_without_waiting(env: Env) -> 
     assert runner.store.get(job_id).state == "queued"
     assert runner.inventory.get(aid).state == "failed"
     assert list((env.vault / ".partial").iterdir()) == []
+    assert runner.inventory.packed_manifest_head(aid) is None
 
 
 def test_next_run_takes_over_from_a_holder_elsewhere_whose_heartbeat_expired(env: Env) -> None:

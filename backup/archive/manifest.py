@@ -13,10 +13,11 @@ escape in the JSON and comes back exactly.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import zstandard
@@ -26,7 +27,9 @@ from ..errors import ArchiveCorrupt
 __all__ = [
     "FORMAT_VERSION",
     "ManifestWriter",
+    "decode_index_chunk",
     "decode_manifest",
+    "encode_index_chunk",
     "encode_manifest",
     "path_from_json",
     "path_to_json",
@@ -98,19 +101,26 @@ class ManifestWriter:
     of all of it, without holding an object per entry.
 
     The entries' JSON is compressed (zstd level 1, ~10x) into a temporary file as it comes
-    (in memory up to ``spool_in_memory`` compressed bytes, then on disk); :meth:`finish`
+    (in memory up to ``spool_in_memory`` compressed bytes, then on disk); :meth:`stream`
     writes the head, then streams the spooled entries back through the manifest's
-    compressor. The JSON keeps the order every reader has seen (fields, then ``entries``),
-    so nothing about the format changes: only what the writer holds.
+    compressor into a sink (the age writer of the manifest's object), cutting the file
+    index's chunks (:func:`decode_index_chunk`) from the same pass. The JSON keeps the order
+    every reader has seen (fields, then ``entries``), so nothing about the format changes:
+    only what the writer holds, which is one batch of entries and one chunk of the index.
     """
 
-    _BATCH = 1000
-
-    def __init__(self, *, spool_in_memory: int = 8 << 20) -> None:
-        # closed by finish() or close(), not a with: it lives across the whole pack
+    def __init__(
+        self, *, spool_in_memory: int = 8 << 20, index_chunk_entries: int = 10_000
+    ) -> None:
+        # closed by stream() or close(), not a with: it lives across the whole pack
         self._spool = tempfile.SpooledTemporaryFile(max_size=spool_in_memory)  # noqa: SIM115
         self._z = zstandard.ZstdCompressor(level=1).stream_writer(self._spool, closefd=False)
         self._batch: list[str] = []
+        # entries are spooled in batches; the file index's chunks are cut at batch ends, so
+        # each batch's length in the spooled text is kept (one int per batch: 10,000 at 10M)
+        self._batch_size = max(1, min(1000, index_chunk_entries))
+        self._chunk_batches = max(1, index_chunk_entries // self._batch_size)
+        self._lengths: list[int] = []
         self.count = 0
 
     def add(self, entry: dict[str, Any] | JSONEntry) -> None:
@@ -120,36 +130,108 @@ class ManifestWriter:
             if isinstance(entry, dict)
             else entry.to_json()
         )
-        if len(self._batch) >= self._BATCH:
+        if len(self._batch) >= self._batch_size:
             self._flush_batch()
 
     def _flush_batch(self) -> None:
         if self._batch:
             lead = "," if self.count else ""
-            self._z.write((lead + ",".join(self._batch)).encode("ascii"))
+            text = (lead + ",".join(self._batch)).encode("ascii")
+            self._z.write(text)
+            self._lengths.append(len(text))
             self.count += len(self._batch)
             self._batch = []
 
     def finish(self, manifest: dict[str, Any]) -> bytes:
         """Returns: the manifest (``manifest``'s fields, then the entries added), compressed
-        as :func:`encode_manifest` compresses it; the spool is gone afterwards."""
+        as :func:`encode_manifest` compresses it, whole in memory; the spool is gone
+        afterwards. (A backup streams it instead: :meth:`stream`.)"""
+        out = io.BytesIO()
+        self.stream(manifest, out.write)
+        return out.getvalue()
+
+    def stream(
+        self,
+        manifest: dict[str, Any],
+        write: Callable[[bytes], object],
+        on_chunk: Callable[[int, bytes], object] | None = None,
+    ) -> None:
+        """Write the manifest (``manifest``'s fields, then the entries added), compressed as
+        :func:`encode_manifest` compresses it, to ``write`` a piece at a time; the spool is
+        gone afterwards.
+
+        Args:
+            manifest: every field but ``entries``.
+            write: takes the compressed manifest, piece by piece.
+            on_chunk: when given, takes the file index's chunks as ``(seq, blob)``: seq 0
+                is ``manifest`` alone (its deleted paths among its fields), then one per
+                ``index_chunk_entries`` entries (:func:`decode_index_chunk` reads them).
+        """
         self._flush_batch()
         self._z.flush(zstandard.FLUSH_FRAME)
         self._spool.seek(0)
         c = zstandard.ZstdCompressor(level=1, write_checksum=True).compressobj()
         head = json.dumps(manifest, ensure_ascii=True, separators=(",", ":"))
-        out = [c.compress(head[:-1].encode("ascii") + b',"entries":[')]
+        write(c.compress(head[:-1].encode("ascii") + b',"entries":['))
+        if on_chunk is not None:
+            on_chunk(0, encode_index_chunk(head.encode("ascii")))
         reader = zstandard.ZstdDecompressor().stream_reader(self._spool, closefd=False)
-        while piece := reader.read(1 << 20):
-            out.append(c.compress(piece))
-        out.append(c.compress(b"]}"))
-        out.append(c.flush())
+        chunk: list[bytes] = []
+        seq = 0
+        for i, n in enumerate(self._lengths):
+            text = _read_exactly(reader, n)
+            if piece := c.compress(text):
+                write(piece)
+            if on_chunk is None:
+                continue
+            chunk.append(text[1:] if text[:1] == b"," else text)
+            if len(chunk) >= self._chunk_batches or i == len(self._lengths) - 1:
+                seq += 1
+                on_chunk(seq, encode_index_chunk(b'{"entries":[' + b",".join(chunk) + b"]}"))
+                chunk = []
+        if reader.read(1):
+            raise AssertionError("manifest spool longer than its batches")  # a bug, not data
+        write(c.compress(b"]}") + c.flush())
         self.close()
-        return b"".join(out)
 
     def close(self) -> None:
-        """Drop the spool (also when the backup fails before :meth:`finish`)."""
+        """Drop the spool (also when the backup fails before :meth:`stream`)."""
         self._spool.close()
+
+
+def _read_exactly(reader: Any, n: int) -> bytes:
+    parts = [reader.read(n)]
+    got = len(parts[0])
+    while got < n:
+        more = reader.read(n - got)
+        if not more:
+            raise AssertionError("manifest spool shorter than its batches")  # a bug, not data
+        parts.append(more)
+        got += len(more)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def encode_index_chunk(text: bytes) -> bytes:
+    """A file index chunk: one JSON object (``{"entries": [...]}``, or the manifest's
+    fields), compressed like the manifest (zstd level 1 with a checksum: the inventory's
+    copy is not guarded by age)."""
+    return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(text)
+
+
+def decode_index_chunk(blob: bytes, name: str) -> dict[str, Any]:
+    """Parse a file index chunk (:func:`encode_index_chunk`).
+
+    Raises:
+        ArchiveCorrupt: not zstd-compressed JSON of an object.
+    """
+    try:
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+        m = json.loads(raw)
+    except (zstandard.ZstdError, ValueError) as e:
+        raise ArchiveCorrupt(name, f"file index chunk unreadable: {e}") from None
+    if not isinstance(m, dict):
+        raise ArchiveCorrupt(name, "file index chunk is not a JSON object")
+    return m
 
 
 _ENTRY_FIELDS = ("path", "type", "size", "sha256", "link")

@@ -33,6 +33,7 @@ from .models import (
     Archive,
     Base,
     Event,
+    FileIndexChunk,
     FileRecord,
     ManifestHeader,
     PackedFileIndex,
@@ -46,6 +47,7 @@ __all__ = [
     "FILE_INDEX_COLUMNS",
     "Archive",
     "Event",
+    "FileIndexChunk",
     "FileRecord",
     "Inventory",
     "PackedFileIndex",
@@ -281,6 +283,19 @@ class Inventory:
         with self.session() as s:
             s.add(PackedFileIndex(archive_id=archive_id, format=packed.FORMAT, blob=manifest))
 
+    def add_file_index_chunk(self, archive_id: str, seq: int, blob: bytes) -> None:
+        """Record one chunk of an archive's packed file index (``ManifestWriter.stream``'s
+        ``on_chunk``: seq 0 the manifest's fields, then runs of entries), which the first
+        reader of the index unpacks into rows with the others (backup/inventory/packed.py).
+        A backup stores them as its manifest is streamed, so no copy of the whole manifest
+        is held; a failed backup deletes them (:meth:`delete_file_records`)."""
+        with self.session() as s:
+            s.add(
+                FileIndexChunk(
+                    archive_id=archive_id, seq=seq, format=packed.CHUNK_FORMAT, blob=blob
+                )
+            )
+
     def add_manifest_header(self, archive_id: str, header: bytes) -> None:
         """Record the age header of an archive's manifest (see ``ManifestHeader``)."""
         with self.session() as s:
@@ -294,7 +309,8 @@ class Inventory:
             return None if row is None else bytes(row.header)
 
     def unpack_file_records(self, archive_ids: Sequence[str]) -> int:
-        """Move the packed file index rows of these archives into ``file_index``.
+        """Move the packed file index rows of these archives (a whole packed manifest, or
+        its chunks) into ``file_index``.
 
         Returns:
             How many rows were moved (0 when they were already unpacked).
@@ -303,13 +319,18 @@ class Inventory:
             return 0
         mark = self._mark
         moved = 0
+        marks = ", ".join([mark] * len(archive_ids))
         with self._cursor() as cur:
-            marks = ", ".join([mark] * len(archive_ids))
             cur.execute(
                 f"SELECT archive_id FROM file_index_packed WHERE archive_id IN ({marks})",
                 tuple(archive_ids),
             )
             waiting = [r[0] for r in cur.fetchall()]
+            cur.execute(
+                f"SELECT DISTINCT archive_id FROM file_index_chunks WHERE archive_id IN ({marks})",
+                tuple(archive_ids),
+            )
+            chunked = [r[0] for r in cur.fetchall()]
         for archive_id in waiting:
             with self._cursor(write=True) as cur:
                 # the delete claims the row: of two readers unpacking at once, the second
@@ -325,13 +346,47 @@ class Inventory:
                 rows = packed.rows_from_manifest(archive_id, bytes(claimed[1]), claimed[0])
                 self._insert_file_records(cur, rows)
                 moved += len(rows)
+        for archive_id in chunked:
+            with self._cursor(write=True) as cur:
+                cur.execute(
+                    f"SELECT seq FROM file_index_chunks WHERE archive_id = {mark} ORDER BY seq",
+                    (archive_id,),
+                )
+                seqs = [r[0] for r in cur.fetchall()]
+                # one chunk in memory at a time, all in one transaction: each delete claims
+                # its chunk as above, and every row is in exactly one of the two places
+                for seq in seqs:
+                    cur.execute(
+                        f"DELETE FROM file_index_chunks WHERE archive_id = {mark} "
+                        f"AND seq = {mark} RETURNING format, blob",
+                        (archive_id, seq),
+                    )
+                    claimed = cur.fetchone()
+                    if claimed is None:
+                        continue
+                    rows = packed.rows_from_chunk(archive_id, bytes(claimed[1]), claimed[0])
+                    del claimed
+                    self._insert_file_records(cur, rows)
+                    moved += len(rows)
         return moved
+
+    def packed_manifest_head(self, archive_id: str) -> bytes | None:
+        """Returns: the packed file index's manifest, compressed (``decode_manifest`` reads
+        it): the whole manifest when packed whole, the manifest's fields without its entries
+        when chunked; None when the index is not packed (or already unpacked)."""
+        with self.session() as s:
+            chunk = s.get(FileIndexChunk, (archive_id, 0))
+            if chunk is not None:
+                return bytes(chunk.blob)
+            row = s.get(PackedFileIndex, archive_id)
+            return None if row is None else bytes(row.blob)
 
     def delete_file_records(self, archive_id: str) -> None:
         """Delete an archive's file index rows, packed or not."""
         with self.session() as s:
             s.execute(delete(FileRecord).where(FileRecord.archive_id == archive_id))
             s.execute(delete(PackedFileIndex).where(PackedFileIndex.archive_id == archive_id))
+            s.execute(delete(FileIndexChunk).where(FileIndexChunk.archive_id == archive_id))
 
     def find(self, archive_id: str) -> Archive | None:
         """Returns: the archive with exactly this id (any state), None when there is none."""

@@ -33,6 +33,7 @@ __all__ = [
     "Archive",
     "Base",
     "Event",
+    "FileIndexChunk",
     "FileRecord",
     "Job",
     "Lease",
@@ -136,6 +137,23 @@ class PackedFileIndex(Base):
     archive_id: Mapped[str] = mapped_column(
         ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True
     )
+    format: Mapped[str] = mapped_column(String(40))
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class FileIndexChunk(Base):
+    """A piece of an archive's file index, packed (backup/inventory/packed.py): how a backup
+    records it, as its manifest is streamed to the target, a bounded piece at a time. Seq 0
+    holds the manifest's fields without its entries (the deleted paths among them); each
+    later seq a run of entries. The first reader of the archive's index moves the rows into
+    ``file_index`` and deletes these, in one transaction."""
+
+    __tablename__ = "file_index_chunks"
+
+    archive_id: Mapped[str] = mapped_column(
+        ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     format: Mapped[str] = mapped_column(String(40))
     blob: Mapped[bytes] = mapped_column(LargeBinary)
 

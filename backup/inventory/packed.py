@@ -20,10 +20,13 @@ from typing import Any
 
 from ..errors import ArchiveCorrupt, FileIndexCorrupt
 
-__all__ = ["FORMAT", "rows_from_manifest"]
+__all__ = ["CHUNK_FORMAT", "FORMAT", "rows_from_chunk", "rows_from_manifest"]
 
 #: stored beside each packed index; a reader refuses a format it does not know
 FORMAT = "manifest-json-zstd"
+#: a chunk of a packed index (``ManifestWriter.stream``): one zstd-compressed JSON object,
+#: the manifest's fields without ``entries`` (seq 0), or ``{"entries": [...]}``
+CHUNK_FORMAT = "manifest-chunk-json-zstd"
 
 
 def rows_from_manifest(archive_id: str, blob: bytes, fmt: str) -> list[tuple[Any, ...]]:
@@ -41,7 +44,7 @@ def rows_from_manifest(archive_id: str, blob: bytes, fmt: str) -> list[tuple[Any
         FileIndexCorrupt: an unknown format, or a manifest that cannot be read.
     """
     # here, not at the top: the inventory is imported by commands that never pack or unpack
-    from ..archive.manifest import decode_manifest, path_from_json
+    from ..archive.manifest import decode_manifest
 
     if fmt != FORMAT:
         raise FileIndexCorrupt(
@@ -51,6 +54,33 @@ def rows_from_manifest(archive_id: str, blob: bytes, fmt: str) -> list[tuple[Any
         m = decode_manifest(blob, archive_id)
     except ArchiveCorrupt as err:
         raise FileIndexCorrupt(archive_id, err.args[-1]) from None
+    return _rows(archive_id, m)
+
+
+def rows_from_chunk(archive_id: str, blob: bytes, fmt: str) -> list[tuple[Any, ...]]:
+    """The file index rows one chunk of a packed index stands for (its entries, or the
+    deleted paths of the manifest's fields).
+
+    Raises:
+        FileIndexCorrupt: an unknown format, or a chunk that cannot be read.
+    """
+    from ..archive.manifest import decode_index_chunk
+
+    if fmt != CHUNK_FORMAT:
+        raise FileIndexCorrupt(
+            archive_id, f"unknown format {fmt!r} (this version reads {CHUNK_FORMAT!r})"
+        )
+    try:
+        m = decode_index_chunk(blob, archive_id)
+    except ArchiveCorrupt as err:
+        raise FileIndexCorrupt(archive_id, err.args[-1]) from None
+    # seq 0 has the deleted paths and no entries, the others entries alone
+    return _rows(archive_id, {"entries": m.get("entries", ()), "deleted": m.get("deleted", ())})
+
+
+def _rows(archive_id: str, m: dict[str, Any]) -> list[tuple[Any, ...]]:
+    from ..archive.manifest import path_from_json
+
     rows: list[tuple[Any, ...]] = []
     try:
         for e in m["entries"]:

@@ -150,3 +150,6 @@ def discard_attempt(
         with suppress(Exception):
             target.delete(key)
     ctx.inventory.update_archive(a.id, state="failed", error=why, finished=now())
+    # the file index chunks it recorded while its manifest was streamed describe nothing
+    with suppress(Exception):
+        ctx.inventory.delete_file_records(a.id)

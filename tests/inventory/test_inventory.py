@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
 import pathlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import zstandard
 
 from backup.errors import ArchiveNotFound
 from backup.inventory import Archive, Inventory, encode_tree
@@ -325,5 +327,114 @@ def test_packed_file_index_corruption_is_named_and_keeps_the_row(inventory: Inve
     with inventory._cursor() as cur:  # the packed index is still there, nothing half moved
         cur.execute("SELECT count(*) FROM file_index_packed")
         assert cur.fetchone()[0] == 1
+        cur.execute("SELECT count(*) FROM file_index")
+        assert cur.fetchone()[0] == 0
+
+
+def chunks_of(
+    rows: list[dict[str, object]], deleted: tuple[bytes, ...] = (), per: int = 2
+) -> list[tuple[int, bytes]]:
+    """An archive's file index as the engine records it while streaming its manifest:
+    ``(seq, blob)``, ``per`` entries to a chunk."""
+    import io
+
+    from backup.archive.manifest import ManifestWriter
+    from backup.archive.pack import Record
+
+    w = ManifestWriter(index_chunk_entries=per)
+    for r in rows:
+        x = Record(r["path"], r["type"], r["mode"], r["mtime_ns"], r["ctime_ns"], r["ino"],
+                   r["uid"], r["gid"], r["offset"])  # fmt: skip
+        x.update(size=r["size"], sha256=r["sha256"], link=r["link"])
+        w.add(x)
+    out: list[tuple[int, bytes]] = []
+    head = {"format": 1, "deleted": [p.decode("utf-8", "surrogateescape") for p in deleted]}
+    w.stream(head, io.BytesIO().write, on_chunk=lambda seq, blob: out.append((seq, blob)))
+    return out
+
+
+def test_chunked_file_index_round_trips(inventory: Inventory) -> None:
+    add(inventory, "a1", T0)
+    add(inventory, "a2", T0 + timedelta(days=1), parent="a1")
+    bad = b"bad-\xff\xfe"
+    paths = [b"x", bad, b"y", *(b"d/%03d" % i for i in range(40))]
+    for seq, blob in chunks_of([rec("a1", p) for p in paths], per=7):
+        inventory.add_file_index_chunk("a1", seq, blob)
+    for seq, blob in chunks_of([rec("a2", b"z")], deleted=(b"y", bad)):
+        inventory.add_file_index_chunk("a2", seq, blob)
+    with inventory._cursor() as cur:
+        cur.execute("SELECT archive_id, count(*) FROM file_index_chunks GROUP BY archive_id")
+        assert sorted(cur.fetchall()) == [("a1", 1 + 7), ("a2", 2)]  # 43 entries, 7 a chunk
+        cur.execute("SELECT count(*) FROM file_index")
+        assert cur.fetchone()[0] == 0
+    # the manifest's fields, as seq 0 holds them
+    head = inventory.packed_manifest_head("a2")
+    assert head is not None
+    assert json.loads(zstandard.ZstdDecompressor().decompressobj().decompress(head)) == {
+        "format": 1,
+        "deleted": ["y", bad.decode("utf-8", "surrogateescape")],
+    }
+    # replaying a2's chain unpacks both archives, every chunk
+    assert set(inventory.tree_state("a2")) == {b"x", b"z", *paths[3:]}
+    with inventory._cursor() as cur:
+        cur.execute("SELECT count(*) FROM file_index_chunks")
+        assert cur.fetchone()[0] == 0
+    assert [(r.path, r.size, r.mtime_ns) for r in inventory.records("a1")] == [
+        (p, 1, 5) for p in sorted(paths)
+    ]
+    assert {r.path: r.type for r in inventory.records("a2")} == {
+        b"z": "file",
+        b"y": "deleted",
+        bad: "deleted",
+    }
+    assert inventory.unpack_file_records(["a1", "a2"]) == 0  # nothing left to move
+    assert inventory.packed_manifest_head("a2") is None
+    # a failed archive's chunks go with its rows
+    add(inventory, "a3", T0 + timedelta(days=2), parent="a2")
+    for seq, blob in chunks_of([rec("a3", b"q")]):
+        inventory.add_file_index_chunk("a3", seq, blob)
+    inventory.delete_file_records("a3")
+    assert inventory.records("a3") == [] and inventory.packed_manifest_head("a3") is None
+
+
+def test_chunked_file_index_unpacked_once_by_racing_readers(inventory_url: str) -> None:
+    import threading
+
+    inv = Inventory(inventory_url)
+    add(inv, "a1", T0)
+    for seq, blob in chunks_of([rec("a1", b"%d" % i) for i in range(3000)], per=500):
+        inv.add_file_index_chunk("a1", seq, blob)
+    readers = [Inventory(inventory_url) for _ in range(4)]
+    moved: list[int] = []
+    start = threading.Barrier(len(readers))
+
+    def read(r: Inventory) -> None:
+        start.wait()
+        moved.append(r.unpack_file_records(["a1"]))
+
+    threads = [threading.Thread(target=read, args=(r,)) for r in readers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(moved) == [0, 0, 0, 3000]
+    assert len(inv.records("a1")) == 3000
+    for r in [inv, *readers]:
+        r.close()
+
+
+def test_chunked_file_index_corruption_is_named_and_moves_nothing(inventory: Inventory) -> None:
+    from backup.errors import FileIndexCorrupt
+
+    add(inventory, "a1", T0)
+    for seq, blob in chunks_of([rec("a1", b"%d" % i) for i in range(9)], per=2):
+        if seq == 3:
+            blob = blob[: len(blob) // 2]  # cut short
+        inventory.add_file_index_chunk("a1", seq, blob)
+    with pytest.raises(FileIndexCorrupt, match="archive a1 cannot be read: file index chunk"):
+        inventory.records("a1")
+    with inventory._cursor() as cur:  # every chunk is still there, nothing half moved
+        cur.execute("SELECT count(*) FROM file_index_chunks")
+        assert cur.fetchone()[0] == 1 + 5
         cur.execute("SELECT count(*) FROM file_index")
         assert cur.fetchone()[0] == 0
