@@ -533,10 +533,39 @@ def test_walk_equals_python_on_generated_trees(
 
 
 @FEW
-@given(tree=trees(), batch=st.integers(1, 7))
-def test_listing_taken_in_batches_equals_the_walk(
-    fastwalk: ModuleType, tree: list[tuple[bytes, str, bytes]], batch: int
+@given(tree=trees(), excludes=PATTERNS, lookahead=st.integers(1, 3))
+def test_walk_listed_ahead_a_little_equals_python(
+    fastwalk: ModuleType,
+    tree: list[tuple[bytes, str, bytes]],
+    excludes: list[str],
+    lookahead: int,
 ) -> None:
+    # the scan's C walk lists a bounded number of entries ahead (scan._LOOKAHEAD): with a
+    # tiny one nearly every directory is listed only when the walk reaches it, excludes and
+    # unlistable directories included
+    saved = scan_mod._LOOKAHEAD
+    scan_mod._LOOKAHEAD = lookahead
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = os.fsencode(tmp)
+            make(root, tree)
+            os.mkdir(root + b"/unlistable")
+            os.chmod(root + b"/unlistable", 0)
+            try:
+                c, py = walk_both([("src", Path(tmp))], excludes)
+            finally:
+                os.chmod(root + b"/unlistable", 0o700)
+    finally:
+        scan_mod._LOOKAHEAD = saved
+    assert c == py
+
+
+@FEW
+@given(tree=trees(), batch=st.integers(1, 7), budget=st.integers(0, 4))
+def test_listing_taken_in_batches_equals_the_walk(
+    fastwalk: ModuleType, tree: list[tuple[bytes, str, bytes]], batch: int, budget: int
+) -> None:
+    # budget: entries listed ahead; directories beyond it are listed as the walk reaches them
     with tempfile.TemporaryDirectory() as tmp:
         root = os.fsencode(tmp)
         make(root, tree)
@@ -544,7 +573,9 @@ def test_listing_taken_in_batches_equals_the_walk(
         os.chmod(root + b"/unlistable", 0)
         try:
             whole = fastwalk.walk(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2)
-            w = fastwalk.listing(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2)
+            w = fastwalk.listing(
+                root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2, budget
+            )
             entries: list[Any] = []
             errors: list[Any] = []
             while True:
