@@ -573,9 +573,7 @@ def test_listing_taken_in_batches_equals_the_walk(
         os.chmod(root + b"/unlistable", 0)
         try:
             whole = fastwalk.walk(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2)
-            w = fastwalk.listing(
-                root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2, budget
-            )
+            w = fastwalk.listing(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2, budget)
             entries: list[Any] = []
             errors: list[Any] = []
             while True:
