@@ -639,6 +639,7 @@ static int run_listing(node *start, const patset *names, const patset *paths, in
     pthread_mutex_init(&ws.mu, NULL);
     pthread_cond_init(&ws.cv, NULL);
     start->deferred = 0;
+    start->next = NULL; /* a deferred node's link still names the stack it was popped from */
     ws.stack = start;
     ws.pending = 1;
     Py_BEGIN_ALLOW_THREADS

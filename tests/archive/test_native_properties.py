@@ -593,6 +593,27 @@ def test_listing_taken_in_batches_equals_the_walk(
     assert len(entries) == len(tree) + 1  # the tree and the unlistable directory
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("budget", [1, 2, 5, 40])
+def test_listing_defers_siblings_and_lists_them_later(
+    fastwalk: ModuleType, tmp_path: Path, threads: int, budget: int
+) -> None:
+    # several directories left unlisted at once when the budget is spent (siblings on the
+    # walk's stack), each listed later from where the walk reaches it: same as the walk
+    for a in range(4):
+        for b in range(3):
+            d = tmp_path / f"d{a}" / f"s{b}"
+            d.mkdir(parents=True)
+            for c in range(3):
+                (d / f"f{c}").write_bytes(b"x" * c)
+    root = os.fsencode(tmp_path)
+    whole = fastwalk.walk(root, b"", [], [], scan_mod.Entry, scan_mod._KINDS, threads)
+    w = fastwalk.listing(root, b"", [], [], scan_mod.Entry, scan_mod._KINDS, threads, budget)
+    got, errors = w.take(0)
+    assert [e.path for e in got] == [e.path for e in whole[0]]
+    assert len(got) == 4 + 12 + 36 and errors == whole[1] == []
+
+
 @pytest.fixture(scope="module")
 def flat(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One directory of many odd names, with a subdirectory of the same: for the matcher."""
