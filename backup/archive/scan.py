@@ -266,6 +266,10 @@ def _check_roots(policy_name: str, sources: Sequence[tuple[str, Path]]) -> list[
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise SourceError(str(path), policy_name, "is neither a directory nor a file")
         roots.append((os.fsencode(name), os.fsencode(path), st))
+    if all(name for name, _, _ in roots):
+        # several sources, each under its name: walked in the order of their names, so the
+        # whole walk is in walk order (what the tree cache is stored in, and merged against)
+        roots.sort(key=lambda r: r[0])
     return roots
 
 
