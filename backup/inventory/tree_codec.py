@@ -25,6 +25,16 @@ better. The encoder's common case runs in C (``_speedups.tree_encode``, one pass
 dict, the same bytes as the Python encoder here); decoding stays in Python, since the bytes
 come from other hosts.
 
+Format ``tree2-chunks`` (what a backup writes now): the tree in walk order (ascending
+:func:`canonical_key`), cut into chunks of at most :data:`CHUNK_PATHS` paths (or
+:data:`CHUNK_BYTES` of path bytes), each chunk a ``tree1-zstd`` frame of its own, stored as
+rows ``(archive_id, seq, blob)`` of ``tree_chunks``; the ``tree_cache`` row holds the header,
+``b"BKTREE2\0"``, u64 chunk count, u64 path count. So the tree is written and read a chunk
+at a time, never held: a backup merges its walk against it as a stream. A chunk decodes
+only if, beyond the checks below, its paths ascend strictly (no repeat) and its first comes
+after the previous chunk's last; the reader checks every chunk and the counts before it
+hands out the first path.
+
 Invariants of the decoder: every length is checked against what is left, the counts against
 ``n``, the type codes against the table; no path may repeat and nothing may follow the last
 column; the frame's declared content size is checked (known, and at most 1000x the frame)
