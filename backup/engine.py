@@ -39,8 +39,8 @@ from .archive.scan import FILE, ScanResult, Unreadable, scan_iter
 from .crypto.age import AgeWriter, Recipient, header_of, parse_recipient
 from .errors import Error
 from .gcpause import gc_paused
-from .inventory import Archive, Inventory, TreeState, encode_tree, sig_of
-from .inventory.tree_codec import TreeBuilder
+from .inventory import Archive, Inventory, Sig, TreeState, sig_of
+from .inventory.tree_codec import ChunkWriter, canonical_key
 from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
@@ -48,7 +48,7 @@ from .targets import WriteOptions, open_target
 __all__ = [
     "BackupResult",
     "archive_keys",
-    "compare_walk",
+    "merge_walk",
     "new_archive_id",
     "run_backup",
     "select_changed",
@@ -90,7 +90,7 @@ def select_changed(
     unreadable_dirs: Sequence[bytes],
 ) -> tuple[list[Entry], list[bytes]]:
     """Choose what an incremental packs: the definition, over the whole walk and the parent's
-    tree as a dict (a backup runs :func:`compare_walk`, which is tested against this).
+    tree as a dict (a backup runs :func:`merge_walk`, which is tested against this).
 
     Args:
         entries: the scan, in order.
@@ -135,38 +135,62 @@ def select_changed(
     return selected, deleted
 
 
-def compare_walk(
-    walk: Iterable[Entry], state: TreeState, scanned: ScanResult
-) -> tuple[list[Entry], list[bytes], TreeState]:
-    """:func:`select_changed` over a walk consumed once, as it is made: what an incremental
-    packs, without holding the walk.
+def merge_walk(
+    walk: Iterable[Entry], parent: Iterable[tuple[bytes, Sig]], scanned: ScanResult
+) -> tuple[list[Entry], list[bytes]]:
+    """:func:`select_changed` as a merge of two streams: the walk, consumed once as it is
+    made, and the tree at the parent in walk order (:meth:`Inventory.tree_stream`), so
+    neither is held. Memory: the changed entries, the hard-linked files, and the parent's
+    paths the walk passed without meeting (deleted, or carried over); never a path per path
+    of the tree.
 
-    Each path the walk meets is moved from ``state`` into the tree returned, so what is left
-    in ``state`` afterwards is exactly what the walk did not meet: deleted, unless under an
-    unreadable directory (carried over then). Memory: the parent's tree (moved, not copied),
-    the changed entries and the hard-linked files, never an entry per path.
+    Correct for a walk in any order: a parent path passed over is kept aside, and a walk
+    entry that comes later than the walk's order would put it still finds it there (a walk
+    far out of order holds more of the parent then, as a dict would).
 
     Args:
         walk: the scan, in order (a lazy :func:`~backup.archive.scan.scan_iter`).
-        state: the tree at the parent archive; emptied.
+        parent: the tree at the parent archive, ascending in
+            :func:`~backup.inventory.tree_codec.canonical_key`; consumed.
         scanned: where the walk reports what it could not read; read once it is consumed.
 
     Returns:
-        (entries to pack, in scan order; paths deleted since the parent, sorted; the tree
-        at the parent restricted to what is still there or carried over, for the new tree).
+        (entries to pack, in scan order; paths deleted since the parent, sorted).
     """
-    seen: TreeState = {}
     picked: list[tuple[int, Entry]] = []
     chosen: set[bytes] = set()
     groups: dict[tuple[int, int], list[tuple[int, Entry]]] = defaultdict(list)
-    pop = state.pop
+    unmet: dict[bytes, Sig] = {}
+    items = iter(parent)
+    end = (None, None)
+    head, head_sig = next(items, end)
+    head_key: bytes | None = None  # canonical_key(head), made only when the paths differ
     for i, e in enumerate(walk):
-        sig = pop(e.path, None)
-        if sig is not None:
-            seen[e.path] = sig
+        p = e.path
+        sig: Sig | None
+        if p == head:  # the common case: the two streams in step
+            sig = head_sig
+            head, head_sig = next(items, end)
+            head_key = None
+        else:
+            k = canonical_key(p)
+            while head is not None:
+                if head_key is None:
+                    head_key = canonical_key(head)
+                if not head_key < k:
+                    break
+                unmet[head] = head_sig  # type: ignore[assignment]
+                head, head_sig = next(items, end)
+                head_key = None
+            if head is not None and head_key == k:
+                sig = head_sig
+                head, head_sig = next(items, end)
+                head_key = None
+            else:
+                sig = unmet.pop(p, None)
         # a tuple comparison, in C: this runs once per path in the tree
         if sig != (e.kind, e.size, e.mode & 0o7777, e.mtime_ns, e.ctime_ns, e.ino):
-            chosen.add(e.path)
+            chosen.add(p)
             picked.append((i, e))
         if e.kind == FILE and e.nlink > 1:
             groups[(e.dev, e.ino)].append((i, e))
@@ -182,19 +206,20 @@ def compare_walk(
         picked.sort(key=itemgetter(0))
     selected = [e for _, e in picked]
     deleted: list[bytes] = []
-    if state:  # the parent's paths the walk did not meet
+    if head is not None:
+        unmet[head] = head_sig  # type: ignore[assignment]
+        unmet.update(items)
+    if unmet:  # the parent's paths the walk did not meet
         keep = {u.path for u in scanned.unreadable}
         dirs = scanned.unreadable_dirs
         prefixes = tuple(d + b"/" for d in dirs if d)
         whole_tree_unreadable = b"" in dirs
-        for p, sig in state.items():
-            if p in keep or whole_tree_unreadable or (prefixes and p.startswith(prefixes)):
-                seen[p] = sig  # not read, so not known to be gone
-            else:
-                deleted.append(p)
-        state.clear()
-        deleted.sort()
-    return selected, deleted, seen
+        if not whole_tree_unreadable:  # else not read, so not known to be gone
+            deleted = [
+                p for p in unmet if p not in keep and not (prefixes and p.startswith(prefixes))
+            ]
+            deleted.sort()
+    return selected, deleted
 
 
 def run_backup(
@@ -287,7 +312,6 @@ def _run_backup(
             parent = None
     listed = scanned
     scanned = ScanResult()
-    parent_state: TreeState | None = None
     selected: Iterable[Entry]
     if parent is None:
         # a full packs the walk as it goes (the sources are checked now, before any write)
@@ -297,14 +321,16 @@ def _run_backup(
         else:
             selected = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
     else:
-        # the parent's tree first: a walk prefetched by the CLI goes on meanwhile
-        parent_state = inventory.tree_state(parent.id)
+        # the parent's tree first (checked, then read as a stream): a walk prefetched by
+        # the CLI goes on meanwhile
+        parent_tree = inventory.tree_stream(parent.id)
         walk: Iterable[Entry]
         if listed is not None:
             scanned, walk = listed, listed.entries
-        else:  # compared as it is walked: no entry per path is held
+        else:  # merged as it is walked: no entry per path is held
             walk = scan_iter(policy.name, policy.source_names(), policy.exclude, scanned)
-        selected, deleted, parent_state = compare_walk(walk, parent_state, scanned)
+        selected, deleted = merge_walk(walk, parent_tree, scanned)
+        del parent_tree
         kind = "incremental"
 
     archive_id = archive_id or new_archive_id(now)
@@ -334,7 +360,7 @@ def _run_backup(
     # each packed entry goes straight into the manifest's spool and the tree at this archive
     # (for the next incremental): nothing per path is held for the whole run but the tree
     entries = ManifestWriter()
-    tree = _TreeAt(parent_state)
+    tree = _TreeAt(parent is None)
     aside = ThreadPoolExecutor(2, thread_name_prefix="backup-aside")
     commit: Future[str] | None = None
     try:
@@ -411,13 +437,14 @@ def _run_backup(
             ),
             changed=json.dumps([path_to_json(p) for p in res.changed]),
         )
-        _cache_tree(inventory, archive_id, cached, parent if nothing_new else None)
+        _cache_tree(inventory, archive_id, cached, tree, parent, deleted, nothing_new)
         if on_phase:
             on_phase("recorded")
     except BaseException as e:
         # nothing may still be committing or writing rows while this cleans up
         aside.shutdown(wait=True, cancel_futures=True)
         entries.close()
+        tree.close()
         if commit is not None and not commit.cancelled() and commit.exception() is None:
             committed.append(commit.result())
         # an archive without its manifest or its record is not one: remove what was stored
@@ -453,26 +480,37 @@ def _run_backup(
 def _cache_tree(
     inventory: Inventory,
     archive_id: str,
-    cached: Future[tuple[TreeState, bytes | None]],
-    same_as: Archive | None,
+    cached: Future[ChunkWriter | None],
+    tree: _TreeAt,
+    parent: Archive | None,
+    deleted: list[bytes],
+    nothing_new: bool,
 ) -> None:
     """Cache the tree at a complete archive (derived data: a failure is logged, and the next
-    incremental replays the file index instead).
+    incremental replays the file index instead), in format tree2, a chunk at a time.
 
     Args:
         inventory: where it goes.
         archive_id: the archive.
-        cached: the tree and its encoding (see :meth:`_TreeAt.finish`).
-        same_as: the parent, when nothing changed since it (its row is copied).
+        cached: a full's tree, written as it was packed (see :meth:`_TreeAt.finish`).
+        tree: an incremental's packed paths' signatures, merged here with the parent's tree.
+        parent: an incremental's parent.
+        deleted: an incremental's deleted paths.
+        nothing_new: nothing changed since the parent (its cached rows are copied).
     """
+    writer: ChunkWriter | None = None
     try:
-        tree, encoded = cached.result()
-        inventory.cache_tree(
-            archive_id,
-            tree,
-            encoded=encoded,
-            same_as=same_as.id if same_as is not None else None,
-        )
+        writer = cached.result()
+        if parent is not None and not (
+            nothing_new and inventory.copy_tree_cache(archive_id, parent.id)
+        ):
+            writer = tree.merge(inventory.tree_stream(parent.id), deleted, writer)
+        if writer is None:
+            return
+        if not writer.ordered:  # a walk out of order (see ChunkWriter): no cache to trust
+            raise ValueError("the walk was not in walk order")
+        header, chunks = writer.finish()
+        inventory.cache_tree_stream(archive_id, header, chunks)
     except Exception as e:
         inventory.log(
             "backup",
@@ -481,43 +519,79 @@ def _cache_tree(
             level="warning",
             archive_id=archive_id,
         )
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 class _TreeAt:
-    """The tree at the archive being made, for the tree cache: its parent's (a dict the
-    incremental may change in place, since nothing reads it after the comparison) with the
-    archive's entries and deletions, or for a full its entries alone, as columns
-    (:class:`~backup.inventory.tree_codec.TreeBuilder`), a fraction of a dict's memory."""
+    """The tree at the archive being made, for the tree cache. A full's is written as its
+    entries are packed, in walk order, a chunk at a time to a spool
+    (:class:`~backup.inventory.tree_codec.ChunkWriter`); an incremental's packed paths are
+    kept (their signatures: what changed) and merged with the parent's tree, read again as
+    a stream, once the archive is complete (:meth:`merge`)."""
 
-    __slots__ = ("builder", "parent")
+    __slots__ = ("updates", "writer")
 
-    def __init__(self, parent: TreeState | None) -> None:
-        self.parent = parent
-        self.builder = TreeBuilder() if parent is None else None
+    def __init__(self, full: bool) -> None:
+        self.writer = ChunkWriter() if full else None
+        self.updates: list[tuple[bytes, Sig]] = []
 
     def add_and(self, then: Callable[[Record], None]) -> Callable[[Record], None]:
         """Returns: a function that adds a packed record to the tree, then calls ``then``."""
-        parent, builder = self.parent, self.builder
+        writer, updates = self.writer, self.updates
 
         def add(r: Record) -> None:
             # attributes, not the record's dict-like access: this runs once per packed path
             size = r.size if r.file_size is None else r.file_size
             sig = sig_of(r.type, size, r.mode, r.mtime_ns, r.ctime_ns, r.ino)
-            if builder is not None:
-                builder.add(r.path, *sig)
-            elif parent is not None:
-                parent[r.path] = sig
+            if writer is not None:
+                writer.add(r.path, *sig)
+            else:
+                updates.append((r.path, sig))
             then(r)
 
         return add
 
-    def finish(self, deleted: list[bytes], nothing_new: bool) -> tuple[TreeState, bytes | None]:
-        """The tree (as :meth:`Inventory.cache_tree` takes it) and, unless nothing changed
-        (the parent's cached row is copied then), its encoding: made beside the manifest's
-        encoding, off the backup's last steps."""
-        if self.builder is not None:
-            return {}, self.builder.encode()
-        tree: TreeState = self.parent if self.parent is not None else {}
-        for p in deleted:
-            tree.pop(p, None)
-        return tree, None if nothing_new else encode_tree(tree)
+    def finish(self, deleted: list[bytes], nothing_new: bool) -> ChunkWriter | None:
+        """A full's tree, its last chunk written (beside the manifest's encoding); for an
+        incremental, None (its tree is merged by :func:`_cache_tree`)."""
+        if self.writer is not None:
+            self.writer.finish()
+        return self.writer
+
+    def merge(
+        self, parent: Iterable[tuple[bytes, Sig]], deleted: list[bytes], writer: ChunkWriter | None
+    ) -> ChunkWriter:
+        """Returns: the tree at an incremental: the parent's (in walk order), less what was
+        deleted, with the packed paths' signatures (new, or in place of the parent's)."""
+        out = writer if writer is not None else ChunkWriter()
+        updates = sorted(self.updates, key=lambda u: canonical_key(u[0]))
+        self.updates = []
+        gone = set(deleted)
+        add = out.add
+        at, n = 0, len(updates)
+        ukey = canonical_key(updates[0][0]) if n else b""
+        for p, sig in parent:
+            if at < n:  # the packed paths up to this one go first; this one, if packed, is
+                k = canonical_key(p)  # replaced by its packed signature
+                replaced = False
+                while at < n and ukey <= k:
+                    replaced = replaced or ukey == k
+                    add(updates[at][0], *updates[at][1])
+                    at += 1
+                    if at < n:
+                        ukey = canonical_key(updates[at][0])
+                if replaced:
+                    continue
+            if gone and p in gone:
+                continue
+            add(p, *sig)
+        for u in updates[at:]:
+            add(u[0], *u[1])
+        return out
+
+    def close(self) -> None:
+        """Drop a spool left by a failed run."""
+        if self.writer is not None:
+            self.writer.close()

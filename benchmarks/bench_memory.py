@@ -26,11 +26,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 
 
-def run(py: str, env: dict[str, str], flags: list[str]) -> tuple[float, float, float, str]:
+def run(
+    py: str, env: dict[str, str], flags: list[str], cwd: Path
+) -> tuple[float, float, float, str]:
     t0 = time.perf_counter()
     p = subprocess.Popen(
         [py, "-m", "backup", "run", "p", "--json", *flags],
         env=env,
+        # not the checkout's directory: `python -m` puts the working directory first on
+        # sys.path, ahead of PYTHONPATH, and the base side would import this tree
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -75,7 +80,7 @@ def main() -> int:
                         "BACKUP_INVENTORY_URL": f"sqlite:///{w}/inv.db",
                     }
                     for op, flags in (("full", ["--full"]), ("no-change", [])):
-                        wall, cpu, rss, kind = run(sys.executable, env, flags)
+                        wall, cpu, rss, kind = run(sys.executable, env, flags, w)
                         assert kind == ("full" if op == "full" else "incremental"), kind
                         res.setdefault((data.name, op, side), []).append((wall, cpu, rss))
                         print(

@@ -420,3 +420,34 @@ def test_crash_between_manifest_and_record_leaves_nothing_half(
     again = run_backup(env.policy(), inventory)
     assert again.archive.kind == "full" and again.archive.state == "complete"
     assert entry_paths(manifest_of(env, again.archive.id)) == source_paths(env.source)
+
+
+def test_several_sources_are_walked_in_walk_order_and_cached_as_tree2(
+    env: Env, inventory: Inventory
+) -> None:
+    # sources listed out of their names' order: walked by name, so the full's tree is in walk
+    # order and cached as a tree2 stream, which the next incremental merges against
+    zeta, alpha = env.tmp / "zeta", env.tmp / "alpha"
+    for d in (zeta, alpha):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "f").write_text(d.name)
+        (d / "sub.x").write_text("x")
+    text = env.config.read_text()
+    assert text.count(f'"{env.source}"') == 1
+    env.config.write_text(text.replace(f'"{env.source}"', f'"{zeta}", "{alpha}"'))
+    full, m = _run(env, inventory)
+    paths = [e["path"] for e in m["entries"]]
+    assert paths == [
+        "alpha", "alpha/sub", "alpha/sub/f", "alpha/sub.x",
+        "zeta", "zeta/sub", "zeta/sub/f", "zeta/sub.x",
+    ]  # fmt: skip
+    with inventory._cursor() as cur:
+        cur.execute("SELECT archive_id, format FROM tree_cache")
+        assert cur.fetchall() == [(full.archive.id, "tree2-chunks")]
+    assert _cached(inventory, full.archive.id) == inventory.replay_tree(full.archive.id)
+    (alpha / "sub" / "f").write_text("changed, longer")
+    os.unlink(zeta / "sub.x")
+    inc, m2 = _run(env, inventory)
+    # the file changed, and the directory the deletion was made in
+    assert entry_paths(m2) == {b"alpha/sub/f", b"zeta"} and m2["deleted"] == ["zeta/sub.x"]
+    assert _cached(inventory, inc.archive.id) == inventory.replay_tree(inc.archive.id)

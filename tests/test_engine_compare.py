@@ -1,7 +1,8 @@
-"""The incremental's streamed comparison (engine.compare_walk) against its definition
-(engine.select_changed over the whole walk and the parent's tree as a dict), on generated
-parent trees and walks: changed, new, deleted, hard-linked, unreadable and under unreadable
-directories."""
+"""The incremental's streamed comparison (engine.merge_walk: the walk merged with the
+parent's tree read as a stream in walk order) against its definition (engine.select_changed
+over the whole walk and the parent's tree as a dict), on generated parent trees and walks:
+changed, new, deleted, hard-linked, unreadable and under unreadable directories, names with
+bytes that sort around '/', several sources, and walks out of walk order."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backup.archive.scan import DIR, FILE, SYMLINK, Entry, ScanResult, Unreadable
-from backup.engine import compare_walk, select_changed
+from backup.engine import merge_walk, select_changed
 from backup.inventory import sig_of
+from backup.inventory.tree_codec import canonical_key
 
-NAMES = st.sampled_from([b"a", b"b", b"c", b"a-b", b"a b", b"\xff"])
+# bytes below, at and above "/" (0x2f) in names: "a.b" sorts before "a/..." bytewise, after it
+# in walk order
+NAMES = st.sampled_from([b"a", b"b", b"c", b"a-b", b"a b", b"a.b", b"a0", b"\x01", b"\xff"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map(b"/".join)
 
 
@@ -23,9 +27,24 @@ def entry(path: bytes, kind: str, size: int, mtime: int, ino: int, nlink: int) -
     return Entry(path, b"/src/" + path, kind, size, mode, mtime, mtime, ino, 1, nlink, 0, 0)
 
 
+def walk_order(paths: list[bytes]) -> list[bytes]:
+    """The paths as the walk meets them, parents first: each path's ancestors added."""
+    full = set()
+    for p in paths:
+        parts = p.split(b"/")
+        full.update(b"/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return sorted(full, key=canonical_key)
+
+
 @st.composite
 def cases(draw: Any) -> tuple[list[Entry], dict[bytes, Any], list[Unreadable], list[bytes]]:
-    paths = draw(st.lists(PATHS, unique=True, max_size=25))
+    paths = walk_order(draw(st.lists(PATHS, unique=True, max_size=25)))
+    if draw(st.integers(0, 4)) == 0:  # a walk out of walk order (a bucket's listing, say)
+        paths = draw(st.permutations(paths))
+    sources = draw(st.sampled_from([None, [b"src1", b"src2"], [b"x", b"x.y", b"x0"]]))
+    if sources is not None:  # several sources: each path under its source's name
+        paths = [b"/".join((draw(st.sampled_from(sources)), p)) for p in paths]
+        paths = walk_order(list(dict.fromkeys(paths)))
     walk = []
     for p in paths:
         kind = draw(st.sampled_from([FILE, FILE, DIR, SYMLINK]))
@@ -58,9 +77,7 @@ def cases(draw: Any) -> tuple[list[Entry], dict[bytes, Any], list[Unreadable], l
 def test_streamed_comparison_equals_the_definition(case: Any) -> None:
     walk, parent, unreadable, dirs = case
     want_selected, want_deleted = select_changed(walk, dict(parent), unreadable, dirs)
-    want_tree = {p: s for p, s in parent.items() if p not in set(want_deleted)}
 
-    state = dict(parent)
     consumed = []
 
     def lazily() -> Any:
@@ -76,9 +93,9 @@ def test_streamed_comparison_equals_the_definition(case: Any) -> None:
         scanned.unreadable.extend(unreadable)
         scanned.unreadable_dirs.extend(dirs)
 
-    selected, deleted, tree = compare_walk(walk_then_report(), state, scanned)
+    stream = iter(sorted(parent.items(), key=lambda kv: canonical_key(kv[0])))
+    selected, deleted = merge_walk(walk_then_report(), stream, scanned)
     assert [e.path for e in selected] == [e.path for e in want_selected]
     assert deleted == want_deleted
-    assert tree == want_tree
-    assert state == {}  # moved into the tree, not copied
+    assert next(stream, None) is None  # the parent's tree read to its end
     assert consumed == walk

@@ -53,6 +53,7 @@ struct node {
     char *rel;     /* relative path inside the archive, "" for the top */
     size_t rellen;
     int err;       /* errno when the directory could not be listed */
+    int deferred;  /* not listed yet: the listing's budget was spent (see run_listing) */
     child *children;
     size_t n;
     node *next;    /* work stack link */
@@ -69,8 +70,10 @@ typedef struct {
     pthread_cond_t cv;
     node *stack;
     size_t pending; /* directories pushed and not yet listed */
+    size_t listed;  /* entries listed so far by this run */
+    size_t budget;  /* once `listed` reaches it, directories are deferred, not listed; 0: none */
     int oom;
-    patset names, paths;
+    const patset *names, *paths;
 } walk_state;
 
 /* fnmatch with `*` and `?` only, over bytes; the whole string must match */
@@ -173,9 +176,9 @@ static node *list_dir(walk_state *ws, node *nd)
         if (nm[0] == '.' && (nm[1] == 0 || (nm[1] == '.' && nm[2] == 0)))
             continue;
         size_t nl = strlen(nm);
-        if (ws->names.n && any_match(&ws->names, nm, nl))
+        if (ws->names->n && any_match(ws->names, nm, nl))
             continue;
-        if (ws->paths.n) {
+        if (ws->paths->n) {
             size_t need = nd->rellen + 1 + nl;
             if (need > relcap) {
                 char *nb = realloc(relbuf, need);
@@ -190,7 +193,7 @@ static node *list_dir(walk_state *ws, node *nd)
                 rl = nd->rellen + 1;
             }
             memcpy(relbuf + rl, nm, nl);
-            if (any_match(&ws->paths, relbuf, rl + nl))
+            if (any_match(ws->paths, relbuf, rl + nl))
                 continue;
         }
         struct stat st;
@@ -326,9 +329,18 @@ static void *worker(void *arg)
             break;
         node *nd = ws->stack;
         ws->stack = nd->next;
+        if (ws->budget && ws->listed >= ws->budget) {
+            /* listed ahead enough: this directory is listed when the walk reaches it */
+            nd->deferred = 1;
+            ws->pending--;
+            if (ws->pending == 0)
+                pthread_cond_broadcast(&ws->cv);
+            continue;
+        }
         pthread_mutex_unlock(&ws->mu);
         node *subdirs = ws->oom ? NULL : list_dir(ws, nd);
         pthread_mutex_lock(&ws->mu);
+        ws->listed += nd->n;
         size_t pushed = 0;
         /* keep subdirs' order: the first child ends on top of the stack */
         node *rev = NULL;
@@ -408,11 +420,17 @@ static PyObject *ns_time(long long s, long long ns)
     return r;
 }
 
+static int run_listing(node *start, const patset *names, const patset *paths, int threads,
+                       size_t budget);
+
 typedef struct {
     PyObject *factory; /* Entry */
     PyObject *kinds[K_COUNT];
     PyObject *entries; /* list */
     PyObject *errors;  /* list of (rel, errno, is_dir) */
+    const patset *names, *paths; /* for deferred directories, listed as they are reached */
+    int threads;
+    size_t budget;
 } emit_ctx;
 
 /* Where an emit stopped: an explicit stack of (node, next child index), since trees can be
@@ -524,6 +542,8 @@ static int emit(emit_ctx *ec, node *top, emit_pos *ps, size_t limit)
         built++;
         if (c->dir) {
             node *sd = c->dir;
+            if (sd->deferred && run_listing(sd, ec->names, ec->paths, ec->threads, ec->budget) < 0)
+                return -1;
             if (sd->err) {
                 if (emit_error(ec, sd->rel, sd->rellen, sd->err, 1)) return -1;
                 continue;
@@ -602,21 +622,54 @@ PyDoc_STRVAR(walk_doc,
 "(path, errno, is_directory) for what could not be read. `kinds` names the six kinds\n"
 "(file, dir, symlink, fifo, chr, blk). The GIL is released while walking.");
 
-/* List the tree under `top` on `threads` threads, outside the GIL: its root, or NULL with an
- * exception set. */
-static node *list_tree(Py_buffer *top, Py_buffer *top_rel, PyObject *name_pats,
-                       PyObject *path_pats, int threads)
+/* List `start` and what is under it on `threads` threads, the GIL released, until about
+ * `budget` entries are listed (0: all); the directories left are marked deferred, and listed
+ * by a later call when the walk reaches them. Called with the GIL held; returns 0, or -1
+ * with an exception set. */
+static int run_listing(node *start, const patset *names, const patset *paths, int threads,
+                       size_t budget)
 {
     walk_state ws;
     memset(&ws, 0, sizeof ws);
-    node *root = NULL;
-    int mu_ok = 0;
-    if (load_patterns(name_pats, &ws.names) < 0 || load_patterns(path_pats, &ws.paths) < 0)
-        goto fail;
-    root = calloc(1, sizeof *root);
+    ws.names = names;
+    ws.paths = paths;
+    ws.budget = budget;
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    pthread_mutex_init(&ws.mu, NULL);
+    pthread_cond_init(&ws.cv, NULL);
+    start->deferred = 0;
+    start->next = NULL; /* a deferred node's link still names the stack it was popped from */
+    ws.stack = start;
+    ws.pending = 1;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_t tids[64];
+    int started = 0;
+    for (int i = 1; i < threads; i++) {
+        if (pthread_create(&tids[started], NULL, worker, &ws) == 0)
+            started++;
+    }
+    worker(&ws); /* this thread walks too */
+    for (int i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    Py_END_ALLOW_THREADS
+    pthread_mutex_destroy(&ws.mu);
+    pthread_cond_destroy(&ws.cv);
+    if (ws.oom) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* The root of the tree under `top`, listed by run_listing, or NULL with an exception set. */
+static node *list_tree(Py_buffer *top, Py_buffer *top_rel, const patset *names,
+                       const patset *paths, int threads, size_t budget)
+{
+    node *root = calloc(1, sizeof *root);
     if (!root) {
         PyErr_NoMemory();
-        goto fail;
+        return NULL;
     }
     root->abspath = malloc((size_t)top->len + 1);
     root->rel = malloc((size_t)top_rel->len + 1);
@@ -630,40 +683,11 @@ static node *list_tree(Py_buffer *top, Py_buffer *top_rel, PyObject *name_pats,
     memcpy(root->rel, top_rel->buf, (size_t)top_rel->len);
     root->rel[top_rel->len] = 0;
     root->rellen = (size_t)top_rel->len;
-    if (threads < 1) threads = 1;
-    if (threads > 64) threads = 64;
-    pthread_mutex_init(&ws.mu, NULL);
-    pthread_cond_init(&ws.cv, NULL);
-    mu_ok = 1;
-    ws.stack = root;
-    ws.pending = 1;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_t tids[64];
-    int started = 0;
-    for (int i = 1; i < threads; i++) {
-        if (pthread_create(&tids[started], NULL, worker, &ws) == 0)
-            started++;
-    }
-    worker(&ws); /* this thread walks too */
-    for (int i = 0; i < started; i++)
-        pthread_join(tids[i], NULL);
-    Py_END_ALLOW_THREADS
-    if (ws.oom) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    goto out;
+    if (run_listing(root, names, paths, threads, budget) == 0)
+        return root;
 fail:
     free_tree(root);
-    root = NULL;
-out:
-    free_patterns(&ws.names);
-    free_patterns(&ws.paths);
-    if (mu_ok) {
-        pthread_mutex_destroy(&ws.mu);
-        pthread_cond_destroy(&ws.cv);
-    }
-    return root;
+    return NULL;
 }
 
 /* A listed tree whose entries are built on demand, a batch at a time (Walker.take). */
@@ -673,6 +697,9 @@ typedef struct {
     emit_pos pos;
     PyObject *factory;
     PyObject *kinds[K_COUNT];
+    patset names, paths; /* the excludes, kept for the directories listed later */
+    int threads;
+    size_t budget;
 } Walker;
 
 static void walker_release(Walker *w)
@@ -680,6 +707,10 @@ static void walker_release(Walker *w)
     free_tree(w->root);
     w->root = NULL;
     free_pos(&w->pos);
+    free_patterns(&w->names);
+    free_patterns(&w->paths);
+    memset(&w->names, 0, sizeof w->names);
+    memset(&w->paths, 0, sizeof w->paths);
 }
 
 static void walker_dealloc(Walker *w)
@@ -702,6 +733,10 @@ static PyObject *walker_take(Walker *w, PyObject *arg)
     emit_ctx ec;
     memset(&ec, 0, sizeof ec);
     ec.factory = w->factory;
+    ec.names = &w->names;
+    ec.paths = &w->paths;
+    ec.threads = w->threads;
+    ec.budget = w->budget;
     for (int i = 0; i < K_COUNT; i++)
         ec.kinds[i] = w->kinds[i];
     ec.entries = PyList_New(0);
@@ -752,26 +787,35 @@ static PyObject *fastwalk_listing(PyObject *self, PyObject *args)
     Py_buffer top, top_rel;
     PyObject *name_pats, *path_pats, *factory, *kinds;
     int threads;
-    if (!PyArg_ParseTuple(args, "y*y*OOOOi", &top, &top_rel, &name_pats, &path_pats, &factory,
-                          &kinds, &threads))
+    Py_ssize_t budget = 0;
+    if (!PyArg_ParseTuple(args, "y*y*OOOOi|n", &top, &top_rel, &name_pats, &path_pats, &factory,
+                          &kinds, &threads, &budget))
         return NULL;
     Walker *w = NULL;
     if (!PyTuple_Check(kinds) || PyTuple_GET_SIZE(kinds) != K_COUNT) {
         PyErr_SetString(PyExc_TypeError, "kinds must be a tuple of six names");
         goto done;
     }
-    node *root = list_tree(&top, &top_rel, name_pats, path_pats, threads);
-    if (!root) goto done;
-    w = PyObject_New(Walker, &WalkerType);
-    if (!w) {
-        free_tree(root);
+    if (budget < 0) {
+        PyErr_SetString(PyExc_ValueError, "budget must be 0 (list all) or more");
         goto done;
     }
-    w->root = root;
+    w = PyObject_New(Walker, &WalkerType);
+    if (!w) goto done;
+    w->root = NULL;
     memset(&w->pos, 0, sizeof w->pos);
+    memset(&w->names, 0, sizeof w->names);
+    memset(&w->paths, 0, sizeof w->paths);
     w->factory = Py_NewRef(factory);
     for (int i = 0; i < K_COUNT; i++)
         w->kinds[i] = Py_NewRef(PyTuple_GET_ITEM(kinds, i));
+    w->threads = threads;
+    w->budget = (size_t)budget;
+    if (load_patterns(name_pats, &w->names) < 0 || load_patterns(path_pats, &w->paths) < 0 ||
+        !(w->root = list_tree(&top, &top_rel, &w->names, &w->paths, threads, w->budget))) {
+        Py_CLEAR(w);
+        goto done;
+    }
 done:
     PyBuffer_Release(&top);
     PyBuffer_Release(&top_rel);
@@ -790,9 +834,11 @@ static PyObject *fastwalk_walk(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(listing_doc,
-"listing(top, top_rel, name_patterns, path_patterns, factory, kinds, threads)\n"
+"listing(top, top_rel, name_patterns, path_patterns, factory, kinds, threads, budget=0)\n"
 "--\n\n"
-"List the directory `top` as walk() does (the GIL released), building no entries yet.\n\n"
+"List the directory `top` as walk() does (the GIL released), building no entries yet:\n"
+"about `budget` entries ahead (0: the whole tree); a directory beyond is listed when\n"
+"take() reaches it, so a walk holds a bounded listing, not the tree's.\n\n"
 "Returns a Walker: its take(n) builds the next n entries (0: all) and returns\n"
 "(entries, errors) as walk() does for that part of the walk.");
 

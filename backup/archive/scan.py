@@ -16,8 +16,10 @@ A CLI run can start that walk before it has imported the inventory's libraries
 (:func:`prefetch`), so the two overlap.
 
 Memory: :func:`scan_iter` never holds an :class:`Entry` per path of the tree. The C walk lists
-the tree (a compact C structure, released directory by directory as it is consumed) and builds
-the Python entries a batch at a time as they are taken; a prefetch does only the listing.
+ahead of what is taken, about :data:`_LOOKAHEAD` entries (a compact C structure, released
+directory by directory as it is consumed; a directory beyond is listed when the walk reaches
+it) and builds the Python entries a batch at a time as they are taken; a prefetch does only
+the first listing.
 """
 
 from __future__ import annotations
@@ -211,6 +213,10 @@ def _scan_now(
 
 #: entries the C walk builds at a time for a lazy walk: a batch, not the tree, is in memory
 _BATCH = 4096
+#: entries the C walk lists ahead of what was taken, about (~170 bytes each): a directory
+#: met beyond it is listed when the walk reaches it, so the listing held is bounded, not the
+#: tree's (a prefetch lists this much before the scan starts)
+_LOOKAHEAD = 1 << 16
 
 
 def scan_iter(
@@ -260,6 +266,10 @@ def _check_roots(policy_name: str, sources: Sequence[tuple[str, Path]]) -> list[
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise SourceError(str(path), policy_name, "is neither a directory nor a file")
         roots.append((os.fsencode(name), os.fsencode(path), st))
+    if all(name for name, _, _ in roots):
+        # several sources, each under its name: walked in the order of their names, so the
+        # whole walk is in walk order (what the tree cache is stored in, and merged against)
+        roots.sort(key=lambda r: r[0])
     return roots
 
 
@@ -332,7 +342,9 @@ def _listing(top: bytes, top_rel: bytes, patterns: tuple[list[bytes], list[bytes
     """The C walk's listing of ``top`` (the GIL released): a ``Walker`` whose ``take(n)``
     builds the next ``n`` entries."""
     assert _fastwalk is not None
-    return _fastwalk.listing(top, top_rel, patterns[0], patterns[1], Entry, _KINDS, walk_threads())
+    return _fastwalk.listing(
+        top, top_rel, patterns[0], patterns[1], Entry, _KINDS, walk_threads(), _LOOKAHEAD
+    )
 
 
 def _walk_fast(walker: Any, result: ScanResult) -> Iterator[Entry]:

@@ -25,7 +25,7 @@ from sqlalchemy import and_, create_engine, delete, event, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import ArchiveNotFound, ConfigError
+from ..errors import ArchiveError, ArchiveNotFound, ConfigError
 from ..redact import hide_password
 from . import packed
 from .models import (
@@ -40,8 +40,17 @@ from .models import (
     RetrievalJob,
     Snapshot,
     TreeCache,
+    TreeChunk,
 )
-from .tree_codec import TREE_FORMAT, decode_tree, encode_tree
+from .tree_codec import (
+    TREE2_FORMAT,
+    TREE_FORMAT,
+    canonical_key,
+    decode_chunk,
+    decode_header2,
+    decode_tree,
+    encode_tree,
+)
 
 __all__ = [
     "FILE_INDEX_COLUMNS",
@@ -55,6 +64,7 @@ __all__ = [
     "Sig",
     "Snapshot",
     "TreeCache",
+    "TreeChunk",
     "TreeState",
     "checkpoint_all",
     "encode_tree",
@@ -591,8 +601,112 @@ class Inventory:
                 (archive_id,),
             )
             row = cur.fetchone()
+        if row is not None and row[0] == TREE2_FORMAT:
+            chunks = self._checked_chunks(archive_id, row[1])
+            return None if chunks is None else dict(self._chunk_items(archive_id, chunks))
         # another format, damaged or hostile: None, and the index is the truth
         return None if row is None else decode_tree(row[0], row[1])
+
+    def tree_stream(self, archive_id: str) -> Iterator[tuple[bytes, Sig]]:
+        """Every path that existed at ``archive_id`` with its signature, in walk order
+        (ascending :func:`~backup.inventory.tree_codec.canonical_key`), as a stream: a tree2
+        cache is read a chunk at a time (checked whole first, then decoded again as it is
+        consumed, so a damaged chunk is found before anything is compared against it); an
+        older tree1 row, or the file index replayed where there is no cache to trust, is a
+        dict sorted into that order (memory per path, as before tree2)."""
+        with self._cursor() as cur:
+            cur.execute(
+                f"SELECT format, blob FROM tree_cache WHERE archive_id = {self._mark}",
+                (archive_id,),
+            )
+            row = cur.fetchone()
+        if row is not None and row[0] == TREE2_FORMAT:
+            chunks = self._checked_chunks(archive_id, row[1])
+            if chunks is not None:
+                return self._chunk_items(archive_id, chunks)
+            state = self.replay_tree(archive_id)
+        else:
+            tree = None if row is None else decode_tree(row[0], row[1])
+            state = tree if tree is not None else self.replay_tree(archive_id)
+        items = sorted(state.items(), key=lambda kv: canonical_key(kv[0]))
+        state.clear()
+        return iter(items)
+
+    def _chunk_blobs(self, archive_id: str, chunks: int) -> Iterator[bytes | None]:
+        # one row per query, by its key: a chunk in memory at a time, on any driver
+        sql = f"SELECT blob FROM tree_chunks WHERE archive_id = {self._mark} AND seq = {self._mark}"
+        with self._cursor() as cur:
+            for seq in range(chunks):
+                cur.execute(sql, (archive_id, seq))
+                row = cur.fetchone()
+                yield None if row is None else bytes(row[0])
+
+    def _checked_chunks(self, archive_id: str, header: bytes) -> int | None:
+        """Returns: the chunk count of a tree2 cache whose every chunk decodes, in order, to
+        the number of paths its header declares; None when it cannot be trusted."""
+        declared = decode_header2(TREE2_FORMAT, header)
+        if declared is None:
+            return None
+        chunks, paths = declared
+        last: bytes | None = None
+        count = 0
+        for blob in self._chunk_blobs(archive_id, chunks):
+            items = None if blob is None else decode_chunk(blob, last)
+            if items is None:
+                return None
+            count += len(items)
+            last = canonical_key(items[-1][0])
+            if count > paths:
+                return None
+        return chunks if count == paths else None
+
+    def _chunk_items(self, archive_id: str, chunks: int) -> Iterator[tuple[bytes, Sig]]:
+        last: bytes | None = None
+        for blob in self._chunk_blobs(archive_id, chunks):
+            items = None if blob is None else decode_chunk(blob, last)
+            if items is None:  # changed since it was checked: a writer is replacing it
+                raise ArchiveError(archive_id, "its tree cache changed while it was read")
+            last = canonical_key(items[-1][0])
+            yield from items
+
+    def copy_tree_cache(self, archive_id: str, same_as: str) -> bool:
+        """Cache at ``archive_id`` the tree cached at ``same_as`` (nothing changed between
+        them), copied in the database, and drop older ones (as :meth:`cache_tree`).
+
+        Returns: whether ``same_as`` had a cached tree to copy."""
+        mark = self._mark
+        with self._cursor(write=True) as cur:
+            cur.execute(
+                f"INSERT INTO tree_cache (archive_id, format, blob) "
+                f"SELECT {mark}, format, blob FROM tree_cache WHERE archive_id = {mark}",
+                (archive_id, same_as),
+            )
+            if cur.rowcount != 1:
+                return False
+            cur.execute(
+                f"INSERT INTO tree_chunks (archive_id, seq, blob) "
+                f"SELECT {mark}, seq, blob FROM tree_chunks WHERE archive_id = {mark}",
+                (archive_id, same_as),
+            )
+            self._drop_older_trees(cur, archive_id)
+        return True
+
+    def cache_tree_stream(self, archive_id: str, header: bytes, chunks: Iterable[bytes]) -> None:
+        """Store the tree at ``archive_id`` in format tree2 (``header`` and ``chunks`` from a
+        :class:`~backup.inventory.tree_codec.ChunkWriter`), a chunk at a time, and drop the
+        cached trees of the same policy's older archives (as :meth:`cache_tree`)."""
+        mark = self._mark
+        with self._cursor(write=True) as cur:
+            cur.execute(
+                f"INSERT INTO tree_cache (archive_id, format, blob) VALUES ({mark}, {mark}, {mark})",
+                (archive_id, TREE2_FORMAT, header),
+            )
+            for seq, blob in enumerate(chunks):
+                cur.execute(
+                    f"INSERT INTO tree_chunks (archive_id, seq, blob) VALUES ({mark}, {mark}, {mark})",
+                    (archive_id, seq, blob),
+                )
+            self._drop_older_trees(cur, archive_id)
 
     def cache_tree(
         self,
@@ -622,6 +736,11 @@ class Inventory:
                     (archive_id, same_as),
                 )
                 copied = cur.rowcount
+                cur.execute(  # a tree2 cache's chunks with it
+                    f"INSERT INTO tree_chunks (archive_id, seq, blob) "
+                    f"SELECT {mark}, seq, blob FROM tree_chunks WHERE archive_id = {mark}",
+                    (archive_id, same_as),
+                )
             if copied != 1:
                 blob = encoded if encoded is not None else encode_tree(state)
                 cur.execute(
@@ -629,16 +748,25 @@ class Inventory:
                     f"VALUES ({mark}, {mark}, {mark})",
                     (archive_id, _TREE_FORMAT, blob),
                 )
-            # driven from the few cached trees (one per policy and target), each looked up
-            # by its key: not from every older archive of the policy, so the cost stays flat
-            # however many archives accumulate
-            cur.execute(
-                "DELETE FROM tree_cache WHERE EXISTS (SELECT 1 FROM archives a "
-                "JOIN archives b ON a.policy = b.policy AND a.target = b.target "
-                f"WHERE a.id = tree_cache.archive_id AND b.id = {mark} "
-                "AND a.created < b.created)",
-                (archive_id,),
-            )
+            self._drop_older_trees(cur, archive_id)
+
+    def _drop_older_trees(self, cur: Any, archive_id: str) -> None:
+        mark = self._mark
+        # driven from the few cached trees (one per policy and target), each looked up
+        # by its key: not from every older archive of the policy, so the cost stays flat
+        # however many archives accumulate
+        cur.execute(
+            "DELETE FROM tree_cache WHERE EXISTS (SELECT 1 FROM archives a "
+            "JOIN archives b ON a.policy = b.policy AND a.target = b.target "
+            f"WHERE a.id = tree_cache.archive_id AND b.id = {mark} "
+            "AND a.created < b.created)",
+            (archive_id,),
+        )
+        # a tree2 cache's chunks go with its header row (a few rows per cached tree)
+        cur.execute(
+            "DELETE FROM tree_chunks WHERE NOT EXISTS (SELECT 1 FROM tree_cache t "
+            "WHERE t.archive_id = tree_chunks.archive_id)"
+        )
 
     # events -----------------------------------------------------------------------------
 

@@ -189,6 +189,19 @@ class TreeCache(Base):
     blob: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class TreeChunk(Base):
+    """One chunk of a tree in format ``tree2-chunks`` (its ``tree_cache`` row is the header):
+    the tree is stored and read back a bounded chunk at a time, never as one blob."""
+
+    __tablename__ = "tree_chunks"
+
+    archive_id: Mapped[str] = mapped_column(
+        ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class RetrievalJob(Base):
     """A retrieval of an object from a cold target (requested, polled, completed)."""
 

@@ -25,6 +25,16 @@ better. The encoder's common case runs in C (``_speedups.tree_encode``, one pass
 dict, the same bytes as the Python encoder here); decoding stays in Python, since the bytes
 come from other hosts.
 
+Format ``tree2-chunks`` (what a backup writes now): the tree in walk order (ascending
+:func:`canonical_key`), cut into chunks of at most :data:`CHUNK_PATHS` paths (or
+:data:`CHUNK_BYTES` of path bytes), each chunk a ``tree1-zstd`` frame of its own, stored as
+rows ``(archive_id, seq, blob)`` of ``tree_chunks``; the ``tree_cache`` row holds the header,
+``b"BKTREE2\0"``, u64 chunk count, u64 path count. So the tree is written and read a chunk
+at a time, never held: a backup merges its walk against it as a stream. A chunk decodes
+only if, beyond the checks below, its paths ascend strictly (no repeat) and its first comes
+after the previous chunk's last; the reader checks every chunk and the counts before it
+hands out the first path.
+
 Invariants of the decoder: every length is checked against what is left, the counts against
 ``n``, the type codes against the table; no path may repeat and nothing may follow the last
 column; the frame's declared content size is checked (known, and at most 1000x the frame)
@@ -36,10 +46,11 @@ from __future__ import annotations
 import gc
 import struct
 import sys
+import tempfile
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
-from typing import Final
+from typing import Any, Final
 
 import zstandard
 
@@ -53,7 +64,17 @@ except ImportError:
 else:
     _c_payload = _c_tree_encode
 
-__all__ = ["TREE_FORMAT", "TreeBuilder", "decode_tree", "encode_tree"]
+__all__ = [
+    "TREE2_FORMAT",
+    "TREE_FORMAT",
+    "ChunkWriter",
+    "TreeBuilder",
+    "canonical_key",
+    "decode_chunk",
+    "decode_header2",
+    "decode_tree",
+    "encode_tree",
+]
 
 #: the format name stored beside each cached tree
 TREE_FORMAT: Final = "tree1-zstd"
@@ -363,3 +384,138 @@ class _Reader:
 
     def left(self) -> int:
         return len(self.data) - self.at
+
+
+# tree2: the tree as a stream of bounded chunks, in walk order ---------------------------------
+
+#: the format name of a chunked tree's header row (its chunks are rows of ``tree_chunks``)
+TREE2_FORMAT: Final = "tree2-chunks"
+_MAGIC2: Final = b"BKTREE2\0"
+_HEADER2 = struct.Struct("<8sQQ")
+#: a chunk closes at this many paths, or at :data:`CHUNK_BYTES` of path bytes: a chunk of
+#: small files' paths compresses to well under 1 MiB, and one chunk is all a reader holds
+CHUNK_PATHS: Final = 16384
+CHUNK_BYTES: Final = 1 << 20
+#: '/' and NUL swapped: bytewise order of ``canonical_key`` is the walk's order (depth
+#: first, names sorted bytewise, a directory before its contents), since '/' then sorts
+#: below every byte a name may hold; a bijection, so distinct paths keep distinct keys
+_SWAP: Final = bytes(0x2F if i == 0 else 0 if i == 0x2F else i for i in range(256))
+
+
+def canonical_key(path: bytes) -> bytes:
+    """Returns: the key whose bytewise order is the walk's order of paths (the order of a
+    tree2 stream)."""
+    return path.translate(_SWAP)
+
+
+Item = tuple[bytes, tuple[str, int, int, int, int, int]]
+
+
+def encode_header2(chunks: int, paths: int) -> bytes:
+    """Returns: the header row of a tree2 stream of ``chunks`` chunks holding ``paths``."""
+    return _HEADER2.pack(_MAGIC2, chunks, paths)
+
+
+def decode_header2(fmt: str, blob: bytes) -> tuple[int, int] | None:
+    """Returns: (chunks, paths) of a tree2 header row, or None when it is not one."""
+    if fmt != TREE2_FORMAT or len(blob) != _HEADER2.size:
+        return None
+    magic, chunks, paths = _HEADER2.unpack(bytes(blob))
+    if magic != _MAGIC2 or chunks > paths + 1:
+        return None
+    return int(chunks), int(paths)
+
+
+def decode_chunk(blob: bytes, after: bytes | None) -> list[Item] | None:
+    """Returns: one chunk's paths and signatures, in order, or None when it is not one the
+    writer made: as :func:`decode_tree`'s checks, and its paths strictly ascending in
+    :func:`canonical_key` order, the first after ``after`` (the previous chunk's last key).
+    Never raises for any ``blob``."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        tree = _decode(bytes(blob))
+        keys = [k.translate(_SWAP) for k in tree]
+        if not keys:
+            return None  # the writer never stores an empty chunk
+        if after is not None and not after < keys[0]:
+            return None
+        if not all(map(bytes.__lt__, keys, keys[1:])):
+            return None
+        return list(tree.items())
+    except (_Malformed, zstandard.ZstdError, ValueError, OverflowError, MemoryError):
+        return None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+class ChunkWriter:
+    """A tree2 stream written a path at a time, in walk order: each chunk is encoded when it
+    fills (:class:`TreeBuilder`, the tree1 payload in its own zstd frame) and spooled to an
+    unnamed temporary file, so memory holds one chunk, never the tree.
+
+    Paths must come in strictly ascending :func:`canonical_key` order; the first that does not
+    makes :attr:`ordered` false, and the stream is then not a tree2 stream (the caller stores
+    no cache: the next incremental replays the file index)."""
+
+    __slots__ = ("_builder", "_bytes", "_last", "_sizes", "_spool", "count", "ordered")
+
+    def __init__(self) -> None:
+        self._spool: Any = None
+        self._sizes: list[int] = []
+        self._builder = TreeBuilder()
+        self._bytes = 0
+        self._last = b""
+        self.count = 0
+        self.ordered = True
+
+    def add(
+        self, path: bytes, type_: str, size: int, mode: int, mtime_ns: int, ctime_ns: int, ino: int
+    ) -> None:
+        """Append one path and its signature."""
+        key = path.translate(_SWAP)
+        if self.count and not self._last < key:
+            self.ordered = False
+        self._last = key
+        self.count += 1
+        self._builder.add(path, type_, size, mode, mtime_ns, ctime_ns, ino)
+        self._bytes += len(path)
+        if len(self._builder) >= CHUNK_PATHS or self._bytes >= CHUNK_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not len(self._builder):
+            return
+        blob = self._builder.encode()
+        if self._spool is None:
+            # closed by close(), the spool outliving this call
+            self._spool = tempfile.TemporaryFile(prefix="backup-tree-")  # noqa: SIM115
+        self._spool.write(blob)
+        self._sizes.append(len(blob))
+        self._builder = TreeBuilder()
+        self._bytes = 0
+
+    def finish(self) -> tuple[bytes, Iterator[bytes]]:
+        """Returns: the header row and the chunks, read back one at a time from the spool.
+
+        Raises:
+            ValueError: as :func:`encode_tree`.
+        """
+        self._flush()
+        spool, sizes = self._spool, self._sizes
+
+        def chunks() -> Iterator[bytes]:
+            if spool is None:
+                return
+            spool.seek(0)
+            for n in sizes:
+                yield spool.read(n)
+
+        return encode_header2(len(sizes), self.count), chunks()
+
+    def close(self) -> None:
+        """Drop the spool."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None

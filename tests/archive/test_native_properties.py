@@ -533,10 +533,39 @@ def test_walk_equals_python_on_generated_trees(
 
 
 @FEW
-@given(tree=trees(), batch=st.integers(1, 7))
-def test_listing_taken_in_batches_equals_the_walk(
-    fastwalk: ModuleType, tree: list[tuple[bytes, str, bytes]], batch: int
+@given(tree=trees(), excludes=PATTERNS, lookahead=st.integers(1, 3))
+def test_walk_listed_ahead_a_little_equals_python(
+    fastwalk: ModuleType,
+    tree: list[tuple[bytes, str, bytes]],
+    excludes: list[str],
+    lookahead: int,
 ) -> None:
+    # the scan's C walk lists a bounded number of entries ahead (scan._LOOKAHEAD): with a
+    # tiny one nearly every directory is listed only when the walk reaches it, excludes and
+    # unlistable directories included
+    saved = scan_mod._LOOKAHEAD
+    scan_mod._LOOKAHEAD = lookahead
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = os.fsencode(tmp)
+            make(root, tree)
+            os.mkdir(root + b"/unlistable")
+            os.chmod(root + b"/unlistable", 0)
+            try:
+                c, py = walk_both([("src", Path(tmp))], excludes)
+            finally:
+                os.chmod(root + b"/unlistable", 0o700)
+    finally:
+        scan_mod._LOOKAHEAD = saved
+    assert c == py
+
+
+@FEW
+@given(tree=trees(), batch=st.integers(1, 7), budget=st.integers(0, 4))
+def test_listing_taken_in_batches_equals_the_walk(
+    fastwalk: ModuleType, tree: list[tuple[bytes, str, bytes]], batch: int, budget: int
+) -> None:
+    # budget: entries listed ahead; directories beyond it are listed as the walk reaches them
     with tempfile.TemporaryDirectory() as tmp:
         root = os.fsencode(tmp)
         make(root, tree)
@@ -544,7 +573,7 @@ def test_listing_taken_in_batches_equals_the_walk(
         os.chmod(root + b"/unlistable", 0)
         try:
             whole = fastwalk.walk(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2)
-            w = fastwalk.listing(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2)
+            w = fastwalk.listing(root, b"src", [], [], scan_mod.Entry, scan_mod._KINDS, 2, budget)
             entries: list[Any] = []
             errors: list[Any] = []
             while True:
@@ -562,6 +591,27 @@ def test_listing_taken_in_batches_equals_the_walk(
     ]
     assert errors == whole[1]
     assert len(entries) == len(tree) + 1  # the tree and the unlistable directory
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("budget", [1, 2, 5, 40])
+def test_listing_defers_siblings_and_lists_them_later(
+    fastwalk: ModuleType, tmp_path: Path, threads: int, budget: int
+) -> None:
+    # several directories left unlisted at once when the budget is spent (siblings on the
+    # walk's stack), each listed later from where the walk reaches it: same as the walk
+    for a in range(4):
+        for b in range(3):
+            d = tmp_path / f"d{a}" / f"s{b}"
+            d.mkdir(parents=True)
+            for c in range(3):
+                (d / f"f{c}").write_bytes(b"x" * c)
+    root = os.fsencode(tmp_path)
+    whole = fastwalk.walk(root, b"", [], [], scan_mod.Entry, scan_mod._KINDS, threads)
+    w = fastwalk.listing(root, b"", [], [], scan_mod.Entry, scan_mod._KINDS, threads, budget)
+    got, errors = w.take(0)
+    assert [e.path for e in got] == [e.path for e in whole[0]]
+    assert len(got) == 4 + 12 + 36 and errors == whole[1] == []
 
 
 @pytest.fixture(scope="module")
