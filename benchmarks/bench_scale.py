@@ -316,19 +316,27 @@ def files_part(
     *,
     runs_at: dict[int, int] | None = None,
     peers: Sequence[str] = ("restic", "borg"),
+    tiny: bool = False,
 ) -> list[dict[str, Any]]:
+    """Each tree: full, no-change, 1%-changed and restore, per tool. ``tiny``: the trees of
+    ``make_tiny_tree`` (the 10M-file memory run), full and no-change only (a restore of 10M
+    files would need the tree's disk space again)."""
     key = workdir / "key.txt"
     if not key.exists():
         run_quiet(["age-keygen", "-o", key])
     recipient = run_quiet(["age-keygen", "-y", key]).strip()
     rows: list[dict[str, Any]] = []
     for count in counts:
-        data = workdir / f"tree-{count}"
-        if not (workdir / f"tree-{count}.done").exists():
+        name = f"tiny-{count}" if tiny else f"tree-{count}"
+        data = workdir / name
+        if not (workdir / f"{name}.done").exists():
             shutil.rmtree(data, ignore_errors=True)
             print(f"making {count:,} files under {data}", flush=True)
-            make_tree(data, count, mean_bytes)
-            (workdir / f"tree-{count}.done").touch()
+            if tiny:
+                make_tiny_tree(data, count)
+            else:
+                make_tree(data, count, mean_bytes)
+            (workdir / f"{name}.done").touch()
         scratch = workdir / f"scratch-{count}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
@@ -346,10 +354,16 @@ def files_part(
         stored: dict[str, list[int]] = {}
         reps = (runs_at or {}).get(count, runs)
         for rep in range(reps):
-            want = digest_tree(data)
+            if not tiny:
+                want = digest_tree(data)
             for op in (FULL, NOCHANGE):
                 for t in tools[rep % len(tools) :] + tools[: rep % len(tools)]:
                     ms.append(t.backup(op, rep))
+            if tiny:
+                for t in tools:
+                    stored.setdefault(type(t).__name__, []).append(t.stored())
+                print(f"  {count:,} tiny files, repetition {rep + 1}/{reps} done", flush=True)
+                continue
             changed = change_one_percent(data, count, rep)
             want = digest_tree(data)
             for t in tools:
@@ -378,6 +392,7 @@ def files_part(
                         "cpu_s": statistics.median(m.cpu_s for m in sel),
                         "peak_rss_mib": statistics.median(m.max_rss_kib for m in sel) / 1024,
                         "runs": len(sel),
+                        "tiny": tiny,
                     }
                 )
         for t in tools:
@@ -385,6 +400,7 @@ def files_part(
             rows.append(
                 {
                     "files": count,
+                    "tiny": tiny,
                     "operation": "stored",
                     "tool": name,
                     "bytes": statistics.median(stored[type(t).__name__]),
@@ -708,7 +724,8 @@ def render(
                     )
                 rss = ", ".join(f"{r['peak_rss_mib']:.0f}" if r else "-" for r in (ours, res, borg))
                 cells = [f"{r['wall_s']:.1f} s" if r else "-" for r in (ours, res, borg)]
-                lines.append(f"| {count:,} | {op} | {' | '.join(cells)} | {ratio} | {rss} MiB |")
+                label = f"{count:,}" + (" (tiny files)" if ours.get("tiny") else "")
+                lines.append(f"| {label} | {op} | {' | '.join(cells)} | {ratio} | {rss} MiB |")
             st = {t: by.get((count, "stored", t)) for t in (OURS, RESTIC, BORG)}
             lines.append(
                 f"| {count:,} | stored | "
@@ -779,19 +796,26 @@ def plot(files: list[dict[str, Any]], out: Path) -> None:
             pts = sorted(
                 (r["files"], r["wall_s"])
                 for r in files
-                if r["tool"] == tool and r["operation"] == op
+                if r["tool"] == tool and r["operation"] == op and not r.get("tiny")
             )
             if pts:
                 ax1.plot(*zip(*pts, strict=True), style, marker="o", label=f"{tool} {op}")
-        pts = sorted(
-            (r["files"], r["peak_rss_mib"])
-            for r in files
-            if r["tool"] == tool and r["operation"] == FULL
-        )
-        if pts:
-            ax2.plot(*zip(*pts, strict=True), marker="o", label=tool)
-    ax1.set(xlabel="files", ylabel="wall time (s, median)", title="time")
-    ax2.set(xlabel="files", ylabel="peak RSS of a full (MiB)", title="memory")
+        for op, style in ((FULL, "-"), (NOCHANGE, "--")):
+            pts = sorted(
+                (r["files"], r["peak_rss_mib"])
+                for r in files
+                if r["tool"] == tool and r["operation"] == op
+            )
+            if pts:
+                ax2.plot(*zip(*pts, strict=True), style, marker="o", label=f"{tool} {op}")
+    ax1.set(xlabel="files", ylabel="wall time (s, median)", title="time", xscale="log")
+    ax2.set(
+        xlabel="files (10M: tiny files, backup only)",
+        ylabel="peak RSS (MiB)",
+        title="memory",
+        xscale="log",
+    )
+    ax2.axhline(200 * 1e6 / 2**20, color="grey", lw=0.8, ls=":")
     for ax in (ax1, ax2):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -836,6 +860,12 @@ def main() -> int:
         help="files part: the other tools to run ('' for backup alone, as at 10M files)",
     )
     ap.add_argument(
+        "--tiny-files",
+        default="",
+        help="files part: also trees of 16-200 byte files (e.g. 10000000), backup's full and "
+        "no-change only, for peak RSS",
+    )
+    ap.add_argument(
         "--from-json",
         type=Path,
         action="append",
@@ -867,6 +897,17 @@ def main() -> int:
         if "files" in parts and a.files
         else []
     )
+    if "files" in parts and a.tiny_files:
+        files += files_part(
+            a.workdir,
+            [int(x) for x in a.tiny_files.split(",")],
+            a.mean_bytes,
+            a.runs,
+            cmd,
+            runs_at=runs_at,
+            peers=[p for p in a.peers.split(",") if p],
+            tiny=True,
+        )
     builds = {OURS: cmd}
     for spec in a.policies_vs:
         label, _, line = spec.partition("=")
