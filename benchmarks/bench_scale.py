@@ -134,7 +134,7 @@ def make_tree(root: Path, files: int, mean_bytes: int, seed: int = 1) -> None:
         os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
 
 
-def make_tiny_tree(root: Path, files: int, seed: int = 1) -> None:
+def make_tiny_tree(root: Path, files: int, seed: int = 1, *, resume: bool = False) -> None:
     """``files`` small text files (16 to 200 bytes) in directories of 500, for the
     memory-only run at 10M files, where ``make_tree``'s 4 KiB files would take 40 GB and an
     hour to write: bodies drawn from a pool of 1,024, written with bare system calls."""
@@ -145,15 +145,21 @@ def make_tiny_tree(root: Path, files: int, seed: int = 1) -> None:
         words = " ".join(WORDS[rng.randrange(len(WORDS))] for _ in range(n))
         pool.append((words[:n] + "\n").encode())
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=resume)
     d = b""
     base = os.fsencode(root)
     for i in range(files):
         if i % 500 == 0:
             d = base + b"/d%04d/s%03d/" % (i // 50_000, (i // 500) % 100)
             os.makedirs(d, exist_ok=True)
-        fd = os.open(d + b"f%08d.txt" % i, flags, 0o644)
-        os.write(fd, pool[rng.getrandbits(10)])
+        body = pool[rng.getrandbits(10)]
+        try:
+            fd = os.open(d + b"f%08d.txt" % i, flags, 0o644)
+        except FileExistsError:
+            if resume:  # completing a tree a run left unfinished: the same bytes
+                continue
+            raise
+        os.write(fd, body)
         t = (1_700_000_000 + i) * 1_000_000_000
         os.utime(fd, ns=(t, t))
         os.close(fd)
