@@ -594,13 +594,18 @@ class Inventory:
                         state[bytes(path)] = sig_of(typ, size, mode, mtime_ns, ctime_ns, ino)
         return state
 
-    def _cached_tree(self, archive_id: str) -> TreeState | None:
+    def _tree_cache_row(self, archive_id: str) -> tuple[str, bytes] | None:
+        """Returns: the archive's tree_cache row (format, blob), or None."""
         with self._cursor() as cur:
             cur.execute(
                 f"SELECT format, blob FROM tree_cache WHERE archive_id = {self._mark}",
                 (archive_id,),
             )
             row = cur.fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def _cached_tree(self, archive_id: str) -> TreeState | None:
+        row = self._tree_cache_row(archive_id)
         if row is not None and row[0] == TREE2_FORMAT:
             chunks = self._checked_chunks(archive_id, row[1])
             return None if chunks is None else dict(self._chunk_items(archive_id, chunks))
@@ -614,12 +619,7 @@ class Inventory:
         consumed, so a damaged chunk is found before anything is compared against it); an
         older tree1 row, or the file index replayed where there is no cache to trust, is a
         dict sorted into that order (memory per path, as before tree2)."""
-        with self._cursor() as cur:
-            cur.execute(
-                f"SELECT format, blob FROM tree_cache WHERE archive_id = {self._mark}",
-                (archive_id,),
-            )
-            row = cur.fetchone()
+        row = self._tree_cache_row(archive_id)
         if row is not None and row[0] == TREE2_FORMAT:
             chunks = self._checked_chunks(archive_id, row[1])
             if chunks is not None:
