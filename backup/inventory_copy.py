@@ -181,10 +181,17 @@ def _export_key(now: datetime) -> str:
 # --- snapshot ---------------------------------------------------------------------------
 
 
+#: tables whose rows are packed runs of a file index (one ~200 KB blob per 10,000 paths):
+#: read a few rows at a time, or a batch of 5,000 holds the whole table (~300 MB at 10M
+#: paths, in every backup's copy of the inventory)
+_BLOB_TABLES = frozenset({"file_index_packed", "file_index_chunks"})
+
+
 def _rows(conn: sa.Connection, name: str) -> Iterator[sa.Row[Any]]:
     t = _table(name)
     pk = list(t.primary_key.columns)
-    yield from conn.execution_options(yield_per=5000).execute(sa.select(t).order_by(*pk))
+    batch = 4 if name in _BLOB_TABLES else 5000
+    yield from conn.execution_options(yield_per=batch).execute(sa.select(t).order_by(*pk))
 
 
 def _snapshot_lines(conn: sa.Connection, dialect: str) -> Iterator[bytes]:
@@ -524,7 +531,7 @@ def _merge(conn: sa.Connection, lines: Iterator[bytes], result: ImportResult) ->
         counts[table.name] += 1
         batch.append({c: _decode(v, k) for c, v, k in zip(columns, item, kinds, strict=True)})
         # an archive may come before its parent: the archives go in at once, parents first
-        if len(batch) >= 5000 and table.name != "archives":
+        if len(batch) >= (4 if table.name in _BLOB_TABLES else 5000) and table.name != "archives":
             state.flush(table, batch)
             batch = []
     if not ended:

@@ -399,3 +399,48 @@ def test_merge_into_an_inventory_in_use(env: Env, tmp_path: Path) -> None:
         b.close()
         if schemas is not None:
             next(schemas, None)
+
+
+def test_a_copy_and_its_import_hold_packed_index_runs_a_few_at_a_time(
+    tmp_path: Path, key: Key
+) -> None:
+    # A full of 10M paths leaves ~1,000 packed runs of its file index (~200 KB each). The
+    # copy made after every run read them 5,000 rows at a time, i.e. the whole table at
+    # once: the 10M-file benchmark's full peaked at 410 MiB where the run itself held
+    # 130. Here 48 runs of 512 KB (24 MB): the copy must hold a few, not all of them.
+    import tracemalloc
+
+    from backup.inventory import Archive
+
+    inv = Inventory(f"sqlite:///{tmp_path / 'inv.db'}")
+    inv.add_archive(
+        Archive(
+            id="a1", policy="p", target="file:///v", location="p/a1", manifest_location="p/a1.m",
+            kind="full", parent_id=None, created=datetime(2026, 11, 1, tzinfo=UTC),
+            state="complete",
+        )
+    )  # fmt: skip
+    blobs = [secrets.token_bytes(512 * 1024) for _ in range(48)]
+    for seq, blob in enumerate(blobs):
+        inv.add_file_index_chunk("a1", seq, blob)
+    target = tmp_path / "vault"
+    target.mkdir()
+    tracemalloc.start()
+    try:
+        info, _ = export_inventory(inv, f"file://{target}", [key.recipient])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 1024 * 1024, f"the copy held {peak >> 20} MiB"
+    # and it is whole: every run comes back byte for byte
+    back = Inventory(f"sqlite:///{tmp_path / 'back.db'}")
+    tracemalloc.start()
+    try:
+        import_inventory(back, f"file://{target}", [key.identity], key=info.key)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 1024 * 1024, f"the import held {peak >> 20} MiB"
+    with back.engine.connect() as c:
+        got = c.execute(sa.text("SELECT seq, blob FROM file_index_chunks ORDER BY seq")).all()
+    assert [bytes(b) for _, b in got] == blobs

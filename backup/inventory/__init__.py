@@ -46,6 +46,7 @@ from .tree_codec import (
     TREE2_FORMAT,
     TREE_FORMAT,
     canonical_key,
+    check_chunk,
     decode_chunk,
     decode_header2,
     decode_tree,
@@ -651,11 +652,11 @@ class Inventory:
         last: bytes | None = None
         count = 0
         for blob in self._chunk_blobs(archive_id, chunks):
-            items = None if blob is None else decode_chunk(blob, last)
-            if items is None:
+            checked = None if blob is None else check_chunk(blob, last)
+            if checked is None:
                 return None
-            count += len(items)
-            last = canonical_key(items[-1][0])
+            count += checked[0]
+            last = checked[1]
             if count > paths:
                 return None
         return chunks if count == paths else None

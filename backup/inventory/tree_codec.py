@@ -70,6 +70,7 @@ __all__ = [
     "ChunkWriter",
     "TreeBuilder",
     "canonical_key",
+    "check_chunk",
     "decode_chunk",
     "decode_header2",
     "decode_tree",
@@ -288,6 +289,18 @@ class _Codes(dict[str, int]):
 
 
 def _decode(blob: bytes) -> Tree:
+    keys, types, columns = _parse(blob)
+    ints = [c.tolist() if isinstance(c, array) else c for c in columns]
+    state = dict(zip(keys, zip(types, *ints, strict=True), strict=True))
+    if len(state) != len(keys):
+        raise _Malformed("a path repeats")
+    return state
+
+
+def _parse(blob: bytes) -> tuple[list[bytes], list[str], list[array[int] | list[int]]]:
+    """Every check of the encoding but a repeated path, and the columns as read: the
+    paths, their type names, and the five integer columns (an array, or a list of decimal
+    ones). Raises _Malformed."""
     size = zstandard.frame_content_size(blob)
     if size < 0 or size > max(_MIN_LIMIT, _MAX_RATIO * len(blob)):
         raise _Malformed("content size unknown or out of proportion")
@@ -309,7 +322,7 @@ def _decode(blob: bytes) -> Tree:
     if kind == _PATHS_JOINED:
         keys = bytes(paths).split(b"\0") if n else ([] if not paths else [b""])
     elif kind == _PATHS_SIZED:
-        lengths = _column_array("I", paths[: 4 * n], n)
+        lengths = _column_array("I", paths[: 4 * n], n).tolist()
         if sum(lengths) != len(paths) - 4 * n:
             raise _Malformed("path lengths")
         body = bytes(paths[4 * n :])
@@ -326,37 +339,34 @@ def _decode(blob: bytes) -> Tree:
     if codes.translate(None, bytes(range(len(table)))):
         raise _Malformed("type code")
     types = list(map(table.__getitem__, codes))
-    ints = []
+    columns: list[array[int] | list[int]] = []
     for _ in range(5):
         kind = r.u8()
         raw = r.take(r.u64())
         if kind == _INT64:
-            ints.append(_column_array("q", raw, n))
+            columns.append(_column_array("q", raw, n))
         elif kind == _UINT64:
-            ints.append(_column_array("Q", raw, n))
+            columns.append(_column_array("Q", raw, n))
         elif kind == _DECIMAL:
             values = [int(v) for v in bytes(raw).split(b",")] if n else []
             if len(values) != n or (not n and raw):
                 raise _Malformed("decimal column")
-            ints.append(values)
+            columns.append(values)
         else:
             raise _Malformed("column kind")
     if r.left():
         raise _Malformed("trailing bytes")
-    state = dict(zip(keys, zip(types, *ints, strict=True), strict=True))
-    if len(state) != n:
-        raise _Malformed("a path repeats")
-    return state
+    return keys, types, columns
 
 
-def _column_array(code: str, raw: memoryview, n: int) -> list[int]:
+def _column_array(code: str, raw: memoryview, n: int) -> array[int]:
     a = array(code)
     if len(raw) != a.itemsize * n:
         raise _Malformed("column length")
     a.frombytes(raw)
     if not _LITTLE:
         a.byteswap()
-    return a.tolist()
+    return a
 
 
 class _Reader:
@@ -435,12 +445,7 @@ def decode_chunk(blob: bytes, after: bytes | None) -> list[Item] | None:
     gc.disable()
     try:
         tree = _decode(bytes(blob))
-        keys = [k.translate(_SWAP) for k in tree]
-        if not keys:
-            return None  # the writer never stores an empty chunk
-        if after is not None and not after < keys[0]:
-            return None
-        if not all(map(bytes.__lt__, keys, keys[1:])):
+        if _ordered([k.translate(_SWAP) for k in tree], after) is None:
             return None
         return list(tree.items())
     except (_Malformed, zstandard.ZstdError, ValueError, OverflowError, MemoryError):
@@ -448,6 +453,29 @@ def decode_chunk(blob: bytes, after: bytes | None) -> list[Item] | None:
     finally:
         if collecting:
             gc.enable()
+
+
+def check_chunk(blob: bytes, after: bytes | None) -> tuple[int, bytes] | None:
+    """Returns: (paths, the last path's :func:`canonical_key`) of a chunk that
+    :func:`decode_chunk` would decode, else None; the same checks, without building the
+    signatures (the check pass before a chunked tree is trusted). Never raises."""
+    try:
+        keys, _types, _columns = _parse(bytes(blob))
+        last = _ordered([k.translate(_SWAP) for k in keys], after)
+        return None if last is None else (len(keys), last)
+    except (_Malformed, zstandard.ZstdError, ValueError, OverflowError, MemoryError):
+        return None
+
+
+def _ordered(keys: list[bytes], after: bytes | None) -> bytes | None:
+    """Returns: the last of ``keys`` when they are strictly ascending (so no path repeats:
+    canonical_key is a bijection) and after ``after``, else None (also for no keys: the
+    writer never stores an empty chunk)."""
+    if not keys or (after is not None and not after < keys[0]):
+        return None
+    if not all(map(bytes.__lt__, keys, keys[1:])):
+        return None
+    return keys[-1]
 
 
 class ChunkWriter:

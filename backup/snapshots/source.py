@@ -38,7 +38,6 @@ import tarfile
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
-import urllib3
 from botocore.exceptions import ClientError
 
 from ..archive.scan import DIR, FILE, Entry, ScanResult, Unreadable, compile_excludes
@@ -115,6 +114,8 @@ class _Bundles:
         return open_
 
     def _fetch(self, i: int) -> None:
+        import urllib3  # here, not at the top: 40 ms of every `backup` command otherwise
+
         self.data.clear()
         self.fetched = i
         want = {k: (size, etag) for k, size, etag in self.batches[i]}

@@ -20,6 +20,7 @@ from backup.inventory.tree_codec import (
     TREE2_FORMAT,
     ChunkWriter,
     canonical_key,
+    check_chunk,
     decode_chunk,
     decode_header2,
 )
@@ -186,6 +187,42 @@ def test_a_damaged_chunk_is_not_trusted(
 def test_decode_chunk_never_raises(blob: bytes, after: bytes | None) -> None:
     got = decode_chunk(blob, after)
     assert got is None or isinstance(got, list)
+
+
+def _chunks_of(items: list[Any]) -> list[bytes]:
+    w = ChunkWriter()
+    for p, sig in items:
+        w.add(p, *sig)
+    _header, chunks = w.finish()
+    got = list(chunks)
+    w.close()
+    return got
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from(["flip", "cut", "none"]))
+def test_the_check_pass_accepts_exactly_what_decoding_accepts(at: int, bit: int, how: str) -> None:
+    # check_chunk (the cheap pass that decides whether a cache is trusted) and decode_chunk
+    # (the stream read after it) must agree on every blob, damaged or not, or a chunk the
+    # check passed could fail mid-merge
+    first, second = _chunks_of(tree(300, seed=5)[:150]), _chunks_of(tree(300, seed=5)[150:])
+    blob = first[0]
+    if how == "flip":
+        b = bytearray(blob)
+        b[at % len(b)] ^= 1 << (bit % 8)
+        blob = bytes(b)
+    elif how == "cut":
+        blob = blob[: at % len(blob)]
+    for after in (None, canonical_key(b"a"), canonical_key(b"\xff" * 9)):
+        items = decode_chunk(blob, after)
+        checked = check_chunk(blob, after)
+        if items is None:
+            assert checked is None
+        else:
+            assert checked == (len(items), canonical_key(items[-1][0]))
+    last = canonical_key(tree(300, seed=5)[149][0])
+    assert check_chunk(second[0], last) == (150, canonical_key(tree(300, seed=5)[-1][0]))
+    assert check_chunk(first[0], last) is None  # out of order after the previous chunk
 
 
 def test_an_old_tree1_row_is_still_read_in_walk_order(inventory: Inventory) -> None:
