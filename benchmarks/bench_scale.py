@@ -313,6 +313,17 @@ class Borg:
         return tree_bytes(self.repo)
 
 
+def _said(m: Measurement) -> Measurement:
+    """Each measurement as it is made: a median can hide one disturbed repetition."""
+    print(
+        f"    {m.tool} {m.operation}: {m.wall_s:.2f} s wall, "
+        f"{m.user_s:.2f} + {m.sys_s:.2f} s CPU, {m.max_rss_kib / 1024:.0f} MiB "
+        f"(others {m.other_cpu_s:.1f} s, steal {m.steal_s:.1f} s)",
+        flush=True,
+    )
+    return m
+
+
 def files_part(
     workdir: Path,
     counts: Sequence[int],
@@ -364,7 +375,7 @@ def files_part(
                 want = digest_tree(data)
             for op in (FULL, NOCHANGE):
                 for t in tools[rep % len(tools) :] + tools[: rep % len(tools)]:
-                    ms.append(t.backup(op, rep))
+                    ms.append(_said(t.backup(op, rep)))
             if tiny:
                 for t in tools:
                     stored.setdefault(type(t).__name__, []).append(t.stored())
@@ -373,7 +384,7 @@ def files_part(
             changed = change_one_percent(data, count, rep)
             want = digest_tree(data)
             for t in tools:
-                ms.append(t.backup(INCR, rep))
+                ms.append(_said(t.backup(INCR, rep)))
                 stored.setdefault(type(t).__name__, []).append(t.stored())
             for t in tools:
                 dest = scratch / f"restore-{type(t).__name__}"
@@ -381,7 +392,7 @@ def files_part(
                 dest.mkdir()
                 m, root = t.restore(rep, dest)
                 check_tree(f"{m.tool} at {count} files", root, want)
-                ms.append(m)
+                ms.append(_said(m))
                 shutil.rmtree(dest)
             print(f"  {count:,} files, repetition {rep + 1}/{reps} done ({len(changed)} changed)")
         for op in OPERATIONS:
