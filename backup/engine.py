@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
+from backup.threads import leave_signals_to_main
+
 from .archive import FORMAT_VERSION, Entry, pack
 from .archive.manifest import ManifestWriter, path_to_json
 from .archive.pack import Record
@@ -361,7 +363,9 @@ def _run_backup(
     # (for the next incremental): nothing per path is held for the whole run but the tree
     entries = ManifestWriter()
     tree = _TreeAt(parent is None)
-    aside = ThreadPoolExecutor(2, thread_name_prefix="backup-aside")
+    aside = ThreadPoolExecutor(
+        2, thread_name_prefix="backup-aside", initializer=leave_signals_to_main
+    )
     commit: Future[str] | None = None
     try:
         total = None if kind == "full" else sum(e.size for e in selected if e.kind == FILE)

@@ -59,6 +59,7 @@ from .gcpause import gc_paused
 from .inventory import Archive, Inventory
 from .progress import Progress
 from .targets import Target, open_target
+from .threads import start_thread
 
 __all__ = [
     "RestoreResult",
@@ -174,10 +175,7 @@ class _Prefetch:
         self._end: BaseException | None = None  # raised again by every read after an error
         self._eof = False
         self._stop = False
-        self._t = threading.Thread(
-            target=self._run, args=(plain, age), name="restore-decrypt", daemon=True
-        )
-        self._t.start()
+        self._t = start_thread(self._run, "restore-decrypt", plain, age)
 
     def _run(self, plain: Any, age: AgeReader) -> None:
         try:

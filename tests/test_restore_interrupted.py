@@ -133,6 +133,32 @@ def test_sigterm_removes_staging_and_ends_the_process_by_sigterm(tmp_path: Path,
     assert snapshot_tree(dest) == before
 
 
+def _blocked(pid: int, tid: int) -> int:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+
+
+def test_only_the_main_thread_can_take_sigint_or_sigterm(tmp_path: Path, key: Key) -> None:
+    """The kernel hands a signal sent to the process to any thread not blocking it. Had a
+    helper (the decrypting reader waiting on the archive, a filesystem worker) taken it, the
+    main thread, waiting on that helper's queue, would never run the handler: Ctrl-C and
+    SIGTERM would do nothing until more data came. Every other thread blocks both."""
+    archive, _src = _archive(tmp_path, key)
+    dest = tmp_path / "dest"
+    proc, fd = _start(tmp_path, key, archive, dest)
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{proc.pid}/task"))
+        assert len(tids) > 1, "the restore runs helper threads"
+        both = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+        assert _blocked(proc.pid, proc.pid) & both == 0
+        helpers = {tid: _blocked(proc.pid, tid) & both for tid in tids if tid != proc.pid}
+        assert helpers == dict.fromkeys(helpers, both), helpers
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(fd)
+
+
 class _Interrupt(Progress):
     def advance(self, nbytes: int) -> None:
         raise KeyboardInterrupt

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -645,10 +646,18 @@ static int run_listing(node *start, const patset *names, const patset *paths, in
     Py_BEGIN_ALLOW_THREADS
     pthread_t tids[64];
     int started = 0;
+    /* the helpers inherit a mask blocking SIGINT and SIGTERM, so the kernel hands those to
+     * the calling thread, where Python's handler is (backup/threads.py says why) */
+    sigset_t quiet, was;
+    sigemptyset(&quiet);
+    sigaddset(&quiet, SIGINT);
+    sigaddset(&quiet, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &quiet, &was);
     for (int i = 1; i < threads; i++) {
         if (pthread_create(&tids[started], NULL, worker, &ws) == 0)
             started++;
     }
+    pthread_sigmask(SIG_SETMASK, &was, NULL);
     worker(&ws); /* this thread walks too */
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);

@@ -29,6 +29,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from backup.threads import start_thread
+
 __all__ = ["FSJobs"]
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...]]
@@ -63,12 +65,7 @@ class FSJobs:
         self._deps: set[int] = set()
         self._last: dict[bytes, int] = {}  # path -> batch of its latest job
         self._cancel = False
-        self._threads = [
-            threading.Thread(target=self._work, name=f"restore-fs_{i}", daemon=True)
-            for i in range(threads)
-        ]
-        for t in self._threads:
-            t.start()
+        self._threads = [start_thread(self._work, f"restore-fs_{i}") for i in range(threads)]
 
     # -- workers ---------------------------------------------------------------------------
 

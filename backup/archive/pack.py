@@ -21,7 +21,6 @@ import os
 import pwd
 import queue
 import stat
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
@@ -31,6 +30,7 @@ import zstandard
 
 from ..crypto.age import AgeWriter, Recipient
 from ..progress import Progress
+from ..threads import start_thread
 from . import tarformat as tf
 from .scan import BLK, CHR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, Unreadable
 from .tarformat import header
@@ -254,8 +254,7 @@ class _Pipe:
         self.age = age
         self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._run, name="pack-writer", daemon=True)
-        self.t.start()
+        self.t = start_thread(self._run, "pack-writer")
 
     def _run(self) -> None:
         try:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from ..errors import ConfigError, SourceError
+from ..threads import leave_signals_to_main
 
 try:
     # by name, not `from . import`: that form reads (to grimp and import-linter) as an import
@@ -407,6 +408,7 @@ def prefetch(policy_name: str, sources: Sequence[tuple[str, Path]], exclude: Seq
     box: list[_Listed] = []
 
     def walk() -> None:
+        leave_signals_to_main()
         with contextlib.suppress(Exception):  # reported by the scan that runs instead
             roots = _check_roots(policy_name, sources)
             walkers = [_listing(a, n, fast) for n, a, st in roots if not stat.S_ISREG(st.st_mode)]

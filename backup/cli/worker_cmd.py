@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from ..settings import Settings
+from ..threads import start_thread
 from .context import Ctx
 from .output import handled
 
@@ -193,8 +194,7 @@ def serve(obj: Ctx, concurrency: int, pool: str, loglevel: str, metrics_port: in
     stop = threading.Event()
     sched = Scheduler(obj.settings, app)
     _serve_metrics(obj, metrics_port, sched.name)
-    t = threading.Thread(target=sched.run, args=(stop,), name="scheduler", daemon=True)
-    t.start()
+    t = start_thread(sched.run, "scheduler", stop)
     try:
         app.worker_main(_worker_argv(obj.settings, list(QUEUES), concurrency, pool, loglevel))
     finally:

@@ -25,6 +25,7 @@ from ..inventory import Inventory
 from ..policy import Policy, PolicyFile, get_policy, read_policies
 from ..progress import Progress
 from ..settings import Settings
+from ..threads import start_thread
 from .dispatch import Dispatch
 from .process import process_name
 from .store import JobStore
@@ -128,8 +129,7 @@ class JobContext:
                     progress.cancelled = job_id
                     return
 
-        t = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-        t.start()
+        t = start_thread(beat, f"heartbeat-{job_id}")
         try:
             yield
         finally:

@@ -55,6 +55,7 @@ from botocore.exceptions import ClientError
 
 from ..errors import SnapshotError
 from ..targets.awserrors import error_code, http_status, is_missing
+from ..threads import leave_signals_to_main
 from .base import (
     ForkResult,
     Lineage,
@@ -568,7 +569,9 @@ class VersionedProvider(S3Listing, SnapshotProvider):
         nbytes = 0
         total = len(todo)
         # a bounded window of copies in flight; the first failure cancels the rest
-        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fork")
+        pool = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="fork", initializer=leave_signals_to_main
+        )
         try:
             inflight: set[Future[ObjectState]] = set()
             it = iter(todo)

@@ -50,6 +50,7 @@ from urllib.parse import parse_qs, urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ObjectNotFound, TargetError
+from ..threads import leave_signals_to_main
 from ..times import parse_service_time
 from .awserrors import error_code
 from .base import ObjectInfo, Readiness, RetrievalStatus, Target, WriteOptions, check_key
@@ -221,7 +222,9 @@ class GlacierWriter(PartWriter):
         except (ClientError, BotoCoreError) as e:
             raise self._fail(e) from e
         self._upload_id = resp["uploadId"]
-        self._pool = ThreadPoolExecutor(t.workers, thread_name_prefix="glacier-part")
+        self._pool = ThreadPoolExecutor(
+            t.workers, thread_name_prefix="glacier-part", initializer=leave_signals_to_main
+        )
 
     def _send_part(self) -> None:
         if self.parts >= MAX_PARTS:

@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ObjectNotFound, TargetError
+from ..threads import leave_signals_to_main
 from .awserrors import error_code, error_line, http_status, is_missing
 from .base import (
     ObjectInfo,
@@ -230,7 +231,9 @@ class S3Writer(PartWriter):
         self._uploading = 0
         self.peak_buffered = 0
         self.peak_uploading = 0
-        self._pool = ThreadPoolExecutor(target.workers, thread_name_prefix="s3-part")
+        self._pool = ThreadPoolExecutor(
+            target.workers, thread_name_prefix="s3-part", initializer=leave_signals_to_main
+        )
         args = self._object_args()
         try:
             resp = target.client.create_multipart_upload(**args)
