@@ -32,20 +32,22 @@ import signal
 import socket
 import stat
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
 import zstandard
 
-from .archive import Extractor, decode_manifest
+from .archive import Extractor
 from .archive import tarformat as tf
 from .archive.extract import normalize_member_name, restore_threads
-from .archive.manifest import path_from_json
-from .crypto.age import AgeReader, Identity, decrypt_bytes, load_identities
+from .archive.manifest import ManifestReader, path_from_json
+from .crypto.age import AgeReader, Identity, load_identities
 from .errors import (
     ArchiveCorrupt,
     ArchiveError,
@@ -149,13 +151,51 @@ class _HashingReader:
 
 def read_manifest(
     target: Target, archive: Archive, identities: Sequence[Identity]
-) -> dict[str, Any]:
-    """Fetch and decrypt an archive's manifest."""
-    with target.open_read(archive.manifest_location) as f:
-        blob = f.read()
-    return decode_manifest(
-        decrypt_bytes(blob, identities, name=f"manifest of {archive.id}"), archive.id, slim=True
-    )
+) -> ManifestReader:
+    """Fetch and decrypt an archive's manifest, authenticating all of it, into a spool (its
+    compressed text, ~40 bytes a path, on disk past 8 MiB), and check its fields. Restore
+    and verify then read its entries as a stream, in archive order.
+
+    Raises:
+        NoIdentityMatch, HeaderError, HMACError, PayloadError: as AgeReader.
+        ArchiveCorrupt: not a manifest this version reads.
+    """
+    spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115  # the reader's
+    try:
+        with (
+            target.open_read(archive.manifest_location) as f,
+            AgeReader(f, identities, name=f"manifest of {archive.id}") as age,
+        ):
+            while data := age.read(_READ):
+                spool.write(data)
+        m = ManifestReader(spool, archive.id)
+        m.fields  # noqa: B018  # fails here, before anything is written, if not a manifest
+    except BaseException:
+        spool.close()
+        raise
+    return m
+
+
+class _Expected:
+    """The manifest's SHA-256 of each file, looked up as the tar members arrive: in archive
+    order, so the next entries are the ones wanted and only a batch of them is held. A
+    lookup of a path not ahead (an archive whose members were in another order; no writer
+    made one) falls back to a map of every entry, read again from the manifest."""
+
+    def __init__(self, m: ManifestReader) -> None:
+        self._m = m
+        self._it: Iterator[dict[str, Any]] | None = m.entries()
+        self._map: dict[bytes, str | None] | None = None
+
+    def get(self, rel: bytes) -> str | None:
+        if self._it is not None:
+            for e in self._it:
+                if path_from_json(e["path"]) == rel:
+                    return e.get("sha256")
+            self._it = None
+        if self._map is None:
+            self._map = {path_from_json(e["path"]): e.get("sha256") for e in self._m.entries()}
+        return self._map.get(rel)
 
 
 class _Prefetch:
@@ -765,55 +805,69 @@ def restore(
         return targets[a.target]
 
     # plan from manifests: fails early on a wrong key, before the destination is touched
-    manifests = [read_manifest(target_of(a), a, identities) for a in chain]
-    later: set[bytes] = set()
-    skips: list[set[bytes]] = []
-    for m in reversed(manifests):
-        paths = {path_from_json(e["path"]) for e in m["entries"]}
-        link_targets = {path_from_json(e["link"]) for e in m["entries"] if e["type"] == "hardlink"}
-        skips.append((paths & later) - link_targets)
-        later |= paths | {path_from_json(p) for p in m["deleted"]}
-    skips.reverse()
-    result = RestoreResult(to)
-    total = sum(m["size_in"] for m in manifests)
+    manifests: list[ManifestReader] = []
+    try:
+        for a in chain:
+            manifests.append(read_manifest(target_of(a), a, identities))
+        # what a later archive writes or deletes is skipped in an earlier one; held are the
+        # paths of the incrementals (the changes), never those of the full
+        later: set[bytes] = set()
+        skips: list[set[bytes]] = []
+        links: list[dict[bytes, list[bytes]]] = []
+        for i in range(len(manifests) - 1, -1, -1):
+            m = manifests[i]
+            skip: set[bytes] = set()
+            named: dict[bytes, list[bytes]] = {}
+            if i or later or include:
+                for e in m.entries():
+                    path = path_from_json(e["path"])
+                    if e["type"] == "hardlink":
+                        named.setdefault(path_from_json(e["link"]), []).append(path)
+                    if path in later:
+                        skip.add(path)
+                    if i:
+                        later.add(path)
+                skip -= named.keys()  # a hard link's target is written, for its links
+            later.update(path_from_json(p) for p in m["deleted"])
+            skips.append(skip)
+            links.append(named)
+        later.clear()
+        skips.reverse()
+        links.reverse()
+        result = RestoreResult(to)
+        total = sum(m["size_in"] for m in manifests)
 
-    def work(ex: Extractor) -> None:
-        progress.start(f"restore {archive.id}", total)
-        for a, m, skip in zip(chain, manifests, skips, strict=True):
-            for p in m["deleted"]:
-                ex.delete(normalize_member_name(path_from_json(p), a.id))
-            hashes = {
-                path_from_json(e["path"]): e["sha256"] for e in m["entries"] if e.get("sha256")
-            }
-            links: dict[bytes, list[bytes]] = {}
-            for e in m["entries"]:
-                if e["type"] == "hardlink":
-                    links.setdefault(path_from_json(e["link"]), []).append(
-                        path_from_json(e["path"])
+        def work(ex: Extractor) -> None:
+            progress.start(f"restore {archive.id}", total)
+            for a, m, skip, named in zip(chain, manifests, skips, links, strict=True):
+                for p in m["deleted"]:
+                    ex.delete(normalize_member_name(path_from_json(p), a.id))
+                with target_of(a).open_read(a.location) as f:
+                    hr = _stream(
+                        f,
+                        identities,
+                        a.id,
+                        functools.partial(
+                            ex.extract,
+                            archive=a.id,
+                            skip=skip,
+                            hashes=_Expected(m),
+                            links=named,
+                            progress=progress,
+                        ),
                     )
-            with target_of(a).open_read(a.location) as f:
-                hr = _stream(
-                    f,
-                    identities,
-                    a.id,
-                    functools.partial(
-                        ex.extract,
-                        archive=a.id,
-                        skip=skip,
-                        hashes=hashes,
-                        links=links,
-                        progress=progress,
-                    ),
-                )
-            if a.sha256 and hr.h.hexdigest() != a.sha256:
-                raise ArchiveCorrupt(
-                    a.id, "stored object's SHA-256 differs from the inventory's record"
-                )
-            result.archives.append(a.id)
-        progress.finish()
-        result.files, result.bytes = ex.files, ex.bytes
+                if a.sha256 and hr.h.hexdigest() != a.sha256:
+                    raise ArchiveCorrupt(
+                        a.id, "stored object's SHA-256 differs from the inventory's record"
+                    )
+                result.archives.append(a.id)
+            progress.finish()
+            result.files, result.bytes = ex.files, ex.bytes
 
-    _run_staged(to, force, work, include, allow_external_symlinks)
+        _run_staged(to, force, work, include, allow_external_symlinks)
+    finally:
+        for m in manifests:
+            m.close()
     result.seconds = (datetime.now(UTC) - t0).total_seconds()
     inventory.log(
         "restore",
@@ -885,41 +939,62 @@ def verify(
     if a.state != "complete":
         raise ArchiveError(a.id, f"is {a.state}, not complete")
     target = open_target(a.target)
-    m = read_manifest(target, a, identities)
-    expected = {path_from_json(e["path"]): e for e in m["entries"]}
     res = VerifyResult(a.id)
-    seen: set[bytes] = set()
+    with read_manifest(target, a, identities) as m:
+        entries = m.entries()
+        matched = 0  # members that were the manifest's next entry, as every writer made them
+        # an archive in another order (none we wrote) is checked against a map, the old way
+        expected: dict[bytes, dict[str, Any]] | None = None
+        seen: set[bytes] = set()
 
-    def body(r: tf.TarReader) -> None:
-        buf = memoryview(bytearray(_READ))
-        for mem in r:
-            rel = normalize_member_name(mem.name, a.id)
-            e = expected.get(rel)
-            if e is None:
-                raise ArchiveCorrupt(a.id, f"entry {os.fsdecode(rel)!r} is not in the manifest")
-            seen.add(rel)
-            res.entries += 1
-            if mem.type == tf.REGTYPE:
-                h = hashlib.sha256()
-                while n := r.readinto_data(buf):
-                    h.update(buf[:n])
-                    progress.advance(n)
-                if h.hexdigest() != e.get("sha256"):
-                    raise ArchiveCorrupt(
-                        a.id, f"content of {os.fsdecode(rel)!r} does not match its manifest hash"
-                    )
-                res.files_checked += 1
-                res.bytes += mem.size
+        def entry_for(rel: bytes) -> dict[str, Any] | None:
+            nonlocal matched, expected
+            if expected is None:
+                e = next(entries, None)
+                if e is not None and path_from_json(e["path"]) == rel:
+                    matched += 1
+                    return e
+                expected = {path_from_json(e["path"]): e for e in m.entries()}
+                seen.update(path_from_json(e["path"]) for e in islice(m.entries(), matched))
+            found = expected.get(rel)
+            if found is not None:
+                seen.add(rel)
+            return found
 
-    progress.start(f"verify {a.id}", m["size_in"])
-    with target.open_read(a.location) as f:
-        hr = _stream(f, identities, a.id, body)
-    progress.finish()
-    missing = set(expected) - seen
+        def body(r: tf.TarReader) -> None:
+            buf = memoryview(bytearray(_READ))
+            for mem in r:
+                rel = normalize_member_name(mem.name, a.id)
+                e = entry_for(rel)
+                if e is None:
+                    raise ArchiveCorrupt(a.id, f"entry {os.fsdecode(rel)!r} is not in the manifest")
+                res.entries += 1
+                if mem.type == tf.REGTYPE:
+                    h = hashlib.sha256()
+                    while n := r.readinto_data(buf):
+                        h.update(buf[:n])
+                        progress.advance(n)
+                    if h.hexdigest() != e.get("sha256"):
+                        raise ArchiveCorrupt(
+                            a.id,
+                            f"content of {os.fsdecode(rel)!r} does not match its manifest hash",
+                        )
+                    res.files_checked += 1
+                    res.bytes += mem.size
+
+        progress.start(f"verify {a.id}", m["size_in"])
+        with target.open_read(a.location) as f:
+            hr = _stream(f, identities, a.id, body)
+        progress.finish()
+        if expected is None:
+            missing = [path_from_json(e["path"]) for e in entries]
+        else:
+            missing = sorted(set(expected) - seen)
     if missing:
         raise ArchiveCorrupt(
             a.id,
-            f"{len(missing)} manifest entries missing from the archive, e.g. {os.fsdecode(min(missing))!r}",
+            f"{len(missing)} manifest entries missing from the archive, "
+            f"e.g. {os.fsdecode(min(missing))!r}",
         )
     if a.sha256 and hr.h.hexdigest() != a.sha256:
         raise ArchiveCorrupt(a.id, "stored object's SHA-256 differs from the inventory's record")

@@ -12,15 +12,24 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
+from backup.archive.manifest import ManifestReader, encode_manifest
 from backup.cli.output import parse_time
-from backup.crypto.age import PayloadError, load_identities
+from backup.crypto.age import (
+    PayloadError,
+    decrypt_bytes,
+    encrypt_bytes,
+    load_identities,
+    parse_recipient,
+)
 from backup.engine import run_backup
 from backup.errors import (
     ArchiveCorrupt,
@@ -30,7 +39,7 @@ from backup.errors import (
     UnsafeArchiveEntry,
 )
 from backup.inventory import Inventory
-from backup.restore import restore, restore_file, verify
+from backup.restore import _Expected, restore, restore_file, verify
 from tests.conftest import Env, Key, require_tools, snapshot_tree
 from tests.test_interop import (
     cli,
@@ -755,6 +764,84 @@ def test_corrupted_archive_in_inventory_fails_restore_and_verify(
     with pytest.raises(ArchiveCorrupt, match=aid):
         restore("p", inventory, dest, load_identities(env.key.path), archive_id=aid)
     assert not dest.exists() and staging_left(env.tmp) == []
+
+
+def _rewrite_manifest(env: Env, inventory: Inventory, aid: str, change: Any) -> None:
+    """Decrypt an archive's manifest, let ``change`` edit its JSON, and store it again,
+    encrypted to the same key (age cannot tell: anyone with the public key can do this)."""
+    path = env.vault / inventory.get(aid).manifest_location
+    plain = decrypt_bytes(path.read_bytes(), load_identities(env.key.path))
+    m = json.loads(zstandard.ZstdDecompressor().decompressobj().decompress(plain))
+    change(m)
+    raw = zstandard.ZstdCompressor().compress(json.dumps(m).encode())
+    path.write_bytes(encrypt_bytes(raw, [parse_recipient(env.key.recipient)]))
+
+
+def test_a_manifest_out_of_archive_order_still_restores_and_verifies(
+    env: Env, inventory: Inventory
+) -> None:
+    """Restore and verify read a manifest's entries as a stream, in archive order, as every
+    writer wrote them; one in another order (and spaced, and with its fields after the
+    entries, as the first writer put them) is still read right, through a map."""
+    make_tree(env.source)
+    full = run_backup(env.policy(), inventory).archive.id
+    first = take(env.source)
+    (env.source / "plain.txt").write_text("changed")
+    (env.source / "hl-c").unlink()
+    inc = run_backup(env.policy(), inventory).archive.id
+    second = take(env.source)
+
+    def shuffle(m: dict[str, Any]) -> None:
+        entries = m.pop("entries")
+        entries.reverse()
+        deleted = m.pop("deleted")
+        m["entries"], m["deleted"] = entries, deleted
+
+    _rewrite_manifest(env, inventory, full, shuffle)
+    ident = load_identities(env.key.path)
+    assert verify(full, inventory, ident).files_checked > 10
+    restore("p", inventory, env.tmp / "at-full", ident, archive_id=full)
+    assert_restored(first, env.tmp / "at-full")
+    restore("p", inventory, env.tmp / "at-inc", ident, archive_id=inc)
+    assert_restored(second, env.tmp / "at-inc")
+
+    # what verify catches either way: an entry the manifest lacks, one the archive lacks
+    def drop(m: dict[str, Any]) -> None:
+        m["entries"] = [e for e in m["entries"] if e["path"] != "exec.sh"]
+
+    _rewrite_manifest(env, inventory, full, drop)
+    with pytest.raises(ArchiveCorrupt, match=f"{full}.*'exec.sh' is not in the manifest"):
+        verify(full, inventory, ident)
+
+    def extra(m: dict[str, Any]) -> None:
+        m["entries"].append(dict(m["entries"][0], path="never-archived"))
+
+    _rewrite_manifest(env, inventory, inc, extra)
+    with pytest.raises(ArchiveCorrupt, match=r"1 manifest entries missing.*'never-archived'"):
+        verify(inc, inventory, ident)
+
+
+def test_expected_hashes_in_order_hold_a_batch_and_out_of_order_still_answer() -> None:
+    n = 200_000
+    entries = [
+        {"path": f"d/{i:06}", "type": "file", "offset": i, "sha256": f"{i:064x}"} for i in range(n)
+    ]
+    blob = encode_manifest({"format": 1, "deleted": []}, entries)
+    with ManifestReader(io.BytesIO(blob), "a1") as m:
+        tracemalloc.start()
+        try:
+            exp = _Expected(m)
+            for i in range(0, n, 3):  # members between are not asked for (dirs, skipped)
+                assert exp.get(f"d/{i:06}".encode()) == f"{i:064x}"
+            held = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert held < 16 << 20, held  # a map of all 200,000 would be some 40 MB
+        exp = _Expected(m)
+        assert exp.get(b"d/000007") == f"{7:064x}"
+        assert exp.get(b"d/000003") == f"{3:064x}"  # behind: through the map
+        assert exp.get(b"d/199999") == f"{199999:064x}"
+        assert exp.get(b"not there") is None
 
 
 @pytest.fixture

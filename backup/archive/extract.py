@@ -22,6 +22,7 @@ import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import ArchiveCorrupt, ArchiveError, UnsafeArchiveEntry
 from ..progress import Progress
@@ -113,6 +114,12 @@ _LINK, _DIR, _OTHER = 0, 1, 2
 # destination (neither: known by name only, as nothing or not a directory is there now)
 _Frame = tuple[bytes, bool, bool]
 _NAMED: _Frame = (b"", False, False)
+
+
+class Expected(Protocol):
+    """The manifest's SHA-256 of a file's content, asked for in archive order."""
+
+    def get(self, rel: bytes, /) -> str | None: ...
 
 
 class _Outside(Exception):
@@ -501,7 +508,7 @@ class Extractor:
         archive: str,
         *,
         skip: set[bytes] | None = None,
-        hashes: dict[bytes, str] | None = None,
+        hashes: Expected | None = None,
         links: dict[bytes, list[bytes]] | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -511,7 +518,8 @@ class Extractor:
             reader: the archive's tar stream.
             archive: its name, for errors.
             skip: paths a later archive replaces or deletes: read past, not written.
-            hashes: expected SHA-256 of file contents by path (from the manifest).
+            hashes: expected SHA-256 of file contents by path (from the manifest), asked
+                in member order.
             links: hard-link names by the path they link to (from the manifest).
             progress: told of content bytes as they are read.
         """

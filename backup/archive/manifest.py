@@ -13,12 +13,13 @@ escape in the JSON and comes back exactly.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, Protocol
 
 import zstandard
 
@@ -26,6 +27,7 @@ from ..errors import ArchiveCorrupt
 
 __all__ = [
     "FORMAT_VERSION",
+    "ManifestReader",
     "ManifestWriter",
     "decode_index_chunk",
     "decode_manifest",
@@ -266,3 +268,211 @@ def decode_manifest(data: bytes, name: str, *, slim: bool = False) -> dict[str, 
             name, f"manifest format {m.get('format') if isinstance(m, dict) else '?'} not supported"
         )
     return m
+
+
+# -- reading a manifest as a stream -------------------------------------------------------
+
+_READ_TEXT = 1 << 20
+# one JSON value never needs this much text (an entry's path is at most a few KiB even
+# escaped); more without a complete value means a damaged manifest, not a long entry
+_MAX_VALUE = 64 << 20
+# between two entries of the compact JSON every writer produced: the `"` after `{` cannot
+# be inside a string (it would be escaped), so this splits the entries array safely
+_BOUNDARY = '},{"'
+
+
+class _Text:
+    """Decompressed manifest text, read a piece at a time, with a cursor."""
+
+    def __init__(self, reader: Any, name: str) -> None:
+        self._r = reader
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.name = name
+        self.buf = ""
+        self.pos = 0
+        self.base = 0  # where buf starts in the whole text
+        self.eof = False
+
+    def more(self) -> bool:
+        """Read another piece; returns False at the end of the text."""
+        if self.eof:
+            return False
+        try:
+            raw = self._r.read(_READ_TEXT)
+            text = self._utf8.decode(raw, final=not raw)
+        except (zstandard.ZstdError, UnicodeDecodeError) as e:
+            raise ArchiveCorrupt(self.name, f"manifest unreadable: {e}") from None
+        if not raw:
+            self.eof = True
+        if len(self.buf) - self.pos > _MAX_VALUE:
+            raise ArchiveCorrupt(self.name, "manifest unreadable: a value without an end")
+        self.base += self.pos
+        self.buf = self.buf[self.pos :] + text
+        self.pos = 0
+        return not self.eof or bool(text)
+
+    def char(self) -> str:
+        """The next character that is not white space (not consumed), or "" at the end."""
+        while True:
+            n = len(self.buf)
+            while self.pos < n and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < n:
+                return self.buf[self.pos]
+            if not self.more():
+                return ""
+
+    def expect(self, chars: str) -> str:
+        c = self.char()
+        if not c or c not in chars:
+            found = repr(c) if c else "the end"
+            raise ArchiveCorrupt(
+                self.name, f"manifest unreadable: expected {' or '.join(chars)}, found {found}"
+            )
+        self.pos += 1
+        return c
+
+    def value(self, decoder: json.JSONDecoder) -> Any:
+        """One JSON value at the cursor."""
+        self.char()
+        while True:
+            try:
+                v, end = decoder.raw_decode(self.buf, self.pos)
+            except ValueError as e:
+                if self.more():
+                    continue
+                raise ArchiveCorrupt(self.name, f"manifest unreadable: {e}") from None
+            # a number or a literal may go on in the next piece
+            if end < len(self.buf) or not self.more():
+                self.pos = end
+                return v
+
+
+_PLAIN = json.JSONDecoder()
+_SLIM = json.JSONDecoder(object_hook=_slim)
+
+
+class ManifestReader:
+    """A decrypted manifest read as a stream, as often as needed, from its compressed text
+    (a spool the caller fills): its fields in one pass that stops at the entries where it
+    can, its entries in batches. What it holds is a piece of text and one batch of entries,
+    whatever the number of paths; :func:`decode_manifest` holds all of them.
+
+    Every writer put the entries in the order of the archive's tar members. Fields may come
+    before or after them (before, since 2026-11-21; ``deleted`` after, in the first writer).
+    """
+
+    def __init__(self, compressed: IO[bytes], name: str) -> None:
+        self._f = compressed
+        self.name = name
+        self._fields: dict[str, Any] | None = None
+
+    def _text(self) -> _Text:
+        self._f.seek(0)
+        reader = zstandard.ZstdDecompressor().stream_reader(self._f, closefd=False)
+        return _Text(reader, self.name)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """Every field but ``entries``.
+
+        Raises:
+            ArchiveCorrupt: not a manifest, or of a format this version does not read.
+        """
+        if self._fields is None:
+            t = self._text()
+            fields: dict[str, Any] = {}
+            t.expect("{")
+            if t.char() != "}":
+                while True:
+                    key = t.value(_PLAIN)
+                    if not isinstance(key, str):
+                        raise ArchiveCorrupt(self.name, "manifest unreadable: a key not a string")
+                    t.expect(":")
+                    if key != "entries":
+                        fields[key] = t.value(_PLAIN)
+                    elif "deleted" in fields:
+                        break  # the entries come last: every field is known
+                    else:
+                        for _ in self._entries_at(t):
+                            pass
+                    if t.expect(",}") == "}":
+                        break
+            if fields.get("format") != FORMAT_VERSION:
+                raise ArchiveCorrupt(
+                    self.name, f"manifest format {fields.get('format', '?')} not supported"
+                )
+            self._fields = fields
+        return self._fields
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """The entries in archive order, each with what restore and verify read (path,
+        type, size, sha256, link)."""
+        self.fields  # noqa: B018  # the format is checked before any entry is used
+        t = self._text()
+        t.expect("{")
+        while t.char() != "}":
+            key = t.value(_PLAIN)
+            t.expect(":")
+            if key == "entries":
+                yield from self._entries_at(t)
+                # what follows them is read too: the document must end where it should
+                while t.expect(",}") == ",":
+                    t.value(_PLAIN)
+                    t.expect(":")
+                    t.value(_PLAIN)
+                if t.char():
+                    raise ArchiveCorrupt(self.name, "manifest unreadable: text after its end")
+                return
+            t.value(_PLAIN)
+            t.expect(",")
+        raise ArchiveCorrupt(self.name, "manifest unreadable: no entries")
+
+    def _entries_at(self, t: _Text) -> Iterator[dict[str, Any]]:
+        t.expect("[")
+        if t.char() == "]":
+            t.pos += 1
+            return
+        # no boundary worth trying starts before this offset (in the whole text): searched
+        # already, or where a batch parse failed; so no text is searched or parsed twice
+        tried = 0
+        while True:
+            # fast path: every whole entry in the text read so far, in one parse
+            k = t.buf.rfind(_BOUNDARY, max(t.pos, tried - t.base))
+            if k < 0:
+                tried = t.base + max(t.pos, len(t.buf) - len(_BOUNDARY) + 1)
+            elif k > t.pos:
+                tried = t.base + k + 1
+                try:
+                    batch = _SLIM.decode("[" + t.buf[t.pos : k + 1] + "]")
+                except ValueError:
+                    pass  # the split fell beyond the entries (fields after them): one at a time
+                else:
+                    t.pos = k + 2
+                    for e in batch:
+                        self._check(e)
+                    yield from batch
+                    if len(t.buf) - t.pos < _READ_TEXT:
+                        t.more()
+                    continue
+            e = t.value(_SLIM)
+            self._check(e)
+            yield e
+            if t.expect(",]") == "]":
+                return
+
+    def _check(self, e: Any) -> None:
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+            raise ArchiveCorrupt(self.name, "manifest unreadable: an entry without a path")
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> ManifestReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

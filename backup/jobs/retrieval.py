@@ -93,7 +93,7 @@ def _prove_identity(ctx: JobContext, chain: list[Archive]) -> None:
         target = open_target(a.target)
         try:
             if target.retrieval_status(a.manifest_location).state is Readiness.READY:
-                read_manifest(target, a, identities)
+                read_manifest(target, a, identities).close()  # decrypts: proves the identity
             elif (header := ctx.inventory.manifest_header(a.id)) is not None:
                 prove_identity(header, identities, name=a.id)
             # else: an archive recorded before headers were; its manifest proves it
