@@ -343,6 +343,7 @@ def files_part(
         run_quiet(["age-keygen", "-o", key])
     recipient = run_quiet(["age-keygen", "-y", key]).strip()
     rows: list[dict[str, Any]] = []
+    scratches: list[Path] = []
     for count in counts:
         name = f"tiny-{count}" if tiny else f"tree-{count}"
         data = workdir / name
@@ -387,13 +388,16 @@ def files_part(
                 ms.append(_said(t.backup(INCR, rep)))
                 stored.setdefault(type(t).__name__, []).append(t.stored())
             for t in tools:
-                dest = scratch / f"restore-{type(t).__name__}"
-                shutil.rmtree(dest, ignore_errors=True)
-                dest.mkdir()
+                # a new directory each time, none deleted until every count has run: on an
+                # ext4 without a journal (this machine's root) the inode allocator passes over
+                # inodes freed in the last 60 s (5 min while their table block is dirty),
+                # scanning every one of them on every create, so a restore right after a
+                # large tree was deleted measured that (see benchmarks/README.md)
+                dest = scratch / "restored" / f"{type(t).__name__}-{rep}"
+                dest.mkdir(parents=True)
                 m, root = t.restore(rep, dest)
                 check_tree(f"{m.tool} at {count} files", root, want)
                 ms.append(_said(m))
-                shutil.rmtree(dest)
             print(f"  {count:,} files, repetition {rep + 1}/{reps} done ({len(changed)} changed)")
         for op in OPERATIONS:
             for tool in (OURS, RESTIC, BORG):
@@ -423,6 +427,8 @@ def files_part(
                     "bytes": statistics.median(stored[type(t).__name__]),
                 }
             )
+        scratches.append(scratch)
+    for scratch in scratches:
         shutil.rmtree(scratch, ignore_errors=True)
     return rows
 
