@@ -16,7 +16,10 @@ Invariants:
   tolerate another worker creating them at the same moment).
 - Workers take batches first in, first out, and a batch waits only on earlier batches, so a
   waiting batch never waits on one queued behind it.
-- File data held by queued batches is bounded (``max_bytes``), whatever the archive holds.
+- What queued batches hold is bounded (``max_bytes``), whatever the archive holds: each job
+  counts its file data plus ``JOB_COST`` for its own objects, so an archive of tiny files
+  queues thousands of jobs, not millions (counting the data alone let 16 MiB of 100-byte
+  files queue 160,000 jobs, ~1 KiB of objects each).
 - The first error raised by any job is re-raised in the reading thread at the next
   submission, :meth:`FSJobs.wait` or :meth:`FSJobs.drain`; once a job has failed, the jobs
   not yet started are skipped (the restore is failing anyway).
@@ -34,6 +37,9 @@ from backup.threads import start_thread
 __all__ = ["FSJobs"]
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...]]
+# what one queued job holds besides its file data (its tuple, the tar member, the path),
+# counted against the bound
+JOB_COST = 1024
 # batch number, batches it must wait for, its jobs, the file bytes it holds
 _Batch = tuple[int, tuple[int, ...], list[_Job], int]
 
@@ -43,7 +49,7 @@ class FSJobs:
 
     Args:
         threads: worker threads.
-        max_bytes: bound on the file data held by queued jobs.
+        max_bytes: bound on what queued jobs hold (their file data, plus JOB_COST each).
         batch: jobs per batch.
     """
 
@@ -64,6 +70,7 @@ class FSJobs:
         self._bytes = 0
         self._deps: set[int] = set()
         self._last: dict[bytes, int] = {}  # path -> batch of its latest job
+        self._prune_at = 50_000  # _last is pruned of finished batches past this size
         self._cancel = False
         self._threads = [start_thread(self._work, f"restore-fs_{i}") for i in range(threads)]
 
@@ -123,9 +130,12 @@ class FSJobs:
         self._jobs = []
         self._bytes = 0
         self._deps = set()
-        if len(self._last) > 50_000:
+        if len(self._last) > self._prune_at:
             low = self._low
             self._last = {k: v for k, v in self._last.items() if v > low}
+            # what is still queued stays: prune again only once as much more has come, so
+            # the pruning costs a constant per job however many are queued
+            self._prune_at = max(50_000, 2 * len(self._last))
 
     def _depend(self, key: bytes) -> None:
         no = self._last.get(key)
@@ -144,6 +154,7 @@ class FSJobs:
         ``after`` (a hard link's target). It must create any missing parent of ``rel``."""
         if self._error is not None:
             self._check()
+        nbytes += JOB_COST
         if self._jobs and self._bytes + nbytes > self._batch_bytes:
             self._flush()
         last = self._last

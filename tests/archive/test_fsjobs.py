@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from backup.archive.fsjobs import FSJobs
+from backup.archive.fsjobs import JOB_COST, FSJobs
 
 
 def test_jobs_on_one_path_run_in_order() -> None:
@@ -108,3 +108,45 @@ def test_queued_bytes_are_bounded() -> None:
     assert not t.is_alive()
     jobs.drain()
     jobs.close()
+
+
+def test_jobs_without_data_are_bounded_too() -> None:
+    """Tiny files: the bound counts each job's own objects (JOB_COST), not only its data, so
+    a stalled pool holds thousands of queued jobs, not every file of the archive."""
+    jobs = FSJobs(threads=1, max_bytes=64 * JOB_COST)
+    gate = threading.Event()
+    jobs.submit(b"first", gate.wait)
+    submitted = 0
+
+    def submit_many() -> None:
+        nonlocal submitted
+        for i in range(10_000):
+            jobs.submit(b"f%d" % i, lambda: None, nbytes=10)
+            submitted += 1
+
+    t = threading.Thread(target=submit_many)
+    t.start()
+    time.sleep(0.3)
+    assert t.is_alive() and submitted < 200, submitted  # held back, not 10,000 queued
+    gate.set()
+    t.join(timeout=30)
+    assert not t.is_alive() and submitted == 10_000
+    jobs.drain()
+    jobs.close()
+
+
+def test_many_queued_paths_cost_a_constant_per_job() -> None:
+    """The map of each path's latest batch is pruned of finished batches; with more paths
+    queued than the pruning threshold, pruning again on every batch made each submission
+    cost the whole map (a 200k tiny-file restore spent 40 s of CPU there)."""
+    jobs = FSJobs(threads=1, max_bytes=1 << 40)  # nothing held back: all queued at once
+    gate = threading.Event()
+    jobs.submit(b"first", gate.wait)
+    t0 = time.process_time()
+    for i in range(200_000):
+        jobs.submit(b"f%d" % i, lambda: None)
+    spent = time.process_time() - t0
+    gate.set()
+    jobs.drain()
+    jobs.close()
+    assert spent < 5, spent  # pruned on every batch: some 40 s
