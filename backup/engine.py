@@ -32,8 +32,6 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
-from backup.threads import leave_signals_to_main
-
 from .archive import FORMAT_VERSION, Entry, pack
 from .archive.manifest import ManifestWriter, path_to_json
 from .archive.pack import Record
@@ -46,6 +44,7 @@ from .inventory.tree_codec import ChunkWriter, canonical_key
 from .policy import Policy
 from .progress import Progress
 from .targets import WriteOptions, open_target
+from .threads import leave_signals_to_main
 
 __all__ = [
     "BackupResult",

@@ -989,7 +989,7 @@ def verify(
         if expected is None:
             missing = [path_from_json(e["path"]) for e in entries]
         else:
-            missing = sorted(set(expected) - seen)
+            missing = list(set(expected) - seen)
     if missing:
         raise ArchiveCorrupt(
             a.id,

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from backup.threads import start_thread
+from ..threads import start_thread
 
 __all__ = ["FSJobs"]
 

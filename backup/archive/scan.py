@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from ..errors import ConfigError, SourceError
-from ..threads import leave_signals_to_main
+from ..threads import start_thread
 
 try:
     # by name, not `from . import`: that form reads (to grimp and import-linter) as an import
@@ -408,16 +408,14 @@ def prefetch(policy_name: str, sources: Sequence[tuple[str, Path]], exclude: Seq
     box: list[_Listed] = []
 
     def walk() -> None:
-        leave_signals_to_main()
         with contextlib.suppress(Exception):  # reported by the scan that runs instead
             roots = _check_roots(policy_name, sources)
             walkers = [_listing(a, n, fast) for n, a, st in roots if not stat.S_ISREG(st.st_mode)]
             box.append(_Listed(roots, fast, walkers))
 
-    t = threading.Thread(target=walk, name="backup-prefetch-walk", daemon=True)
+    t = start_thread(walk, "backup-prefetch-walk")
     with _prefetch_lock:
-        _prefetched[key] = (t, box)
-    t.start()
+        _prefetched[key] = (t, box)  # taken by a later scan of this process, never the walk
     return True
 
 
