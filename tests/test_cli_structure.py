@@ -53,21 +53,51 @@ def test_imports_flow_one_way() -> None:
 
 
 def test_every_command_module_registers_its_commands() -> None:
-    from backup.cli import cli
-
-    names = set()
-    for p in sorted(PACKAGE.glob("*_cmd.py")):
-        tree = ast.parse(p.read_text())
-        assert any(isinstance(n, ast.FunctionDef) and n.name == "register" for n in tree.body), p
-        names.add(p.stem)
-    assert set(cli.commands) == {
+    # in a process of its own: the modules are imported as commands are looked up
+    code = (
+        "import sys, click, backup.cli as c\n"
+        "ctx = click.Context(c.cli)\n"
+        "listed = c.cli.list_commands(ctx)\n"
+        "print(sorted(m for m in sys.modules if m.endswith('_cmd')))\n"
+        "found = {n: c.cli.get_command(ctx, n) for n in listed}\n"
+        "print(sorted(n for n, cmd in found.items() if cmd is not None and cmd.name == n))\n"
+        "print(sorted(c.cli.commands), sorted(set(c.COMMANDS.values())))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    imported_first, resolved, after = proc.stdout.splitlines()
+    assert imported_first == "[]"  # nothing before a command is looked up
+    names = [
         "bucket", "cost", "hold", "inventory", "job", "keys", "list", "metrics", "prune", "restore", "run",
         "schedule", "scheduler", "serve", "show", "snapshot", "status", "verify", "worker",
-    }  # fmt: skip
+    ]  # fmt: skip
+    assert resolved == str(names)
+    modules = sorted(p.stem for p in PACKAGE.glob("*_cmd.py"))
+    for p in PACKAGE.glob("*_cmd.py"):
+        tree = ast.parse(p.read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "register" for n in tree.body), p
+    # every command module is named, and registered exactly the commands looked up
+    assert after == f"{names} {modules}"
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from backup.cli import cli\n"
+        "r = CliRunner().invoke(cli, ['run', '--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in sys.modules if m.endswith('_cmd')), 'rich' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert proc.stdout.split() == ["['backup.cli.run_cmd']", "False"]
 
 
 def test_starting_the_command_imports_no_heavy_library() -> None:
-    heavy = ("sqlalchemy", "celery", "kombu", "apprise", "boto3", "workers")
+    heavy = ("sqlalchemy", "celery", "kombu", "apprise", "boto3", "workers", "rich")
     code = f"import sys, backup.cli\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
@@ -84,6 +114,16 @@ def test_a_local_backup_run_imports_no_http_stack_and_scans_no_plugins() -> None
         "import pydantic.plugin._loader as loader\n"
         "print('urllib3' in sys.modules, loader._plugins is None)\n"
     )
+    # nor what only restores, bucket policies and monitors need
+    unused = (
+        "botocore", "urllib.request", "rich", "backup.snapshot_actions", "backup.snapshots",
+        "backup.jobs.extract", "backup.jobs.retrieval", "backup.restore",
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code + f"print([m for m in {unused!r} if m in sys.modules])\n"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert proc.stdout.splitlines()[-1] == "[]"
     env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
     run = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env

@@ -63,10 +63,11 @@ def test_backup_commands_exist_in_the_cli() -> None:
         cmd: click.Command = group
         path = ["backup"]
         while isinstance(cmd, click.Group) and args and not args[0].startswith("-"):
-            sub = cmd.commands.get(args[0])
+            looked_up = click.Context(cmd)
+            sub = cmd.get_command(looked_up, args[0])
             assert sub is not None, (
                 f"service {name!r}: {' '.join(path)} has no command {args[0]!r} "
-                f"(it has: {', '.join(sorted(cmd.commands))})"
+                f"(it has: {', '.join(cmd.list_commands(looked_up))})"
             )
             path.append(args.pop(0))
             cmd = sub

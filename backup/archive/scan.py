@@ -214,10 +214,12 @@ def _scan_now(
 
 #: entries the C walk builds at a time for a lazy walk: a batch, not the tree, is in memory
 _BATCH = 4096
-#: entries the C walk lists ahead of what was taken, about (~170 bytes each): a directory
-#: met beyond it is listed when the walk reaches it, so the listing held is bounded, not the
-#: tree's (a prefetch lists this much before the scan starts)
-_LOOKAHEAD = 1 << 16
+#: entries the C walk lists ahead of what was taken, about (~170 bytes each, so ~22 MB): a
+#: directory met beyond it is listed when the walk reaches it, on the thread taking entries,
+#: so the listing held is bounded, not the tree's. A prefetch lists this much before the scan
+#: starts: a tree of 100k files is listed whole while `backup run` imports (at 1 << 16 the
+#: last third was listed afterwards, ~20 ms of a 0.55 s no-change run).
+_LOOKAHEAD = 1 << 17
 
 
 def scan_iter(

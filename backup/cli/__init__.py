@@ -18,15 +18,17 @@ The package, one module per command group (after borg's ``archiver/*_cmd.py``):
 Imports flow one way: this module imports the command modules, which import ``context``,
 ``output`` and ``queueing``, never each other nor this module.
 
-Start-up: every command pays for importing the whole package, so the heavy libraries
-(SQLAlchemy, boto3, Celery and kombu, Apprise) are imported inside the functions that use
-them, here at the CLI's edge only. ``backup run`` starts its walk before SQLAlchemy is
-imported (backup/archive/scan.py, prefetch), and ``backup --help`` imports none of them.
+Start-up: a command imports only its own module (:data:`COMMANDS` names each command's,
+imported when the command is looked up; ``--help`` imports them all), and the heavy
+libraries (SQLAlchemy, boto3, Celery and kombu, Apprise, rich) are imported inside the
+functions that use them. ``backup run`` starts its walk before SQLAlchemy is imported
+(backup/archive/scan.py, prefetch), and ``backup --help`` imports none of the first five.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -39,23 +41,50 @@ import click
 # wins.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from . import (  # after the line above, on purpose
-    cost_cmd,
-    inventory_cmd,
-    jobs_cmd,
-    keys_cmd,
-    list_cmd,
-    metrics_cmd,
-    prune_cmd,
-    restore_cmd,
-    run_cmd,
-    snapshots_cmd,
-    verify_cmd,
-    worker_cmd,
-)
-from .context import Ctx
+from .context import Ctx  # after the line above, on purpose
 
-__all__ = ["cli", "main", "native_status"]
+__all__ = ["COMMANDS", "cli", "main", "native_status"]
+
+#: each command's module, imported when the command is first looked up: `backup run` does not
+#: import the snapshot, listing or worker commands (nor rich, which only tables and progress
+#: bars need)
+COMMANDS = {
+    "keys": "keys_cmd",
+    "cost": "cost_cmd",
+    "run": "run_cmd",
+    "list": "list_cmd",
+    "show": "list_cmd",
+    "restore": "restore_cmd",
+    "verify": "verify_cmd",
+    "prune": "prune_cmd",
+    "hold": "prune_cmd",
+    "inventory": "inventory_cmd",
+    "worker": "worker_cmd",
+    "scheduler": "worker_cmd",
+    "serve": "worker_cmd",
+    "status": "jobs_cmd",
+    "job": "jobs_cmd",
+    "schedule": "jobs_cmd",
+    "metrics": "metrics_cmd",
+    "snapshot": "snapshots_cmd",
+    "bucket": "snapshots_cmd",
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands are added by their module's ``register`` when first looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | COMMANDS.keys())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            importlib.import_module(f"{__name__}.{module}").register(self)
+            if cmd_name not in self.commands:
+                raise RuntimeError(f"{module}.register added no command {cmd_name!r}")
+        return super().get_command(ctx, cmd_name)
+
 
 NATIVE_MODULES = ("_fastwalk", "_speedups")
 
@@ -63,8 +92,6 @@ NATIVE_MODULES = ("_fastwalk", "_speedups")
 def native_status() -> str:
     """Which C parts this process really uses: an import that fails here fails for the scan
     and the encoders too, and they fall back to Python."""
-    import importlib
-
     active = []
     for name in NATIVE_MODULES:
         try:
@@ -84,7 +111,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
-@click.group()
+@click.group(cls=_LazyGroup)
 @click.option(
     "--config", type=click.Path(path_type=Path), help="Policy file (default: $BACKUP_CONFIG)."
 )
@@ -101,23 +128,6 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     """Encrypted, compressed backups that restore with standard tools:
     age -d -i key.txt ARCHIVE | zstd -d | tar -x"""
     ctx.obj = Ctx(config)
-
-
-for _module in (
-    keys_cmd,
-    cost_cmd,
-    run_cmd,
-    list_cmd,
-    restore_cmd,
-    verify_cmd,
-    prune_cmd,
-    inventory_cmd,
-    worker_cmd,
-    jobs_cmd,
-    metrics_cmd,
-    snapshots_cmd,
-):
-    _module.register(cli)
 
 
 def main() -> None:

@@ -19,20 +19,9 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as RichBar
-from rich.table import Table
 
 from ..errors import Error
 from ..progress import Progress
@@ -40,6 +29,9 @@ from ..times import parse_time
 from ..units import compact_bytes as size
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from ..inventory import Archive
     from ..inventory.rebuild import RebuildReport
 
@@ -62,15 +54,47 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# a table piped to a file or `less` keeps whole ids and paths instead of folding at 80 columns
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
-err = Console(stderr=True, highlight=False)
+
+class _LazyConsole:
+    """A rich console made on first use: importing rich costs about 30 ms of a command's
+    start, which a command that prints only JSON or plain lines never needs."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            if self._stderr:
+                self._console = Console(stderr=True, highlight=False)
+            else:
+                # a table piped to a file or `less` keeps whole ids and paths instead of
+                # folding at 80 columns
+                self._console = Console(
+                    highlight=False, width=None if sys.stdout.isatty() else 1000
+                )
+        return getattr(self._console, name)
+
+
+out = cast("Console", _LazyConsole(stderr=False))
+err = cast("Console", _LazyConsole(stderr=True))
 
 
 class _Bar(Progress):
     """A rich progress bar on stderr."""
 
     def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichBar
+
         self.bar = RichBar(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -147,6 +171,8 @@ def archive_json(a: Archive) -> dict[str, Any]:
 def table(t: Table) -> None:
     """Print a table at its natural width: ids and paths are copied from it, so folding or
     dropping columns to fit a narrow terminal would make it useless."""
+    from rich.console import Console
+
     natural = out.measure(t, options=out.options.update(max_width=100_000)).maximum
     Console(highlight=False, width=max(out.width, natural), force_terminal=out.is_terminal).print(
         t, crop=False
@@ -208,6 +234,8 @@ def errors() -> Iterator[None]:
     try:
         yield
     except Error as e:
+        from rich.markup import escape
+
         # the message is text, not markup: a path like "a[1]" must print as it is
         err.print(f"[red]error:[/red] {escape(e.get_message())}", markup=True, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -222,6 +250,8 @@ def errors() -> Iterator[None]:
         if boto is None or not isinstance(e, boto.BotoCoreError | boto.ClientError):
             raise
         text = " ".join(str(e).split()) or type(e).__name__
+        from rich.markup import escape
+
         err.print(f"[red]error:[/red] {escape(f'S3: {text}')}", markup=True, soft_wrap=True)
         sys.exit(1)
 

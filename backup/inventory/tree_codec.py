@@ -444,10 +444,12 @@ def decode_chunk(blob: bytes, after: bytes | None) -> list[Item] | None:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        tree = _decode(bytes(blob))
-        if _ordered([k.translate(_SWAP) for k in tree], after) is None:
+        keys, types, columns = _parse(bytes(blob))
+        # strictly ascending keys repeat no path: no dict is needed to find one that does
+        if _ordered([k.translate(_SWAP) for k in keys], after) is None:
             return None
-        return list(tree.items())
+        ints = [c.tolist() if isinstance(c, array) else c for c in columns]
+        return list(zip(keys, zip(types, *ints, strict=True), strict=True))
     except (_Malformed, zstandard.ZstdError, ValueError, OverflowError, MemoryError):
         return None
     finally:

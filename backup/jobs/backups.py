@@ -31,16 +31,6 @@ from ..inventory.models import Job
 from ..inventory_copy import export_after_run
 from ..policy import Policy
 from ..progress import Progress
-from ..snapshot_actions import (
-    DrillFailed,
-    expire_drills,
-    fork_drill,
-    protect_archive,
-    record_snapshot,
-    snapshot_source,
-)
-from ..snapshots import open_provider
-from ..snapshots.source import bucket_scan
 from .context import JobCancelled, JobContext, JobProgress, error_message, now
 from .notifying import notify_after
 from .pings import Outcome, ping
@@ -65,7 +55,9 @@ def back_up(
     on_phase: Callable[[str], None] | None = None,
 ) -> BackupResult:
     """The ``archive`` action of a policy: its source (a local tree, or a bucket as of a
-    snapshot taken now) through the engine, then what follows a complete archive.
+    snapshot taken now) through the engine, then what follows a complete archive. The
+    snapshot modules (and botocore) are imported only for a policy that uses them: a local
+    no-change run is mostly start-up.
 
     Args:
         policy: what to back up.
@@ -86,6 +78,10 @@ def back_up(
             archive_id=archive_id, on_phase=on_phase,
         )  # fmt: skip
     else:
+        from ..snapshot_actions import record_snapshot
+        from ..snapshots import open_provider
+        from ..snapshots.source import bucket_scan
+
         now = now or datetime.now(UTC)
         p = open_provider(policy.source)
         snap = p.take(f"{policy.name}-archive-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}")
@@ -109,7 +105,7 @@ def back_up(
         _protect(policy, res.archive.id, inventory)
     if snap is not None:
         assert policy.source is not None
-        record_snapshot(
+        record_snapshot(  # imported above, with the bucket source
             policy.source, snap, policy=policy.name, archive_id=res.archive.id, inventory=inventory
         )
     return res
@@ -118,6 +114,8 @@ def back_up(
 def _protect(policy: Policy, archive_id: str, inventory: Inventory) -> None:
     """Snapshot the target bucket now that the archive landed (docs/snapshots.md). The
     archive is complete either way; a failed snapshot is logged as an error."""
+    from ..snapshot_actions import protect_archive
+
     try:
         protect_archive(policy.target, policy.name, archive_id, inventory)
     except Error as e:
@@ -279,6 +277,8 @@ def _snapshot_action(
 ) -> dict[str, Any]:
     """Snapshot a bucket source and prune the policy's snapshots by its retention
     (beating the job's heartbeat: a portable snapshot lists every key)."""
+    from ..snapshot_actions import snapshot_source
+
     assert policy.source is not None
     with ctx.heartbeat(job_id, jp):
         r = snapshot_source(policy.source, policy.name, policy.retention, ctx.inventory)
@@ -296,6 +296,8 @@ def _fork_action(ctx: JobContext, policy: Policy, job_id: str, jp: JobProgress) 
     Raises:
         DrillFailed: the check failed (after old forks were removed all the same).
     """
+    from ..snapshot_actions import DrillFailed, expire_drills, fork_drill
+
     assert policy.source is not None and policy.drill is not None
     with ctx.heartbeat(job_id, jp):
         res = fork_drill(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..progress import Progress
-from . import backups, extract, notifying, retrieval, sweep
+from . import backups, notifying, sweep
 from .context import JobCancelled, JobContext
 from .dispatch import TASK_QUEUES, Dispatch, task_queue
 from .notifying import message_for
@@ -33,14 +33,20 @@ class Runner(JobContext):
 
     def start_restore(self, job_id: str) -> str:
         """Request the objects a restore needs; returns its state afterwards."""
+        from . import retrieval  # restores only: not imported by a backup run
+
         return retrieval.start_restore(self, job_id)
 
     def poll(self) -> int:
         """Check the pending retrievals that are due; returns how many were asked about."""
+        from . import retrieval
+
         return retrieval.poll(self)
 
     def extract(self, job_id: str, progress: Progress | None = None) -> str:
         """Restore a request whose objects are ready; returns its state afterwards."""
+        from . import extract
+
         return extract.extract(self, job_id, progress)
 
     def notify(
