@@ -355,21 +355,26 @@ def monthly_estimate(
     cls = class_of(policy.target)
     if cls is None:
         return None
-    every = run_interval(policy).total_seconds() / 86400
+    interval = run_interval(policy)
+    every = interval.total_seconds() / 86400
     full_days = policy.full_every.total_seconds() / 86400
-    kept = retention_days(policy.retention, run_interval(policy))
+    kept = retention_days(policy.retention, interval)
     if policy.retention.is_empty():
         kept = 365.0  # nothing is pruned: a year's worth, and growing
     life = max(kept, prices.minimum(cls).days, every)
     fulls = (life + full_days) / full_days
     archives = life / every + 1
     incs = max(0.0, archives - fulls)
-    sizes = [full_bytes] * round(fulls) + [incremental_bytes] * round(incs)
     runs_per_month = MONTH_DAYS / every
     requests = runs_per_month * (prices.put.get(cls, 0.0) + prices.put.get("STANDARD", 0.0)) / 1000
     from .pricing import monthly_storage_usd
 
-    return monthly_storage_usd(cls, sizes, prices) + requests
+    # each size priced once, times its count: a list of every archive (~180 a policy on
+    # DEEP_ARCHIVE) made `status` and `schedule` with 1,000 cold policies 1.7x as slow as
+    # with one
+    storage = round(fulls) * monthly_storage_usd(cls, [full_bytes], prices)
+    storage += round(incs) * monthly_storage_usd(cls, [incremental_bytes], prices)
+    return storage + requests
 
 
 def stored_sizes(inventory: Inventory, policies: Sequence[str]) -> dict[str, tuple[int, int]]:

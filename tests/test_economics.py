@@ -126,6 +126,39 @@ full_every = "{full_every}"
     return path
 
 
+def test_the_quick_estimate_prices_each_size_once(
+    tmp_path: Path, key: Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `status` and `schedule` estimate every cold policy: with ~180 archives billed per
+    # DEEP_ARCHIVE policy, pricing them one by one made 1,000 policies 1.7x one policy
+    import backup.pricing as pricing
+
+    (tmp_path / "src").mkdir()
+    cfg = _policy_toml(
+        tmp_path / "p.toml", "s3://b/p?storage_class=DEEP_ARCHIVE", key, "keep_daily = 7"
+    )
+    pol = load_policies(cfg)["p"]
+    full, inc = 3 * GiB, 40 * MiB
+    priced: list[int] = []
+    real = pricing.billable_bytes
+
+    def counted(cls: str, size: int) -> tuple[float, float]:
+        priced.append(size)
+        return real(cls, size)
+
+    monkeypatch.setattr(pricing, "billable_bytes", counted)
+    got = monthly_estimate(pol, full, inc, AWS)
+    assert got is not None and sorted(priced) == [inc, full]
+    # the same as pricing every archive billed: 180 days (the minimum) of daily runs, a full
+    # every 7 days (the fixture's)
+    fulls = (180 + 7) / 7
+    by_archive = monthly_storage_usd(
+        "DEEP_ARCHIVE", [full] * round(fulls) + [inc] * round(181 - fulls), AWS
+    )
+    requests = 30 * (AWS.put["DEEP_ARCHIVE"] + AWS.put["STANDARD"]) / 1000
+    assert got == pytest.approx(by_archive + requests, rel=1e-3)
+
+
 def test_settings_that_fight_the_class_warn_when_the_policy_file_loads(
     tmp_path: Path, key: Key
 ) -> None:
