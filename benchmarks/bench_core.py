@@ -638,7 +638,7 @@ class Restic:
         t = run_timed(
             self._cmd("backup", "--quiet", "--json", self.e.ds.root), env=self.e.restic_env()
         )
-        summary = next(
+        summary: dict[str, Any] = next(
             (json.loads(line) for line in t.stdout.splitlines() if '"summary"' in line), {}
         )
         return measured(

@@ -58,7 +58,7 @@ def _moto(fast: bool) -> tuple[Any, str]:
     if fast:
         import moto.s3.models
 
-        moto.s3.models.copy = _NoDeepcopy()  # type: ignore[assignment]
+        moto.s3.models.copy = _NoDeepcopy()  # type: ignore[assignment,attr-defined]
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -87,7 +87,7 @@ def fill(bucket: str, versions: int, keys: int) -> tuple[datetime, datetime]:
     Returns:
         (time a third of the way in, time two thirds of the way in): the slice's ends.
     """
-    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core import DEFAULT_ACCOUNT_ID  # type: ignore[attr-defined]
     from moto.s3.models import s3_backends
 
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
