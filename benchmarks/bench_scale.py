@@ -670,8 +670,20 @@ def inventory_part(
     urls = {"sqlite": f"sqlite:///{part / f'inv-{archives}-{rows}.db'}"}
     if os.environ.get("BACKUP_TEST_POSTGRES_URL"):
         urls["postgresql"] = os.environ["BACKUP_TEST_POSTGRES_URL"]
+    # `status` reads the policy file (an empty one is an error): one local policy, named
+    # apart from the filled archives' policies
+    key_file = part / "key.txt"
+    if not key_file.exists():
+        run_quiet(["age-keygen", "-o", key_file])
+    recipient = run_quiet(["age-keygen", "-y", key_file]).strip()
     pf = part / "policy.toml"
-    pf.write_text("")
+    pf.write_text(
+        "[[policy]]\n"
+        'name = "bench-inventory"\n'
+        f"sources = [{json.dumps(str(part))}]\n"
+        f'target = "file://{part / "vault"}"\n'
+        f'recipients = ["{recipient}"]\n'
+    )
     out: list[dict[str, Any]] = []
     for db, url in urls.items():
         # filled once: delete the marker (and the database) to fill again
