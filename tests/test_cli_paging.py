@@ -56,3 +56,25 @@ def test_list_pages_back_from_the_newest(env: Env, inventory: Inventory) -> None
     proc = cli(env, "list", "--limit", "2")
     assert "older archives: backup list --before a3" in proc.stderr
     assert [a["id"] for a in json.loads(cli(env, "list", "--json").stdout)] == ids
+
+
+def test_tables_and_messages_print_names_as_they_are(env: Env, inventory: Inventory) -> None:
+    # file names and job errors are the user's text: rich must not read "[b]" as markup (a
+    # closing tag that matches nothing made `show` raise) nor ":smile:" as an emoji code
+    from backup.jobs import JobStore
+
+    add(inventory, "a1", datetime(2026, 1, 1, tzinfo=UTC))
+    odd = [b"a[/b]", b"dir/[red]x[/red].txt", b"c:smile:d", b"[bold]"]
+    inventory.add_file_records([rec("a1", p) for p in odd])
+    proc = cli(env, "show", "a1")
+    assert proc.returncode == 0, proc.stderr
+    for p in odd:
+        assert p.decode() in proc.stdout
+    store = JobStore(inventory)
+    job = store.create("backup", policy="p", state="queued", params={})
+    assert job is not None
+    store.update(job.id, state="failed", error="cannot read a[/b] :smile: [red]x[/red]")
+    for args in (["job", job.id], ["status"]):
+        proc = cli(env, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert "a[/b] :smile: [red]x[/red]" in proc.stdout.replace("\n", " "), proc.stdout

@@ -2,8 +2,9 @@
 times, sizes and URLs, ``--json`` output, tables, the shared report printers, and the
 mapping of an error to one line on stderr and an exit code.
 
-Invariants: tables go to stdout at their natural width (ids and paths are copied from them,
-so nothing is folded or dropped); progress goes to stderr on a terminal only; an error
+Invariants: text is printed as it is (paths, names and errors are the user's: no rich
+markup, emoji code or highlighting is read in them); tables go to stdout at their natural
+width (ids and paths are copied from them, so nothing is folded or dropped); progress goes to stderr on a terminal only; an error
 prints exactly one line ``error: MESSAGE`` (its text never read as markup) and exits with
 the error's own code; every time printed, in a table or in JSON, is ISO 8601 UTC and is
 accepted back by ``--at`` (:func:`parse_time`).
@@ -55,6 +56,10 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: a console that prints text as it is: no markup, no emoji codes, no highlighting
+PLAIN: dict[str, Any] = {"highlight": False, "markup": False, "emoji": False}
+
+
 class _LazyConsole:
     """A rich console made on first use: importing rich costs about 30 ms of a command's
     start, which a command that prints only JSON or plain lines never needs."""
@@ -67,14 +72,15 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
+            # plain text: what is printed (paths, policy names, job errors) is the user's, so
+            # neither "[b]" nor ":smile:" in it may be read as markup or an emoji code (a
+            # file named "a[/b]" made rich raise)
             if self._stderr:
-                self._console = Console(stderr=True, highlight=False)
+                self._console = Console(stderr=True, **PLAIN)
             else:
                 # a table piped to a file or `less` keeps whole ids and paths instead of
                 # folding at 80 columns
-                self._console = Console(
-                    highlight=False, width=None if sys.stdout.isatty() else 1000
-                )
+                self._console = Console(width=None if sys.stdout.isatty() else 1000, **PLAIN)
         return getattr(self._console, name)
 
 
@@ -96,7 +102,7 @@ class _Bar(Progress):
         from rich.progress import Progress as RichBar
 
         self.bar = RichBar(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
@@ -174,7 +180,7 @@ def table(t: Table) -> None:
     from rich.console import Console
 
     natural = out.measure(t, options=out.options.update(max_width=100_000)).maximum
-    Console(highlight=False, width=max(out.width, natural), force_terminal=out.is_terminal).print(
+    Console(width=max(out.width, natural), force_terminal=out.is_terminal, **PLAIN).print(
         t, crop=False
     )
 
