@@ -22,7 +22,8 @@ Start-up: a command imports only its own module (:data:`COMMANDS` names each com
 imported when the command is looked up; ``--help`` imports them all), and the heavy
 libraries (SQLAlchemy, boto3, Celery and kombu, Apprise, rich) are imported inside the
 functions that use them. ``backup run`` starts its walk before SQLAlchemy is imported
-(backup/archive/scan.py, prefetch), and ``backup --help`` imports none of the first five.
+(backup/archive/scan.py, prefetch), and ``backup --help`` imports none of them
+but rich.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ mapping of an error to one line on stderr and an exit code.
 
 Invariants: text is printed as it is (paths, names and errors are the user's: no rich
 markup, emoji code or highlighting is read in them); tables go to stdout at their natural
-width (ids and paths are copied from them, so nothing is folded or dropped); progress goes to stderr on a terminal only; an error
-prints exactly one line ``error: MESSAGE`` (its text never read as markup) and exits with
-the error's own code; every time printed, in a table or in JSON, is ISO 8601 UTC and is
-accepted back by ``--at`` (:func:`parse_time`).
+width (ids and paths are copied from them, so nothing is folded or dropped); progress goes
+to stderr on a terminal only; an error prints exactly one line ``error: MESSAGE`` (its text
+never read as markup) and exits with the error's own code; every time printed, in a table
+or in JSON, is ISO 8601 UTC and is accepted back by ``--at`` (:func:`parse_time`).
 
 Nothing here imports a command module or the package's ``__init__``.
 """
