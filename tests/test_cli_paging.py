@@ -78,3 +78,34 @@ def test_tables_and_messages_print_names_as_they_are(env: Env, inventory: Invent
         proc = cli(env, *args)
         assert proc.returncode == 0, proc.stderr
         assert "a[/b] :smile: [red]x[/red]" in proc.stdout.replace("\n", " "), proc.stdout
+
+
+def test_control_characters_in_names_are_shown_escaped(env: Env, inventory: Inventory) -> None:
+    # a file name, an S3 key or a job error can hold ESC, BEL or a newline: printed raw to a
+    # terminal they would clear the screen, set its title or forge lines (`ls` escapes them);
+    # the human output shows them as \xNN, and --json keeps them exact
+    from backup.jobs import JobStore
+
+    add(inventory, "a1", datetime(2026, 1, 1, tzinfo=UTC))
+    odd = [b"x\x1b[2Jy", b"t\x1b]0;title\x07u", b"two\nlines", b"del\x7f", b"c1\xc2\x9b"]
+    inventory.add_file_records([rec("a1", p) for p in odd])
+    proc = cli(env, "show", "a1")
+    assert proc.returncode == 0, proc.stderr
+    for raw in ("\x1b", "\x07", "\x7f", "\x9b"):
+        assert raw not in proc.stdout
+    for shown in ("x\\x1b[2Jy", "t\\x1b]0;title\\x07u", "two\\x0alines", "del\\x7f", "c1\\x9b"):
+        assert shown in proc.stdout
+    d = json.loads(cli(env, "show", "a1", "--json").stdout)
+    assert sorted(os.fsencode(e["path"]) for e in d["entries_list"]) == sorted(odd)
+    store = JobStore(inventory)
+    job = store.create("backup", policy="p", state="queued", params={})
+    assert job is not None
+    store.update(job.id, state="failed", error="cannot read x\x1b[2Jy")
+    for args in (["job", job.id], ["status"]):
+        proc = cli(env, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert "\x1b" not in proc.stdout and "cannot read x\\x1b[2Jy" in proc.stdout
+    # an error line names what the user typed, escaped the same way
+    proc = cli(env, "show", "nope\x1b[2J")
+    assert proc.returncode == 1
+    assert "\x1b[2J" not in proc.stderr and "nope\\x1b[2J" in proc.stderr

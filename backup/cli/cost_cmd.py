@@ -7,10 +7,9 @@ no target is asked anything, so the forecast is free.
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from .context import Ctx, json_option
-from .output import dump, handled, size, table
+from .output import dump, handled, new_table, size, table
 
 __all__ = ["register"]
 
@@ -54,7 +53,7 @@ def cost(obj: Ctx, policy: str, months: int, as_json: bool) -> None:
         f"${c.requests_usd:.2f}); {c.archives_billed:.0f} archives billed at a time, "
         f"{c.fulls_billed:.1f} of them fulls"
     )
-    t = Table(
+    t = new_table(
         "class", "full every", "$/month", "$/year", "fulls billed", "restore time", "restore $",
         box=None,
     )  # fmt: skip

@@ -13,11 +13,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 
 from ..errors import Error, OptionError
 from .context import Ctx, json_option
-from .output import dump, err, handled, iso, out, progress, size, table
+from .output import dump, err, handled, iso, new_table, out, printable, progress, size, table
 from .queueing import follow, job_json, retrieval_progress, retrieval_text
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ def schedule(obj: Ctx, count: int, check: bool, as_json: bool) -> None:
             ]
         )
         return
-    t = Table(
+    t = new_table(
         "policy", "schedule", "timezone", "catch up", "next runs (local time of the policy)",
         "storage $/month",
     )  # fmt: skip
@@ -146,7 +145,7 @@ def status(obj: Ctx, since: str, as_json: bool) -> None:
         if not jobs:
             out.print(f"{title}: none")
             return
-        t = Table(
+        t = new_table(
             "job", "kind", "policy", "state", "created", extra, title=title, title_justify="left"
         )
         for j in jobs:
@@ -203,7 +202,7 @@ def job_(obj: Ctx, job_id: str, wait: bool, as_json: bool) -> None:
     store = JobStore(obj.inventory)
     j = store.get(job_id)
     if wait:
-        report = None if as_json else (lambda line: err.print(line, soft_wrap=True, markup=False))
+        report = None if as_json else (lambda line: err.print(printable(line), soft_wrap=True))
         j = follow(store, j.id, progress(as_json), report=report)
     d = job_json(j, obj.settings.stale_after_seconds)
     if j.kind == "restore":
@@ -215,7 +214,8 @@ def job_(obj: Ctx, job_id: str, wait: bool, as_json: bool) -> None:
             if k == "retrieval" and v:
                 v = retrieval_text(v)
             if v not in (None, {}, []):
-                out.print(f"{k:>14}: {v if not isinstance(v, dict | list) else json.dumps(v)}")
+                shown = v if not isinstance(v, dict | list) else json.dumps(v)
+                out.print(printable(f"{k:>14}: {shown}"))
     if wait and j.state == "failed":
         sys.exit(1)
 

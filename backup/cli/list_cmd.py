@@ -12,10 +12,9 @@ import shlex
 from datetime import UTC, datetime
 
 import click
-from rich.table import Table
 
 from .context import Ctx, json_option
-from .output import archive_json, dump, handled, iso, object_url, size, table
+from .output import archive_json, dump, handled, iso, new_table, object_url, size, table
 
 __all__ = ["register"]
 
@@ -66,7 +65,9 @@ def list_(
         dump([archive_json(a) for a in rows])
         return
     # a rich table costs ~1 ms of CPU a row: why the default page is 100 archives
-    t = Table("id", "policy", "kind", "parent", "created", "size", "entries", "location", box=None)
+    t = new_table(
+        "id", "policy", "kind", "parent", "created", "size", "entries", "location", box=None
+    )
     if all_states:
         t.add_column("state")
     for a in rows:
@@ -139,7 +140,7 @@ def show(obj: Ctx, archive_id: str, limit: int, after: str | None, as_json: bool
         d["next_after"] = next_after
         dump(d)
         return
-    t = Table("type", "mode", "size", "mtime", "path", box=None)
+    t = new_table("type", "mode", "size", "mtime", "path", box=None)
     for r in recs:
         if r.type == "deleted":
             t.add_row("deleted", "", "", "", os.fsdecode(r.path))

@@ -43,11 +43,13 @@ __all__ = [
     "errors",
     "handled",
     "iso",
+    "new_table",
     "object_url",
     "out",
     "parse_time",
     "print_rebuild_report",
     "print_snapshot_records",
+    "printable",
     "progress",
     "size",
     "table",
@@ -58,6 +60,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: a console that prints text as it is: no markup, no emoji codes, no highlighting
 PLAIN: dict[str, Any] = {"highlight": False, "markup": False, "emoji": False}
+
+#: C0 and C1 control characters and DEL, each written as \xNN
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """Returns: ``text`` with its control characters written as ``\\xNN``. A path, an S3
+    key or an error naming one is the user's (or a bucket's) text: printed raw, an ESC or a
+    BEL in it would drive the terminal (clear it, set its title) and a newline would forge a
+    line, as ``ls`` guards against. ``--json`` needs none of it: JSON escapes them."""
+    return text.translate(_CONTROLS)
+
+
+def new_table(*headers: str, **options: Any) -> Table:
+    """Returns: a rich table whose text cells are shown :func:`printable` (every table of the
+    CLI is made here, so none prints a name raw)."""
+    from rich.table import Table
+
+    class _Printable(Table):
+        def add_row(self, *cells: Any, **kw: Any) -> None:
+            super().add_row(*(printable(c) if isinstance(c, str) else c for c in cells), **kw)
+
+    return _Printable(*headers, **options)
 
 
 class _LazyConsole:
@@ -211,11 +236,15 @@ def print_rebuild_report(
     for o in report.orphans:
         click.echo(f"  orphan:   {o.archive_id}: parent {o.parent_id} is missing; not recorded")
     for x in report.damaged:
-        click.echo(f"  damaged:  {x.key}: {x.reason}")
+        click.echo(printable(f"  damaged:  {x.key}: {x.reason}"))
     for lo in report.leftovers:
-        click.echo(f"  leftover: {lo.key}: {lo.reason}")
+        click.echo(printable(f"  leftover: {lo.key}: {lo.reason}"))
     if report.foreign:
-        click.echo(f"  {len(report.foreign)} foreign {foreign} ignored, e.g. {report.foreign[0]}")
+        click.echo(
+            printable(
+                f"  {len(report.foreign)} foreign {foreign} ignored, e.g. {report.foreign[0]}"
+            )
+        )
 
 
 def print_snapshot_records(snaps: Any, dry_run: bool) -> None:
@@ -226,7 +255,7 @@ def print_snapshot_records(snaps: Any, dry_run: bool) -> None:
             f" ({r['name'] or '-'}; policy {r['policy'] or '-'}, archive {r['archive_id'] or '-'})"
         )
     for u in snaps.unreadable:
-        click.echo(f"  snapshots not read: {u}")
+        click.echo(printable(f"  snapshots not read: {u}"))
 
 
 # errors -------------------------------------------------------------------------------------
@@ -243,7 +272,8 @@ def errors() -> Iterator[None]:
         from rich.markup import escape
 
         # the message is text, not markup: a path like "a[1]" must print as it is
-        err.print(f"[red]error:[/red] {escape(e.get_message())}", markup=True, soft_wrap=True)
+        message = escape(printable(e.get_message()))
+        err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -258,7 +288,8 @@ def errors() -> Iterator[None]:
         text = " ".join(str(e).split()) or type(e).__name__
         from rich.markup import escape
 
-        err.print(f"[red]error:[/red] {escape(f'S3: {text}')}", markup=True, soft_wrap=True)
+        message = escape(printable(f"S3: {text}"))
+        err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
         sys.exit(1)
 
 

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
 from ..errors import Error
 from ..policy import Policy
 from . import queueing
 from .context import Ctx, identity_option, json_option
-from .output import dump, err, handled, parse_time, progress, size, table
+from .output import dump, err, handled, new_table, parse_time, printable, progress, size, table
 
 if TYPE_CHECKING:
     from ..inventory import Archive
@@ -297,7 +296,7 @@ def _plan(obj: Ctx, o: RestoreOptions) -> None:
 
         return "now" if w[1] == timedelta(0) else f"{h(w[0])} to {h(w[1])}"
 
-    t = Table("archive", "object", "size", "class", "tier", "state", "ready in", "cost (USD)")
+    t = new_table("archive", "object", "size", "class", "tier", "state", "ready in", "cost (USD)")
     for ob in plan.objects:
         t.add_row(
             ob.archive_id, ob.ref, size(ob.size), ob.storage_class, ob.tier, ob.state.value,
@@ -392,8 +391,8 @@ def _queued(obj: Ctx, o: RestoreOptions, req: _JobParams) -> Job | None:
             click.echo(said)
         return None
     if unsent and not o.as_json:
-        err.print(said, soft_wrap=True, markup=False)
-    report = None if o.as_json else (lambda line: err.print(line, soft_wrap=True, markup=False))
+        err.print(printable(said), soft_wrap=True)
+    report = None if o.as_json else (lambda line: err.print(printable(line), soft_wrap=True))
     store = JobStore(obj.inventory)
     return queueing.follow(store, job.id, progress(o.as_json), report=report)
 

@@ -16,7 +16,7 @@ import click
 from ..errors import Error
 from . import queueing
 from .context import Ctx, json_option
-from .output import archive_json, dump, handled, progress, size
+from .output import archive_json, dump, handled, printable, progress, size
 
 if TYPE_CHECKING:
     from ..inventory.models import Job
@@ -111,9 +111,9 @@ def _finish(obj: Ctx, job: Job, as_json: bool) -> None:
             f"{size(a.size_stored)} stored, {a.deleted_paths} deleted paths"
         )
         for p in json.loads(a.changed):
-            click.echo(f"warning: changed while being read: {p}", err=True)
+            click.echo(printable(f"warning: changed while being read: {p}"), err=True)
         for u in json.loads(a.unreadable):
-            click.echo(f"warning: could not read {u['path']}: {u['error']}", err=True)
+            click.echo(printable(f"warning: could not read {u['path']}: {u['error']}"), err=True)
     sys.exit(3 if json.loads(a.unreadable) else 0)
 
 

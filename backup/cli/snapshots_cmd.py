@@ -12,18 +12,17 @@ import sys
 from typing import Any
 
 import click
-from rich.table import Table
 
 from ..errors import SnapshotError
 from ..snapshots.base import ObjectState, SnapshotInfo, SnapshotProvider, from_ns, parse_at
 from .context import Ctx, json_option
-from .output import dump, handled, iso, table
+from .output import dump, handled, iso, new_table, table
 
 __all__ = ["register", "resolve_point"]
 
 
 def _rows(*columns: str, rows: list[list[str]]) -> None:
-    t = Table(*columns, box=None)
+    t = new_table(*columns, box=None)
     for r in rows:
         t.add_row(*r)
     table(t)
