@@ -21,7 +21,8 @@ import os
 import pwd
 import queue
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, BinaryIO, Protocol
@@ -306,6 +307,49 @@ def _readinto(stream: BinaryIO, buf: memoryview) -> int:
     return len(data)
 
 
+#: how far the packer asks the kernel to read ahead of itself: files and bytes (a file's
+#: first _HINT_BYTES only: a large file is read in order, where the kernel reads ahead anyway)
+_AHEAD_FILES = 256
+_AHEAD_BYTES = 32 << 20
+_HINT_BYTES = 1 << 20
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+
+
+def read_ahead(entries: Iterable[Entry]) -> Iterator[Entry]:
+    """``entries`` as they are, each file's content first asked of the kernel
+    (``posix_fadvise(WILLNEED)``, which starts the reads and returns) up to
+    :data:`_AHEAD_FILES` files and :data:`_AHEAD_BYTES` ahead of the one being packed. Reading
+    small files one after another from a cold cache waits for each read in turn; asked ahead,
+    the disk has many in flight. A hint that fails is ignored: the packer's own open reports
+    what is wrong. Where the call does not exist, nothing is asked."""
+    if _WILLNEED is None:
+        yield from entries
+        return
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    ahead: deque[tuple[Entry, int]] = deque()
+    held = 0
+    for e in entries:
+        hint = 0
+        if e.kind == FILE and e.opener is None and e.size > 0:
+            hint = min(e.size, _HINT_BYTES)
+            try:
+                fd = os.open(e.abspath, flags)
+                try:
+                    os.posix_fadvise(fd, 0, hint, _WILLNEED)
+                finally:
+                    os.close(fd)
+            except OSError:
+                hint = 0
+        ahead.append((e, hint))
+        held += hint
+        while len(ahead) > _AHEAD_FILES or held > _AHEAD_BYTES:
+            first, n = ahead.popleft()
+            held -= n
+            yield first
+    for e, _ in ahead:
+        yield e
+
+
 def pack(
     entries: Iterable[Entry],
     out: Writable,
@@ -381,7 +425,7 @@ def _pack_into(
             z.write(pending)
             pending = bytearray()
 
-    for e in entries:
+    for e in read_ahead(entries):
         uname = users.get(e.uid)
         if uname is None:
             uname = users[e.uid] = _user(e.uid)

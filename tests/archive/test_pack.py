@@ -145,3 +145,76 @@ def test_manifest_writer_streams_what_encode_manifest_encodes(tmp_path: Any) -> 
         assert m["size_in"] == n and w.count == n + 1
 
     check()
+
+
+def test_read_ahead_asks_for_files_ahead_within_its_bounds(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the packer asks the kernel for files ahead of the one it packs (a cold cache's small
+    # files then arrive with many reads in flight), in order, never further than its bounds
+    from backup.archive.scan import ScanResult, scan_iter
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    sizes = [0, 1, 5000, 3 << 20] + [100] * 600
+    for i, n in enumerate(sizes):
+        (src / "d" / f"f{i:04d}").write_bytes(b"x" * n)
+    os.symlink("f0001", src / "d" / "link")
+    (src / "d" / "gone").write_bytes(b"y")
+    walked = list(scan_iter("p", [("", src)], [], ScanResult()))
+    (src / "d" / "gone").unlink()  # a file deleted after the walk: its hint fails quietly
+
+    hinted: list[tuple[str, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert offset == 0 and advice == os.POSIX_FADV_WILLNEED
+        hinted.append((os.readlink(f"/proc/self/fd/{fd}"), length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    consumed = 0
+
+    def counted() -> Any:
+        nonlocal consumed
+        for e in walked:
+            consumed += 1
+            yield e
+
+    seen = []
+    for e in pack_mod.read_ahead(counted()):
+        seen.append(e)
+        ahead = consumed - len(seen)
+        assert ahead <= pack_mod._AHEAD_FILES
+    assert seen == walked  # every entry, in order, unchanged
+    files = {os.fsdecode(e.abspath): e.size for e in walked if e.kind == "file"}
+    # each regular file with content once, its first _HINT_BYTES only; no directory, no
+    # symlink, no empty file, nothing for the file that was gone
+    assert sorted(hinted) == sorted(
+        (p, min(n, pack_mod._HINT_BYTES)) for p, n in files.items() if n and "gone" not in p
+    )
+
+
+def test_read_ahead_holds_at_most_its_bytes(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from backup.archive.scan import ScanResult, scan_iter
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i:02d}").write_bytes(b"z" * (1 << 20))
+    walked = list(scan_iter("p", [("", src)], [], ScanResult()))
+    monkeypatch.setattr(pack_mod, "_AHEAD_BYTES", 4 << 20)
+    consumed = 0
+
+    def counted() -> Any:
+        nonlocal consumed
+        for e in walked:
+            consumed += 1
+            yield e
+
+    got = 0
+    for _ in pack_mod.read_ahead(counted()):
+        got += 1
+        # 1 MiB hinted per file: at most 4 MiB, so 4 files, held past the one given out
+        assert consumed - got <= 4
+    assert got == len(walked)
