@@ -58,53 +58,50 @@ def test_list_pages_back_from_the_newest(env: Env, inventory: Inventory) -> None
     assert [a["id"] for a in json.loads(cli(env, "list", "--json").stdout)] == ids
 
 
-def test_tables_and_messages_print_names_as_they_are(env: Env, inventory: Inventory) -> None:
-    # file names and job errors are the user's text: rich must not read "[b]" as markup (a
-    # closing tag that matches nothing made `show` raise) nor ":smile:" as an emoji code
+def _shown(env: Env, inventory: Inventory, paths: list[bytes], error: str) -> list[str]:
+    """Archive a1 with entries at ``paths`` and a failed job with ``error``; returns the
+    stdout of `show a1`, `job ID` and `status`, each checked to exit 0."""
     from backup.jobs import JobStore
 
     add(inventory, "a1", datetime(2026, 1, 1, tzinfo=UTC))
-    odd = [b"a[/b]", b"dir/[red]x[/red].txt", b"c:smile:d", b"[bold]"]
-    inventory.add_file_records([rec("a1", p) for p in odd])
-    proc = cli(env, "show", "a1")
-    assert proc.returncode == 0, proc.stderr
-    for p in odd:
-        assert p.decode() in proc.stdout
+    inventory.add_file_records([rec("a1", p) for p in paths])
     store = JobStore(inventory)
     job = store.create("backup", policy="p", state="queued", params={})
     assert job is not None
-    store.update(job.id, state="failed", error="cannot read a[/b] :smile: [red]x[/red]")
-    for args in (["job", job.id], ["status"]):
+    store.update(job.id, state="failed", error=error)
+    outs = []
+    for args in (["show", "a1"], ["job", job.id], ["status"]):
         proc = cli(env, *args)
         assert proc.returncode == 0, proc.stderr
-        assert "a[/b] :smile: [red]x[/red]" in proc.stdout.replace("\n", " "), proc.stdout
+        outs.append(proc.stdout)
+    return outs
+
+
+def test_tables_and_messages_print_names_as_they_are(env: Env, inventory: Inventory) -> None:
+    # file names and job errors are the user's text: rich must not read "[b]" as markup (a
+    # closing tag that matches nothing made `show` raise) nor ":smile:" as an emoji code
+    odd = [b"a[/b]", b"dir/[red]x[/red].txt", b"c:smile:d", b"[bold]"]
+    shown, *job_views = _shown(env, inventory, odd, "cannot read a[/b] :smile: [red]x[/red]")
+    for p in odd:
+        assert p.decode() in shown
+    for out in job_views:
+        assert "a[/b] :smile: [red]x[/red]" in out.replace("\n", " "), out
 
 
 def test_control_characters_in_names_are_shown_escaped(env: Env, inventory: Inventory) -> None:
     # a file name, an S3 key or a job error can hold ESC, BEL or a newline: printed raw to a
     # terminal they would clear the screen, set its title or forge lines (`ls` escapes them);
     # the human output shows them as \xNN, and --json keeps them exact
-    from backup.jobs import JobStore
-
-    add(inventory, "a1", datetime(2026, 1, 1, tzinfo=UTC))
     odd = [b"x\x1b[2Jy", b"t\x1b]0;title\x07u", b"two\nlines", b"del\x7f", b"c1\xc2\x9b"]
-    inventory.add_file_records([rec("a1", p) for p in odd])
-    proc = cli(env, "show", "a1")
-    assert proc.returncode == 0, proc.stderr
+    shown, *job_views = _shown(env, inventory, odd, "cannot read x\x1b[2Jy")
     for raw in ("\x1b", "\x07", "\x7f", "\x9b"):
-        assert raw not in proc.stdout
-    for shown in ("x\\x1b[2Jy", "t\\x1b]0;title\\x07u", "two\\x0alines", "del\\x7f", "c1\\x9b"):
-        assert shown in proc.stdout
+        assert raw not in shown
+    for esc in ("x\\x1b[2Jy", "t\\x1b]0;title\\x07u", "two\\x0alines", "del\\x7f", "c1\\x9b"):
+        assert esc in shown
     d = json.loads(cli(env, "show", "a1", "--json").stdout)
     assert sorted(os.fsencode(e["path"]) for e in d["entries_list"]) == sorted(odd)
-    store = JobStore(inventory)
-    job = store.create("backup", policy="p", state="queued", params={})
-    assert job is not None
-    store.update(job.id, state="failed", error="cannot read x\x1b[2Jy")
-    for args in (["job", job.id], ["status"]):
-        proc = cli(env, *args)
-        assert proc.returncode == 0, proc.stderr
-        assert "\x1b" not in proc.stdout and "cannot read x\\x1b[2Jy" in proc.stdout
+    for out in job_views:
+        assert "\x1b" not in out and "cannot read x\\x1b[2Jy" in out
     # an error line names what the user typed, escaped the same way
     proc = cli(env, "show", "nope\x1b[2J")
     assert proc.returncode == 1

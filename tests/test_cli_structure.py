@@ -41,6 +41,16 @@ def _package_imports(path: Path) -> set[str]:
     return found
 
 
+def _python(code: str, env: dict[str, str] | None = None) -> str:
+    """Returns: what ``code`` prints, run in a new interpreter (a module imported by this test
+    process would not show what a command imports)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+        env=env,
+    )  # fmt: skip
+    return proc.stdout
+
+
 def test_imports_flow_one_way() -> None:
     modules = sorted(p for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
     commands = [p for p in modules if p.stem.endswith("_cmd")]
@@ -63,10 +73,7 @@ def test_every_command_module_registers_its_commands() -> None:
         "print(sorted(n for n, cmd in found.items() if cmd is not None and cmd.name == n))\n"
         "print(sorted(c.cli.commands), sorted(set(c.COMMANDS.values())))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    imported_first, resolved, after = proc.stdout.splitlines()
+    imported_first, resolved, after = _python(code).splitlines()
     assert imported_first == "[]"  # nothing before a command is looked up
     names = [
         "bucket", "cost", "hold", "inventory", "job", "keys", "list", "metrics", "prune", "restore", "run",
@@ -90,19 +97,13 @@ def test_a_command_imports_only_its_own_module() -> None:
         "assert r.exit_code == 0, r.output\n"
         "print(sorted(m for m in sys.modules if m.endswith('_cmd')), 'rich' in sys.modules)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert proc.stdout.split() == ["['backup.cli.run_cmd']", "False"]
+    assert _python(code).split() == ["['backup.cli.run_cmd']", "False"]
 
 
 def test_starting_the_command_imports_no_heavy_library() -> None:
     heavy = ("sqlalchemy", "celery", "kombu", "apprise", "boto3", "workers", "rich")
     code = f"import sys, backup.cli\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert proc.stdout.strip() == "[]"
+    assert _python(code).strip() == "[]"
 
 
 def test_a_local_backup_run_imports_no_http_stack_and_scans_no_plugins() -> None:
@@ -119,18 +120,9 @@ def test_a_local_backup_run_imports_no_http_stack_and_scans_no_plugins() -> None
         "botocore", "urllib.request", "rich", "backup.snapshot_actions", "backup.snapshots",
         "backup.jobs.extract", "backup.jobs.retrieval", "backup.restore",
     )  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-c", code + f"print([m for m in {unused!r} if m in sys.modules])\n"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert proc.stdout.splitlines()[-1] == "[]"
+    imported = _python(code + f"print([m for m in {unused!r} if m in sys.modules])\n")
+    assert imported.splitlines()[-1] == "[]"
     env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    )
-    assert run.stdout.split() == ["False", "True"]
+    assert _python(code, env).split() == ["False", "True"]
     env["PYDANTIC_DISABLE_PLUGINS"] = "some-plugin"  # the user's own setting is kept
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    )
-    assert run.stdout.split() == ["False", "False"]
+    assert _python(code, env).split() == ["False", "False"]

@@ -3,11 +3,12 @@ times, sizes and URLs, ``--json`` output, tables, the shared report printers, an
 mapping of an error to one line on stderr and an exit code.
 
 Invariants: text is printed as it is (paths, names and errors are the user's: no rich
-markup, emoji code or highlighting is read in them); tables go to stdout at their natural
-width (ids and paths are copied from them, so nothing is folded or dropped); progress goes
-to stderr on a terminal only; an error prints exactly one line ``error: MESSAGE`` (its text
-never read as markup) and exits with the error's own code; every time printed, in a table
-or in JSON, is ISO 8601 UTC and is accepted back by ``--at`` (:func:`parse_time`).
+markup, emoji code or highlighting is read in them), but for its control characters, shown
+as ``\\xNN`` (:func:`printable`); tables go to stdout at their natural width (ids and paths
+are copied from them, so nothing is folded or dropped); progress goes to stderr on a terminal
+only; an error prints exactly one line ``error: MESSAGE`` (its text never read as markup)
+and exits with the error's own code; every time printed, in a table or in JSON, is ISO 8601
+UTC and is accepted back by ``--at`` (:func:`parse_time`).
 
 Nothing here imports a command module or the package's ``__init__``.
 """
@@ -76,13 +77,18 @@ def printable(text: str) -> str:
 def new_table(*headers: str, **options: Any) -> Table:
     """Returns: a rich table whose text cells are shown :func:`printable` (every table of the
     CLI is made here, so none prints a name raw)."""
-    from rich.table import Table
+    return _printable_table()(*headers, **options)
 
-    class _Printable(Table):
+
+@functools.cache
+def _printable_table() -> type[Table]:
+    from rich.table import Table  # on first use: see _LazyConsole
+
+    class PrintableTable(Table):
         def add_row(self, *cells: Any, **kw: Any) -> None:
             super().add_row(*(printable(c) if isinstance(c, str) else c for c in cells), **kw)
 
-    return _Printable(*headers, **options)
+    return PrintableTable
 
 
 class _LazyConsole:

@@ -147,6 +147,20 @@ def test_manifest_writer_streams_what_encode_manifest_encodes(tmp_path: Any) -> 
     check()
 
 
+def _read_ahead_counted(entries: list[Any]) -> Any:
+    """read_ahead over ``entries``: each entry it gives out, with how many it had taken."""
+    taken = 0
+
+    def counted() -> Any:
+        nonlocal taken
+        for e in entries:
+            taken += 1
+            yield e
+
+    for e in pack_mod.read_ahead(counted()):
+        yield e, taken
+
+
 def test_read_ahead_asks_for_files_ahead_within_its_bounds(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,19 +187,10 @@ def test_read_ahead_asks_for_files_ahead_within_its_bounds(
         real(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", record)
-    consumed = 0
-
-    def counted() -> Any:
-        nonlocal consumed
-        for e in walked:
-            consumed += 1
-            yield e
-
     seen = []
-    for e in pack_mod.read_ahead(counted()):
+    for e, taken in _read_ahead_counted(walked):
         seen.append(e)
-        ahead = consumed - len(seen)
-        assert ahead <= pack_mod._AHEAD_FILES
+        assert taken - len(seen) <= pack_mod._AHEAD_FILES
     assert seen == walked  # every entry, in order, unchanged
     files = {os.fsdecode(e.abspath): e.size for e in walked if e.kind == "file"}
     # each regular file with content once, its first _HINT_BYTES only; no directory, no
@@ -204,17 +209,9 @@ def test_read_ahead_holds_at_most_its_bytes(monkeypatch: pytest.MonkeyPatch, tmp
         (src / f"f{i:02d}").write_bytes(b"z" * (1 << 20))
     walked = list(scan_iter("p", [("", src)], [], ScanResult()))
     monkeypatch.setattr(pack_mod, "_AHEAD_BYTES", 4 << 20)
-    consumed = 0
-
-    def counted() -> Any:
-        nonlocal consumed
-        for e in walked:
-            consumed += 1
-            yield e
-
     got = 0
-    for _ in pack_mod.read_ahead(counted()):
+    for _, taken in _read_ahead_counted(walked):
         got += 1
         # 1 MiB hinted per file: at most 4 MiB, so 4 files, held past the one given out
-        assert consumed - got <= 4
+        assert taken - got <= 4
     assert got == len(walked)
