@@ -218,10 +218,10 @@ def test_file_changing_while_read_is_flagged(
     (src / "a").write_bytes(b"a" * 1000)
     (src / "b").write_bytes(b"b" * 1000)
     entries = scan("p", [("", src)], []).entries
-    real_readv = os.readv
+    real_preadv = os.preadv
     calls = 0
 
-    def readv(fd: int, bufs: Any) -> int:
+    def preadv(fd: int, bufs: Any, offset: int, flags: int = 0) -> int:
         nonlocal calls
         calls += 1
         if calls == 1:  # while "a" is read
@@ -230,9 +230,9 @@ def test_file_changing_while_read_is_flagged(
                     f.write(b"more")
             else:
                 os.truncate(src / "a", 400)
-        return real_readv(fd, bufs)
+        return real_preadv(fd, bufs, offset, flags)
 
-    monkeypatch.setattr(pack_mod.os, "readv", readv)
+    monkeypatch.setattr(pack_mod.os, "preadv", preadv)
     buf = _Buf()
     res = pack_mod.pack(entries, buf, [parse_recipient(key.recipient)])  # type: ignore[arg-type]
     assert calls >= 2
@@ -277,16 +277,16 @@ def test_change_while_read_recorded_with_archive(
 ) -> None:
     (env.source / "log").write_bytes(b"x" * 100)
     (env.source / "quiet").write_bytes(b"q")
-    real_readv = os.readv
+    real_preadv = os.preadv
 
-    def readv(fd: int, bufs: Any) -> int:
-        n = real_readv(fd, bufs)
+    def preadv(fd: int, bufs: Any, offset: int, flags: int = 0) -> int:
+        n = real_preadv(fd, bufs, offset, flags)
         if os.path.samestat(os.fstat(fd), os.stat(env.source / "log")):
             with open(env.source / "log", "ab") as f:
                 f.write(b"appended")
         return n
 
-    monkeypatch.setattr(pack_mod.os, "readv", readv)
+    monkeypatch.setattr(pack_mod.os, "preadv", preadv)
     res = run_backup(env.policy(), inventory)
     assert res.changed == [b"log"]
     assert res.exit_code == 0

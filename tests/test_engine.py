@@ -451,3 +451,31 @@ def test_several_sources_are_walked_in_walk_order_and_cached_as_tree2(
     # the file changed, and the directory the deletion was made in
     assert entry_paths(m2) == {b"alpha/sub/f", b"zeta"} and m2["deleted"] == ["zeta/sub.x"]
     assert _cached(inventory, inc.archive.id) == inventory.replay_tree(inc.archive.id)
+
+
+def test_probe_files_read_from_a_cold_and_a_warm_cache_pack_whole(env: Env) -> None:
+    # the packer reads one file in 64 first without waiting (pack.Hints), at offset 0, then
+    # goes on from where that read ended: the first file is such a probe, and larger than a
+    # read, so a wrong offset would repeat or drop bytes
+    src = env.source
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "a-big").write_bytes(os.urandom((5 << 20) // 2))
+    for i in range(40):
+        (src / f"s{i:02d}").write_bytes(os.urandom(1000 + 5000 * i))
+    for warm in (False, True):
+        for p in src.iterdir():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                if not warm:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                else:
+                    os.read(fd, 8 << 20)
+            finally:
+                os.close(fd)
+        proc = cli(env, "run", "p", "--full", "--json")
+        assert proc.returncode == 0, proc.stderr
+        archive, _ = archive_files(env, json.loads(proc.stdout)["id"])
+        out = env.tmp / f"by-hand-{warm}"
+        extract_with_tools(env.key, archive, out)
+        assert_same_tree(src, out)

@@ -312,42 +312,80 @@ def _readinto(stream: BinaryIO, buf: memoryview) -> int:
 _AHEAD_FILES = 256
 _AHEAD_BYTES = 32 << 20
 _HINT_BYTES = 1 << 20
+#: one file with content in this many is not hinted but probed: its first read says whether
+#: the cache held it unasked
+_PROBE_EVERY = 64
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
-def read_ahead(entries: Iterable[Entry]) -> Iterator[Entry]:
-    """``entries`` as they are, each file's content first asked of the kernel
+class Hints:
+    """Whether the packer asks the kernel for files ahead (:func:`read_ahead`), decided as it
+    goes. A hint costs three system calls on the packer's thread, worth it only when the
+    files are not in the page cache: so a probe file, read first with ``RWF_NOWAIT``, turns
+    the hints on when the cache missed it and off when it held it. Where that flag is not
+    supported, the hints stay on."""
+
+    __slots__ = ("wanted",)
+
+    def __init__(self) -> None:
+        self.wanted = True  # a nightly full reads a cold cache
+
+    def first_read(self, fd: int, buf: memoryview) -> int:
+        """Read the start of a probe file into ``buf``; returns the bytes read."""
+        if _NOWAIT is not None:
+            try:
+                n = os.preadv(fd, [buf], 0, _NOWAIT)
+            except BlockingIOError:
+                self.wanted = True
+            except OSError:  # this filesystem cannot say: keep asking ahead
+                self.wanted = True
+            else:
+                self.wanted = False
+                return n
+        return os.preadv(fd, [buf], 0)
+
+
+def read_ahead(entries: Iterable[Entry], hints: Hints) -> Iterator[tuple[Entry, bool]]:
+    """``entries`` as they are, each with whether it is a probe file (see :class:`Hints`).
+    While ``hints.wanted``, every other file's content is first asked of the kernel
     (``posix_fadvise(WILLNEED)``, which starts the reads and returns) up to
     :data:`_AHEAD_FILES` files and :data:`_AHEAD_BYTES` ahead of the one being packed. Reading
     small files one after another from a cold cache waits for each read in turn; asked ahead,
     the disk has many in flight. A hint that fails is ignored: the packer's own open reports
-    what is wrong. Where the call does not exist, nothing is asked."""
+    what is wrong. Where the call does not exist, nothing is asked or probed."""
     if _WILLNEED is None:
-        yield from entries
+        for e in entries:
+            yield e, False
         return
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    ahead: deque[tuple[Entry, int]] = deque()
+    ahead: deque[tuple[Entry, int, bool]] = deque()
     held = 0
+    files = 0
     for e in entries:
         hint = 0
+        probe = False
         if e.kind == FILE and e.opener is None and e.size > 0:
-            hint = min(e.size, _HINT_BYTES)
-            try:
-                fd = os.open(e.abspath, flags)
+            probe = files % _PROBE_EVERY == 0
+            files += 1
+            if hints.wanted and not probe:
+                hint = min(e.size, _HINT_BYTES)
                 try:
-                    os.posix_fadvise(fd, 0, hint, _WILLNEED)
-                finally:
-                    os.close(fd)
-            except OSError:
-                hint = 0
-        ahead.append((e, hint))
+                    fd = os.open(e.abspath, flags)
+                    try:
+                        os.posix_fadvise(fd, 0, hint, _WILLNEED)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    hint = 0
+        ahead.append((e, hint, probe))
         held += hint
         while len(ahead) > _AHEAD_FILES or held > _AHEAD_BYTES:
-            first, n = ahead.popleft()
+            first, n, was_probe = ahead.popleft()
             held -= n
-            yield first
-    for e, _ in ahead:
-        yield e
+            yield first, was_probe
+    for e, _, was_probe in ahead:
+        yield e, was_probe
 
 
 def pack(
@@ -425,7 +463,8 @@ def _pack_into(
             z.write(pending)
             pending = bytearray()
 
-    for e in read_ahead(entries):
+    hints = Hints()
+    for e, probe in read_ahead(entries, hints):
         uname = users.get(e.uid)
         if uname is None:
             uname = users[e.uid] = _user(e.uid)
@@ -478,11 +517,18 @@ def _pack_into(
                 rec.data_offset = offset
                 h = hashlib.sha256()
                 remaining = size
+                pos = 0
                 while remaining:
                     piece_mv = mv[: min(remaining, _BUF)]
-                    n = os.readv(fd, [piece_mv]) if stream is None else _readinto(stream, piece_mv)
+                    if stream is not None:
+                        n = _readinto(stream, piece_mv)
+                    elif probe and not pos:
+                        n = hints.first_read(fd, piece_mv)
+                    else:
+                        n = os.preadv(fd, [piece_mv], pos)
                     if n <= 0:
                         break
+                    pos += n
                     chunk = mv[:n]
                     h.update(chunk)
                     if n < 65536:

@@ -147,8 +147,9 @@ def test_manifest_writer_streams_what_encode_manifest_encodes(tmp_path: Any) -> 
     check()
 
 
-def _read_ahead_counted(entries: list[Any]) -> Any:
-    """read_ahead over ``entries``: each entry it gives out, with how many it had taken."""
+def _read_ahead_counted(entries: list[Any], hints: Any = None) -> Any:
+    """read_ahead over ``entries``: each entry it gives out, whether it is a probe, and how
+    many entries it had taken."""
     taken = 0
 
     def counted() -> Any:
@@ -157,8 +158,8 @@ def _read_ahead_counted(entries: list[Any]) -> Any:
             taken += 1
             yield e
 
-    for e in pack_mod.read_ahead(counted()):
-        yield e, taken
+    for e, probe in pack_mod.read_ahead(counted(), hints or pack_mod.Hints()):
+        yield e, probe, taken
 
 
 def test_read_ahead_asks_for_files_ahead_within_its_bounds(
@@ -187,17 +188,29 @@ def test_read_ahead_asks_for_files_ahead_within_its_bounds(
         real(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", record)
-    seen = []
-    for e, taken in _read_ahead_counted(walked):
+    seen, probes = [], []
+    for e, probe, taken in _read_ahead_counted(walked):
         seen.append(e)
+        if probe:
+            probes.append(e.path)
         assert taken - len(seen) <= pack_mod._AHEAD_FILES
     assert seen == walked  # every entry, in order, unchanged
-    files = {os.fsdecode(e.abspath): e.size for e in walked if e.kind == "file"}
-    # each regular file with content once, its first _HINT_BYTES only; no directory, no
-    # symlink, no empty file, nothing for the file that was gone
+    with_content = [e for e in walked if e.kind == "file" and e.size]
+    # one file with content in _PROBE_EVERY is a probe, read first without waiting
+    assert probes == [e.path for e in with_content[:: pack_mod._PROBE_EVERY]]
+    # every other file with content is hinted once, its first _HINT_BYTES only; no
+    # directory, symlink or empty file, nothing for the file that was gone
     assert sorted(hinted) == sorted(
-        (p, min(n, pack_mod._HINT_BYTES)) for p, n in files.items() if n and "gone" not in p
+        (os.fsdecode(e.abspath), min(e.size, pack_mod._HINT_BYTES))
+        for e in with_content
+        if e.path not in probes and e.path != b"d/gone"
     )
+    # with the hints off (the cache held the probes), nothing is asked
+    hinted.clear()
+    off = pack_mod.Hints()
+    off.wanted = False
+    assert [e for e, _, _ in _read_ahead_counted(walked, off)] == walked
+    assert hinted == []
 
 
 def test_read_ahead_holds_at_most_its_bytes(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
@@ -210,8 +223,43 @@ def test_read_ahead_holds_at_most_its_bytes(monkeypatch: pytest.MonkeyPatch, tmp
     walked = list(scan_iter("p", [("", src)], [], ScanResult()))
     monkeypatch.setattr(pack_mod, "_AHEAD_BYTES", 4 << 20)
     got = 0
-    for _, taken in _read_ahead_counted(walked):
+    for _, _, taken in _read_ahead_counted(walked):
         got += 1
-        # 1 MiB hinted per file: at most 4 MiB, so 4 files, held past the one given out
-        assert taken - got <= 4
+        # 1 MiB hinted per file: at most 4 MiB, so 4 hinted files held past the one given
+        # out, and the first file (a probe, hinted nothing) before them
+        assert taken - got <= 5
     assert got == len(walked)
+
+
+def on_tmpfs(path: Any) -> bool:
+    """Whether ``path`` is on tmpfs, where every file is in memory and no read can miss."""
+    best, kind = "", ""
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            _dev, mnt, fs = line.split()[:3]
+            if str(path).startswith(mnt) and len(mnt) > len(best):
+                best, kind = mnt, fs
+    return kind == "tmpfs"
+
+
+def test_a_probe_turns_the_hints_on_for_a_cold_file_and_off_for_a_cached_one(
+    tmp_path: Any,
+) -> None:
+    if on_tmpfs(tmp_path):
+        pytest.skip("tmpfs holds every file in memory: no read of it can miss the cache")
+    f = tmp_path / "f"
+    data = os.urandom(300_000)
+    f.write_bytes(data)
+    hints = pack_mod.Hints()
+    buf = memoryview(bytearray(1 << 20))
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+        hints.wanted = False
+        assert hints.first_read(fd, buf) == len(data) and hints.wanted  # a miss: hints on
+        assert bytes(buf[: len(data)]) == data
+        assert hints.first_read(fd, buf) == len(data) and not hints.wanted  # held: off
+        assert bytes(buf[: len(data)]) == data
+    finally:
+        os.close(fd)
